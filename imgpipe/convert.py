@@ -1,0 +1,287 @@
+"""One source image -> one output file per distinct target format, all or nothing.
+
+Profiles that need byte-identical output (kvm, qemu and ironic all want plain qcow2) share
+one conversion; the Xen tgz wraps the same vhd that hyperv-gen1 uses. Every output is
+written under a temp name, re-inspected like Glance will inspect it, optionally compared
+with the source, and only renamed into place once every output of the run succeeded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oslo_utils.imageutils import format_inspector
+
+from imgpipe import atomic, packaging, partitions, qemu
+from imgpipe.errors import ConversionError, NoSpaceError, ProfileError, UnsafeImageError
+from imgpipe.inspect import QEMU_DRIVER, ImageInfo, archive_kind, inspect_image, open_source
+from imgpipe.profiles import Profile
+from imgpipe.runner import CommandFailed
+
+Progress = Callable[[str, float], None]
+EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
+SOURCE_SUFFIXES = {".qcow2", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".vdi", ".tar"}
+SPACE_MARGIN = 64 << 20
+
+
+@dataclass
+class Output:
+    """A finished file and everything later steps (upload, reports) need to know about it."""
+
+    path: Path
+    profiles: list[str]
+    disk_format: str
+    container_format: str
+    virtual_size: int
+    size: int = 0
+    seconds: float = 0.0
+    verified: bool = False
+    engine: str = "qemu"
+    docker_name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "path": str(self.path)}
+
+
+@dataclass
+class Options:
+    out_dir: Path = Path(".")
+    out_file: Path | None = None
+    verify: bool = False
+    engine: str = "auto"
+    claimed_format: str | None = None
+    max_virtual_size: int | None = None
+    partition: int | None = None
+    jobs: int | None = None
+
+
+@dataclass
+class _Base:
+    """One qemu-img conversion and the outputs built from its result."""
+
+    profile: Profile
+    window: qemu.Source
+    outputs: list[tuple[Profile, Output]] = field(default_factory=list)
+
+    @property
+    def is_output(self) -> bool:
+        return any(p.package is None for p, _ in self.outputs)
+
+
+def convert_source(src: Path, profiles: list[Profile], opts: Options,
+                   progress: Progress | None = None) -> list[Output]:
+    """Entry point: validates a docker archive, or inspects and converts a disk image."""
+    open_source(src)
+    docker = [p for p in profiles if p.package == "docker-archive"]
+    if docker and len(docker) != len(profiles):
+        raise ProfileError("the docker profile takes a docker save archive, the others a disk image: "
+                           "run them separately")
+    if docker:
+        name = packaging.docker_repo_tag(src)
+        size = src.stat().st_size
+        return [Output(src, [p.name for p in docker], "raw", "docker", size, size,
+                       verified=True, engine="none", docker_name=name)]
+    kwargs = {"max_virtual_size": opts.max_virtual_size} if opts.max_virtual_size else {}
+    info = inspect_image(src, opts.claimed_format, **kwargs)
+    return convert_image(info, profiles, opts, progress)
+
+
+def convert_image(info: ImageInfo, profiles: list[Profile], opts: Options,
+                  progress: Progress | None = None) -> list[Output]:
+    bases = _plan(info, profiles, opts)
+    outputs = [o for b in bases for _, o in b.outputs]
+    if opts.out_file and len(outputs) > 1:
+        raise ProfileError(f"-o takes one output, but these profiles need {len(outputs)} "
+                           "different files: use --output-dir")
+    for out in outputs:
+        if out.path.resolve() == info.path.resolve():
+            raise ProfileError(f"{out.path}: output would overwrite the source")
+    _check_space(bases, opts.out_dir if not opts.out_file else opts.out_file.parent)
+    temps: list[tuple[Path, Path]] = []
+    scratch: list[Path] = []
+    try:
+        for base in bases:
+            _run_base(base, opts, progress, temps, scratch)
+        for temp, final in temps:
+            atomic.commit(temp, final)
+    finally:
+        atomic.discard([t for t, _ in temps] + scratch)
+    for out in outputs:
+        out.size = out.path.stat().st_size
+    return outputs
+
+
+def _plan(info: ImageInfo, profiles: list[Profile], opts: Options) -> list[_Base]:
+    bases: dict[tuple[Any, ...], _Base] = {}
+    taken: set[str] = set()
+    stem = _stem(info.path)
+    for profile in profiles:
+        assert profile.output is not None
+        window = _window(info, profile, opts.partition)
+        key = profile.output_key()[:-1]
+        base = bases.setdefault(key, _Base(profile, window))
+        shared = next((o for p, o in base.outputs if p.package == profile.package), None)
+        if shared is not None:
+            shared.profiles.append(profile.name)
+            continue
+        path = opts.out_file or opts.out_dir / _file_name(stem, profile, taken)
+        vsize = window.size if window.size is not None else info.virtual_size
+        base.outputs.append((profile, Output(path, [profile.name], profile.disk_format,
+                                             profile.container_format, vsize)))
+    return list(bases.values())
+
+
+def _file_name(stem: str, profile: Profile, taken: set[str]) -> str:
+    """Name outputs by what they are, so a file's name does not depend on which profiles asked.
+
+    e.g. disk.qcow2 (kvm, qemu, ironic), disk-rootfs.raw (lxc, uml), disk-streamOptimized.vmdk;
+    a custom profile whose output would collide with another's gets its profile name instead.
+    """
+    assert profile.output is not None
+    parts = [stem]
+    if profile.extract:
+        parts.append("rootfs")
+    if profile.output.format == "vmdk":
+        parts.append(profile.output.options.get("subformat", "monolithicSparse"))
+    if profile.output.compress:
+        parts.append("compressed")
+    ext = EXTENSION[profile.output.format] + (".tgz" if profile.package else "")
+    name = f"{'-'.join(parts)}.{ext}"
+    if name in taken:
+        name = f"{stem}-{profile.name}.{ext}"
+    taken.add(name)
+    return name
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    while Path(name).suffix.lower() in SOURCE_SUFFIXES:
+        name = Path(name).stem
+    return name or "image"
+
+
+def _window(info: ImageInfo, profile: Profile, number: int | None) -> qemu.Source:
+    """The part of the source a profile converts: the whole disk, or its root partition."""
+    if profile.extract != "root-partition" or info.table is None:
+        return info.source()
+    try:
+        if number is None:
+            part = partitions.root_partition(info.partitions)
+        else:
+            part = next(p for p in info.partitions if p.number == number)
+    except StopIteration:
+        raise UnsafeImageError(f"{info.path}: has no partition {number}") from None
+    except partitions.PartitionTableError as exc:
+        raise UnsafeImageError(f"{info.path}: {exc} (profile {profile.name} needs one; "
+                               "pick it with --partition)") from exc
+    return qemu.Source(info.path, info.format, part.start, part.size)
+
+
+def _check_space(bases: list[_Base], directory: Path) -> None:
+    """Refuse before converting rather than fail half-way with ENOSPC."""
+    if not directory.is_dir():
+        raise ConversionError(f"{directory}: output directory does not exist")
+    need = SPACE_MARGIN
+    for base in bases:
+        data = qemu.measure_raw(base.window)
+        copies = len(base.outputs) + (0 if base.is_output else 1)
+        need += data * copies
+    free = shutil.disk_usage(directory).free
+    if need > free:
+        raise NoSpaceError(f"{directory}: needs about {need >> 20} MiB for these outputs, "
+                           f"only {free >> 20} MiB free")
+
+
+def _run_base(base: _Base, opts: Options, progress: Progress | None,
+              pairs: list[tuple[Path, Path]], scratch: list[Path]) -> None:
+    """Convert once, check, then derive each output as a (temp, final) pair.
+
+    Temps are recorded before they are written so the caller can always clean them up.
+    """
+    profile = base.profile
+    assert profile.output is not None
+    first = base.outputs[0][1]
+    started = time.monotonic()
+    tmp = atomic.temp_beside(first.path)
+    scratch.append(tmp)
+    label = first.path.name
+    report = (lambda pct: progress(label, pct)) if progress else None
+    engine = _convert_one(base.window, tmp, profile, opts, report, scratch)
+    _reinspect(tmp, profile.output.format, first.virtual_size, label)
+    verified = False
+    if opts.verify:
+        _compare(base.window, qemu.Source(tmp, profile.output.format), label)
+        verified = True
+    for p, out in base.outputs:
+        if p.package == "xen-ovf-tgz":
+            tgz = atomic.temp_beside(out.path)
+            pairs.append((tgz, out.path))
+            with tgz.open("wb") as f:
+                packaging.write_xen_tgz(tmp, f)
+        else:
+            scratch.remove(tmp)
+            pairs.append((tmp, out.path))
+        out.verified, out.engine = verified, engine
+        out.seconds = time.monotonic() - started
+
+
+def _convert_one(window: qemu.Source, dest: Path, profile: Profile, opts: Options,
+                 report: Callable[[float], None] | None, scratch: list[Path]) -> str:
+    assert profile.output is not None
+    out = profile.output
+    try:
+        if _use_native(profile, opts.engine):
+            _native_stream_optimized(window, dest, out.options["adapter_type"], opts.jobs,
+                                     report, scratch)
+            return "native"
+        qemu.convert(window, dest, out.format, out.options, out.compress, report)
+    except CommandFailed as exc:
+        raise ConversionError(f"{window.path}: conversion for {profile.name} failed: {exc}") from exc
+    return "qemu"
+
+
+def _use_native(profile: Profile, engine: str) -> bool:
+    """Only streamOptimized has a native writer; every other format always uses qemu-img."""
+    assert profile.output is not None
+    stream = profile.output.format == "vmdk" and profile.output.options.get("subformat") == "streamOptimized"
+    return stream and engine != "qemu"
+
+
+def _native_stream_optimized(window: qemu.Source, dest: Path, adapter: str, jobs: int | None,
+                             report: Callable[[float], None] | None, scratch: list[Path]) -> None:
+    """qemu-img reads the source into a sparse raw; imgpipe deflates grains on every core."""
+    from imgpipe.vmdk_stream import write_stream_optimized
+
+    raw = atomic.temp_beside(dest)
+    scratch.append(raw)
+    qemu.convert(window, raw, "raw", {}, False, report)
+    with dest.open("wb") as f:
+        write_stream_optimized(raw, f, adapter_type=adapter, jobs=jobs)
+    raw.unlink()
+    scratch.remove(raw)
+
+
+def _reinspect(path: Path, out_format: str, virtual_size: int, label: str) -> None:
+    """Check the output the way Glance will: content format, safety checks, virtual size."""
+    inspector = format_inspector.detect_file_format(str(path))
+    detected = str(inspector) if inspector else "unknown"
+    if QEMU_DRIVER.get(detected) != out_format:
+        raise ConversionError(f"{label}: output detected as {detected}, expected {out_format}")
+    try:
+        inspector.safety_check()  # type: ignore[union-attr]
+    except format_inspector.SafetyCheckFailed as exc:
+        raise ConversionError(f"{label}: output fails safety checks: {exc}") from exc
+    actual = int(qemu.info(path, out_format)["virtual-size"])
+    if actual != virtual_size:
+        raise ConversionError(f"{label}: output virtual size {actual} != source {virtual_size}")
+
+
+def _compare(window: qemu.Source, out: qemu.Source, label: str) -> None:
+    result = qemu.compare(window, out)
+    if result.returncode != 0:
+        raise ConversionError(f"{label}: qemu-img compare: {result.stdout.strip() or 'content differs'}")

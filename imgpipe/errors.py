@@ -1,0 +1,73 @@
+"""Every user-facing error. The CLI maps each class to its exit code (see cli.EXIT_CODES).
+
+Messages are one line and name the file (or cloud) and the problem, so a CI log shows
+what to fix without a traceback.
+"""
+
+
+class ImgpipeError(Exception):
+    """Base of every error imgpipe reports to a user."""
+
+
+class ProfileError(ImgpipeError):
+    """A profile file is missing, unreadable or invalid."""
+
+
+class SourceError(ImgpipeError):
+    """The source file does not exist or cannot be read."""
+
+
+class UnsafeImageError(ImgpipeError):
+    """The image failed a safety check (backing file, external extents, not an image, truncated)."""
+
+
+class FormatMismatchError(ImgpipeError):
+    """The format the user claimed disagrees with the content."""
+
+
+class ImageTooLargeError(ImgpipeError):
+    """The virtual size exceeds the configured limit."""
+
+
+class NoSpaceError(ImgpipeError):
+    """The output directory cannot hold the outputs."""
+
+
+class ConversionError(ImgpipeError):
+    """qemu-img (or packaging) failed, or the output failed its re-inspection or compare."""
+
+
+class ToolMissingError(ImgpipeError):
+    """A required external command (qemu-img, ...) is not installed."""
+
+
+class CloudConfigError(ImgpipeError):
+    """The cloud is unknown or its configuration/credentials are unusable."""
+
+
+class AuthError(ImgpipeError):
+    """Keystone refused the credentials."""
+
+
+class GlanceRefusedError(ImgpipeError):
+    """Glance refused a request with a client error that retrying cannot fix."""
+
+
+class UploadError(ImgpipeError):
+    """The upload failed after retries, or Glance's hashes disagree with ours."""
+
+
+class CatalogError(ImgpipeError):
+    """A catalog file is invalid."""
+
+
+class ChecksumError(ImgpipeError):
+    """A downloaded source does not match its expected checksum."""
+
+
+class LockedError(ImgpipeError):
+    """Another sync holds the lock for this cloud."""
+
+
+class PartialFailure(ImgpipeError):
+    """Some items of a multi-item run failed; the report says which."""

@@ -1,0 +1,169 @@
+"""Decide what a source image really is, and whether it is safe to hand to qemu-img.
+
+Images are untrusted: the format comes from content (oslo.utils' format_inspector, the same
+checks Glance and nova run), and qemu-img only ever opens a file after those checks pass,
+with an explicit -f and under CPU/memory limits.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oslo_utils.imageutils import format_inspector
+
+from imgpipe import partitions, qemu
+from imgpipe.errors import (
+    FormatMismatchError,
+    ImageTooLargeError,
+    SourceError,
+    UnsafeImageError,
+)
+from imgpipe.runner import CommandFailed
+
+DEFAULT_MAX_VIRTUAL_SIZE = 1 << 40  # 1 TiB, Glance's default image_size_cap
+# format_inspector name -> qemu-img driver name, for the formats imgpipe accepts as sources.
+QEMU_DRIVER = {"raw": "raw", "gpt": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhd": "vpc",
+               "vhdx": "vhdx", "vdi": "vdi"}
+# Names users may pass as --source-format, mapped to the same driver names.
+CLAIM_ALIASES = {"vpc": "vpc", "vhd": "vpc", "img": "raw", **QEMU_DRIVER}
+CHECKABLE = {"qcow2", "vmdk", "vhdx", "vdi"}
+ARCHIVE_MAGIC = [
+    (0, b"\x1f\x8b", "a gzip-compressed file; decompress it first"),
+    (0, b"\xfd7zXZ\x00", "an xz-compressed file; decompress it first"),
+    (0, b"BZh", "a bzip2-compressed file; decompress it first"),
+    (0, b"\x28\xb5\x2f\xfd", "a zstd-compressed file; decompress it first"),
+    (0, b"PK\x03\x04", "a zip archive; extract the disk image first"),
+    (257, b"ustar", "a tar archive (only the docker profile takes one)"),
+]
+
+
+@dataclass
+class ImageInfo:
+    path: Path
+    format: str
+    detected: str
+    virtual_size: int
+    actual_size: int
+    table: str | None = None
+    partitions: list[partitions.Partition] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+    def source(self) -> qemu.Source:
+        return qemu.Source(self.path, self.format)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        data["safe"] = True
+        return data
+
+
+def archive_kind(path: Path) -> str | None:
+    """Describe path if it is a compressed file or archive rather than a disk image."""
+    with path.open("rb") as f:
+        head = f.read(512)
+    for offset, magic, what in ARCHIVE_MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return what
+    return None
+
+
+def open_source(path: Path) -> None:
+    """Fail with a clear message when the source cannot be read at all."""
+    if not path.exists():
+        raise SourceError(f"{path}: no such file")
+    if not path.is_file():
+        raise SourceError(f"{path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"{path}: permission denied")
+
+
+def inspect_image(
+    path: Path,
+    claimed: str | None = None,
+    max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE,
+) -> ImageInfo:
+    """Run every safety check, cheapest and least exposed first; raise on the first failure."""
+    open_source(path)
+    what = archive_kind(path)
+    if what:
+        raise UnsafeImageError(f"{path}: not a disk image: {what}")
+    detected = _detect(path)
+    driver = QEMU_DRIVER.get(detected)
+    if driver is None:
+        raise UnsafeImageError(f"{path}: {detected} images are not accepted as a source")
+    if claimed is not None:
+        wanted = CLAIM_ALIASES.get(claimed.lower())
+        if wanted != driver:
+            raise FormatMismatchError(f"{path}: claimed format {claimed} but the content is {detected}")
+    size = path.stat().st_size
+    if driver == "raw" and (size == 0 or size % partitions.SECTOR):
+        raise UnsafeImageError(
+            f"{path}: not a disk image: {size} bytes is not a whole number of 512-byte sectors")
+    try:
+        data = qemu.info(path, driver)
+    except CommandFailed as exc:
+        raise UnsafeImageError(f"{path}: qemu-img cannot read it as {driver}: {exc}") from exc
+    _check_qemu_info(path, driver, data)
+    info = ImageInfo(path, driver, detected, int(data["virtual-size"]),
+                     int(data.get("actual-size", size)))
+    info.checks.append("format_inspector safety checks passed")
+    if info.virtual_size > max_virtual_size:
+        raise ImageTooLargeError(
+            f"{path}: virtual size {info.virtual_size} bytes exceeds the limit of {max_virtual_size}")
+    if driver in CHECKABLE:
+        _qemu_check(path, driver)
+        info.checks.append("qemu-img check found no corruption")
+    _read_partitions(info)
+    return info
+
+
+def _detect(path: Path) -> str:
+    try:
+        inspector = format_inspector.detect_file_format(str(path))
+    except format_inspector.ImageFormatError as exc:
+        raise UnsafeImageError(f"{path}: ambiguous content: {exc}") from exc
+    if inspector is None:
+        raise UnsafeImageError(f"{path}: format could not be detected")
+    try:
+        inspector.safety_check()
+    except format_inspector.SafetyCheckFailed as exc:
+        reasons = "; ".join(str(v) for v in exc.failures.values())
+        raise UnsafeImageError(f"{path}: unsafe {inspector}: {reasons}") from exc
+    return str(inspector)
+
+
+def _check_qemu_info(path: Path, driver: str, data: dict[str, Any]) -> None:
+    """Belt and braces after format_inspector: qemu's own view must agree it is self-contained."""
+    if data.get("format") != driver:
+        raise FormatMismatchError(f"{path}: qemu-img reads it as {data.get('format')}, not {driver}")
+    if data.get("backing-filename") or data.get("full-backing-filename"):
+        raise UnsafeImageError(f"{path}: has a backing file ({data.get('backing-filename')})")
+    specific = data.get("format-specific", {}).get("data", {})
+    if specific.get("data-file"):
+        raise UnsafeImageError(f"{path}: has an external data file ({specific['data-file']})")
+    for extent in specific.get("extents", []):
+        name = extent.get("filename")
+        if name and Path(name).resolve() != path.resolve():
+            raise UnsafeImageError(f"{path}: vmdk extent points at another file ({name})")
+
+
+def _qemu_check(path: Path, driver: str) -> None:
+    try:
+        qemu.check(path, driver)
+    except CommandFailed as exc:
+        raise UnsafeImageError(f"{path}: truncated or corrupt {driver} image ({exc})") from exc
+
+
+def _read_partitions(info: ImageInfo) -> None:
+    with tempfile.TemporaryDirectory(prefix="imgpipe-head-") as tmp:
+        head = qemu.read_head(info.source(), Path(tmp) / "head.raw",
+                              min(partitions.HEAD_BYTES, info.virtual_size))
+    try:
+        info.table, info.partitions = partitions.parse(head, info.virtual_size)
+    except partitions.PartitionTableError as exc:
+        raise UnsafeImageError(f"{info.path}: bad partition table: {exc}") from exc

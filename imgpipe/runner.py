@@ -1,0 +1,117 @@
+"""The one place imgpipe starts external commands: logs the exact argv, applies limits."""
+
+from __future__ import annotations
+
+import logging
+import re
+import resource
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from imgpipe.errors import ToolMissingError
+
+LOG = logging.getLogger("imgpipe.run")
+
+# Debian package that provides each external tool, for the "not installed" message.
+PACKAGES = {"qemu-img": "qemu-utils", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs"}
+
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for commands that parse untrusted images (nova uses the same)."""
+
+    cpu_seconds: int = 30
+    address_space: int = 1 << 30
+
+    def apply(self) -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds))
+        resource.setrlimit(resource.RLIMIT_AS, (self.address_space, self.address_space))
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CommandFailed(Exception):
+    """A command exited with an unexpected code; callers turn it into a domain error."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        tail = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.returncode}"]
+        super().__init__(f"{result.argv[0]} failed: {tail[0]}")
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        package = PACKAGES.get(tool, tool)
+        raise ToolMissingError(
+            f"{tool} is not installed: run 'make deps' as root or 'apt-get install {package}'"
+        )
+    return path
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    limits: Limits | None = None,
+    ok_codes: Sequence[int] = (0,),
+    on_progress: Callable[[float], None] | None = None,
+) -> Result:
+    """Run argv, log it, and return its output; raise CommandFailed on other exit codes.
+
+    With on_progress, stdout is read as qemu-img's `-p` progress stream ("(12.50/100%)\\r").
+    """
+    require(argv[0])
+    LOG.info("run: %s", shlex.join(argv))
+    preexec = limits.apply if limits else None
+    if on_progress is None:
+        proc = subprocess.run(
+            list(argv), capture_output=True, preexec_fn=preexec, check=False, stdin=subprocess.DEVNULL
+        )
+        stdout, stderr = proc.stdout, proc.stderr
+    else:
+        stdout, stderr, proc = _run_with_progress(argv, preexec, on_progress)
+    result = Result(
+        tuple(argv),
+        proc.returncode,
+        stdout.decode(errors="replace"),
+        stderr.decode(errors="replace"),
+    )
+    if result.returncode not in ok_codes:
+        raise CommandFailed(result)
+    return result
+
+
+def _run_with_progress(
+    argv: Sequence[str],
+    preexec: Callable[[], None] | None,
+    on_progress: Callable[[float], None],
+) -> tuple[bytes, bytes, subprocess.Popen[bytes]]:
+    with subprocess.Popen(
+        list(argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=preexec,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        seen = b""
+        while chunk := proc.stdout.read1(4096):
+            seen = (seen + chunk)[-256:]
+            matches = _PROGRESS.findall(seen)
+            if matches:
+                on_progress(float(matches[-1]))
+                seen = b""
+        stderr = proc.stderr.read()
+        proc.wait()
+    return b"", stderr, proc

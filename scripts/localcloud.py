@@ -1,0 +1,780 @@
+#!/usr/bin/env python3
+"""Run a real OpenStack Glance (optionally behind a real Keystone) on loopback.
+
+Why: imgpipe's demo and tests must talk to the same server code users upload
+to, not a mock: Glance's upload inspection, status machine and error codes
+are what imgpipe has to cope with. This module is stdlib only, so it runs with
+a bare ``python3`` and tests can import it from its path.
+
+CLI::
+
+    python3 scripts/localcloud.py start [--keystone] [--port P] [--state-dir DIR] [--name NAME]
+    python3 scripts/localcloud.py stop|kill|status [--state-dir DIR]
+
+Python API (for tests)::
+
+    cloud = start(state_dir, port=None, keystone=False, name="local")  # -> LocalCloud
+    stop(state_dir); kill(state_dir); status(state_dir)
+
+The servers run from a venv outside the repo (``$IMGPIPE_CLOUD_VENV`` or
+``~/.cache/imgpipe/cloud-venv``), built from ``requirements-cloud.txt`` and
+rebuilt when that file changes. Everything else lives in the state dir
+(default ``.localcloud/`` at the repo top)::
+
+    instance.json   mode, cloud name and ports, kept so a restart reuses them
+    secrets.json    generated passwords (mode 0600, never printed)
+    clouds.yaml     the clouds below (mode 0600, it holds passwords)
+    glance/         etc/ (glance-api.conf + paste ini), glance.sqlite,
+                    images/, staging/, tasks/
+    keystone/       etc/keystone.conf, keystone.sqlite, fernet-keys/,
+                    credential-keys/
+    *.pid           gunicorn master pid = process group of each server
+    logs/           glance.log, keystone.log (gunicorn + service output),
+                    setup.log (db_sync, fernet_setup, bootstrap)
+
+Restarting a stopped or killed instance keeps its DB, image store and ports,
+so images uploaded before the kill are still there and clouds.yaml stays valid.
+
+clouds.yaml (what imgpipe reads). Load it with
+``region = openstack.config.OpenStackConfig(config_files=[path]).get_one(cloud=NAME)``
+and take ``session = region.get_session()``; then:
+
+* noauth (default): one cloud ``NAME`` with ``auth_type: none``,
+  ``auth: {endpoint: GLANCE_URL}``, ``image_endpoint_override: GLANCE_URL``
+  and ``region_name: RegionOne``. Glance trusts every request as admin.
+  The image endpoint is ``region.get_endpoint('image')``; pass it to
+  glanceclient as ``Client('2', session=session, endpoint_override=...)``.
+* keystone: cloud ``NAME`` is user ``member`` (role member) in project
+  ``demo``; cloud ``NAME-admin`` is the bootstrap ``admin`` in project
+  ``admin``. Both have ``auth_type: password``, ``auth: {auth_url, username,
+  password, project_name, user_domain_name, project_domain_name}``,
+  ``region_name: RegionOne``, ``interface: public``,
+  ``identity_api_version: 3``. There is no endpoint override: the image
+  endpoint comes from the catalog,
+  ``session.get_endpoint(service_type='image', interface='public')``.
+"""
+
+import argparse
+import dataclasses
+import fcntl
+import grp
+import hashlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+SCRIPTS_DIR = Path(__file__).resolve().parent
+REQUIREMENTS = SCRIPTS_DIR / "requirements-cloud.txt"
+DEFAULT_STATE_DIR = SCRIPTS_DIR.parent / ".localcloud"
+DEFAULT_NAME = "local"
+REGION = "RegionOne"
+HOST = "127.0.0.1"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+SERVICES = ("glance", "keystone")
+
+
+class LocalCloudError(RuntimeError):
+    """A local cloud could not be installed, started or reached."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalCloud:
+    """Where a started instance answers and where its files are."""
+
+    state_dir: Path
+    name: str
+    admin_name: str | None
+    glance_url: str
+    keystone_url: str | None
+    clouds_yaml: Path
+    pids: dict[str, int]
+    logs: dict[str, Path]
+
+    @property
+    def cloud_names(self) -> tuple[str, ...]:
+        """Every cloud in clouds.yaml, the one imgpipe should use first."""
+        return (self.name,) if self.admin_name is None else (self.name, self.admin_name)
+
+    def summary(self) -> str:
+        """One line for people: which cloud, where it answers, which clouds.yaml."""
+        if self.keystone_url is None:
+            auth = "noauth"
+        else:
+            auth = f"keystone {self.keystone_url}, admin cloud '{self.admin_name}'"
+        return (f"localcloud: cloud '{self.name}' ({auth}) glance {self.glance_url} "
+                f"clouds.yaml {self.clouds_yaml}")
+
+
+# --------------------------------------------------------------------------
+# Server venv
+# --------------------------------------------------------------------------
+
+def venv_dir() -> Path:
+    """The server venv lives outside the repo so every clone reuses it."""
+    configured = os.environ.get("IMGPIPE_CLOUD_VENV")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "imgpipe" / "cloud-venv"
+
+
+def _requirements_hash() -> str:
+    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+
+
+def ensure_venv() -> Path:
+    """Install the server venv unless its stamp matches requirements-cloud.txt.
+
+    The stamp is written only after pip succeeded, so a half-finished
+    install (killed, out of disk) is redone from scratch next time. A file
+    lock keeps two concurrent starts from installing into the same venv.
+    """
+    venv = venv_dir()
+    stamp = venv / ".requirements.sha256"
+    wanted = _requirements_hash()
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.read_text().strip() == wanted:
+            return venv
+        _install_venv(venv)
+        stamp.write_text(wanted + "\n")
+    return venv
+
+
+def _install_venv(venv: Path) -> None:
+    say(f"installing server venv {venv} from {REQUIREMENTS.name} (about a minute)")
+    began = time.monotonic()
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input",
+           "--disable-pip-version-check", "--progress-bar", "off", "-r", str(REQUIREMENTS)]
+    # pip writes its progress to our stdout/stderr so people see what happens.
+    if subprocess.run(pip).returncode != 0:
+        raise LocalCloudError(f"pip install into {venv} failed (see output above)")
+    say(f"server venv ready in {time.monotonic() - began:.0f} s")
+
+
+# --------------------------------------------------------------------------
+# State dir: record, secrets, paths
+# --------------------------------------------------------------------------
+
+def _record_path(state_dir: Path) -> Path:
+    return state_dir / "instance.json"
+
+
+def _load_record(state_dir: Path) -> dict[str, Any] | None:
+    path = _record_path(state_dir)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _save_record(state_dir: Path, record: dict[str, Any]) -> None:
+    _record_path(state_dir).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read: it holds passwords."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+def _secrets(state_dir: Path) -> dict[str, str]:
+    """Passwords are random per state dir and kept there, so restarts reuse them."""
+    path = state_dir / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {user: secrets.token_urlsafe(18) for user in ("admin", "member", "glance")}
+    _write_private(path, json.dumps(values, indent=2) + "\n")
+    return values
+
+
+def _pid_path(state_dir: Path, service: str) -> Path:
+    return state_dir / f"{service}.pid"
+
+
+def _log_path(state_dir: Path, service: str) -> Path:
+    return state_dir / "logs" / f"{service}.log"
+
+
+def _url(port: int) -> str:
+    return f"http://{HOST}:{port}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # Same option as gunicorn, so a port left in TIME_WAIT by a killed
+        # server of ours counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+# --------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------
+
+def _workdir(state_dir: Path, service: str) -> Path:
+    """gunicorn's --chdir value, which also tags the server's processes as ours."""
+    return state_dir.resolve() / service
+
+
+def _group_pids(state_dir: Path, service: str) -> list[int]:
+    """Live processes of a server: in the recorded process group and running
+    our gunicorn for this state dir.
+
+    Checking the command line guards against a recycled pid; skipping
+    zombies matters because a killed child of the caller (pytest) stays a
+    zombie until reaped, and orphaned workers may not be reaped at all.
+    """
+    pid_file = _pid_path(state_dir, service)
+    if not pid_file.exists():
+        return []
+    pgid = int(pid_file.read_text())
+    tag = str(_workdir(state_dir, service)).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state not in "ZX" and tag in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def _is_running(state_dir: Path, service: str) -> bool:
+    return bool(_group_pids(state_dir, service))
+
+
+def _signal_service(state_dir: Path, service: str, sig: signal.Signals) -> None:
+    for pid in _group_pids(state_dir, service):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    _reap(state_dir, service)
+
+
+def _reap(state_dir: Path, service: str) -> None:
+    """Collect the exit status if the server is our child (the tests' case)."""
+    pid_file = _pid_path(state_dir, service)
+    if not pid_file.exists():
+        return
+    try:
+        os.waitpid(int(pid_file.read_text()), os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _stop_service(state_dir: Path, service: str, timeout: float) -> None:
+    """SIGTERM the whole group, SIGKILL whatever is left after timeout."""
+    _signal_service(state_dir, service, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _is_running(state_dir, service) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        _reap(state_dir, service)
+    _kill_service(state_dir, service)
+
+
+def _kill_service(state_dir: Path, service: str) -> None:
+    _signal_service(state_dir, service, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _is_running(state_dir, service):
+        if time.monotonic() > deadline:
+            raise LocalCloudError(f"{service} in {state_dir} survived SIGKILL")
+        time.sleep(0.05)
+        _reap(state_dir, service)
+    _pid_path(state_dir, service).unlink(missing_ok=True)
+
+
+def _spawn_gunicorn(venv: Path, state_dir: Path, service: str, app: str, port: int,
+                    env: dict[str, str], threads: int) -> subprocess.Popen:
+    """Start gunicorn detached (own session) so it outlives the caller.
+
+    gthread workers, not uwsgi: uwsgi breaks glanceclient's chunked uploads.
+    A long --timeout lets big uploads through one worker.
+    """
+    argv = [str(venv / "bin" / "gunicorn"), app,
+            "--bind", f"{HOST}:{port}", "--chdir", str(_workdir(state_dir, service)),
+            "--workers", "1", "--worker-class", "gthread", "--threads", str(threads),
+            "--timeout", "300", "--graceful-timeout", "5", "--access-logfile", "-"]
+    log = _log_path(state_dir, service)
+    with open(log, "ab") as out:
+        out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service} on "
+                  f"port {port}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                start_new_session=True)
+    _pid_path(state_dir, service).write_text(f"{proc.pid}\n")
+    return proc
+
+
+def _wait_until_answers(proc: subprocess.Popen, url: str, log: Path, deadline: float) -> None:
+    """Poll url until the server gives any HTTP answer; fail fast if it died."""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LocalCloudError(f"server for {url} exited with {proc.returncode}\n"
+                                  + _tail(log))
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP status (Glance answers 300) means it is serving
+        except OSError:
+            time.sleep(0.1)
+    raise LocalCloudError(f"server for {url} did not answer within {START_TIMEOUT:.0f} s\n"
+                          + _tail(log))
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    text = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return f"---- last lines of {log} ----\n" + "\n".join(text[-lines:])
+
+
+def _run_setup(state_dir: Path, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Run a *-manage command, logging to setup.log; fail with its output."""
+    log = _log_path(state_dir, "setup")
+    with open(log, "ab") as out:
+        out.write(f"\n==== {' '.join(argv)}\n".encode())
+        out.flush()
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        raise LocalCloudError(f"{Path(argv[0]).name} {argv[1:]} failed\n" + _tail(log))
+
+
+def _ini(sections: dict[str, dict[str, str]]) -> str:
+    return "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items()) + "\n"
+                   for name, opts in sections.items())
+
+
+def _initialized(component_dir: Path) -> bool:
+    """Setup (db_sync, keys, bootstrap) ran with the current server venv.
+
+    Keyed to the requirements hash so an upgraded venv migrates the DB.
+    """
+    marker = component_dir / ".initialized"
+    return marker.exists() and marker.read_text().strip() == _requirements_hash()
+
+
+def _mark_initialized(component_dir: Path) -> None:
+    (component_dir / ".initialized").write_text(_requirements_hash() + "\n")
+
+
+# --------------------------------------------------------------------------
+# Glance
+# --------------------------------------------------------------------------
+
+def _glance_conf(state_dir: Path, port: int, keystone_url: str | None,
+                 passwords: dict[str, str]) -> dict[str, dict[str, str]]:
+    base = _workdir(state_dir, "glance")
+    conf = {
+        "DEFAULT": {"enabled_backends": "fs:file",
+                    "worker_self_reference_url": _url(port)},
+        "database": {"connection": f"sqlite:///{base / 'glance.sqlite'}"},
+        "glance_store": {"default_backend": "fs"},
+        "fs": {"filesystem_store_datadir": str(base / "images")},
+        "os_glance_staging_store": {"filesystem_store_datadir": str(base / "staging")},
+        "os_glance_tasks_store": {"filesystem_store_datadir": str(base / "tasks")},
+    }
+    if keystone_url is not None:
+        # The "keystone" flavor swaps unauthenticated-context (everyone is
+        # admin) for authtoken + context in glance-api-paste.ini.
+        conf["paste_deploy"] = {"flavor": "keystone"}
+        conf["keystone_authtoken"] = {
+            "www_authenticate_uri": keystone_url, "auth_url": keystone_url,
+            "auth_type": "password", "username": "glance", "password": passwords["glance"],
+            "project_name": "service", "user_domain_name": "Default",
+            "project_domain_name": "Default", "region_name": REGION,
+        }
+    return conf
+
+
+def _prepare_glance(venv: Path, state_dir: Path, port: int, keystone_url: str | None,
+                    passwords: dict[str, str]) -> dict[str, str]:
+    """Write Glance's config (every start: port or mode may change), db_sync
+    once; return the server's environment."""
+    base = _workdir(state_dir, "glance")
+    etc = base / "etc"
+    for sub in ("etc", "images", "staging", "tasks"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    conf = etc / "glance-api.conf"
+    _write_private(conf, _ini(_glance_conf(state_dir, port, keystone_url, passwords)))
+    # glance finds the paste ini next to glance-api.conf; the venv ships one
+    # with the noauth ("default") and "keystone" pipelines.
+    shutil.copyfile(venv / "etc" / "glance" / "glance-api-paste.ini",
+                    etc / "glance-api-paste.ini")
+    if not _initialized(base):
+        _run_setup(state_dir, [str(venv / "bin" / "glance-manage"),
+                               "--config-file", str(conf), "db_sync"])
+        _mark_initialized(base)
+    return {"OS_GLANCE_CONFIG_DIR": str(etc)}
+
+
+# --------------------------------------------------------------------------
+# Keystone
+# --------------------------------------------------------------------------
+
+def _keystone_conf(state_dir: Path) -> dict[str, dict[str, str]]:
+    base = _workdir(state_dir, "keystone")
+    return {
+        "database": {"connection": f"sqlite:///{base / 'keystone.sqlite'}"},
+        "token": {"provider": "fernet"},
+        "fernet_tokens": {"key_repository": str(base / "fernet-keys")},
+        "fernet_receipts": {"key_repository": str(base / "fernet-keys")},
+        "credential": {"key_repository": str(base / "credential-keys")},
+        # bcrypt's minimum cost: a login costs ms instead of ~0.2 s of CPU.
+        "identity": {"password_hash_rounds": "4"},
+    }
+
+
+def _prepare_keystone(venv: Path, state_dir: Path, port: int,
+                      passwords: dict[str, str]) -> dict[str, str]:
+    """Write keystone.conf; once per state dir create the DB, keys and the
+    bootstrap admin; return the server's environment."""
+    base = _workdir(state_dir, "keystone")
+    etc = base / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    conf = etc / "keystone.conf"
+    _write_private(conf, _ini(_keystone_conf(state_dir)))
+    if not _initialized(base):
+        manage = [str(venv / "bin" / "keystone-manage"), "--config-file", str(conf)]
+        # Key files must belong to whoever runs the server: this user.
+        owner = ["--keystone-user", pwd.getpwuid(os.getuid()).pw_name,
+                 "--keystone-group", grp.getgrgid(os.getgid()).gr_name]
+        _run_setup(state_dir, manage + ["db_sync"])
+        _run_setup(state_dir, manage + ["fernet_setup"] + owner)
+        _run_setup(state_dir, manage + ["credential_setup"] + owner)
+        url = _url(port)
+        _run_setup(state_dir, manage + [
+            "bootstrap", "--bootstrap-region-id", REGION,
+            "--bootstrap-admin-url", url, "--bootstrap-public-url", url,
+            "--bootstrap-internal-url", url,
+        ], env={"OS_BOOTSTRAP_PASSWORD": passwords["admin"]})
+        _mark_initialized(base)
+    return {"OS_KEYSTONE_CONFIG_DIR": str(etc)}
+
+
+class _Keystone:
+    """Just enough of Keystone's v3 REST API to provision the demo users.
+
+    REST via urllib because the server venv is not importable here and the
+    openstack CLI is not installed.
+    """
+
+    def __init__(self, url: str, admin_password: str) -> None:
+        self.url = url
+        self.token = self._admin_token(admin_password)
+
+    def _admin_token(self, password: str) -> str:
+        body = {"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "admin", "domain": {"id": "default"}, "password": password}}},
+            "scope": {"project": {"name": "admin", "domain": {"id": "default"}}},
+        }}
+        request = urllib.request.Request(
+            f"{self.url}/v3/auth/tokens", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.headers["X-Subject-Token"]
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.url}/v3{path}", method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"X-Auth-Token": self.token, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as err:
+            raise LocalCloudError(f"keystone {method} {path}: {err.code} "
+                                  f"{err.read().decode(errors='replace')}") from err
+        return json.loads(payload) if payload else {}
+
+    def ensure(self, collection: str, query: str, create: dict[str, Any]) -> str:
+        """Id of the first `collection` item matching query, created if missing."""
+        found = self.call("GET", f"/{collection}?{query}")[collection]
+        if found:
+            return found[0]["id"]
+        singular = collection[:-1]
+        return self.call("POST", f"/{collection}", {singular: create})[singular]["id"]
+
+    def role_id(self, name: str) -> str:
+        return self.call("GET", f"/roles?name={name}")["roles"][0]["id"]
+
+    def grant(self, project_id: str, user_id: str, role: str) -> None:
+        self.call("PUT", f"/projects/{project_id}/users/{user_id}/roles/{self.role_id(role)}")
+
+
+def _provision_keystone(keystone_url: str, glance_url: str, passwords: dict[str, str]) -> None:
+    """Idempotently create project demo + user member, the glance service
+    user, and the catalog's image endpoint (updated if Glance's port moved)."""
+    ks = _Keystone(keystone_url, passwords["admin"])
+    domain = "default"
+    projects = {name: ks.ensure("projects", f"name={name}&domain_id={domain}",
+                                {"name": name, "domain_id": domain})
+                for name in ("demo", "service")}
+    for user, project, role in (("member", "demo", "member"), ("glance", "service", "service")):
+        user_id = ks.ensure("users", f"name={user}&domain_id={domain}", {
+            "name": user, "domain_id": domain, "password": passwords[user],
+            "default_project_id": projects[project]})
+        ks.grant(projects[project], user_id, role)
+    service_id = ks.ensure("services", "type=image", {"name": "glance", "type": "image"})
+    endpoint = {"service_id": service_id, "interface": "public", "region_id": REGION,
+                "url": glance_url}
+    endpoint_id = ks.ensure("endpoints", f"service_id={service_id}&interface=public", endpoint)
+    ks.call("PATCH", f"/endpoints/{endpoint_id}", {"endpoint": {"url": glance_url}})
+
+
+# --------------------------------------------------------------------------
+# clouds.yaml
+# --------------------------------------------------------------------------
+
+def _yaml(value: Any, indent: int = 0) -> str:
+    """Emit the small nested dict of clouds.yaml; JSON strings are valid YAML
+    scalars, so quoting is safe without a YAML library."""
+    lines = []
+    for key, item in value.items():
+        if isinstance(item, dict):
+            lines.append(f"{' ' * indent}{key}:\n{_yaml(item, indent + 2)}")
+        else:
+            lines.append(f"{' ' * indent}{key}: {json.dumps(item)}\n")
+    return "".join(lines)
+
+
+def _password_cloud(keystone_url: str, user: str, password: str, project: str) -> dict[str, Any]:
+    return {
+        "auth_type": "password",
+        "auth": {"auth_url": f"{keystone_url}/v3", "username": user, "password": password,
+                 "project_name": project, "user_domain_name": "Default",
+                 "project_domain_name": "Default"},
+        "region_name": REGION, "interface": "public", "identity_api_version": 3,
+    }
+
+
+def _clouds(name: str, glance_url: str, keystone_url: str | None,
+            passwords: dict[str, str]) -> dict[str, Any]:
+    if keystone_url is None:
+        return {name: {"auth_type": "none", "auth": {"endpoint": glance_url},
+                       "image_endpoint_override": glance_url, "region_name": REGION}}
+    return {
+        name: _password_cloud(keystone_url, "member", passwords["member"], "demo"),
+        f"{name}-admin": _password_cloud(keystone_url, "admin", passwords["admin"], "admin"),
+    }
+
+
+def _write_clouds_yaml(path: Path, clouds: dict[str, Any]) -> None:
+    header = "# Written by scripts/localcloud.py on every start; edits are overwritten.\n"
+    _write_private(path, header + _yaml({"clouds": clouds}))
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+def _describe(state_dir: Path, record: dict[str, Any]) -> LocalCloud:
+    keystone_port = record.get("keystone_port") if record["keystone"] else None
+    services = SERVICES if keystone_port else ("glance",)
+    pids = {}
+    for service in services:
+        pid_file = _pid_path(state_dir, service)
+        if pid_file.exists():
+            pids[service] = int(pid_file.read_text())
+    return LocalCloud(
+        state_dir=state_dir,
+        name=record["name"],
+        admin_name=f"{record['name']}-admin" if keystone_port else None,
+        glance_url=_url(record["glance_port"]),
+        keystone_url=_url(keystone_port) if keystone_port else None,
+        clouds_yaml=state_dir / "clouds.yaml",
+        pids=pids,
+        logs={service: _log_path(state_dir, service) for service in (*services, "setup")},
+    )
+
+
+def _services(record: dict[str, Any]) -> tuple[str, ...]:
+    return SERVICES if record["keystone"] else ("glance",)
+
+
+def _check_running_matches(state_dir: Path, record: dict[str, Any], port: int | None,
+                           keystone: bool, name: str) -> None:
+    """An already running instance is reused only if it is what was asked for."""
+    wanted = {"keystone": keystone, "name": name}
+    if port is not None:
+        wanted["glance_port"] = port
+    differs = {key: value for key, value in wanted.items() if record.get(key) != value}
+    if differs:
+        raise LocalCloudError(f"{state_dir} is already running with "
+                              f"{ {key: record.get(key) for key in differs} }; "
+                              f"stop it first to start it with {differs}")
+
+
+def _new_record(previous: dict[str, Any] | None, port: int | None, keystone: bool,
+                name: str) -> dict[str, Any]:
+    """Keep the previous ports so clouds.yaml and the catalog stay valid."""
+    previous = previous or {}
+    record = {"name": name, "keystone": keystone,
+              "glance_port": port or previous.get("glance_port") or _free_port(),
+              "keystone_port": previous.get("keystone_port")}
+    if keystone and not record["keystone_port"]:
+        record["keystone_port"] = _free_port()
+    for key in ("glance_port", "keystone_port"):
+        if key == "keystone_port" and not keystone:
+            continue
+        if not _port_is_free(record[key]):
+            raise LocalCloudError(f"port {record[key]} ({key}) is in use by another "
+                                  f"process; pass --port or another --state-dir")
+    return record
+
+
+def start(state_dir: Path = DEFAULT_STATE_DIR, port: int | None = None,
+          keystone: bool = False, name: str = DEFAULT_NAME) -> LocalCloud:
+    """Start (or just report) the instance in state_dir and return where it is."""
+    state_dir = Path(state_dir).resolve()
+    record = _load_record(state_dir)
+    if record and all(_is_running(state_dir, s) for s in _services(record)):
+        _check_running_matches(state_dir, record, port, keystone, name)
+        return _describe(state_dir, record)
+    if record:
+        stop(state_dir)  # a half-dead instance (one server gone) restarts whole
+    venv = ensure_venv()
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    record = _new_record(record, port, keystone, name)
+    _save_record(state_dir, record)
+    passwords = _secrets(state_dir)
+    glance_url = _url(record["glance_port"])
+    keystone_url = _url(record["keystone_port"]) if keystone else None
+    glance_env = _prepare_glance(venv, state_dir, record["glance_port"], keystone_url, passwords)
+    servers = [("glance", "glance.wsgi.api:application", record["glance_port"], glance_env,
+                8, glance_url)]
+    if keystone_url:
+        keystone_env = _prepare_keystone(venv, state_dir, record["keystone_port"], passwords)
+        servers.append(("keystone", "keystone.wsgi.api:application", record["keystone_port"],
+                        keystone_env, 4, f"{keystone_url}/v3"))
+    # Both servers boot in parallel; Glance only calls Keystone on requests.
+    deadline = time.monotonic() + START_TIMEOUT
+    started = [(_spawn_gunicorn(venv, state_dir, service, app, port, env, threads),
+                url, _log_path(state_dir, service))
+               for service, app, port, env, threads, url in servers]
+    try:
+        for proc, url, log in started:
+            _wait_until_answers(proc, url, log, deadline)
+        if keystone_url:
+            _provision_keystone(keystone_url, glance_url, passwords)
+    except BaseException:
+        stop(state_dir)
+        raise
+    _write_clouds_yaml(state_dir / "clouds.yaml",
+                       _clouds(name, glance_url, keystone_url, passwords))
+    return _describe(state_dir, record)
+
+
+def stop(state_dir: Path = DEFAULT_STATE_DIR, timeout: float = STOP_TIMEOUT) -> None:
+    """Graceful stop (SIGTERM to each server's process group), SIGKILL after timeout."""
+    state_dir = Path(state_dir).resolve()
+    for service in SERVICES:
+        _stop_service(state_dir, service, timeout)
+
+
+def kill(state_dir: Path = DEFAULT_STATE_DIR) -> None:
+    """SIGKILL every server at once, as a crash would (for fault tests)."""
+    state_dir = Path(state_dir).resolve()
+    for service in SERVICES:
+        _kill_service(state_dir, service)
+
+
+def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, bool]:
+    """Which of the instance's servers are running; empty if never started."""
+    state_dir = Path(state_dir).resolve()
+    record = _load_record(state_dir)
+    if record is None:
+        return {}
+    return {service: _is_running(state_dir, service) for service in _services(record)}
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command, text in (("start", "install if needed, start, write clouds.yaml"),
+                          ("stop", "stop gracefully (SIGKILL after a bound)"),
+                          ("kill", "SIGKILL at once, as a crash would"),
+                          ("status", "report; exit 0 if running, 3 if not")):
+        sub = commands.add_parser(command, help=text)
+        sub.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                         help="instance directory (default: .localcloud/ at the repo top)")
+        if command == "start":
+            sub.add_argument("--keystone", action="store_true",
+                             help="put a real Keystone in front of Glance")
+            sub.add_argument("--port", type=int, help="Glance port (default: a free one)")
+            sub.add_argument("--name", default=DEFAULT_NAME,
+                             help=f"cloud name in clouds.yaml (default: {DEFAULT_NAME})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "start":
+            print(start(args.state_dir, args.port, args.keystone, args.name).summary())
+        elif args.command == "stop":
+            stop(args.state_dir)
+        elif args.command == "kill":
+            kill(args.state_dir)
+        else:
+            return _print_status(args.state_dir)
+    except LocalCloudError as err:
+        say(f"localcloud: {err}")
+        return 1
+    return 0
+
+
+def _print_status(state_dir: Path) -> int:
+    running = status(state_dir)
+    if not running:
+        print(f"localcloud: no instance in {state_dir}")
+        return 3
+    record = _load_record(state_dir.resolve())
+    cloud = _describe(state_dir.resolve(), record)
+    states = ", ".join(f"{service} {'running' if up else 'stopped'}"
+                       for service, up in running.items())
+    print(f"{cloud.summary()} [{states}]")
+    return 0 if all(running.values()) else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
