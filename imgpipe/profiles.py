@@ -104,22 +104,11 @@ class Profile(BaseModel):
             return {str(k): _as_text(v) for k, v in value.items()}
         return value
 
-    @field_validator("properties")
-    @classmethod
-    def _check_properties(cls, props: dict[str, str]) -> dict[str, str]:
-        for key, value in props.items():
-            if key in RESERVED or key.startswith(RESERVED_PREFIXES):
-                raise ValueError(f"{key} is reserved by Glance and cannot be set as a property")
-            rule = "hw_machine_type_hyperv" if key == "hw_machine_type" and value.startswith("hyperv") else key
-            if (key, value) in WHY_NOT:
-                raise ValueError(f"{key}={value}: {WHY_NOT[(key, value)]}")
-            allowed = ALLOWED.get(rule)
-            if allowed is not None and value not in allowed:
-                raise ValueError(f"{key}: {value!r} is not one of {', '.join(sorted(allowed))}")
-        return props
-
     @model_validator(mode="after")
     def _check_consistency(self) -> Profile:
+        # Property values first: the cross-checks below look them up in tables.
+        for problem in _property_problems(self.properties):
+            raise ValueError(problem)
         for problem in _contradictions(self):
             raise ValueError(problem)
         return self
@@ -141,6 +130,19 @@ class Profile(BaseModel):
         if self.properties.get("hypervisor_type") == "vmware" and "os_distro" in self.properties:
             notes.append("os_distro overrides vmware_ostype as the vCenter guestId; vCenter rejects values like 'ubuntu'")
         return notes
+
+
+def _property_problems(props: dict[str, str]) -> Iterable[str]:
+    for key, value in props.items():
+        where = f"properties.{key}"
+        if key in RESERVED or key.startswith(RESERVED_PREFIXES):
+            yield f"{where}: reserved by Glance, cannot be set as a property"
+        rule = "hw_machine_type_hyperv" if key == "hw_machine_type" and value.startswith("hyperv") else key
+        if (key, value) in WHY_NOT:
+            yield f"{where}: {value}: {WHY_NOT[(key, value)]}"
+        allowed = ALLOWED.get(rule)
+        if allowed is not None and value not in allowed:
+            yield f"{where}: {value!r} is not one of {', '.join(sorted(allowed))}"
 
 
 def _contradictions(p: Profile) -> Iterable[str]:

@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh Debian machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.imgpipe-installed
+export PATH := $(PATH):/usr/sbin:/sbin
+
+.PHONY: deps venv test test-fast demo bench clean
+
+deps:
+	@scripts/ensure-system-deps
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: deps $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+demo: venv
+	$(PY) scripts/demo.py
+
+bench: venv
+	$(PY) scripts/bench.py
+
+clean:
+	-$(PY) scripts/localcloud.py stop --state-dir .demo/cloud 2>/dev/null
+	rm -rf .demo .bench .pytest_cache

@@ -1,0 +1,39 @@
+"""Shared fixtures: real disk images built with sfdisk/mkfs/qemu-img, never mocked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import sample_disk  # noqa: E402
+
+
+def qemu_img(*args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+    assert proc.returncode in ok, proc.stderr
+    return proc
+
+
+def qemu_info(path: Path, fmt: str) -> dict:
+    return json.loads(qemu_img("info", "--output=json", "-f", fmt, str(path)).stdout)
+
+
+@pytest.fixture(scope="session")
+def sample_qcow2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 128 MiB GPT disk (EFI + ext4 root with 16 MiB of real files), compressed qcow2."""
+    dest = tmp_path_factory.mktemp("sample") / "guest.qcow2"
+    return sample_disk.build(dest, size_mib=128, data_mib=16)
+
+
+@pytest.fixture(scope="session")
+def sample_raw(tmp_path_factory: pytest.TempPathFactory, sample_qcow2: Path) -> Path:
+    dest = tmp_path_factory.mktemp("sample-raw") / "guest.raw"
+    qemu_img("convert", "-f", "qcow2", "-O", "raw", str(sample_qcow2), str(dest))
+    return dest

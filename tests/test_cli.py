@@ -1,0 +1,145 @@
+"""The command line: bad inputs give one clear line, a distinct exit code, and no output."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import qemu_img
+from typer.testing import CliRunner
+
+from imgpipe.cli import EXIT_CODES, app
+from imgpipe import errors
+
+runner = CliRunner()
+
+
+def imgpipe(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_exit_codes_are_distinct() -> None:
+    codes = list(EXIT_CODES.values())
+    assert len(codes) == len(set(codes)) and 0 not in codes and 1 not in codes and 2 not in codes
+
+
+def _text(tmp: Path, sample: Path) -> Path:
+    path = tmp / "notes.txt"
+    path.write_text("not a disk\n")
+    return path
+
+
+def _gzip(tmp: Path, sample: Path) -> Path:
+    path = tmp / "disk.qcow2.gz"
+    path.write_bytes(gzip.compress(sample.read_bytes()[:65536]))
+    return path
+
+
+def _backing(tmp: Path, sample: Path) -> Path:
+    path = tmp / "child.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(sample), "-F", "qcow2", str(path))
+    return path
+
+
+def _data_file(tmp: Path, sample: Path) -> Path:
+    path = tmp / "external.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={tmp / 'data.raw'}", str(path), "16M")
+    return path
+
+
+def _flat_vmdk(tmp: Path, sample: Path) -> Path:
+    path = tmp / "flat.vmdk"
+    qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", str(path), "16M")
+    return path
+
+
+def _truncated(tmp: Path, sample: Path) -> Path:
+    path = tmp / "cut.qcow2"
+    path.write_bytes(sample.read_bytes()[: sample.stat().st_size // 3])
+    return path
+
+
+def _missing(tmp: Path, sample: Path) -> Path:
+    return tmp / "nope.qcow2"
+
+
+BAD: list[tuple[Callable[[Path, Path], Path], type[errors.ImgpipeError], str, list[str]]] = [
+    (_missing, errors.SourceError, "no such file", []),
+    (_text, errors.UnsafeImageError, "not a disk image", []),
+    (_gzip, errors.UnsafeImageError, "gzip-compressed file; decompress it first", []),
+    (_backing, errors.UnsafeImageError, "backing file", []),
+    (_data_file, errors.UnsafeImageError, "unsafe qcow2: Image has data_file set", []),
+    (_flat_vmdk, errors.UnsafeImageError, "unsafe vmdk: Unsupported subformat", []),
+    (_truncated, errors.UnsafeImageError, "truncated or corrupt qcow2", []),
+    (lambda t, s: s, errors.FormatMismatchError, "claimed format vmdk but the content is qcow2",
+     ["--source-format", "vmdk"]),
+    (lambda t, s: s, errors.ImageTooLargeError, "exceeds the limit", ["--max-virtual-size", "64M"]),
+]
+
+
+@pytest.mark.parametrize(("make", "kind", "message", "extra"), BAD,
+                         ids=[b[0].__name__.strip("_") if b[0].__name__ != "<lambda>" else b[1].__name__ for b in BAD])
+def test_bad_input(sample_qcow2: Path, tmp_path: Path, make: Callable[[Path, Path], Path],
+                   kind: type[errors.ImgpipeError], message: str, extra: list[str]) -> None:
+    src = make(tmp_path, sample_qcow2)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, stdout, stderr = imgpipe("convert", src, "-p", "kvm", "-p", "vmware", "--output-dir", out_dir, *extra)
+    assert code == EXIT_CODES[kind], stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"imgpipe: error: {src}: ")
+    assert message in lines[0]
+    assert list(out_dir.iterdir()) == []
+
+
+def test_no_space_detected_before_converting(sample_qcow2: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)]).returncode == 0
+    if not mounted:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        code, _, stderr = imgpipe("convert", sample_qcow2, "-p", "lxc", "--output-dir", small)
+        assert code == EXIT_CODES[errors.NoSpaceError], stderr
+        assert f"{small}: needs about" in stderr
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_bad_profile_file_exit_code(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("description: x\ndisk_format: vmdk\noutput: {format: vmdk}\n")
+    code, _, stderr = imgpipe("profiles", "validate", bad)
+    assert code == EXIT_CODES[errors.ProfileError]
+    assert stderr.startswith(f"imgpipe: error: {bad}: output.options.adapter_type: required")
+
+
+def test_inspect_json(sample_qcow2: Path) -> None:
+    code, stdout, _ = imgpipe("inspect", sample_qcow2, "--json")
+    assert code == 0
+    data = json.loads(stdout)
+    assert data["format"] == "qcow2" and data["safe"] and data["table"] == "gpt"
+    assert [p["kind"] for p in data["partitions"]] == ["efi", "linux"]
+
+
+def test_convert_json_and_error_json(sample_qcow2: Path, tmp_path: Path) -> None:
+    code, stdout, _ = imgpipe("convert", sample_qcow2, "-p", "kvm", "-p", "qemu", "--output-dir", tmp_path,
+                              "--verify", "--json")
+    assert code == 0
+    [out] = json.loads(stdout)
+    assert out["profiles"] == ["kvm", "qemu"] and out["verified"] is True
+    code, stdout, _ = imgpipe("convert", tmp_path / "missing", "-p", "kvm", "--json")
+    assert json.loads(stdout)["exit_code"] == code == EXIT_CODES[errors.SourceError]
+
+
+def test_profiles_list_and_show() -> None:
+    code, stdout, _ = imgpipe("profiles", "list", "--json")
+    assert code == 0 and {"vmware", "docker"} <= {p["name"] for p in json.loads(stdout)}
+    code, stdout, _ = imgpipe("profiles", "show", "xen", "--json")
+    assert json.loads(stdout)["container_format"] == "ovf"

@@ -1,0 +1,155 @@
+"""Every profile converts a real GPT disk; outputs are compared with the source by qemu-img."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import qemu_img, qemu_info
+
+from imgpipe import profiles
+from imgpipe.convert import Options, convert_source
+from imgpipe.errors import ConversionError, ProfileError, UnsafeImageError
+from imgpipe.inspect import inspect_image
+
+
+def _descriptor(vmdk: Path) -> str:
+    """The embedded descriptor text of a sparse/streamOptimized vmdk (header fields in sectors)."""
+    with vmdk.open("rb") as f:
+        header = f.read(512)
+        offset, size = struct.unpack_from("<QQ", header, 28)
+        f.seek(offset * 512)
+        return f.read(size * 512).split(b"\0", 1)[0].decode()
+
+
+@pytest.fixture(scope="module")
+def all_outputs(sample_qcow2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out_dir = tmp_path_factory.mktemp("outputs")
+    selected = profiles.select(["all"], profiles.load_all())
+    outputs = convert_source(sample_qcow2, selected, Options(out_dir=out_dir, verify=True, engine="qemu"))
+    assert all(o.verified for o in outputs)
+    return {name: o.path for o in outputs for name in o.profiles}
+
+
+def test_shared_outputs_convert_once(all_outputs: dict[str, Path]) -> None:
+    assert all_outputs["kvm"] == all_outputs["qemu"] == all_outputs["ironic"]
+    assert all_outputs["lxc"] == all_outputs["uml"]
+    assert all_outputs["vmware"] != all_outputs["vmware-sparse"]
+    assert len(set(all_outputs.values())) == 7
+    assert not [p for p in all_outputs["kvm"].parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(("profile", "fmt"), [
+    ("kvm", "qcow2"), ("vmware", "vmdk"), ("vmware-sparse", "vmdk"), ("hyperv", "vhdx"),
+    ("hyperv-gen1", "vpc"),
+])
+def test_whole_disk_outputs_identical(all_outputs: dict[str, Path], sample_qcow2: Path,
+                                      profile: str, fmt: str) -> None:
+    out = all_outputs[profile]
+    qemu_img("compare", "-f", "qcow2", "-F", fmt, str(sample_qcow2), str(out))
+    assert qemu_info(out, fmt)["virtual-size"] == qemu_info(sample_qcow2, "qcow2")["virtual-size"]
+    assert inspect_image(out).format == fmt
+
+
+@pytest.mark.parametrize(("profile", "subformat"), [("vmware", "streamOptimized"),
+                                                    ("vmware-sparse", "monolithicSparse")])
+def test_vmdk_descriptor_matches_profile(all_outputs: dict[str, Path], profile: str, subformat: str) -> None:
+    text = _descriptor(all_outputs[profile])
+    assert f'createType="{subformat}"' in text
+    assert 'ddb.adapterType = "lsilogic"' in text
+
+
+def test_lxc_output_is_the_root_filesystem(all_outputs: dict[str, Path], sample_qcow2: Path) -> None:
+    info = inspect_image(sample_qcow2)
+    root = info.partitions[-1]
+    out = all_outputs["lxc"]
+    assert out.stat().st_size == root.size
+    with out.open("rb") as f:
+        f.seek(1080)
+        assert f.read(2) == b"\x53\xef"  # ext superblock magic: a bare filesystem, no table
+    spec = f"driver=raw,offset={root.start},size={root.size},file.driver=qcow2,file.file.filename={sample_qcow2}"
+    qemu_img("compare", "--image-opts", spec, f"driver=raw,file.filename={out}")
+
+
+def test_xen_is_tgz_of_0_vhd(all_outputs: dict[str, Path], sample_qcow2: Path, tmp_path: Path) -> None:
+    with tarfile.open(all_outputs["xen"], "r:gz") as tar:
+        assert tar.getnames() == ["0.vhd"]
+        tar.extract("0.vhd", tmp_path, filter="data")
+    qemu_img("compare", "-f", "qcow2", "-F", "vpc", str(sample_qcow2), str(tmp_path / "0.vhd"))
+
+
+def _docker_archive(path: Path, tags: list[str] | None) -> Path:
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as inner:
+        data = b"hello\n"
+        member = tarfile.TarInfo("hello.txt")
+        member.size = len(data)
+        inner.addfile(member, io.BytesIO(data))
+    members = {
+        "abc/layer.tar": layer.getvalue(),
+        "cfg.json": b"{}",
+        "manifest.json": json.dumps([{"Config": "cfg.json", "RepoTags": tags,
+                                      "Layers": ["abc/layer.tar"]}]).encode(),
+    }
+    with tarfile.open(path, "w") as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def test_docker_archive_validated_not_converted(tmp_path: Path) -> None:
+    archive = _docker_archive(tmp_path / "img.tar", ["library/hello:1.0"])
+    docker = profiles.select(["docker"], profiles.load_all())
+    [out] = convert_source(archive, docker, Options(out_dir=tmp_path))
+    assert out.path == archive and out.docker_name == "library/hello:1.0"
+    assert out.container_format == "docker"
+
+
+def test_docker_archive_without_tag_rejected(tmp_path: Path) -> None:
+    archive = _docker_archive(tmp_path / "img.tar", None)
+    with pytest.raises(UnsafeImageError, match="repo:tag"):
+        convert_source(archive, profiles.select(["docker"], profiles.load_all()), Options(out_dir=tmp_path))
+
+
+def test_docker_with_disk_image_refused(sample_qcow2: Path, tmp_path: Path) -> None:
+    with pytest.raises(UnsafeImageError, match="not a docker save archive"):
+        convert_source(sample_qcow2, profiles.select(["docker"], profiles.load_all()), Options(out_dir=tmp_path))
+
+
+def test_failure_in_a_later_output_leaves_nothing(sample_qcow2: Path, tmp_path: Path) -> None:
+    """All or nothing: the kvm output converted first must not survive a later failure."""
+    pdir = tmp_path / "profiles"
+    pdir.mkdir()
+    (pdir / "broken.yaml").write_text(yaml.safe_dump({
+        "description": "qemu-img refuses this cluster size", "disk_format": "qcow2",
+        "output": {"format": "qcow2", "options": {"cluster_size": "3"}}}))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    selected = profiles.select(["kvm", "broken"], profiles.load_all([pdir]))
+    with pytest.raises(ConversionError, match="conversion for broken failed"):
+        convert_source(sample_qcow2, selected, Options(out_dir=out_dir, engine="qemu"))
+    assert list(out_dir.iterdir()) == []
+
+
+def test_one_output_file_only(sample_qcow2: Path, tmp_path: Path) -> None:
+    selected = profiles.select(["kvm", "vmware"], profiles.load_all())
+    with pytest.raises(ProfileError, match="-o takes one output"):
+        convert_source(sample_qcow2, selected, Options(out_file=tmp_path / "x.img"))
+    [out] = convert_source(sample_qcow2, selected[:1], Options(out_file=tmp_path / "x.img"))
+    assert out.path == tmp_path / "x.img" and qemu_info(out.path, "qcow2")["format"] == "qcow2"
+
+
+@pytest.mark.parametrize("fmt", ["raw", "vmdk", "vpc", "vhdx"])
+def test_any_qemu_format_as_source(sample_raw: Path, tmp_path: Path, fmt: str) -> None:
+    src = tmp_path / f"src.{fmt}"
+    qemu_img("convert", "-f", "raw", "-O", fmt, str(sample_raw), str(src))
+    [out] = convert_source(src, profiles.select(["kvm"], profiles.load_all()),
+                           Options(out_dir=tmp_path, verify=True))
+    qemu_img("compare", "-f", "raw", "-F", "qcow2", str(sample_raw), str(out.path))
