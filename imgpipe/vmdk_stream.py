@@ -37,7 +37,8 @@ try:
 except ImportError:  # pragma: no cover - isal is a declared dependency
     import zlib as _deflate  # type: ignore[no-redef]
 
-# Level 1 of ISA-L (or zlib) costs ~5% in size against qemu's zlib 6, for ~8x speed.
+# ISA-L level 1 output is ~12% larger than qemu's zlib level 6 on a real ext4 disk,
+# for a tenth of the CPU time.
 COMPRESS_LEVEL = 1
 
 SECTOR = 512
@@ -62,6 +63,7 @@ STREAM_FLAGS = FLAG_NL_DETECT | FLAG_COMPRESSED | FLAG_MARKERS
 COMPRESS_DEFLATE = 1
 NL_CHECK = b"\n \r\n"
 GD_AT_END = (1 << 64) - 1
+DESC_OFFSET_SECTORS = 1  # right after the header, where qemu and Glance require it
 DESC_SECTORS = 20  # qemu's DESC_SIZE: qemu rewrites this many sectors when it updates the CID
 OVERHEAD_SECTORS = GRAIN_SECTORS  # header + descriptor padded to a grain, as VMware does
 
@@ -175,10 +177,10 @@ def _header(capacity: int, gd_offset: int) -> bytes:
         STREAM_FLAGS,
         capacity,
         GRAIN_SECTORS,
-        1,
+        DESC_OFFSET_SECTORS,
         DESC_SECTORS,
         GTES_PER_GT,
-        0,
+        0,  # no redundant grain directory: nothing can be rewritten in a stream
         gd_offset,
         OVERHEAD_SECTORS,
         0,
@@ -301,11 +303,12 @@ def _deflate_batch(fd: int, start: int, length: int) -> _Batch:
         grain = data[offset : offset + GRAIN_SIZE]
         if grain == ZERO_GRAIN:
             continue
+        lba = (start + offset) // SECTOR
         packed = _deflate.compress(grain, COMPRESS_LEVEL)
         record_size = GRAIN_MARKER.size + len(packed)
         padding = -record_size % SECTOR
-        parts += (GRAIN_MARKER.pack((start + offset) // SECTOR, len(packed)), packed, bytes(padding))
-        grains.append(((start + offset) // GRAIN_SIZE, (record_size + padding) // SECTOR))
+        parts += (GRAIN_MARKER.pack(lba, len(packed)), packed, bytes(padding))
+        grains.append((lba // GRAIN_SECTORS, (record_size + padding) // SECTOR))
     return _Batch(b"".join(parts), grains)
 
 
@@ -313,13 +316,12 @@ def _batches(fd: int, size: int) -> Iterator[tuple[int, int]]:
     """Grain-aligned (offset, length) reads covering the data, cut at BATCH_SIZE boundaries."""
     done = 0
     for start, end in _data_extents(fd, size):
-        start = max(start - start % GRAIN_SIZE, done)
-        end = -(-end // GRAIN_SIZE) * GRAIN_SIZE
-        while start < end:
-            stop = min(end, start - start % BATCH_SIZE + BATCH_SIZE)
+        start = max(start - start % GRAIN_SIZE, done)  # the previous extent may share a grain
+        done = -(-end // GRAIN_SIZE) * GRAIN_SIZE
+        while start < done:
+            stop = min(done, start - start % BATCH_SIZE + BATCH_SIZE)
             yield start, stop - start
             start = stop
-        done = max(done, end)
 
 
 def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:

@@ -11,9 +11,11 @@ import json
 import os
 import random
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oslo_utils.imageutils import format_inspector
 
+from imgpipe import vmdk_stream
 from imgpipe.vmdk_stream import (
     ADAPTER_TYPES,
     DESC_SECTORS,
+    GRAIN_SECTORS,
     GRAIN_SIZE,
     GT_COVERAGE,
+    MARKER_EOS,
+    MARKER_FOOTER,
+    MARKER_GD,
+    MARKER_GT,
+    OVERHEAD_SECTORS,
     SECTOR,
     write_stream_optimized,
 )
@@ -33,6 +42,7 @@ from imgpipe.vmdk_stream import (
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
 
 BLOCK_KINDS = ("random", "zeros", "text", "one-byte")
+Block = tuple[int, int, str]  # offset, length, kind
 MAX_BLOCK_SECTORS = 600
 WORDS = b"lorem ipsum dolor sit amet kernel initrd grub vmlinuz etc usr lib ".split()
 
@@ -62,7 +72,7 @@ def block_bytes(kind: str, size: int, rng: random.Random) -> bytes:
     return bytes(data)
 
 
-def write_raw(path: Path, size: int, blocks: list[tuple[int, int, str]], seed: int) -> None:
+def write_raw(path: Path, size: int, blocks: list[Block], seed: int) -> None:
     """A sparse raw file: holes everywhere except the given (offset, length, kind) blocks."""
     rng = random.Random(seed)
     with open(path, "wb") as f:
@@ -124,6 +134,31 @@ def extent_line(text: str) -> list[str]:
     return next(line for line in text.splitlines() if line.startswith("RW ")).split()
 
 
+def stream_lbas(vmdk: Path) -> list[int]:
+    """Read the file front to back the way VMware's stream reader does: grain LBAs in order.
+
+    Also checks the markers: grain tables interleaved, then GD, footer and end-of-stream
+    exactly at the end of the file.
+    """
+    data = vmdk.read_bytes()
+    pos, lbas, metadata = OVERHEAD_SECTORS * SECTOR, [], []
+    while True:
+        value, size = struct.unpack_from("<QI", data, pos)
+        if size:  # a grain: lba, compressed size, deflate data, sector padding
+            lbas.append(value)
+            pos += -(-(12 + size) // SECTOR) * SECTOR
+            continue
+        (marker,) = struct.unpack_from("<I", data, pos + 12)
+        metadata.append(marker)
+        pos += (1 + value) * SECTOR
+        if marker == MARKER_EOS:
+            break
+    assert pos == len(data)
+    assert metadata[-3:] == [MARKER_GD, MARKER_FOOTER, MARKER_EOS]
+    assert set(metadata[:-3]) <= {MARKER_GT}
+    return lbas
+
+
 def assert_valid_copy(raw: Path, vmdk: Path) -> None:
     """qemu-img accepts the file and reads it back equal to the raw; Glance accepts it."""
     qemu_img("check", "-f", "vmdk", vmdk)
@@ -135,7 +170,7 @@ def assert_valid_copy(raw: Path, vmdk: Path) -> None:
 
 
 @st.composite
-def sparse_images(draw: st.DrawFn) -> tuple[int, list[tuple[int, int, str]], int]:
+def sparse_images(draw: st.DrawFn) -> tuple[int, list[Block], int]:
     """(size, blocks, seed): sizes from one sector to three grain tables, any alignment."""
     sectors = draw(
         st.one_of(
@@ -150,13 +185,14 @@ def sparse_images(draw: st.DrawFn) -> tuple[int, list[tuple[int, int, str]], int
         blocks.append((start * SECTOR, length * SECTOR, draw(st.sampled_from(BLOCK_KINDS))))
     if draw(st.booleans()):  # data in the very last sectors
         length = draw(st.integers(1, min(MAX_BLOCK_SECTORS, sectors)))
-        blocks.append(((sectors - length) * SECTOR, length * SECTOR, draw(st.sampled_from(BLOCK_KINDS))))
+        kind = draw(st.sampled_from(BLOCK_KINDS))
+        blocks.append(((sectors - length) * SECTOR, length * SECTOR, kind))
     return sectors * SECTOR, blocks, draw(st.integers(0, 2**32))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(image=sparse_images(), jobs=st.integers(1, 4))
-def test_matches_raw_and_qemu_oracle(image: tuple[int, list[tuple[int, int, str]], int], jobs: int) -> None:
+def test_matches_raw_and_qemu_oracle(image: tuple[int, list[Block], int], jobs: int) -> None:
     size, blocks, seed = image
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp, "src.raw")
@@ -169,6 +205,17 @@ def test_matches_raw_and_qemu_oracle(image: tuple[int, list[tuple[int, int, str]
         assert info(ours)["virtual-size"] == info(oracle)["virtual-size"] == size
         assert info(ours)["format-specific"]["data"]["create-type"] == "streamOptimized"
         assert data_ranges(ours) == data_ranges(oracle)  # all-zero grains skipped like qemu
+        lbas = stream_lbas(ours)
+        assert lbas == sorted(set(lbas))  # LBA order, each grain once
+        assert all(lba % GRAIN_SECTORS == 0 for lba in lbas)
+
+
+def test_stdlib_zlib_fallback_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vmdk_stream, "_deflate", zlib)
+    raw = tmp_path / "disk.raw"
+    blocks = [(i * 40000, 30000, kind) for i, kind in enumerate(BLOCK_KINDS)]
+    write_raw(raw, 3 * GRAIN_SIZE + SECTOR, blocks, 5)
+    assert_valid_copy(raw, our_vmdk(raw, tmp_path / "ours.vmdk", jobs=2))
 
 
 def test_empty_image_has_no_grains(tmp_path: Path) -> None:
@@ -200,7 +247,8 @@ def test_descriptor_mirrors_qemu(tmp_path: Path, adapter_type: str) -> None:
     ours_text, qemu_text = descriptor(ours), descriptor(oracle)
     assert f'ddb.adapterType = "{adapter_type}"' in ours_text
     assert descriptor_fields(ours_text) == descriptor_fields(qemu_text)
-    assert extent_line(ours_text) == ['RW', str(raw.stat().st_size // SECTOR), "SPARSE", '"ours.vmdk"']
+    sectors = str(raw.stat().st_size // SECTOR)
+    assert extent_line(ours_text) == ["RW", sectors, "SPARSE", '"ours.vmdk"']
     assert info(ours)["format-specific"]["data"]["create-type"] == "streamOptimized"
 
 
@@ -249,7 +297,8 @@ class _Pipe:
 
 def test_output_is_a_pure_stream_and_independent_of_jobs(tmp_path: Path) -> None:
     raw = tmp_path / "disk.raw"
-    blocks = [(i * 3 * GRAIN_SIZE + 777, 5 * GRAIN_SIZE, kind) for i, kind in enumerate(BLOCK_KINDS * 20)]
+    kinds = enumerate(BLOCK_KINDS * 20)
+    blocks = [(i * 3 * GRAIN_SIZE + 777, 5 * GRAIN_SIZE, kind) for i, kind in kinds]
     write_raw(raw, GT_COVERAGE * 2 + 12345 * SECTOR, blocks, 3)
     outputs = []
     for jobs in (1, 4):
