@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -12,9 +13,12 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from oslo_utils import strutils
 
-from imgpipe import __version__, errors, profiles, render
+from imgpipe import __version__, clouds, doctor, errors, profiles, render
 from imgpipe.convert import Options, convert_source
+from imgpipe.hashing import sha256_file
 from imgpipe.inspect import DEFAULT_MAX_VIRTUAL_SIZE, inspect_image
+from imgpipe.publish import DEFAULT_TEMPLATE, PublishRequest, publish
+from imgpipe.upload import UploadRequest, UploadResult, upload
 
 # Distinct, documented exit codes (README "Exit codes"); 2 is usage, as click uses it.
 EXIT_CODES: dict[type[errors.ImgpipeError], int] = {
@@ -216,6 +220,133 @@ def convert(
                  [(o.path, ",".join(o.profiles), f"{o.disk_format}/{o.container_format}",
                    render.human_size(o.size), f"{o.seconds:.1f}", "yes" if o.verified else "no")
                   for o in outputs])
+
+
+CloudOpt = Annotated[Optional[list[str]], typer.Option(
+    "--cloud", help="Cloud in clouds.yaml (repeatable; default $OS_CLOUD or OS_* variables).")]
+InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Do not verify TLS certificates.")]
+CacertOpt = Annotated[Optional[str], typer.Option("--os-cacert", help="CA bundle for TLS.")]
+PropertyOpt = Annotated[Optional[list[str]], typer.Option("--property", help="Extra property k=v (repeatable).")]
+TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", help="Image tag (repeatable).")]
+VisibilityOpt = Annotated[str, typer.Option(help="private, shared, community or public.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Upload even if an identical image is active.")]
+KEY_PROPERTIES = ("hypervisor_type", "vmware_disktype", "vmware_adaptertype", "hw_machine_type",
+                  "vm_mode", "img_type")
+
+
+def _properties(items: list[str] | None) -> dict[str, str]:
+    props = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--property {item!r}: expected key=value")
+        props[key] = value
+    bad = [k for k in props if k in profiles.RESERVED or k.startswith(profiles.RESERVED_PREFIXES)]
+    if bad:
+        raise typer.BadParameter(f"--property {bad[0]}: reserved by Glance")
+    return props
+
+
+def _connect(names: list[str] | None, insecure: bool, cacert: str | None) -> list[clouds.Cloud]:
+    return [clouds.connect(n, insecure=insecure, cacert=cacert) for n in (names or [None])]
+
+
+def _show_results(results: list[UploadResult], failures: list[str]) -> None:
+    if STATE.json:
+        render.emit_json({"images": [r.to_dict() for r in results], "failures": failures})
+    else:
+        render.table("images", ["cloud", "name", "id", "status", "disk/container", "properties"],
+                     [(r.cloud, r.name, r.image_id, r.status, f"{r.disk_format}/{r.container_format}",
+                       " ".join(f"{k}={r.properties[k]}" for k in KEY_PROPERTIES if k in r.properties))
+                      for r in results])
+    if failures:
+        raise errors.PartialFailure(f"{len(failures)} of {len(results) + len(failures)} uploads failed: "
+                                    + "; ".join(failures))
+
+
+@app.command("upload")
+@handled
+def upload_cmd(
+    file: Path,
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Profile the file was made for.")],
+    name: Annotated[str, typer.Option(help="Image name in Glance.")],
+    cloud: CloudOpt = None,
+    prop: PropertyOpt = None,
+    tag: TagOpt = None,
+    visibility: VisibilityOpt = "private",
+    force: ForceOpt = False,
+    insecure: InsecureOpt = False,
+    os_cacert: CacertOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload an already converted FILE with its profile's properties, verified."""
+    STATE.json = as_json
+    chosen = profiles.select([profile], profiles.load_all(STATE.profile_dirs))[0]
+    _warn([chosen])
+    info = inspect_image(file) if chosen.package is None else None
+    if info is not None and chosen.output is not None and info.format != chosen.output.format:
+        raise errors.FormatMismatchError(
+            f"{file}: content is {info.format}, profile {chosen.name} uploads {chosen.disk_format}")
+    targets = _connect(cloud, insecure, os_cacert)
+    sha = sha256_file(file)
+    results = []
+    with render.progress(quiet=as_json) as report:
+        for target in targets:
+            req = UploadRequest(file, name, chosen.name, chosen.disk_format, chosen.container_format,
+                                info.virtual_size if info else file.stat().st_size, sha,
+                                {**chosen.properties, **_properties(prop)}, tag or [], visibility, force)
+            size = file.stat().st_size
+            on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1))) \
+                if report else None
+            results.append(upload(target, req, on_bytes=on_bytes))
+    _show_results(results, [])
+
+
+@app.command("publish")
+@handled
+def publish_cmd(
+    src: Path,
+    profile: ProfileOpt,
+    name: Annotated[str, typer.Option(help="Base image name.")],
+    name_template: Annotated[str, typer.Option(help="Per-profile name; {name} and {profile}.")] = DEFAULT_TEMPLATE,
+    cloud: CloudOpt = None,
+    prop: PropertyOpt = None,
+    tag: TagOpt = None,
+    visibility: VisibilityOpt = "private",
+    force: ForceOpt = False,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Where converted files are kept during the run.")] = None,
+    engine: Annotated[str, typer.Option(help="streamOptimized writer: auto|native|qemu.")] = "auto",
+    verify: Annotated[bool, typer.Option(help="qemu-img compare each output with the source.")] = False,
+    insecure: InsecureOpt = False,
+    os_cacert: CacertOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert SRC for each profile and publish every output to every cloud."""
+    STATE.json = as_json
+    selected = profiles.select(profile, profiles.load_all(STATE.profile_dirs))
+    _warn(selected)
+    targets = _connect(cloud, insecure, os_cacert)
+    req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility, force)
+    opts = Options(out_dir=work_dir or Path(tempfile.gettempdir()), verify=verify, engine=engine)
+    with render.progress(quiet=as_json) as report:
+        result = publish(req, targets, opts, progress=report)
+    _show_results(result.results, result.failures)
+
+
+@app.command("doctor")
+@handled
+def doctor_cmd(cloud: CloudOpt = None, insecure: InsecureOpt = False, os_cacert: CacertOpt = None,
+               as_json: JsonOpt = False) -> None:
+    """Check qemu-img, the profiles, and that each cloud's Glance answers and what it accepts."""
+    STATE.json = as_json
+    checks = doctor.run_checks(cloud or [None], STATE.profile_dirs, insecure, os_cacert)
+    if as_json:
+        render.emit_json([c.__dict__ for c in checks])
+    else:
+        render.table("doctor", ["check", "ok", "detail"], [(c.name, "yes" if c.ok else "NO", c.detail) for c in checks])
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise errors.CloudConfigError(f"{failed[0].name}: {failed[0].detail}")
 
 
 def _warn(selected: list[profiles.Profile]) -> None:

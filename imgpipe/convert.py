@@ -22,6 +22,7 @@ from imgpipe.errors import ConversionError, NoSpaceError, ProfileError, UnsafeIm
 from imgpipe.inspect import QEMU_DRIVER, ImageInfo, archive_kind, inspect_image, open_source
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
+from imgpipe.vmdk_stream import write_stream_optimized
 
 Progress = Callable[[str, float], None]
 EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
@@ -211,7 +212,7 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
     scratch.append(tmp)
     label = first.path.name
     report = (lambda pct: progress(label, pct)) if progress else None
-    engine = _convert_one(base.window, tmp, profile, opts, report, scratch)
+    engine = _convert_one(base.window, tmp, first.path.name, profile, opts, report, scratch)
     _reinspect(tmp, profile.output.format, first.virtual_size, label)
     verified = False
     if opts.verify:
@@ -230,14 +231,14 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
         out.seconds = time.monotonic() - started
 
 
-def _convert_one(window: qemu.Source, dest: Path, profile: Profile, opts: Options,
+def _convert_one(window: qemu.Source, dest: Path, final_name: str, profile: Profile, opts: Options,
                  report: Callable[[float], None] | None, scratch: list[Path]) -> str:
     assert profile.output is not None
     out = profile.output
     try:
         if _use_native(profile, opts.engine):
-            _native_stream_optimized(window, dest, out.options["adapter_type"], opts.jobs,
-                                     report, scratch)
+            _native_stream_optimized(window, dest, final_name, out.options["adapter_type"],
+                                     opts.jobs, report, scratch)
             return "native"
         qemu.convert(window, dest, out.format, out.options, out.compress, report)
     except CommandFailed as exc:
@@ -252,16 +253,15 @@ def _use_native(profile: Profile, engine: str) -> bool:
     return stream and engine != "qemu"
 
 
-def _native_stream_optimized(window: qemu.Source, dest: Path, adapter: str, jobs: int | None,
-                             report: Callable[[float], None] | None, scratch: list[Path]) -> None:
+def _native_stream_optimized(window: qemu.Source, dest: Path, final_name: str, adapter: str,
+                             jobs: int | None, report: Callable[[float], None] | None,
+                             scratch: list[Path]) -> None:
     """qemu-img reads the source into a sparse raw; imgpipe deflates grains on every core."""
-    from imgpipe.vmdk_stream import write_stream_optimized
-
     raw = atomic.temp_beside(dest)
     scratch.append(raw)
     qemu.convert(window, raw, "raw", {}, False, report)
     with dest.open("wb") as f:
-        write_stream_optimized(raw, f, adapter_type=adapter, jobs=jobs)
+        write_stream_optimized(raw, f, adapter_type=adapter, jobs=jobs, extent_name=final_name)
     raw.unlink()
     scratch.remove(raw)
 

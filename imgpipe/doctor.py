@@ -1,0 +1,65 @@
+"""`imgpipe doctor`: what a person checks before blaming the tool, each as a named result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from glanceclient import Client as GlanceClient
+
+from imgpipe import clouds, profiles, retry
+from imgpipe.errors import ImgpipeError
+from imgpipe.runner import run
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def run_checks(cloud_names: list[str | None], profile_dirs: list[Path], insecure: bool,
+               cacert: str | None) -> list[Check]:
+    checks = [_qemu(), _profiles(profile_dirs)]
+    for name in cloud_names:
+        checks += _cloud(name, insecure, cacert)
+    return checks
+
+
+def _qemu() -> Check:
+    try:
+        first = run(["qemu-img", "--version"]).stdout.splitlines()[0]
+    except ImgpipeError as exc:
+        return Check("qemu-img", False, str(exc))
+    return Check("qemu-img", True, first)
+
+
+def _profiles(dirs: list[Path]) -> Check:
+    try:
+        loaded = profiles.load_all(dirs)
+    except ImgpipeError as exc:
+        return Check("profiles", False, str(exc))
+    return Check("profiles", True, f"{len(loaded)} valid: {', '.join(sorted(loaded))}")
+
+
+def _cloud(name: str | None, insecure: bool, cacert: str | None) -> list[Check]:
+    label = f"cloud {name or 'OS_* environment'}"
+    try:
+        cloud = clouds.connect(name, insecure=insecure, cacert=cacert)
+    except ImgpipeError as exc:
+        return [Check(label, False, str(exc))]
+    checks = [Check(label, True, f"authenticated; image endpoint {cloud.endpoint}")]
+    client = GlanceClient("2", session=cloud.session, endpoint_override=cloud.endpoint)
+    try:
+        versions = retry.call(f"{label}: versions", client.versions.list)
+        current = [v["id"] for v in versions if v.get("status") == "CURRENT"]
+        schema = retry.call(f"{label}: image schema", lambda: client.schemas.get("image")).raw()
+    except Exception as exc:  # any failure here is the finding itself
+        return [*checks, Check(f"{label} glance", False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)]
+    props = schema["properties"]
+    disk = [f for f in props["disk_format"]["enum"] if f]
+    container = [f for f in props["container_format"]["enum"] if f]
+    checks.append(Check(f"{label} glance", True, f"API {', '.join(current) or '?'}; "
+                        f"disk formats {', '.join(disk)}; containers {', '.join(container)}"))
+    return checks

@@ -1,0 +1,116 @@
+"""The only code that speaks HTTP to Glance (images API v2), through a keystoneauth adapter.
+
+Raw requests rather than glanceclient for image calls: glanceclient drops the status code
+of 408/415/429/504 and the Retry-After header, both of which the retry policy needs, and it
+uploads chunked without a Content-Length, which is slower than a plain PUT.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import requests
+from keystoneauth1 import exceptions as ksa_exc
+
+from imgpipe.clouds import Cloud
+from imgpipe.errors import AuthError, GlanceRefusedError
+from imgpipe.retry import RETRY_STATUS, Transient, parse_retry_after
+
+PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
+ACTIVE = "active"
+IN_PROGRESS = frozenset({"queued", "saving", "importing", "uploading"})
+
+
+class ServerFailed(Transient):
+    """A 5xx Glance gave mid-operation: retrying needs a fresh image, not the same request."""
+
+
+def request(cloud: Cloud, method: str, path: str, what: str, *, ok: Iterable[int] = (200,),
+            explain: dict[int, str] | None = None, **kwargs: Any) -> requests.Response:
+    """One HTTP call; statuses become Transient (retry), AuthError or GlanceRefusedError.
+
+    `explain` replaces Glance's own wording for statuses where it is unhelpful.
+    """
+    try:
+        resp: requests.Response = cloud.image.request(path, method, raise_exc=False, **kwargs)
+    except ksa_exc.Unauthorized as exc:
+        raise AuthError(f"cloud {cloud.name}: Keystone refused the credentials (HTTP 401)") from exc
+    except (ksa_exc.ConnectionError, ksa_exc.RetriableConnectionFailure) as exc:
+        raise Transient(f"{what}: {exc}") from exc
+    code = resp.status_code
+    if code in ok:
+        return resp
+    detail = _detail(resp)
+    if code in RETRY_STATUS:
+        raise Transient(f"{what}: HTTP {code}", parse_retry_after(resp.headers.get("Retry-After")))
+    if code >= 500:
+        raise ServerFailed(f"{what}: HTTP {code}: {detail}")
+    if code == 401:
+        raise AuthError(f"cloud {cloud.name}: Glance refused the token (HTTP 401)")
+    if explain and code in explain:
+        detail = explain[code]
+    raise GlanceRefusedError(f"cloud {cloud.name}: {what}: HTTP {code}: {detail}")
+
+
+def _detail(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+        text = body.get("message") or body.get("error", {}).get("message") or str(body)
+    except ValueError:
+        text = resp.text
+    text = re.sub(r"<[^>]+>", " ", text)
+    return " ".join(text.split())[:300] or resp.reason
+
+
+def create_image(cloud: Cloud, fields: dict[str, Any]) -> dict[str, Any]:
+    resp = request(cloud, "POST", "/v2/images", f"create image {fields.get('name')}", ok=(201,),
+                   json=fields)
+    image: dict[str, Any] = resp.json()
+    return image
+
+
+def get_image(cloud: Cloud, image_id: str) -> dict[str, Any] | None:
+    resp = request(cloud, "GET", f"/v2/images/{image_id}", f"get image {image_id}", ok=(200, 404))
+    return None if resp.status_code == 404 else dict(resp.json())
+
+
+def list_images(cloud: Cloud, filters: dict[str, str]) -> list[dict[str, Any]]:
+    """Every image matching the filters (Glance filters on custom properties too), all pages."""
+    params: dict[str, str] | None = {"limit": "100", **filters}
+    path = "/v2/images"
+    images: list[dict[str, Any]] = []
+    while True:
+        body = request(cloud, "GET", path, "list images", params=params).json()
+        images += body.get("images", [])
+        next_link = body.get("next")
+        if not next_link:
+            return images
+        path, params = next_link, None
+
+
+def update_properties(cloud: Cloud, image: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
+    ops = [{"op": "replace" if key in image else "add", "path": f"/{key}", "value": value}
+           for key, value in props.items()]
+    resp = request(cloud, "PATCH", f"/v2/images/{image['id']}", f"update image {image['id']}",
+                   json=ops, headers={"Content-Type": PATCH_TYPE})
+    updated: dict[str, Any] = resp.json()
+    return updated
+
+
+def delete_image(cloud: Cloud, image_id: str) -> None:
+    request(cloud, "DELETE", f"/v2/images/{image_id}", f"delete image {image_id}", ok=(204, 404))
+
+
+def image_action(cloud: Cloud, image_id: str, action: str) -> None:
+    """deactivate / reactivate."""
+    request(cloud, "POST", f"/v2/images/{image_id}/actions/{action}", f"{action} image {image_id}",
+            ok=(204,))
+
+
+def put_data(cloud: Cloud, image_id: str, body: Any, disk_format: str) -> None:
+    """PUT the bytes with Content-Length; a 415 means Glance's inspector refused the content."""
+    request(cloud, "PUT", f"/v2/images/{image_id}/file", f"upload image {image_id}", ok=(204,),
+            data=body, headers={"Content-Type": "application/octet-stream"},
+            explain={415: f"Glance says the content is not a valid {disk_format}"})

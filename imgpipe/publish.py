@@ -1,0 +1,111 @@
+"""Convert once per distinct output, upload each output to every cloud, overlapping the two.
+
+Conversion is CPU/disk bound and upload is network/server bound, so while one output
+uploads (to all clouds at once) the next one converts. Profiles already published from
+this exact source (same name, profile, source sha256) are not even converted.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from imgpipe import retry
+from imgpipe.clouds import Cloud
+from imgpipe.convert import Options, Output, convert_source
+from imgpipe.errors import ImgpipeError
+from imgpipe.hashing import sha256_file
+from imgpipe.profiles import Profile
+from imgpipe.upload import UploadRequest, UploadResult, find_unchanged, upload
+
+DEFAULT_TEMPLATE = "{name}-{profile}"
+
+
+@dataclass
+class PublishRequest:
+    source: Path
+    profiles: list[Profile]
+    name: str
+    name_template: str = DEFAULT_TEMPLATE
+    properties: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    visibility: str | None = "private"
+    force: bool = False
+    source_sha256: str | None = None
+
+    def image_name(self, profile: Profile, out: Output | None = None) -> str:
+        if out is not None and out.docker_name:
+            return out.docker_name  # nova-docker/zun look images up by repo:tag
+        return self.name_template.format(name=self.name, profile=profile.name)
+
+
+@dataclass
+class PublishReport:
+    results: list[UploadResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
+            limits: retry.RetryLimits = retry.DEFAULT_LIMITS,
+            progress: Callable[[str, float], None] | None = None) -> PublishReport:
+    sha = req.source_sha256 or sha256_file(req.source)
+    report = PublishReport()
+    todo: list[Profile] = []
+    for profile in req.profiles:
+        unchanged = [] if req.force or profile.package == "docker-archive" else [
+            find_unchanged(c, req.image_name(profile), profile.name, sha, limits) for c in clouds]
+        if unchanged and all(unchanged):
+            report.results += [u for u in unchanged if u is not None]
+        else:
+            todo.append(profile)
+    with tempfile.TemporaryDirectory(prefix="imgpipe-publish-", dir=opts.out_dir) as work, \
+            ThreadPoolExecutor(max_workers=max(1, len(clouds)) * 2) as pool:
+        futures: list[tuple[str, Future[UploadResult]]] = []
+        for group in _groups(todo):
+            try:
+                outputs = convert_source(req.source, group, replace(opts, out_dir=Path(work), out_file=None),
+                                         progress)
+            except ImgpipeError as exc:
+                report.failures.append(str(exc))
+                continue
+            for out in outputs:
+                for profile in (p for p in group if p.name in out.profiles):
+                    for cloud in clouds:
+                        up = _request(req, profile, out, sha)
+                        label = f"{cloud.name}/{up.name}"
+                        futures.append((label, pool.submit(upload, cloud, up, limits,
+                                                           _bytes_progress(progress, label, out.size))))
+        for label, future in futures:
+            try:
+                report.results.append(future.result())
+            except ImgpipeError as exc:
+                report.failures.append(f"{label}: {exc}")
+    return report
+
+
+def _bytes_progress(progress: Callable[[str, float], None] | None, label: str,
+                    size: int) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    return lambda sent: progress(f"upload {label}", 100.0 * sent / max(size, 1))
+
+
+def _groups(profiles: list[Profile]) -> list[list[Profile]]:
+    """Profiles sharing a conversion stay together so each output is converted once."""
+    groups: dict[tuple[object, ...], list[Profile]] = {}
+    for p in profiles:
+        key = p.output_key()[:-1] if p.output else ("docker",)
+        groups.setdefault(key, []).append(p)
+    return list(groups.values())
+
+
+def _request(req: PublishRequest, profile: Profile, out: Output, sha: str) -> UploadRequest:
+    return UploadRequest(
+        path=out.path, name=req.image_name(profile, out), profile=profile.name,
+        disk_format=profile.disk_format, container_format=profile.container_format,
+        virtual_size=out.virtual_size, source_sha256=sha,
+        properties={**profile.properties, **req.properties}, tags=req.tags,
+        visibility=req.visibility, force=req.force)

@@ -1,0 +1,227 @@
+"""The story of one upload: find, create, stream, verify, label, or clean up.
+
+Idempotency anchor: an active image with the same name, profile and source sha256 is the
+result of an earlier run, so nothing is uploaded. The unit that is retried is a whole fresh
+image (create -> PUT -> verify): Glance cannot take a second PUT into an image whose first
+PUT failed, and an image left in 'saving' by a crashed server never recovers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from imgpipe import __version__, glance, retry
+from imgpipe.clouds import Cloud
+from imgpipe.errors import UploadError
+from imgpipe.hashing import Digests, HashingBody
+from imgpipe.profiles import RESERVED
+
+LOG = logging.getLogger("imgpipe.upload")
+GIB = 1 << 30
+PROFILE_KEY = "imgpipe_profile"
+SOURCE_KEY = "imgpipe_source_sha256"
+VERSION_KEY = "imgpipe_version"
+RUN_KEY = "imgpipe_run"
+# An in-progress image of another run not updated for this long is a leftover of a crash.
+STALE_AFTER = 30 * 60
+WAIT_FOR_PEER = 15 * 60
+
+
+@dataclass
+class UploadRequest:
+    path: Path
+    name: str
+    profile: str
+    disk_format: str
+    container_format: str
+    virtual_size: int
+    source_sha256: str
+    properties: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    visibility: str | None = "private"
+    force: bool = False
+
+    def anchor(self) -> dict[str, str]:
+        return anchor(self.name, self.profile, self.source_sha256)
+
+
+def anchor(name: str, profile: str, source_sha256: str) -> dict[str, str]:
+    """What makes two publishes 'the same': openstacksdk-style, keyed on content, not name alone."""
+    return {"name": name, PROFILE_KEY: profile, SOURCE_KEY: source_sha256}
+
+
+@dataclass
+class UploadResult:
+    cloud: str
+    name: str
+    profile: str
+    image_id: str
+    status: str  # "created" or "unchanged"
+    disk_format: str
+    container_format: str
+    size: int
+    seconds: float = 0.0
+    checksum: str = ""
+    properties: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def upload(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits = retry.DEFAULT_LIMITS,
+           on_bytes: Callable[[int], None] | None = None) -> UploadResult:
+    started = time.monotonic()
+    if not req.force:
+        existing = find_unchanged(cloud, req.name, req.profile, req.source_sha256, limits)
+        if existing:
+            return existing
+    image, status = retry.call(f"cloud {cloud.name}: publish {req.name}",
+                               lambda: _attempt(cloud, req, limits, on_bytes), limits)
+    return _result(cloud, req.profile, image, status, started)
+
+
+def find_unchanged(cloud: Cloud, name: str, profile: str, source_sha256: str,
+                   limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> UploadResult | None:
+    """The active image an earlier run published from this same source, if any."""
+    found = _find(cloud, anchor(name, profile, source_sha256), limits, statuses={glance.ACTIVE})
+    return _result(cloud, profile, found[0], "unchanged", time.monotonic()) if found else None
+
+
+def _result(cloud: Cloud, profile: str, image: dict[str, Any], status: str,
+            started: float) -> UploadResult:
+    props = {k: str(v) for k, v in image.items() if k not in RESERVED}
+    return UploadResult(cloud.name, image["name"], profile, image["id"], status, image["disk_format"],
+                        image["container_format"], int(image.get("size") or 0),
+                        time.monotonic() - started, image.get("checksum") or "", props)
+
+
+def _find(cloud: Cloud, wanted: dict[str, str], limits: retry.RetryLimits,
+          statuses: set[str]) -> list[dict[str, Any]]:
+    """Images with this anchor, oldest first (created_at, then id: every run sorts alike)."""
+    images = retry.call(f"cloud {cloud.name}: list images",
+                        lambda: glance.list_images(cloud, wanted), limits)
+    found = [i for i in images
+             if all(i.get(k) == v for k, v in wanted.items()) and i.get("status") in statuses]
+    return sorted(found, key=lambda i: (i.get("created_at", ""), i["id"]))
+
+
+def _attempt(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits,
+             on_bytes: Callable[[int], None] | None) -> tuple[dict[str, Any], str]:
+    """Create a fresh image and fill it; whatever fails, that image is deleted before leaving."""
+    image = glance.create_image(cloud, _fields(req))
+    done = False
+    try:
+        winner = _race_winner(cloud, req, image, limits)
+        if winner["id"] != image["id"]:
+            _delete(cloud, image["id"], limits)
+            done = True
+            return _wait_for_peer(cloud, winner, limits), "unchanged"
+        body = HashingBody(req.path, on_bytes)
+        glance.put_data(cloud, image["id"], body, req.disk_format)
+        assert body.digests is not None
+        verified = _verify(cloud, image["id"], body.digests, req)
+        labelled = glance.update_properties(cloud, verified, {
+            "owner_specified.openstack.md5": body.digests.md5,
+            "owner_specified.openstack.sha256": body.digests.sha256,
+            "owner_specified.openstack.object": f"images/{req.name}",
+        })
+        done = True
+        return labelled, "created"
+    finally:
+        if not done:
+            _delete(cloud, image["id"], limits)
+
+
+def _fields(req: UploadRequest) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        **req.properties,
+        "name": req.name,
+        "disk_format": req.disk_format,
+        "container_format": req.container_format,
+        "min_disk": max(1, math.ceil(req.virtual_size / GIB)),
+        "tags": req.tags,
+        PROFILE_KEY: req.profile,
+        SOURCE_KEY: req.source_sha256,
+        VERSION_KEY: __version__,
+        RUN_KEY: uuid.uuid4().hex,
+    }
+    if req.visibility:
+        fields["visibility"] = req.visibility
+    return fields
+
+
+def _race_winner(cloud: Cloud, req: UploadRequest, mine: dict[str, Any],
+                 limits: retry.RetryLimits) -> dict[str, Any]:
+    """Of concurrent runs publishing the same thing, the oldest image wins; the rest back off.
+
+    Leftovers of crashed runs (in progress, untouched for STALE_AFTER) do not count and are
+    deleted: they carry our anchor, so they are ours.
+    """
+    now = time.time()
+    live = []
+    for image in _find(cloud, req.anchor(), limits, statuses={glance.ACTIVE, *glance.IN_PROGRESS}):
+        if (image["id"] == mine["id"] or image["status"] == glance.ACTIVE
+                or now - _timestamp(image.get("updated_at")) < STALE_AFTER):
+            live.append(image)
+        else:
+            LOG.warning("cloud %s: deleting leftover image %s (%s since %s)", cloud.name,
+                        image["id"], image["status"], image.get("updated_at"))
+            _delete(cloud, image["id"], limits)
+    return live[0] if live else mine
+
+
+def _timestamp(value: str | None) -> float:
+    if not value:
+        return 0.0
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _wait_for_peer(cloud: Cloud, peer: dict[str, Any], limits: retry.RetryLimits) -> dict[str, Any]:
+    """Another run is uploading the same image: wait for it rather than upload a second copy."""
+    deadline = time.monotonic() + WAIT_FOR_PEER
+    while time.monotonic() < deadline:
+        current = retry.call(f"cloud {cloud.name}: get image", lambda: glance.get_image(cloud, peer["id"]),
+                             limits)
+        if current is None or current["status"] not in {glance.ACTIVE, *glance.IN_PROGRESS}:
+            raise retry.Transient(f"concurrent upload {peer['id']} failed; uploading ourselves")
+        if current["status"] == glance.ACTIVE:
+            return current
+        time.sleep(1.0)
+    raise UploadError(f"cloud {cloud.name}: concurrent upload {peer['id']} did not finish in time")
+
+
+def _verify(cloud: Cloud, image_id: str, ours: Digests, req: UploadRequest) -> dict[str, Any]:
+    """Glance's size and hashes must equal the ones computed while the bytes left."""
+    image = glance.get_image(cloud, image_id)
+    if image is None:
+        raise UploadError(f"cloud {cloud.name}: image {image_id} vanished after upload")
+    problems = []
+    if image.get("status") != glance.ACTIVE:
+        problems.append(f"status {image.get('status')}")
+    if int(image.get("size") or -1) != ours.size:
+        problems.append(f"size {image.get('size')} != {ours.size}")
+    if image.get("checksum") and image["checksum"] != ours.md5:
+        problems.append("md5 checksum differs")
+    algo = image.get("os_hash_algo")
+    if algo and ours.get(algo) is not None and image.get("os_hash_value") != ours.get(algo):
+        problems.append(f"{algo} differs")
+    if problems:
+        raise UploadError(f"cloud {cloud.name}: {req.name} failed verification: {', '.join(problems)}")
+    return image
+
+
+def _delete(cloud: Cloud, image_id: str, limits: retry.RetryLimits) -> None:
+    """Best effort, with retries: a server restarting after a crash comes back within them."""
+    try:
+        retry.call(f"cloud {cloud.name}: delete image {image_id}",
+                   lambda: glance.delete_image(cloud, image_id), limits)
+    except Exception as exc:  # cleanup must not hide the error that caused it
+        LOG.error("cloud %s: could not delete image %s: %s", cloud.name, image_id, exc)
