@@ -55,6 +55,7 @@ and take ``session = region.get_session()``; then:
 """
 
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import grp
@@ -71,6 +72,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,7 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 SERVICES = ("glance", "keystone")
+NOAUTH_POLICY = "noauth-policy.yaml"
 
 
 class LocalCloudError(RuntimeError):
@@ -121,6 +124,15 @@ class LocalCloud:
 # Server venv
 # --------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock file: concurrent starts (parallel test
+    sessions) must not install into one venv or start one instance twice."""
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def venv_dir() -> Path:
     """The server venv lives outside the repo so every clone reuses it."""
     configured = os.environ.get("IMGPIPE_CLOUD_VENV")
@@ -144,8 +156,7 @@ def ensure_venv() -> Path:
     stamp = venv / ".requirements.sha256"
     wanted = _requirements_hash()
     venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(venv.parent / f".{venv.name}.lock"):
         if stamp.exists() and stamp.read_text().strip() == wanted:
             return venv
         _install_venv(venv)
@@ -154,15 +165,20 @@ def ensure_venv() -> Path:
 
 
 def _install_venv(venv: Path) -> None:
-    say(f"installing server venv {venv} from {REQUIREMENTS.name} (about a minute)")
+    log = venv.parent / f"{venv.name}-install.log"
+    _say(f"localcloud: installing the server venv {venv} from {REQUIREMENTS.name} "
+        f"(about a minute; pip output in {log})")
     began = time.monotonic()
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input",
-           "--disable-pip-version-check", "--progress-bar", "off", "-r", str(REQUIREMENTS)]
-    # pip writes its progress to our stdout/stderr so people see what happens.
-    if subprocess.run(pip).returncode != 0:
-        raise LocalCloudError(f"pip install into {venv} failed (see output above)")
-    say(f"server venv ready in {time.monotonic() - began:.0f} s")
+    with open(log, "wb") as out:
+        steps = ([sys.executable, "-m", "venv", "--clear", str(venv)],
+                 [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input",
+                  "--disable-pip-version-check", "--progress-bar", "off",
+                  "-r", str(REQUIREMENTS)])
+        for argv in steps:
+            if subprocess.run(argv, check=False, stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=subprocess.STDOUT).returncode != 0:
+                raise LocalCloudError("installing the server venv failed\n" + _tail(log))
+    _say(f"localcloud: server venv ready in {time.monotonic() - began:.0f} s")
 
 
 # --------------------------------------------------------------------------
@@ -215,7 +231,8 @@ def _url(port: int) -> str:
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _port_is_free(port: int) -> bool:
@@ -235,36 +252,44 @@ def _port_is_free(port: int) -> bool:
 # --------------------------------------------------------------------------
 
 def _workdir(state_dir: Path, service: str) -> Path:
-    """gunicorn's --chdir value, which also tags the server's processes as ours."""
+    """A server's own directory: its config, DB and data, and its cwd."""
     return state_dir.resolve() / service
 
 
-def _group_pids(state_dir: Path, service: str) -> list[int]:
-    """Live processes of a server: in the recorded process group and running
-    our gunicorn for this state dir.
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, start time) of a process, None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[2]), int(fields[19])
 
-    Checking the command line guards against a recycled pid; skipping
-    zombies matters because a killed child of the caller (pytest) stays a
-    zombie until reaped, and orphaned workers may not be reaped at all.
+
+def _group_pids(state_dir: Path, service: str) -> list[int]:
+    """Live processes of a server: members of the recorded process group.
+
+    The pid file holds the gunicorn master's pid (= its process group, as it
+    leads its own session) and start time. A master with the same pid but
+    another start time is a recycled pid, not ours. Without the master, any
+    member of the group is one of our orphaned workers: Linux never hands out
+    a pid that is still in use as a process group id. Zombies are skipped: a
+    killed child of the caller (pytest) stays one until reaped, and orphaned
+    workers may never be reaped here (PID 1 need not be an init).
     """
     pid_file = _pid_path(state_dir, service)
     if not pid_file.exists():
         return []
-    pgid = int(pid_file.read_text())
-    tag = str(_workdir(state_dir, service)).encode()
+    pgid, started = (int(field) for field in pid_file.read_text().split())
+    master = _proc_stat(pgid)
+    if master is not None and master[2] != started:
+        return []
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in "ZX" and tag in argv:
-            found.append(int(entry.name))
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[1] == pgid and stat[0] not in "ZX":
+                found.append(int(entry.name))
     return found
 
 
@@ -274,10 +299,8 @@ def _is_running(state_dir: Path, service: str) -> bool:
 
 def _signal_service(state_dir: Path, service: str, sig: signal.Signals) -> None:
     for pid in _group_pids(state_dir, service):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
     _reap(state_dir, service)
 
 
@@ -286,10 +309,8 @@ def _reap(state_dir: Path, service: str) -> None:
     pid_file = _pid_path(state_dir, service)
     if not pid_file.exists():
         return
-    try:
-        os.waitpid(int(pid_file.read_text()), os.WNOHANG)
-    except ChildProcessError:
-        pass
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(int(pid_file.read_text().split()[0]), os.WNOHANG)
 
 
 def _stop_service(state_dir: Path, service: str, timeout: float) -> None:
@@ -303,9 +324,13 @@ def _stop_service(state_dir: Path, service: str, timeout: float) -> None:
 
 
 def _kill_service(state_dir: Path, service: str) -> None:
+    """SIGKILL the group and return once the server's port stops listening."""
+    if not _pid_path(state_dir, service).exists():
+        return  # never started here, or already stopped: its port is not ours
     _signal_service(state_dir, service, signal.SIGKILL)
     deadline = time.monotonic() + STOP_TIMEOUT
-    while _is_running(state_dir, service):
+    port = (_load_record(state_dir) or {}).get(f"{service}_port")
+    while _is_running(state_dir, service) or (port and _listening(port)):
         if time.monotonic() > deadline:
             raise LocalCloudError(f"{service} in {state_dir} survived SIGKILL")
         time.sleep(0.05)
@@ -313,30 +338,69 @@ def _kill_service(state_dir: Path, service: str) -> None:
     _pid_path(state_dir, service).unlink(missing_ok=True)
 
 
-def _spawn_gunicorn(venv: Path, state_dir: Path, service: str, app: str, port: int,
-                    env: dict[str, str], threads: int) -> subprocess.Popen:
+def _listening(port: int) -> bool:
+    """Whether a socket still listens on HOST:port, per /proc/net/tcp.
+
+    A killed server's listening socket can outlive its processes for a
+    moment: a client connecting then gets a reset instead of a refusal, and
+    a restart cannot bind. Reading the table does not connect.
+    """
+    local = f"{socket.inet_aton(HOST)[::-1].hex().upper()}:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[3] == "0A":  # 0A = TCP_LISTEN
+            return True
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Server:
+    """One gunicorn-served OpenStack API."""
+
+    service: str
+    app: str
+    port: int
+    threads: int
+    probe_url: str
+    env: dict[str, str]
+
+
+def _spawn_gunicorn(venv: Path, state_dir: Path, server: _Server) -> subprocess.Popen[bytes]:
     """Start gunicorn detached (own session) so it outlives the caller.
 
-    gthread workers, not uwsgi: uwsgi breaks glanceclient's chunked uploads.
-    A long --timeout lets big uploads through one worker.
+    gunicorn runs with no arguments and reads ./gunicorn.conf.py instead:
+    Keystone's WSGI app parses sys.argv with oslo.config and refuses
+    gunicorn's options. gthread workers, not uwsgi: uwsgi breaks
+    glanceclient's chunked uploads. A long timeout lets big uploads through.
     """
-    argv = [str(venv / "bin" / "gunicorn"), app,
-            "--bind", f"{HOST}:{port}", "--chdir", str(_workdir(state_dir, service)),
-            "--workers", "1", "--worker-class", "gthread", "--threads", str(threads),
-            "--timeout", "300", "--graceful-timeout", "5", "--access-logfile", "-"]
+    service = server.service
+    workdir = _workdir(state_dir, service)
+    settings = {
+        "wsgi_app": server.app, "bind": f"{HOST}:{server.port}",
+        "proc_name": f"localcloud {service} {state_dir}",
+        "workers": 1, "worker_class": "gthread", "threads": server.threads,
+        "timeout": 300, "graceful_timeout": 5, "accesslog": "-",
+        # gunicorn >= 24 opens ~/.gunicorn/gunicorn.ctl, one path for every
+        # instance: side-by-side clouds would fight over it.
+        "control_socket_disable": True,
+    }
+    (workdir / "gunicorn.conf.py").write_text(
+        "".join(f"{key} = {value!r}\n" for key, value in settings.items()))
     log = _log_path(state_dir, service)
     with open(log, "ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service} on "
-                  f"port {port}\n".encode())
+                  f"port {server.port}\n".encode())
         out.flush()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, env={**os.environ, **env},
-                                start_new_session=True)
-    _pid_path(state_dir, service).write_text(f"{proc.pid}\n")
+        proc = subprocess.Popen([str(venv / "bin" / "gunicorn")], cwd=workdir,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **server.env}, start_new_session=True)
+    stat = _proc_stat(proc.pid)
+    _pid_path(state_dir, service).write_text(f"{proc.pid} {stat[2] if stat else 0}\n")
     return proc
 
 
-def _wait_until_answers(proc: subprocess.Popen, url: str, log: Path, deadline: float) -> None:
+def _wait_until_answers(proc: subprocess.Popen[bytes], url: str, log: Path,
+                        deadline: float) -> None:
     """Poll url until the server gives any HTTP answer; fail fast if it died."""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -361,11 +425,14 @@ def _tail(log: Path, lines: int = 40) -> str:
 def _run_setup(state_dir: Path, argv: list[str], env: dict[str, str] | None = None) -> None:
     """Run a *-manage command, logging to setup.log; fail with its output."""
     log = _log_path(state_dir, "setup")
+    began = time.monotonic()
     with open(log, "ab") as out:
         out.write(f"\n==== {' '.join(argv)}\n".encode())
         out.flush()
-        result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out,
+        result = subprocess.run(argv, check=False, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        out.write(f"==== exit {result.returncode} after {time.monotonic() - began:.1f} s\n"
+                  .encode())
     if result.returncode != 0:
         raise LocalCloudError(f"{Path(argv[0]).name} {argv[1:]} failed\n" + _tail(log))
 
@@ -404,7 +471,9 @@ def _glance_conf(state_dir: Path, port: int, keystone_url: str | None,
         "os_glance_staging_store": {"filesystem_store_datadir": str(base / "staging")},
         "os_glance_tasks_store": {"filesystem_store_datadir": str(base / "tasks")},
     }
-    if keystone_url is not None:
+    if keystone_url is None:
+        conf["oslo_policy"] = {"policy_file": str(base / "etc" / NOAUTH_POLICY)}
+    else:
         # The "keystone" flavor swaps unauthenticated-context (everyone is
         # admin) for authtoken + context in glance-api-paste.ini.
         conf["paste_deploy"] = {"flavor": "keystone"}
@@ -431,6 +500,12 @@ def _prepare_glance(venv: Path, state_dir: Path, port: int, keystone_url: str | 
     # with the noauth ("default") and "keystone" pipelines.
     shutil.copyfile(venv / "etc" / "glance" / "glance-api-paste.ini",
                     etc / "glance-api-paste.ini")
+    if keystone_url is None:
+        # The default pipeline's unauthenticated context has is_admin=True
+        # but no roles, and Glance 33's policies ask for role:admin (is_admin
+        # is not even a policy value): noauth Glance answers 403 to all.
+        # Make every request admin, as noauth intends.
+        (etc / NOAUTH_POLICY).write_text('"context_is_admin": "@"\n')
     if not _initialized(base):
         _run_setup(state_dir, [str(venv / "bin" / "glance-manage"),
                                "--config-file", str(conf), "db_sync"])
@@ -450,8 +525,9 @@ def _keystone_conf(state_dir: Path) -> dict[str, dict[str, str]]:
         "fernet_tokens": {"key_repository": str(base / "fernet-keys")},
         "fernet_receipts": {"key_repository": str(base / "fernet-keys")},
         "credential": {"key_repository": str(base / "credential-keys")},
-        # bcrypt's minimum cost: a login costs ms instead of ~0.2 s of CPU.
-        "identity": {"password_hash_rounds": "4"},
+        # bcrypt's minimum cost: a login costs ms instead of ~0.2 s of CPU;
+        # bcrypt's own length limit, or Keystone warns on every password.
+        "identity": {"password_hash_rounds": "4", "max_password_length": "72"},
     }
 
 
@@ -469,15 +545,14 @@ def _prepare_keystone(venv: Path, state_dir: Path, port: int,
         # Key files must belong to whoever runs the server: this user.
         owner = ["--keystone-user", pwd.getpwuid(os.getuid()).pw_name,
                  "--keystone-group", grp.getgrgid(os.getgid()).gr_name]
-        _run_setup(state_dir, manage + ["db_sync"])
-        _run_setup(state_dir, manage + ["fernet_setup"] + owner)
-        _run_setup(state_dir, manage + ["credential_setup"] + owner)
+        _run_setup(state_dir, [*manage, "db_sync"])
+        _run_setup(state_dir, [*manage, "fernet_setup", *owner])
+        _run_setup(state_dir, [*manage, "credential_setup", *owner])
         url = _url(port)
-        _run_setup(state_dir, manage + [
-            "bootstrap", "--bootstrap-region-id", REGION,
-            "--bootstrap-admin-url", url, "--bootstrap-public-url", url,
-            "--bootstrap-internal-url", url,
-        ], env={"OS_BOOTSTRAP_PASSWORD": passwords["admin"]})
+        _run_setup(state_dir, [*manage, "bootstrap", "--bootstrap-region-id", REGION,
+                               "--bootstrap-admin-url", url, "--bootstrap-public-url", url,
+                               "--bootstrap-internal-url", url],
+                   env={"OS_BOOTSTRAP_PASSWORD": passwords["admin"]})
         _mark_initialized(base)
     return {"OS_KEYSTONE_CONFIG_DIR": str(etc)}
 
@@ -600,19 +675,19 @@ def _write_clouds_yaml(path: Path, clouds: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------
 
 def _describe(state_dir: Path, record: dict[str, Any]) -> LocalCloud:
-    keystone_port = record.get("keystone_port") if record["keystone"] else None
-    services = SERVICES if keystone_port else ("glance",)
+    services = _services(record)
     pids = {}
     for service in services:
         pid_file = _pid_path(state_dir, service)
         if pid_file.exists():
-            pids[service] = int(pid_file.read_text())
+            pids[service] = int(pid_file.read_text().split()[0])
+    keystone = record["keystone"]
     return LocalCloud(
         state_dir=state_dir,
         name=record["name"],
-        admin_name=f"{record['name']}-admin" if keystone_port else None,
+        admin_name=f"{record['name']}-admin" if keystone else None,
         glance_url=_url(record["glance_port"]),
-        keystone_url=_url(keystone_port) if keystone_port else None,
+        keystone_url=_url(record["keystone_port"]) if keystone else None,
         clouds_yaml=state_dir / "clouds.yaml",
         pids=pids,
         logs={service: _log_path(state_dir, service) for service in (*services, "setup")},
@@ -640,59 +715,67 @@ def _new_record(previous: dict[str, Any] | None, port: int | None, keystone: boo
                 name: str) -> dict[str, Any]:
     """Keep the previous ports so clouds.yaml and the catalog stay valid."""
     previous = previous or {}
-    record = {"name": name, "keystone": keystone,
-              "glance_port": port or previous.get("glance_port") or _free_port(),
-              "keystone_port": previous.get("keystone_port")}
+    record: dict[str, Any] = {"name": name, "keystone": keystone,
+                              "glance_port": port or previous.get("glance_port")
+                              or _free_port(),
+                              "keystone_port": previous.get("keystone_port")}
     if keystone and not record["keystone_port"]:
         record["keystone_port"] = _free_port()
-    for key in ("glance_port", "keystone_port"):
-        if key == "keystone_port" and not keystone:
-            continue
-        if not _port_is_free(record[key]):
-            raise LocalCloudError(f"port {record[key]} ({key}) is in use by another "
-                                  f"process; pass --port or another --state-dir")
+    for service in _services(record):
+        taken = record[f"{service}_port"]
+        if not _port_is_free(taken):
+            raise LocalCloudError(f"{service} port {taken} is taken by another process; "
+                                  f"free it, or pick another --port or --state-dir")
     return record
 
 
 def start(state_dir: Path = DEFAULT_STATE_DIR, port: int | None = None,
           keystone: bool = False, name: str = DEFAULT_NAME) -> LocalCloud:
-    """Start (or just report) the instance in state_dir and return where it is."""
+    """Start the instance in state_dir (or just report it if it already runs)
+    and return where it answers."""
     state_dir = Path(state_dir).resolve()
-    record = _load_record(state_dir)
-    if record and all(_is_running(state_dir, s) for s in _services(record)):
-        _check_running_matches(state_dir, record, port, keystone, name)
-        return _describe(state_dir, record)
-    if record:
-        stop(state_dir)  # a half-dead instance (one server gone) restarts whole
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(state_dir / ".lock"):
+        record = _load_record(state_dir)
+        if record and all(_is_running(state_dir, s) for s in _services(record)):
+            _check_running_matches(state_dir, record, port, keystone, name)
+            return _describe(state_dir, record)
+        if record:
+            stop(state_dir)  # a half-dead instance (one server gone) restarts whole
+        return _boot(state_dir, _new_record(record, port, keystone, name))
+
+
+def _boot(state_dir: Path, record: dict[str, Any]) -> LocalCloud:
+    """Configure and start the servers of record, provision Keystone, write
+    clouds.yaml; on any failure leave nothing running."""
     venv = ensure_venv()
-    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
-    record = _new_record(record, port, keystone, name)
+    (state_dir / "logs").mkdir(exist_ok=True)
     _save_record(state_dir, record)
     passwords = _secrets(state_dir)
     glance_url = _url(record["glance_port"])
-    keystone_url = _url(record["keystone_port"]) if keystone else None
-    glance_env = _prepare_glance(venv, state_dir, record["glance_port"], keystone_url, passwords)
-    servers = [("glance", "glance.wsgi.api:application", record["glance_port"], glance_env,
-                8, glance_url)]
+    keystone_url = _url(record["keystone_port"]) if record["keystone"] else None
+    servers = [_Server("glance", "glance.wsgi.api:application", record["glance_port"], 8,
+                       glance_url, _prepare_glance(venv, state_dir, record["glance_port"],
+                                                   keystone_url, passwords))]
     if keystone_url:
-        keystone_env = _prepare_keystone(venv, state_dir, record["keystone_port"], passwords)
-        servers.append(("keystone", "keystone.wsgi.api:application", record["keystone_port"],
-                        keystone_env, 4, f"{keystone_url}/v3"))
-    # Both servers boot in parallel; Glance only calls Keystone on requests.
-    deadline = time.monotonic() + START_TIMEOUT
-    started = [(_spawn_gunicorn(venv, state_dir, service, app, port, env, threads),
-                url, _log_path(state_dir, service))
-               for service, app, port, env, threads, url in servers]
+        servers.append(_Server("keystone", "keystone.wsgi.api:application",
+                               record["keystone_port"], 4, f"{keystone_url}/v3",
+                               _prepare_keystone(venv, state_dir, record["keystone_port"],
+                                                 passwords)))
     try:
-        for proc, url, log in started:
-            _wait_until_answers(proc, url, log, deadline)
+        # Both boot in parallel: Glance only calls Keystone when serving.
+        deadline = time.monotonic() + START_TIMEOUT
+        procs = [_spawn_gunicorn(venv, state_dir, server) for server in servers]
+        for server, proc in zip(servers, procs, strict=True):
+            _wait_until_answers(proc, server.probe_url, _log_path(state_dir, server.service),
+                                deadline)
         if keystone_url:
             _provision_keystone(keystone_url, glance_url, passwords)
     except BaseException:
         stop(state_dir)
         raise
     _write_clouds_yaml(state_dir / "clouds.yaml",
-                       _clouds(name, glance_url, keystone_url, passwords))
+                       _clouds(record["name"], glance_url, keystone_url, passwords))
     return _describe(state_dir, record)
 
 
@@ -723,7 +806,7 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, bool]:
 # CLI
 # --------------------------------------------------------------------------
 
-def say(message: str) -> None:
+def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -758,18 +841,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             return _print_status(args.state_dir)
     except LocalCloudError as err:
-        say(f"localcloud: {err}")
+        _say(f"localcloud: {err}")
         return 1
     return 0
 
 
 def _print_status(state_dir: Path) -> int:
-    running = status(state_dir)
-    if not running:
+    """Summary plus each server's state; exit 0 if all run, 3 (LSB) if not."""
+    state_dir = state_dir.resolve()
+    record = _load_record(state_dir)
+    if record is None:
         print(f"localcloud: no instance in {state_dir}")
         return 3
-    record = _load_record(state_dir.resolve())
-    cloud = _describe(state_dir.resolve(), record)
+    running = status(state_dir)
+    cloud = _describe(state_dir, record)
     states = ", ".join(f"{service} {'running' if up else 'stopped'}"
                        for service, up in running.items())
     print(f"{cloud.summary()} [{states}]")
