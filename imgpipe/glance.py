@@ -23,6 +23,10 @@ ACTIVE = "active"
 IN_PROGRESS = frozenset({"queued", "saving", "importing", "uploading"})
 
 
+class Conflict(GlanceRefusedError):
+    """409: e.g. an image with this id exists (or existed)."""
+
+
 class ServerFailed(Transient):
     """A 5xx Glance gave mid-operation: retrying needs a fresh image, not the same request."""
 
@@ -51,7 +55,8 @@ def request(cloud: Cloud, method: str, path: str, what: str, *, ok: Iterable[int
         raise AuthError(f"cloud {cloud.name}: Glance refused the token (HTTP 401)")
     if explain and code in explain:
         detail = explain[code]
-    raise GlanceRefusedError(f"cloud {cloud.name}: {what}: HTTP {code}: {detail}")
+    error = Conflict if code == 409 else GlanceRefusedError
+    raise error(f"cloud {cloud.name}: {what}: HTTP {code}: {detail}")
 
 
 def _detail(resp: requests.Response) -> str:

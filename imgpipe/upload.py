@@ -20,7 +20,7 @@ from typing import Any
 
 from imgpipe import __version__, glance, retry
 from imgpipe.clouds import Cloud
-from imgpipe.errors import UploadError
+from imgpipe.errors import GlanceRefusedError, UploadError
 from imgpipe.hashing import Digests, HashingBody
 from imgpipe.profiles import RESERVED
 
@@ -33,6 +33,9 @@ RUN_KEY = "imgpipe_run"
 # An in-progress image of another run not updated for this long is a leftover of a crash.
 STALE_AFTER = 30 * 60
 WAIT_FOR_PEER = 15 * 60
+PEER_POLL = 1.0
+MAX_SLOTS = 64
+ID_NAMESPACE = uuid.UUID("5b8f3c2e-6f0e-4d8a-9a57-3b1f0c6a7e21")
 
 
 @dataclass
@@ -83,8 +86,9 @@ def upload(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits = retry.D
         existing = find_unchanged(cloud, req.name, req.profile, req.source_sha256, limits)
         if existing:
             return existing
+    run_id = uuid.uuid4().hex
     image, status = retry.call(f"cloud {cloud.name}: publish {req.name}",
-                               lambda: _attempt(cloud, req, limits, on_bytes), limits)
+                               lambda: _attempt(cloud, req, run_id, limits, on_bytes), limits)
     return _result(cloud, req.profile, image, status, started)
 
 
@@ -105,7 +109,7 @@ def _result(cloud: Cloud, profile: str, image: dict[str, Any], status: str,
 
 def _find(cloud: Cloud, wanted: dict[str, str], limits: retry.RetryLimits,
           statuses: set[str]) -> list[dict[str, Any]]:
-    """Images with this anchor, oldest first (created_at, then id: every run sorts alike)."""
+    """Images with this anchor, oldest first."""
     images = retry.call(f"cloud {cloud.name}: list images",
                         lambda: glance.list_images(cloud, wanted), limits)
     found = [i for i in images
@@ -113,17 +117,15 @@ def _find(cloud: Cloud, wanted: dict[str, str], limits: retry.RetryLimits,
     return sorted(found, key=lambda i: (i.get("created_at", ""), i["id"]))
 
 
-def _attempt(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits,
+def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryLimits,
              on_bytes: Callable[[int], None] | None) -> tuple[dict[str, Any], str]:
-    """Create a fresh image and fill it; whatever fails, that image is deleted before leaving."""
-    image = glance.create_image(cloud, _fields(req))
+    """Claim a fresh image and fill it; whatever fails, that image is deleted before leaving."""
+    image, peer = _claim(cloud, req, run_id, limits)
+    if peer is not None:
+        return peer, "unchanged"
+    assert image is not None
     done = False
     try:
-        winner = _race_winner(cloud, req, image, limits)
-        if winner["id"] != image["id"]:
-            _delete(cloud, image["id"], limits)
-            done = True
-            return _wait_for_peer(cloud, winner, limits), "unchanged"
         body = HashingBody(req.path, on_bytes)
         glance.put_data(cloud, image["id"], body, req.disk_format)
         assert body.digests is not None
@@ -140,7 +142,54 @@ def _attempt(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits,
             _delete(cloud, image["id"], limits)
 
 
-def _fields(req: UploadRequest) -> dict[str, Any]:
+def _slot_id(req: UploadRequest, slot: int) -> str:
+    """Every run publishing the same thing tries the same image ids in the same order.
+
+    Glance refuses a second image with an existing (or deleted) id with 409, which makes
+    create-with-id the compare-and-swap that concurrent publishers otherwise lack.
+    """
+    key = "|".join([req.name, req.profile, req.source_sha256, str(slot)])
+    return str(uuid.uuid5(ID_NAMESPACE, key))
+
+
+def _claim(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryLimits
+           ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Return (our new image, None), or (None, a peer's active image with the same content)."""
+    fields = _fields(req, run_id)
+    for slot in range(MAX_SLOTS):
+        image_id = str(uuid.uuid4()) if req.force else _slot_id(req, slot)
+        try:
+            return glance.create_image(cloud, {**fields, "id": image_id}), None
+        except glance.Conflict:
+            peer = _settle_peer(cloud, image_id, run_id, limits)
+            if peer is not None:
+                return None, peer
+    raise UploadError(f"cloud {cloud.name}: {req.name}: {MAX_SLOTS} image ids for this content "
+                      "are used up by deleted images; run 'glance-manage db purge' or use --force")
+
+
+def _settle_peer(cloud: Cloud, image_id: str, run_id: str,
+                 limits: retry.RetryLimits) -> dict[str, Any] | None:
+    """The id is taken: wait for a live peer's upload, or clear the way to the next id."""
+    deadline = time.monotonic() + WAIT_FOR_PEER
+    while True:
+        peer = retry.call(f"cloud {cloud.name}: get image {image_id}",
+                          lambda: glance.get_image(cloud, image_id), limits)
+        if peer is None or peer["status"] not in {glance.ACTIVE, *glance.IN_PROGRESS}:
+            return None  # deleted or failed: that id is spent
+        if peer["status"] == glance.ACTIVE:
+            return peer
+        if peer.get(RUN_KEY) == run_id or time.time() - _timestamp(peer.get("updated_at")) > STALE_AFTER:
+            LOG.warning("cloud %s: deleting leftover image %s (%s since %s)", cloud.name,
+                        image_id, peer["status"], peer.get("updated_at"))
+            _delete(cloud, image_id, limits)
+            return None
+        if time.monotonic() > deadline:
+            raise UploadError(f"cloud {cloud.name}: concurrent upload {image_id} did not finish in time")
+        time.sleep(PEER_POLL)
+
+
+def _fields(req: UploadRequest, run_id: str) -> dict[str, Any]:
     fields: dict[str, Any] = {
         **req.properties,
         "name": req.name,
@@ -151,51 +200,17 @@ def _fields(req: UploadRequest) -> dict[str, Any]:
         PROFILE_KEY: req.profile,
         SOURCE_KEY: req.source_sha256,
         VERSION_KEY: __version__,
-        RUN_KEY: uuid.uuid4().hex,
+        RUN_KEY: run_id,
     }
     if req.visibility:
         fields["visibility"] = req.visibility
     return fields
 
 
-def _race_winner(cloud: Cloud, req: UploadRequest, mine: dict[str, Any],
-                 limits: retry.RetryLimits) -> dict[str, Any]:
-    """Of concurrent runs publishing the same thing, the oldest image wins; the rest back off.
-
-    Leftovers of crashed runs (in progress, untouched for STALE_AFTER) do not count and are
-    deleted: they carry our anchor, so they are ours.
-    """
-    now = time.time()
-    live = []
-    for image in _find(cloud, req.anchor(), limits, statuses={glance.ACTIVE, *glance.IN_PROGRESS}):
-        if (image["id"] == mine["id"] or image["status"] == glance.ACTIVE
-                or now - _timestamp(image.get("updated_at")) < STALE_AFTER):
-            live.append(image)
-        else:
-            LOG.warning("cloud %s: deleting leftover image %s (%s since %s)", cloud.name,
-                        image["id"], image["status"], image.get("updated_at"))
-            _delete(cloud, image["id"], limits)
-    return live[0] if live else mine
-
-
 def _timestamp(value: str | None) -> float:
     if not value:
         return 0.0
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def _wait_for_peer(cloud: Cloud, peer: dict[str, Any], limits: retry.RetryLimits) -> dict[str, Any]:
-    """Another run is uploading the same image: wait for it rather than upload a second copy."""
-    deadline = time.monotonic() + WAIT_FOR_PEER
-    while time.monotonic() < deadline:
-        current = retry.call(f"cloud {cloud.name}: get image", lambda: glance.get_image(cloud, peer["id"]),
-                             limits)
-        if current is None or current["status"] not in {glance.ACTIVE, *glance.IN_PROGRESS}:
-            raise retry.Transient(f"concurrent upload {peer['id']} failed; uploading ourselves")
-        if current["status"] == glance.ACTIVE:
-            return current
-        time.sleep(1.0)
-    raise UploadError(f"cloud {cloud.name}: concurrent upload {peer['id']} did not finish in time")
 
 
 def _verify(cloud: Cloud, image_id: str, ours: Digests, req: UploadRequest) -> dict[str, Any]:
@@ -219,9 +234,17 @@ def _verify(cloud: Cloud, image_id: str, ours: Digests, req: UploadRequest) -> d
 
 
 def _delete(cloud: Cloud, image_id: str, limits: retry.RetryLimits) -> None:
-    """Best effort, with retries: a server restarting after a crash comes back within them."""
+    """Best effort, with retries: a server restarting after a crash comes back within them.
+
+    A delete answered with a 5xx may still have happened; Glance then refuses the retry
+    (400 "deleted to deleted"), so a refusal is checked against the image's actual state.
+    """
     try:
         retry.call(f"cloud {cloud.name}: delete image {image_id}",
                    lambda: glance.delete_image(cloud, image_id), limits)
+    except GlanceRefusedError:
+        if retry.call(f"cloud {cloud.name}: get image {image_id}",
+                      lambda: glance.get_image(cloud, image_id), limits) is not None:
+            LOG.error("cloud %s: could not delete image %s", cloud.name, image_id)
     except Exception as exc:  # cleanup must not hide the error that caused it
         LOG.error("cloud %s: could not delete image %s: %s", cloud.name, image_id, exc)

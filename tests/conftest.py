@@ -37,3 +37,25 @@ def sample_raw(tmp_path_factory: pytest.TempPathFactory, sample_qcow2: Path) -> 
     dest = tmp_path_factory.mktemp("sample-raw") / "guest.raw"
     qemu_img("convert", "-f", "qcow2", "-O", "raw", str(sample_qcow2), str(dest))
     return dest
+
+
+@pytest.fixture(scope="session")
+def glance(tmp_path_factory: pytest.TempPathFactory):
+    """A real Glance (noauth, sqlite, file store) on loopback for the whole session.
+
+    OS_CLIENT_CONFIG_FILE points openstack.config at its clouds.yaml, as a user would.
+    """
+    import os
+
+    import localcloud
+
+    state = tmp_path_factory.mktemp("glance")
+    cloud = localcloud.start(state, name="test")
+    previous = os.environ.get("OS_CLIENT_CONFIG_FILE")
+    os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml)
+    yield cloud
+    if previous is None:
+        os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
+    else:
+        os.environ["OS_CLIENT_CONFIG_FILE"] = previous
+    localcloud.stop(state)

@@ -1,0 +1,117 @@
+"""Publishing to a real local Glance: properties, hashes, idempotency, concurrency."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+
+from imgpipe import clouds, glance as glance_api, profiles
+from imgpipe.convert import Options
+from imgpipe.errors import GlanceRefusedError
+from imgpipe.hashing import sha256_file
+from imgpipe.publish import PublishRequest, publish
+from imgpipe.upload import SOURCE_KEY, UploadRequest, upload
+
+pytestmark = pytest.mark.slow
+
+
+def _images(cloud: clouds.Cloud, name: str) -> list[dict]:
+    return glance_api.list_images(cloud, {"name": name})
+
+
+def _request(path: Path, name: str, profile: str = "kvm", **kw: object) -> UploadRequest:
+    p = profiles.load_all()[profile]
+    return UploadRequest(path, name, p.name, p.disk_format, p.container_format, 128 << 20,
+                         sha256_file(path), dict(p.properties), **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def published(glance, sample_qcow2: Path, tmp_path_factory: pytest.TempPathFactory):
+    cloud = clouds.connect("test")
+    req = PublishRequest(sample_qcow2, profiles.select(["all"], profiles.load_all()), "guest",
+                         tags=["imgpipe-test"])
+    report = publish(req, [cloud], Options(out_dir=tmp_path_factory.mktemp("work"), verify=True))
+    assert report.failures == []
+    return cloud, report
+
+
+def test_every_profile_published_with_its_properties(published) -> None:
+    cloud, report = published
+    by_name = {r.name: r for r in report.results}
+    assert len(by_name) == 10
+    for profile in profiles.select(["all"], profiles.load_all()):
+        result = by_name[f"guest-{profile.name}"]
+        image = glance_api.get_image(cloud, result.image_id)
+        assert image["status"] == "active"
+        assert image["disk_format"] == profile.disk_format
+        assert image["container_format"] == profile.container_format
+        for key, value in profile.properties.items():
+            assert image[key] == value, (profile.name, key)
+        assert image["imgpipe_profile"] == profile.name
+        assert image["min_disk"] == 1 and image["tags"] == ["imgpipe-test"]
+        assert image["visibility"] == "private"
+        assert len(image["owner_specified.openstack.sha256"]) == 64
+
+
+def test_hashes_equal_the_uploaded_bytes(published, tmp_path: Path) -> None:
+    cloud, report = published
+    result = next(r for r in report.results if r.name == "guest-vmware")
+    image = glance_api.get_image(cloud, result.image_id)
+    data = cloud.image.get(f"/v2/images/{image['id']}/file").content
+    assert hashlib.md5(data).hexdigest() == image["checksum"]
+    assert hashlib.sha512(data).hexdigest() == image["os_hash_value"]
+    assert hashlib.sha256(data).hexdigest() == image["owner_specified.openstack.sha256"]
+    assert len(data) == image["size"]
+    assert image["virtual_size"] == 128 << 20  # Glance's own inspection agrees
+
+
+def test_republish_is_a_no_op(published, sample_qcow2: Path, tmp_path: Path) -> None:
+    cloud, first = published
+    req = PublishRequest(sample_qcow2, profiles.select(["kvm", "vmware"], profiles.load_all()), "guest")
+    report = publish(req, [cloud], Options(out_dir=tmp_path))
+    assert {r.status for r in report.results} == {"unchanged"}
+    assert list(tmp_path.iterdir()) == []  # nothing was even converted
+    assert len(_images(cloud, "guest-kvm")) == 1
+
+
+def test_force_uploads_again(glance, sample_qcow2: Path, tmp_path: Path) -> None:
+    cloud = clouds.connect("test")
+    out = tmp_path / "x.qcow2"
+    out.write_bytes(sample_qcow2.read_bytes())
+    first = upload(cloud, _request(out, "forced"))
+    second = upload(cloud, _request(out, "forced", force=True))
+    assert first.status == second.status == "created" and first.image_id != second.image_id
+
+
+def test_wrong_format_is_refused_and_removed(glance, sample_raw: Path) -> None:
+    """Glance's inspector refuses raw bytes declared qcow2 (415); no image may remain."""
+    cloud = clouds.connect("test")
+    with pytest.raises(GlanceRefusedError, match="Glance says the content is not a valid qcow2"):
+        upload(cloud, _request(sample_raw, "mislabelled"))
+    assert _images(cloud, "mislabelled") == []
+
+
+def test_concurrent_publishes_leave_one_image(glance, sample_qcow2: Path) -> None:
+    cloud = clouds.connect("test")
+    results: list = []
+    errors: list = []
+
+    def run() -> None:
+        try:
+            results.append(upload(clouds.connect("test"), _request(sample_qcow2, "raced")))
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == []
+    images = _images(cloud, "raced")
+    assert len(images) == 1 and images[0]["status"] == "active"
+    assert {r.image_id for r in results} == {images[0]["id"]}
+    assert images[0][SOURCE_KEY] == sha256_file(sample_qcow2)
