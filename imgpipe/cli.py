@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from oslo_utils import strutils
 
-from imgpipe import __version__, clouds, doctor, errors, profiles, render
+from imgpipe import __version__, catalog, catalog_model, clouds, doctor, errors, metrics, profiles, render, sync
 from imgpipe.convert import Options, convert_source
 from imgpipe.hashing import sha256_file
 from imgpipe.inspect import DEFAULT_MAX_VIRTUAL_SIZE, inspect_image
@@ -349,6 +351,137 @@ def doctor_cmd(cloud: CloudOpt = None, insecure: InsecureOpt = False, os_cacert:
         raise errors.CloudConfigError(f"{failed[0].name}: {failed[0].detail}")
 
 
+# ---- catalog: scheduled refresh of a set of images on several clouds (imgpipe/sync.py) ----
+catalog_app = typer.Typer(no_args_is_help=True, help="Keep a catalog of images current on several clouds.")
+app.add_typer(catalog_app, name="catalog")
+ShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", help="I/N: part I (0-based) of N; default $JOB_COMPLETION_INDEX/$JOB_COMPLETIONS.")]
+CacheDirOpt = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", envvar="IMGPIPE_CACHE_DIR", help="Downloads, locks, conversions (default ~/.cache/imgpipe).")]
+MetricsOpt = Annotated[Optional[Path], typer.Option("--metrics-file", help="Write Prometheus textfile metrics.")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write the JSON report to this file.")]
+
+
+def _catalog(file: Path) -> catalog_model.Catalog:
+    return catalog_model.load(file, profiles.load_all(STATE.profile_dirs))
+
+
+def _shard(text: str | None) -> catalog.Shard | None:
+    try:
+        return catalog.parse_shard(text, os.environ)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shard") from exc
+
+
+def _connector(insecure: bool, cacert: str | None) -> catalog.Connect:
+    return functools.partial(clouds.connect, insecure=insecure, cacert=cacert)
+
+
+@catalog_app.command("validate")
+@handled
+def catalog_validate(file: Path, as_json: JsonOpt = False) -> None:
+    """Check a catalog file (keys, profiles, checksums, retention) without touching any network."""
+    STATE.json = as_json
+    loaded = _catalog(file)
+    data = {"catalog": str(file), "valid": True, "images": len(loaded.images),
+            "versions_to_publish": len(catalog.units(loaded)),
+            "clouds": sorted({c for i in loaded.images for c in i.clouds})}
+    if as_json:
+        render.emit_json(data)
+    else:
+        render.out.print(f"ok {file}: {data['images']} images, {data['versions_to_publish']} versions to "
+                         f"publish, clouds {', '.join(data['clouds'])}", highlight=False, soft_wrap=True)
+
+
+@catalog_app.command("plan")
+@handled
+def catalog_plan(file: Path, shard: ShardOpt = None, insecure: InsecureOpt = False, os_cacert: CacertOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """What a sync would create, leave unchanged, hide, deactivate and delete, per cloud; changes nothing."""
+    STATE.json = as_json
+    actions, failures = catalog.preview(_catalog(file), _connector(insecure, os_cacert), _shard(shard))
+    _show_plan(file, actions, failures)
+
+
+def _show_plan(file: Path, actions: list[catalog.Action], failures: list[str]) -> None:
+    if STATE.json:
+        render.emit_json({"catalog": str(file), "actions": [a.to_dict() for a in actions], "failures": failures})
+    else:
+        render.table(f"plan {file}", ["cloud", "action", "name", "version", "id"],
+                     [(a.cloud, a.action, a.name, a.version, a.image_id) for a in actions])
+    _fail_if(failures)
+
+
+@catalog_app.command("sync")
+@handled
+def catalog_sync(
+    file: Path,
+    jobs: Annotated[int, typer.Option(min=1, help="Source versions processed at once.")] = sync.DEFAULT_JOBS,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
+    shard: ShardOpt = None,
+    rotate: Annotated[bool, typer.Option(help="Rotate after publishing (shards never do).")] = True,
+    cache_dir: CacheDirOpt = None,
+    metrics_file: MetricsOpt = None,
+    report: ReportOpt = None,
+    insecure: InsecureOpt = False,
+    os_cacert: CacertOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download, verify, convert and publish every missing version to every cloud; then rotate."""
+    STATE.json = as_json
+    loaded, where = _catalog(file), _shard(shard)
+    connect = _connector(insecure, os_cacert)
+    if dry_run:
+        _show_plan(file, *catalog.preview(loaded, connect, where, rotate))
+        return
+    opts = sync.SyncOptions(cache_dir or sync.default_cache_dir(), profiles.load_all(STATE.profile_dirs),
+                            jobs, where, rotate)
+    with render.progress(quiet=as_json) as progress:
+        result = sync.run(loaded, file, connect, opts, progress=progress)
+    _show_sync(result, metrics_file, report)
+
+
+@catalog_app.command("rotate")
+@handled
+def catalog_rotate(file: Path, cache_dir: CacheDirOpt = None, metrics_file: MetricsOpt = None,
+                   report: ReportOpt = None, insecure: InsecureOpt = False, os_cacert: CacertOpt = None,
+                   as_json: JsonOpt = False) -> None:
+    """Apply retention once, after all shards: only images whose newest version is active everywhere."""
+    STATE.json = as_json
+    opts = sync.SyncOptions(cache_dir or sync.default_cache_dir(), profiles.load_all(STATE.profile_dirs))
+    result = sync.run(_catalog(file), file, _connector(insecure, os_cacert), opts, publish_units=False)
+    _show_sync(result, metrics_file, report)
+
+
+def _show_sync(result: sync.SyncReport, metrics_file: Path | None, report: Path | None) -> None:
+    if metrics_file:
+        metrics.write(metrics_file, result)
+    data = result.to_dict()
+    if report:
+        report.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    if STATE.json:
+        render.emit_json(data)
+    else:
+        render.table("images", ["cloud", "status", "name", "version", "id"],
+                     [(a.cloud, a.action, a.name, a.version, a.image_id) for a in result.images])
+        if result.changes:
+            render.table("changes", ["cloud", "action", "name", "version", "id", "error"],
+                         [(a.cloud, a.action, a.name, a.version, a.image_id, a.error) for a in result.changes])
+        summary = data["summary"]
+        render.err.print(f"created {summary['created']}, unchanged {summary['unchanged']}, failed "
+                         f"{summary['failed']}, {render.human_size(result.uploaded_bytes)} uploaded in "
+                         f"{result.seconds:.1f} s", highlight=False, soft_wrap=True)
+        for note in result.notes:
+            render.err.print(f"note: {note}", highlight=False, soft_wrap=True)
+    _fail_if(result.failures)
+
+
+def _fail_if(failures: list[str]) -> None:
+    if failures:
+        STATE.json = False  # the report above is this run's one JSON document
+        raise errors.PartialFailure(f"{len(failures)} problem(s): " + "; ".join(failures))
+
+
 def _warn(selected: list[profiles.Profile]) -> None:
     if STATE.json:
         return
@@ -362,3 +495,7 @@ def exit_code(exc: BaseException) -> int:
         if cls in EXIT_CODES:
             return EXIT_CODES[cls]  # type: ignore[index]
     return 1
+
+
+if __name__ == "__main__":
+    app()

@@ -64,13 +64,11 @@ def _image_endpoint(label: str, region: os_config.cloud_region.CloudRegion,
                                     region_name=region.get_region_name("image"))
 
     try:
-        endpoint = retry.call(f"cloud {label}: authenticate", lookup)
+        endpoint = retry.call(f"cloud {label}: authenticate", lookup, give_up=CloudConfigError)
     except ksa_exc.Unauthorized as exc:
         raise AuthError(f"cloud {label}: Keystone refused the credentials (HTTP 401)") from exc
     except ksa_exc.EndpointNotFound as exc:
         raise CloudConfigError(f"cloud {label}: no image service in the catalog") from exc
-    except (ksa_exc.ConnectionError, ksa_exc.RetriableConnectionFailure) as exc:
-        raise CloudConfigError(f"cloud {label}: cannot reach the identity service: {_first_line(exc)}") from exc
     except ksa_exc.ClientException as exc:
         raise CloudConfigError(f"cloud {label}: {_first_line(exc)}") from exc
     if not endpoint:

@@ -18,6 +18,8 @@ import tenacity
 from glanceclient import exc as glance_exc
 from keystoneauth1 import exceptions as ksa_exc
 
+from imgpipe.errors import ImgpipeError, UploadError
+
 LOG = logging.getLogger("imgpipe.retry")
 RETRY_STATUS = frozenset({408, 429, 502, 503, 504})
 T = TypeVar("T")
@@ -91,13 +93,17 @@ def _log(what: str) -> Callable[[tenacity.RetryCallState], None]:
 
 
 def call(what: str, fn: Callable[[], T], limits: RetryLimits = DEFAULT_LIMITS,
-         retry_on: Callable[[BaseException], bool] = is_transient) -> T:
-    """Run fn until it succeeds, fails for good, or the limits run out (then re-raise)."""
+         give_up: type[ImgpipeError] = UploadError) -> T:
+    """Run fn until it succeeds or fails for good; when the limits run out, raise give_up."""
     retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(retry_on),
+        retry=tenacity.retry_if_exception(is_transient),
         stop=tenacity.stop_after_attempt(limits.attempts) | tenacity.stop_after_delay(limits.total),
         wait=_wait(limits),
         before_sleep=_log(what),
         reraise=True,
     )
-    return retrying(fn)
+    try:
+        return retrying(fn)
+    except TRANSIENT_TYPES as exc:
+        attempts = retrying.statistics.get("attempt_number", limits.attempts)
+        raise give_up(f"{what}: gave up after {attempts} attempts: {exc}") from exc

@@ -1,0 +1,99 @@
+"""Wire faults between imgpipe and a real Glance: each run ends with exactly one verified
+active image, or none and a clear error, and never leaves a queued/saving image behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from faultproxy import Fault, FaultProxy
+
+from imgpipe import clouds, glance as glance_api, profiles
+from imgpipe.errors import UploadError
+from imgpipe.hashing import sha256_file
+from imgpipe.retry import RetryLimits
+from imgpipe.upload import UploadRequest, upload
+
+pytestmark = pytest.mark.slow
+FAST = RetryLimits(attempts=8, initial=0.2, maximum=2.0, total=120.0, max_retry_after=2.0)
+PUT = r"^PUT /v2/images/[^/]+/file"
+
+
+@pytest.fixture
+def proxy(glance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    port = int(glance.glance_url.rsplit(":", 1)[1])
+    fp = FaultProxy(("127.0.0.1", port))
+    config = tmp_path / "clouds.yaml"
+    data = yaml.safe_load(Path(glance.clouds_yaml).read_text())
+    data["clouds"]["proxied"] = {"auth_type": "none", "auth": {"endpoint": fp.url},
+                                 "image_endpoint_override": fp.url, "region_name": "RegionOne"}
+    config.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    yield fp
+    fp.close()
+
+
+def _req(path: Path, name: str) -> UploadRequest:
+    kvm = profiles.load_all()["kvm"]
+    return UploadRequest(path, name, "kvm", "qcow2", "bare", 128 << 20, sha256_file(path),
+                         dict(kvm.properties))
+
+
+def _assert_one_active(name: str, image_id: str | None) -> None:
+    direct = clouds.connect("test")
+    images = glance_api.list_images(direct, {"name": name})
+    statuses = sorted(i["status"] for i in images)
+    if image_id is None:
+        assert statuses == []
+    else:
+        assert statuses == ["active"] and images[0]["id"] == image_id
+
+
+@pytest.mark.parametrize("offset", [0, 1 << 20, 5 << 20])
+def test_connection_reset_mid_upload(proxy: FaultProxy, sample_qcow2: Path, offset: int) -> None:
+    proxy.faults.append(Fault(PUT, "reset", after=offset, times=2))
+    result = upload(clouds.connect("proxied"), _req(sample_qcow2, f"reset-{offset}"), FAST)
+    assert result.status == "created" and proxy.faults[0].fired == 2
+    _assert_one_active(f"reset-{offset}", result.image_id)
+
+
+def test_503_burst_with_retry_after(proxy: FaultProxy, sample_qcow2: Path) -> None:
+    proxy.faults += [Fault(r"^POST /v2/images", "503", times=2, seconds=1),
+                     Fault(PUT, "503", times=2, seconds=1)]
+    result = upload(clouds.connect("proxied"), _req(sample_qcow2, "burst"), FAST)
+    assert [f.fired for f in proxy.faults] == [2, 2]
+    _assert_one_active("burst", result.image_id)
+
+
+def test_stall_past_timeout(proxy: FaultProxy, sample_qcow2: Path) -> None:
+    proxy.faults.append(Fault(PUT, "stall", seconds=6))
+    cloud = clouds.connect("proxied", timeout=2.0)
+    result = upload(cloud, _req(sample_qcow2, "stalled"), FAST)
+    assert proxy.faults[0].fired == 1
+    _assert_one_active("stalled", result.image_id)
+
+
+def test_gives_up_with_clear_error_and_no_leftover(proxy: FaultProxy, sample_qcow2: Path) -> None:
+    proxy.faults.append(Fault(PUT, "503", times=100, seconds=0))
+    limits = RetryLimits(attempts=3, initial=0.1, maximum=0.2, total=30.0)
+    with pytest.raises(UploadError, match=r"publish doomed: gave up after 3 attempts: .*HTTP 503"):
+        upload(clouds.connect("proxied"), _req(sample_qcow2, "doomed"), limits)
+    _assert_one_active("doomed", None)
+
+
+def test_glance_killed_mid_upload_and_restarted(glance, proxy: FaultProxy, sample_qcow2: Path) -> None:
+    import localcloud
+
+    def crash_and_restart() -> None:
+        localcloud.kill(glance.state_dir)
+        threading.Thread(target=lambda: (time.sleep(1.0), localcloud.start(glance.state_dir, name="test")),
+                         daemon=True).start()
+
+    proxy.faults.append(Fault(PUT, "hook", after=2 << 20, hook=crash_and_restart))
+    limits = RetryLimits(attempts=10, initial=0.5, maximum=3.0, total=180.0)
+    result = upload(clouds.connect("proxied"), _req(sample_qcow2, "crashed"), limits)
+    assert proxy.faults[0].fired == 1
+    _assert_one_active("crashed", result.image_id)
