@@ -1,0 +1,882 @@
+#!/usr/bin/env python3
+"""Benchmark imgpipe against the bare tools it wraps, side by side, on a real local Glance.
+
+Why: imgpipe's promise is "no slower than doing it by hand" (and much faster where it has a
+native writer). This script measures that promise on a realistic source and only reports:
+it never asserts a timing, so it cannot make CI flaky.
+
+What it measures (each imgpipe run is the real CLI as a subprocess, never in-process):
+
+* convert, per profile: ``imgpipe convert SRC -p P --output-dir D --json`` against the bare
+  ``qemu-img convert`` with the same options (lxc: the raw driver window over the qcow2;
+  xen: ``-O vpc`` then ``tar czf``). Ratio = imgpipe time / baseline time.
+* upload: ``imgpipe upload FILE -p kvm --cloud C --force --json`` against ``curl`` POST (create)
+  + ``curl -T`` PUT of the same qcow2 to the same Glance. Throughput MB/s; ratio = imgpipe / curl.
+* publish: ``imgpipe publish SRC -p kvm -p vmware -p hyperv -p xen`` against the same four
+  conversions and uploads done one after another with qemu-img, tar and curl.
+* peak RSS of imgpipe's own Python process (VmHWM polled from /proc), and the largest single
+  process of each command's tree (wait4 rusage: this includes qemu-img children).
+
+Fairness: one warm-up repetition first (not counted) so the source is in the page cache and
+Glance has served a request (publish skips it when convert and upload already ran); imgpipe and
+baseline order alternates between repetitions; uploads, the noisiest, get twice the
+repetitions (``--upload-reps``); ``sync`` (untimed) before every timed command so nobody
+pays for the previous command's dirty pages. imgpipe fsyncs its outputs (atomic rename), bare
+qemu-img does not: the fsync a durable baseline would need is timed separately (JSON
+``fsync_seconds`` of baseline samples) and printed as a second ratio.
+
+Usage::
+
+    .venv/bin/python scripts/bench.py [--reps 3] [--quick] [--size-mib 2048 --data-mib 200]
+                                      [--only convert|upload|publish] [--profile P]
+                                      [--upload-reps N] [--no-warmup] [--json PATH]
+
+Results: a table on stdout and JSON in .bench/results.json (and --json PATH). The source is
+cached in .bench/ keyed by its parameters and by sample_disk.py's content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+BENCH_DIR = REPO / ".bench"
+sys.path.insert(0, str(SCRIPTS))
+
+import localcloud  # noqa: E402
+import sample_disk  # noqa: E402
+
+MB = 1_000_000
+MIB = 1 << 20
+CLOUD_NAME = "bench"
+PUBLISH_PROFILES = ("kvm", "vmware", "hyperv", "xen")
+
+# Targets from the issue. op "<=": smaller is better (time ratio); ">=": bigger is better.
+CONVERT_TARGET = ("<=", 1.05)
+NATIVE_STREAM_TARGET = ("<=", 0.59)  # >= 1.7x faster than qemu-img
+UPLOAD_TARGET = (">=", 0.90)
+PUBLISH_TARGET = ("<=", 0.80)
+RSS_LIMIT_MB = 200.0
+
+
+# --------------------------------------------------------------------------
+# Running one command, measured
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Proc:
+    """One finished command: wall time, exit code, output and memory peaks."""
+
+    argv: list[str]
+    seconds: float
+    returncode: int
+    stdout: str
+    stderr: str
+    hwm_bytes: int | None  # VmHWM of the process itself (polled), None if never seen
+    tree_maxrss_bytes: int  # wait4 ru_maxrss: largest process of the tree (self or a child)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def failure(self) -> str:
+        tail = (self.stderr.strip().splitlines() or self.stdout.strip().splitlines()
+                or [f"exit {self.returncode}"])[-1]
+        return f"{Path(self.argv[0]).name} exited {self.returncode}: {tail}"
+
+
+def _vm_hwm(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def run(argv: Sequence[str], env: dict[str, str] | None = None, poll: float = 0.02) -> Proc:
+    """Run argv to completion; time it exactly (blocking wait4) while a thread polls VmHWM.
+
+    VmHWM can only be read while the process lives, so the last <poll seconds of growth can
+    be missed; wait4's ru_maxrss is exact but is the max over the process and its children.
+    """
+    argv = [str(a) for a in argv]
+    out_path = BENCH_DIR / f".run-{os.getpid()}.out"
+    err_path = BENCH_DIR / f".run-{os.getpid()}.err"
+    with open(out_path, "w+b") as out, open(err_path, "w+b") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
+        peak: list[int] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                value = _vm_hwm(proc.pid)
+                if value is not None:
+                    peak.append(value)
+                    del peak[:-1]
+                done.wait(poll)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        done.set()
+        watcher.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: Popen must not wait
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    out_path.unlink(missing_ok=True)
+    err_path.unlink(missing_ok=True)
+    return Proc(argv, seconds, proc.returncode, stdout, stderr, peak[0] if peak else None,
+                usage.ru_maxrss * 1024)
+
+
+@dataclasses.dataclass
+class Sample:
+    """One timed repetition of one side of a measurement (possibly several commands)."""
+
+    seconds: float
+    ok: bool = True
+    error: str = ""
+    hwm_bytes: int | None = None
+    tree_maxrss_bytes: int = 0
+    fsync_seconds: float | None = None  # baseline only: what making its outputs durable costs
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def parse_json(proc: Proc, sample: Sample) -> Any:
+    """imgpipe's --json output, or None (and the sample marked failed) if it is not JSON."""
+    try:
+        return json.loads(proc.stdout)
+    except ValueError as exc:
+        sample.ok, sample.error = False, f"{proc.argv[1]} --json printed no JSON: {exc}"
+        return None
+
+
+def sample_of(procs: Sequence[Proc], seconds: float | None = None) -> Sample:
+    """Fold a sequence of commands (stops at the first failure) into one Sample."""
+    failed = next((p for p in procs if not p.ok), None)
+    hwms = [p.hwm_bytes for p in procs if p.hwm_bytes is not None]
+    return Sample(seconds if seconds is not None else sum(p.seconds for p in procs),
+                  ok=failed is None, error=failed.failure() if failed else "",
+                  hwm_bytes=max(hwms) if hwms else None,
+                  tree_maxrss_bytes=max((p.tree_maxrss_bytes for p in procs), default=0))
+
+
+def fsync_seconds(paths: Sequence[Path]) -> float:
+    """Time to make files durable (what imgpipe's atomic commit pays and bare qemu-img skips)."""
+    started = time.perf_counter()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return time.perf_counter() - started
+
+
+def settle() -> None:
+    """Untimed: flush dirty pages so the next command does not pay for the previous one's."""
+    os.sync()
+
+
+# --------------------------------------------------------------------------
+# Statistics and targets
+# --------------------------------------------------------------------------
+
+def median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def meets(value: float | None, target: tuple[str, float] | None) -> bool | None:
+    """True/False against a target like ("<=", 1.05); None when there is nothing to judge."""
+    if value is None or target is None:
+        return None
+    op, limit = target
+    return value <= limit if op == "<=" else value >= limit if op == ">=" else value < limit
+
+
+def target_text(target: tuple[str, float] | None, unit: str = "") -> str:
+    if target is None:
+        return "-"
+    op, limit = target
+    return f"{op} {limit:g}{unit}"
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the report: a measurement with both sides' samples and its verdict."""
+
+    key: str
+    title: str
+    kind: str  # "time" (seconds, ratio = imgpipe/baseline), "throughput" (MB/s), "rss" (MB)
+    target: tuple[str, float] | None
+    imgpipe: list[Sample] = dataclasses.field(default_factory=list)
+    baseline: list[Sample] = dataclasses.field(default_factory=list)
+    payload_bytes: int | None = None  # throughput rows: bytes moved per sample
+    note: str = ""
+    # rss rows take their values from other rows
+    rss_values: tuple[float | None, float | None] | None = None
+
+    def _values(self, samples: list[Sample]) -> list[float]:
+        good = [s.seconds for s in samples if s.ok]
+        if self.kind == "throughput" and self.payload_bytes:
+            return [self.payload_bytes / MB / s for s in good if s > 0]
+        return good
+
+    def medians(self) -> tuple[float | None, float | None]:
+        if self.kind == "rss":
+            return self.rss_values or (None, None)
+        return median(self._values(self.imgpipe)), median(self._values(self.baseline))
+
+    def ratio(self) -> float | None:
+        if self.kind == "rss":
+            return None
+        mine, base = self.medians()
+        return ratio(mine, base)
+
+    def judged(self) -> float | None:
+        """The number the target is checked against."""
+        return self.medians()[0] if self.kind == "rss" else self.ratio()
+
+    def errors(self) -> list[str]:
+        return sorted({s.error for s in self.imgpipe + self.baseline if not s.ok})
+
+    def to_dict(self) -> dict[str, Any]:
+        mine, base = self.medians()
+        return {
+            "key": self.key, "measurement": self.title, "kind": self.kind,
+            "unit": {"time": "s", "throughput": "MB/s", "rss": "MB"}[self.kind],
+            "imgpipe_median": mine, "baseline_median": base, "ratio": self.ratio(),
+            "overhead_seconds": (mine - base if self.kind == "time" and mine is not None
+                                 and base is not None else None),
+            "target": None if self.target is None else {"op": self.target[0],
+                                                        "value": self.target[1]},
+            "met": meets(self.judged(), self.target), "payload_bytes": self.payload_bytes,
+            "note": self.note, "errors": self.errors(),
+            "imgpipe_samples": [dataclasses.asdict(s) for s in self.imgpipe],
+            "baseline_samples": [dataclasses.asdict(s) for s in self.baseline],
+        }
+
+
+# --------------------------------------------------------------------------
+# The source image, cached
+# --------------------------------------------------------------------------
+
+def source_path(size_mib: int, data_mib: int) -> Path:
+    """Cache key: the parameters and the builder's own content (a changed builder rebuilds)."""
+    builder = hashlib.sha256(Path(sample_disk.__file__).read_bytes()).hexdigest()[:10]
+    return BENCH_DIR / f"sample-{size_mib}M-{data_mib}M-{builder}.qcow2"
+
+
+def ensure_source(size_mib: int, data_mib: int) -> Path:
+    dest = source_path(size_mib, data_mib)
+    if dest.exists():
+        say(f"bench: reusing cached source {dest.relative_to(REPO)}")
+        return dest
+    say(f"bench: building source {dest.name} ({size_mib} MiB disk, {data_mib} MiB of files)")
+    began = time.monotonic()
+    partial = dest.with_name(dest.name + ".part")
+    partial.unlink(missing_ok=True)
+    sample_disk.build(partial, size_mib=size_mib, data_mib=data_mib)
+    os.replace(partial, dest)
+    say(f"bench: source built in {time.monotonic() - began:.0f} s")
+    return dest
+
+
+def root_window(imgpipe: Path, src: Path) -> tuple[int, int]:
+    """(offset, size) of the root partition, the same one imgpipe's lxc profile extracts."""
+    proc = run([imgpipe, "inspect", src, "--json"])
+    if not proc.ok:
+        raise SystemExit(f"bench: imgpipe inspect failed: {proc.failure()}")
+    parts = json.loads(proc.stdout)["partitions"]
+    linux = [p for p in parts if str(p.get("kind", "")).startswith("linux")] or parts
+    root = max(linux, key=lambda p: p["size"])
+    return int(root["start"]), int(root["size"])
+
+
+# --------------------------------------------------------------------------
+# Glance (setup and cleanup calls are untimed; timed calls go through curl)
+# --------------------------------------------------------------------------
+
+class Glance:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            text = resp.read()
+        return json.loads(text) if text else None
+
+    def images(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        path: str | None = "/v2/images?limit=1000"
+        while path:
+            body = self._call("GET", path)
+            found += body.get("images", [])
+            path = body.get("next")
+        return found
+
+    def image(self, image_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/v2/images/{image_id}")
+        return result
+
+    def delete_all(self) -> int:
+        """Empty the store between repetitions so it never fills the disk."""
+        count = 0
+        for image in self.images():
+            try:
+                self._call("DELETE", f"/v2/images/{image['id']}")
+                count += 1
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    raise
+        return count
+
+
+def curl_upload(glance: Glance, path: Path, name: str, disk_format: str,
+                container_format: str) -> tuple[list[Proc], str | None]:
+    """The hand-made upload: create with a curl POST, then stream the file with curl -T."""
+    body = json.dumps({"name": name, "disk_format": disk_format,
+                       "container_format": container_format})
+    create = run(["curl", "-sS", "-f", "-X", "POST", "-H", "Content-Type: application/json",
+                  "-d", body, f"{glance.url}/v2/images"])
+    if not create.ok:
+        return [create], None
+    image_id = json.loads(create.stdout)["id"]
+    put = run(["curl", "-sS", "-f", "-T", path, "-X", "PUT",
+               "-H", "Content-Type: application/octet-stream",
+               f"{glance.url}/v2/images/{image_id}/file"])
+    return [create, put], image_id
+
+
+def check_active(glance: Glance, image_id: str | None, sample: Sample) -> None:
+    """Untimed: a baseline upload only counts if Glance accepted the bytes."""
+    if not sample.ok or image_id is None:
+        return
+    status = glance.image(image_id).get("status")
+    if status != "active":
+        sample.ok, sample.error = False, f"curl upload left image {image_id} {status}"
+
+
+# --------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Env:
+    imgpipe: Path
+    src: Path
+    work: Path
+    child_env: dict[str, str]
+    glance: Glance | None = None
+    window: tuple[int, int] | None = None
+
+
+def fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def qemu_convert(src_args: list[str], fmt: str, options: dict[str, str], dest: Path) -> list[str]:
+    """Bare qemu-img argv with the options in the order imgpipe passes them."""
+    argv = ["qemu-img", "convert", *src_args, "-O", fmt]
+    if options:
+        argv += ["-o", ",".join(f"{k}={v}" for k, v in sorted(options.items()))]
+    return [*argv, str(dest)]
+
+
+VPC = {"subformat": "dynamic", "force_size": "on"}
+STREAM = {"subformat": "streamOptimized", "adapter_type": "lsilogic"}
+
+
+def baseline_convert(env: Env, kind: str, out: Path) -> tuple[list[list[str]], list[Path]]:
+    """(commands, output files) of the by-hand conversion for a baseline kind."""
+    src = ["-f", "qcow2", str(env.src)]
+    if kind == "stream":
+        dest = out / "disk.vmdk"
+        return [qemu_convert(src, "vmdk", STREAM, dest)], [dest]
+    if kind == "sparse":
+        dest = out / "disk.vmdk"
+        return [qemu_convert(src, "vmdk", {"subformat": "monolithicSparse",
+                                           "adapter_type": "lsilogic"}, dest)], [dest]
+    if kind == "qcow2":
+        return [qemu_convert(src, "qcow2", {}, out / "disk.qcow2")], [out / "disk.qcow2"]
+    if kind == "vhdx":
+        dest = out / "disk.vhdx"
+        return [qemu_convert(src, "vhdx", {"subformat": "dynamic"}, dest)], [dest]
+    if kind == "vhd":
+        return [qemu_convert(src, "vpc", VPC, out / "disk.vhd")], [out / "disk.vhd"]
+    if kind == "rootfs":
+        assert env.window is not None
+        offset, size = env.window
+        filename = str(env.src).replace(",", ",,")
+        opts = (f"driver=raw,offset={offset},size={size},"
+                f"file.driver=qcow2,file.file.filename={filename}")
+        dest = out / "disk-rootfs.raw"
+        return [qemu_convert(["--image-opts", opts], "raw", {}, dest)], [dest]
+    if kind == "xen":
+        vhd, tgz = out / "0.vhd", out / "disk.vhd.tgz"
+        return [qemu_convert(src, "vpc", VPC, vhd),
+                ["tar", "czf", str(tgz), "-C", str(out), "0.vhd"]], [tgz]
+    raise ValueError(kind)
+
+
+@dataclasses.dataclass
+class ConvertCase:
+    key: str
+    title: str
+    profile: str
+    baseline: str
+    target: tuple[str, float]
+    args: tuple[str, ...] = ()
+
+
+CONVERT_CASES = (
+    ConvertCase("convert-vmware-native", "convert vmware streamOptimized, --engine native",
+                "vmware", "stream", NATIVE_STREAM_TARGET, ("--engine", "native")),
+    ConvertCase("convert-vmware-qemu", "convert vmware streamOptimized, --engine qemu",
+                "vmware", "stream", CONVERT_TARGET, ("--engine", "qemu")),
+    ConvertCase("convert-vmware-sparse", "convert vmware-sparse (monolithicSparse)",
+                "vmware-sparse", "sparse", CONVERT_TARGET),
+    ConvertCase("convert-kvm", "convert kvm qcow2", "kvm", "qcow2", CONVERT_TARGET),
+    ConvertCase("convert-hyperv", "convert hyperv vhdx", "hyperv", "vhdx", CONVERT_TARGET),
+    ConvertCase("convert-hyperv-gen1", "convert hyperv-gen1 vhd", "hyperv-gen1", "vhd",
+                CONVERT_TARGET),
+    ConvertCase("convert-lxc", "convert lxc root partition raw", "lxc", "rootfs", CONVERT_TARGET),
+    ConvertCase("convert-xen", "convert xen vhd tgz (baseline: vpc + tar czf)", "xen", "xen",
+                CONVERT_TARGET),
+)
+
+
+def imgpipe_convert(env: Env, case: ConvertCase) -> Sample:
+    out = fresh_dir(env.work / f"imgpipe-{case.key}")
+    settle()
+    proc = run([env.imgpipe, "convert", env.src, "-p", case.profile, "--output-dir", out,
+                *case.args, "--json"], env=env.child_env)
+    sample = sample_of([proc])
+    outputs = parse_json(proc, sample) if sample.ok else None
+    if outputs is not None:
+        sample.extra = {"outputs": [{k: o.get(k) for k in ("path", "size", "engine", "seconds")}
+                                    for o in outputs]}
+    shutil.rmtree(out, ignore_errors=True)
+    return sample
+
+
+def bare_convert(env: Env, kind: str) -> Sample:
+    out = fresh_dir(env.work / f"baseline-{kind}")
+    commands, outputs = baseline_convert(env, kind, out)
+    settle()
+    procs: list[Proc] = []
+    for argv in commands:
+        procs.append(run(argv))
+        if not procs[-1].ok:
+            break
+    sample = sample_of(procs)
+    if sample.ok:
+        sample.fsync_seconds = fsync_seconds(outputs)
+        sample.extra = {"outputs": [{"path": str(p), "size": p.stat().st_size} for p in outputs]}
+    shutil.rmtree(out, ignore_errors=True)
+    return sample
+
+
+def bench_convert(env: Env, reps: int, warmup: bool, profiles: set[str] | None) -> list[Row]:
+    cases = [c for c in CONVERT_CASES if profiles is None or c.profile in profiles
+             or c.key in profiles]
+    rows = {c.key: Row(c.key, c.title, "time", c.target) for c in cases}
+    kinds = list(dict.fromkeys(c.baseline for c in cases))
+    for rep in range(-1 if warmup else 0, reps):
+        label = "warm-up" if rep < 0 else f"rep {rep + 1}/{reps}"
+        imgpipe_first = rep % 2 == 0
+        for kind in kinds:
+            group = [c for c in cases if c.baseline == kind]
+            say(f"bench: convert {kind:7} {label} ({'imgpipe' if imgpipe_first else 'baseline'}"
+                f" first)")
+            base: Sample | None = None
+            if not imgpipe_first:
+                base = bare_convert(env, kind)
+            mine = [(c, imgpipe_convert(env, c)) for c in group]
+            if imgpipe_first:
+                base = bare_convert(env, kind)
+            if rep < 0:
+                continue
+            assert base is not None
+            for case, sample in mine:
+                rows[case.key].imgpipe.append(sample)
+                rows[case.key].baseline.append(base)
+    for case in cases:
+        if case.baseline == "xen":
+            rows[case.key].note = "imgpipe gzips with ISA-L level 2, tar czf with gzip -6"
+        if case.baseline == "stream":
+            rows[case.key].note = "same qemu-img baseline run for both engines"
+    return list(rows.values())
+
+
+def bench_upload(env: Env, reps: int, warmup: bool) -> list[Row]:
+    """One qcow2 (kvm output, made once by qemu-img, untimed) through imgpipe and curl.
+
+    Loopback uploads are bound by the one Glance worker's CPU and swing +-20% on a shared
+    2-core machine, so the caller passes more repetitions here (they are cheap).
+    """
+    assert env.glance is not None
+    folder = fresh_dir(env.work / "upload")
+    payload = folder / "sample.qcow2"
+    made = run(qemu_convert(["-f", "qcow2", str(env.src)], "qcow2", {}, payload))
+    if not made.ok:
+        raise SystemExit(f"bench: making the upload file failed: {made.failure()}")
+    size = payload.stat().st_size
+    say(f"bench: upload file {payload.name} is {size / MB:.0f} MB")
+    cli = Row("upload-cli", f"upload kvm qcow2 {size / MB:.0f} MB, whole CLI", "throughput",
+              UPLOAD_TARGET, payload_bytes=size,
+              note="imgpipe: inspect + sha256 + create + PUT (md5/sha256/sha512) + verify; "
+                   "curl: POST + PUT")
+    inner = Row("upload-inner", "upload, imgpipe's upload() time only (--json seconds)",
+                "throughput", UPLOAD_TARGET, payload_bytes=size,
+                note="excludes interpreter start, inspect and the sha256 pre-pass")
+    for rep in range(-1 if warmup else 0, reps):
+        label = "warm-up" if rep < 0 else f"rep {rep + 1}/{reps}"
+        say(f"bench: upload {label}")
+        env.glance.delete_all()
+        order = ["imgpipe", "curl"] if rep % 2 == 0 else ["curl", "imgpipe"]
+        got: dict[str, Sample] = {}
+        for side in order:
+            settle()
+            if side == "imgpipe":
+                proc = run([env.imgpipe, "upload", payload, "-p", "kvm", "--name",
+                            f"bench-upload-{rep}", "--cloud", CLOUD_NAME, "--force", "--json"],
+                           env=env.child_env)
+                sample = sample_of([proc])
+                body = parse_json(proc, sample) if sample.ok else None
+                if body is not None:
+                    images = body["images"]
+                    sample.extra = {"upload_seconds": images[0]["seconds"],
+                                    "image_id": images[0]["image_id"]}
+            else:
+                procs, image_id = curl_upload(env.glance, payload, f"bench-curl-{rep}",
+                                              "qcow2", "bare")
+                sample = sample_of(procs)
+                sample.extra = {"create_seconds": procs[0].seconds,
+                                "put_seconds": procs[1].seconds if len(procs) > 1 else None}
+                check_active(env.glance, image_id, sample)
+            got[side] = sample
+        if rep < 0:
+            continue
+        cli.imgpipe.append(got["imgpipe"])
+        cli.baseline.append(got["curl"])
+        mine = got["imgpipe"]
+        inner.imgpipe.append(dataclasses.replace(
+            mine, seconds=mine.extra.get("upload_seconds", mine.seconds)))
+        inner.baseline.append(got["curl"])
+    env.glance.delete_all()
+    shutil.rmtree(folder, ignore_errors=True)
+    return [cli, inner]
+
+
+PUBLISH_STEPS = {  # profile -> (baseline conversion kind, disk_format, container_format)
+    "kvm": ("qcow2", "qcow2", "bare"),
+    "vmware": ("stream", "vmdk", "bare"),
+    "hyperv": ("vhdx", "vhdx", "bare"),
+    "xen": ("xen", "vhd", "ovf"),
+}
+
+
+def bare_publish(env: Env, rep: int) -> Sample:
+    """Each profile by hand, one after another: convert (+ tar), curl create, curl PUT."""
+    assert env.glance is not None
+    out = fresh_dir(env.work / "baseline-publish")
+    procs: list[Proc] = []
+    ids: list[str | None] = []
+    settle()
+    started = time.perf_counter()
+    for profile in PUBLISH_PROFILES:
+        kind, disk_format, container_format = PUBLISH_STEPS[profile]
+        step = fresh_dir(out / profile)
+        commands, outputs = baseline_convert(env, kind, step)
+        for argv in commands:
+            procs.append(run(argv))
+            if not procs[-1].ok:
+                break
+        if not procs[-1].ok:
+            break
+        uploaded, image_id = curl_upload(env.glance, outputs[0], f"bench-pub-curl-{rep}-{profile}",
+                                         disk_format, container_format)
+        procs += uploaded
+        ids.append(image_id)
+        if not procs[-1].ok:
+            break
+    seconds = time.perf_counter() - started
+    sample = sample_of(procs, seconds)
+    for image_id in ids:
+        check_active(env.glance, image_id, sample)
+    shutil.rmtree(out, ignore_errors=True)
+    return sample
+
+
+def imgpipe_publish(env: Env, rep: int) -> Sample:
+    work = fresh_dir(env.work / "imgpipe-publish")  # same disk as the baseline, not /tmp
+    argv: list[Any] = [env.imgpipe, "publish", env.src]
+    for profile in PUBLISH_PROFILES:
+        argv += ["-p", profile]
+    argv += ["--name", f"bench-pub-{rep}", "--cloud", CLOUD_NAME, "--force",
+             "--work-dir", work, "--json"]
+    settle()
+    proc = run(argv, env=env.child_env)
+    sample = sample_of([proc])
+    body = parse_json(proc, sample) if sample.ok else None
+    if body is not None:
+        sample.extra = {"images": [{k: i.get(k) for k in ("name", "size", "seconds")}
+                                   for i in body["images"]], "failures": body["failures"]}
+    shutil.rmtree(work, ignore_errors=True)
+    return sample
+
+
+def bench_publish(env: Env, reps: int, warmup: bool) -> list[Row]:
+    assert env.glance is not None
+    row = Row("publish", f"publish {'+'.join(PUBLISH_PROFILES)} vs sequential bare steps",
+              "time", PUBLISH_TARGET,
+              note="baseline: qemu-img (streamOptimized by qemu-img) + tar czf + curl, in turn")
+    for rep in range(-1 if warmup else 0, reps):
+        label = "warm-up" if rep < 0 else f"rep {rep + 1}/{reps}"
+        imgpipe_first = rep % 2 == 0
+        say(f"bench: publish {label} ({'imgpipe' if imgpipe_first else 'baseline'} first)")
+        env.glance.delete_all()
+        if imgpipe_first:
+            mine = imgpipe_publish(env, rep)
+            env.glance.delete_all()
+            base = bare_publish(env, rep)
+        else:
+            base = bare_publish(env, rep)
+            env.glance.delete_all()
+            mine = imgpipe_publish(env, rep)
+        if rep >= 0:
+            row.imgpipe.append(mine)
+            row.baseline.append(base)
+    env.glance.delete_all()
+    return [row]
+
+
+def rss_rows(rows: list[Row]) -> list[Row]:
+    """Peak memory per command kind: imgpipe's own Python process vs the baseline's biggest
+    process; the imgpipe tree's biggest process (qemu-img included) goes to the JSON."""
+    groups = {"convert": "peak RSS, imgpipe convert (max over profiles)",
+              "upload": "peak RSS, imgpipe upload", "publish": "peak RSS, imgpipe publish"}
+    out = []
+    for prefix, title in groups.items():
+        chosen = [r for r in rows if r.key.startswith(prefix) and r.kind != "rss"]
+        if prefix == "upload":
+            chosen = chosen[:1]  # the inner row repeats the same processes
+        mine = [s.hwm_bytes for r in chosen for s in r.imgpipe if s.hwm_bytes]
+        tree = [s.tree_maxrss_bytes for r in chosen for s in r.imgpipe if s.tree_maxrss_bytes]
+        base = [s.tree_maxrss_bytes for r in chosen for s in r.baseline if s.tree_maxrss_bytes]
+        if not mine:
+            continue
+        row = Row(f"rss-{prefix}", title, "rss", ("<", RSS_LIMIT_MB),
+                  rss_values=(max(mine) / MIB, max(base) / MIB if base else None),
+                  note=f"imgpipe's Python process only (VmHWM); largest process of its tree "
+                       f"(qemu-img included) {max(tree) / MIB:.0f} MiB; baseline = largest bare process")
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+
+def fmt_value(row: Row, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return {"time": f"{value:.2f} s", "throughput": f"{value:.0f} MB/s",
+            "rss": f"{value:.0f} MiB"}[row.kind]
+
+
+def print_table(rows: list[Row], meta: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"imgpipe vs bare tools, median of {meta['reps']} "
+                        f"(uploads {meta['upload_reps']}) "
+                        f"(source {meta['source']['size_mib']} MiB disk, "
+                        f"{meta['source']['data_mib']} MiB data)",
+                  caption=f"load average before {meta['load_before']}, after "
+                          f"{meta['load_after']} on {meta['cpus']} CPUs: timings are noisy")
+    for column in ("measurement", "imgpipe median", "baseline median", "ratio", "target", "met?"):
+        table.add_column(column, justify="left" if column == "measurement" else "right")
+    for row in rows:
+        mine, base = row.medians()
+        r = row.ratio()
+        met = meets(row.judged(), row.target)
+        unit = " MiB" if row.kind == "rss" else ""
+        verdict = "-" if met is None else "[green]yes[/]" if met else "[red]no[/]"
+        if row.errors():
+            verdict = "[red]error[/]"
+        table.add_row(row.title, fmt_value(row, mine), fmt_value(row, base),
+                      "-" if r is None else f"{r:.2f}", target_text(row.target, unit), verdict)
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    console.print(table)
+    for row in rows:
+        for error in row.errors():
+            console.print(f"[red]error[/] {row.key}: {error}", highlight=False)
+    for row in rows:
+        if row.note:
+            console.print(f"  {row.key}: {row.note}", highlight=False)
+    extra = []
+    for row in rows:
+        mine, base = row.medians()
+        if row.kind == "time" and mine is not None and base is not None:
+            fs = [s.fsync_seconds for s in row.baseline if s.fsync_seconds is not None]
+            durable = f", {mine / (base + statistics.median(fs)):.2f} vs qemu-img+fsync" \
+                if fs else ""
+            extra.append(f"{row.key} {mine - base:+.2f} s{durable}")
+    if extra:
+        console.print("imgpipe - baseline, absolute (imgpipe fsyncs its outputs, bare tools do "
+                      "not): " + "; ".join(extra), highlight=False)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def child_env(clouds_yaml: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    if clouds_yaml is not None:
+        env["OS_CLIENT_CONFIG_FILE"] = str(clouds_yaml)
+    return env
+
+
+def find_imgpipe() -> Path:
+    beside = Path(sys.executable).parent / "imgpipe"
+    if beside.exists():
+        return beside
+    repo_venv = REPO / ".venv" / "bin" / "imgpipe"
+    if repo_venv.exists():
+        return repo_venv
+    found = shutil.which("imgpipe")
+    if not found:
+        raise SystemExit("bench: no imgpipe CLI: run `make venv` first")
+    return Path(found)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, help="timed repetitions (default 3; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 512 MiB source with 64 MiB of files, one repetition")
+    parser.add_argument("--size-mib", type=int, help="source disk size (default 2048)")
+    parser.add_argument("--data-mib", type=int, help="real files in the root fs (default 200)")
+    parser.add_argument("--only", action="append", choices=["convert", "upload", "publish"],
+                        help="run only these sections (repeatable)")
+    parser.add_argument("--profile", action="append",
+                        help="convert section: only these profiles (repeatable)")
+    parser.add_argument("--upload-reps", type=int,
+                        help="upload repetitions (default: twice --reps; uploads are noisy)")
+    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                        help="run one uncounted repetition first (default on)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    args.reps = args.reps or (1 if args.quick else 3)
+    args.upload_reps = args.upload_reps or 2 * args.reps
+    args.size_mib = args.size_mib or (512 if args.quick else 2048)
+    args.data_mib = args.data_mib or (64 if args.quick else 200)
+    if args.reps < 1 or args.data_mib >= args.size_mib - sample_disk.EFI_MIB:
+        parser.error("need --reps >= 1 and --data-mib well below --size-mib")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sections = set(args.only or ["convert", "upload", "publish"])
+    # Everything talks to 127.0.0.1: never through a proxy (curl and urllib read these too).
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    BENCH_DIR.mkdir(exist_ok=True)
+    began = time.monotonic()
+    imgpipe = find_imgpipe()
+    src = ensure_source(args.size_mib, args.data_mib)
+    work = fresh_dir(BENCH_DIR / "work")
+    env = Env(imgpipe, src, work, child_env(None))
+    env.window = root_window(imgpipe, src)
+    meta: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "qemu_img": subprocess.run(["qemu-img", "--version"], capture_output=True,
+                                   text=True).stdout.splitlines()[0],
+        "reps": args.reps, "upload_reps": args.upload_reps, "warmup": args.warmup,
+        "source": {"path": str(src), "size_mib": args.size_mib, "data_mib": args.data_mib,
+                   "file_bytes": src.stat().st_size},
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    cloud_dir = BENCH_DIR / "cloud"
+    rows: list[Row] = []
+    started_cloud = False
+    try:
+        if sections & {"upload", "publish"}:
+            say("bench: starting a local Glance (noauth) on 127.0.0.1")
+            cloud = localcloud.start(cloud_dir, name=CLOUD_NAME)
+            started_cloud = True
+            env.glance = Glance(cloud.glance_url)
+            env.child_env = child_env(cloud.clouds_yaml)
+            meta["glance_url"] = cloud.glance_url
+            env.glance.delete_all()
+        if "convert" in sections:
+            profiles = set(args.profile) if args.profile else None
+            rows += bench_convert(env, args.reps, args.warmup, profiles)
+        if "upload" in sections:
+            rows += bench_upload(env, args.upload_reps, args.warmup)
+        if "publish" in sections:
+            # The earlier sections already warmed the source's page cache and Glance.
+            warm = args.warmup and not {"convert", "upload"} <= sections
+            rows += bench_publish(env, args.reps, warm)
+    finally:
+        if started_cloud:
+            try:
+                if env.glance is not None:
+                    env.glance.delete_all()
+            except OSError as exc:
+                say(f"bench: could not empty Glance: {exc}")
+            localcloud.stop(cloud_dir)
+        shutil.rmtree(work, ignore_errors=True)
+    rows += rss_rows(rows)
+    meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["seconds"] = round(time.monotonic() - began, 1)
+    result = {"meta": meta, "rows": [r.to_dict() for r in rows]}
+    text = json.dumps(result, indent=2) + "\n"
+    (BENCH_DIR / "results.json").write_text(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text)
+    print_table(rows, meta)
+    say(f"bench: done in {meta['seconds']:.0f} s; JSON in {BENCH_DIR / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
