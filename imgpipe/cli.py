@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -232,6 +233,8 @@ PropertyOpt = Annotated[Optional[list[str]], typer.Option("--property", help="Ex
 TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", help="Image tag (repeatable).")]
 VisibilityOpt = Annotated[str, typer.Option(help="private, shared, community or public.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Upload even if an identical image is active.")]
+RetriesOpt = Annotated[int, typer.Option("--retries", min=1, help="Attempts per request/upload.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds without progress before a request is retried.")]
 KEY_PROPERTIES = ("hypervisor_type", "vmware_disktype", "vmware_adaptertype", "hw_machine_type",
                   "vm_mode", "img_type")
 
@@ -249,8 +252,9 @@ def _properties(items: list[str] | None) -> dict[str, str]:
     return props
 
 
-def _connect(names: list[str] | None, insecure: bool, cacert: str | None) -> list[clouds.Cloud]:
-    return [clouds.connect(n, insecure=insecure, cacert=cacert) for n in (names or [None])]
+def _connect(names: list[str] | None, insecure: bool, cacert: str | None,
+             timeout: float = clouds.DEFAULT_TIMEOUT) -> list[clouds.Cloud]:
+    return [clouds.connect(n, insecure=insecure, cacert=cacert, timeout=timeout) for n in (names or [None])]
 
 
 def _show_results(results: list[UploadResult], failures: list[str]) -> None:
@@ -277,6 +281,8 @@ def upload_cmd(
     tag: TagOpt = None,
     visibility: VisibilityOpt = "private",
     force: ForceOpt = False,
+    retries: RetriesOpt = retry.DEFAULT_LIMITS.attempts,
+    timeout: TimeoutOpt = clouds.DEFAULT_TIMEOUT,
     insecure: InsecureOpt = False,
     os_cacert: CacertOpt = None,
     as_json: JsonOpt = False,
@@ -289,7 +295,8 @@ def upload_cmd(
     if info is not None and chosen.output is not None and info.format != chosen.output.format:
         raise errors.FormatMismatchError(
             f"{file}: content is {info.format}, profile {chosen.name} uploads {chosen.disk_format}")
-    targets = _connect(cloud, insecure, os_cacert)
+    targets = _connect(cloud, insecure, os_cacert, timeout)
+    limits = dataclasses.replace(retry.DEFAULT_LIMITS, attempts=retries)
     sha = sha256_file(file)
     results = []
     with render.progress(quiet=as_json) as report:
@@ -300,7 +307,7 @@ def upload_cmd(
             size = file.stat().st_size
             on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1))) \
                 if report else None
-            results.append(upload(target, req, on_bytes=on_bytes))
+            results.append(upload(target, req, limits, on_bytes))
     _show_results(results, [])
 
 
@@ -319,6 +326,8 @@ def publish_cmd(
     work_dir: Annotated[Optional[Path], typer.Option(help="Where converted files are kept during the run.")] = None,
     engine: Annotated[str, typer.Option(help="streamOptimized writer: auto|native|qemu.")] = "auto",
     verify: Annotated[bool, typer.Option(help="qemu-img compare each output with the source.")] = False,
+    retries: RetriesOpt = retry.DEFAULT_LIMITS.attempts,
+    timeout: TimeoutOpt = clouds.DEFAULT_TIMEOUT,
     insecure: InsecureOpt = False,
     os_cacert: CacertOpt = None,
     as_json: JsonOpt = False,
@@ -327,11 +336,12 @@ def publish_cmd(
     STATE.json = as_json
     selected = profiles.select(profile, profiles.load_all(STATE.profile_dirs))
     _warn(selected)
-    targets = _connect(cloud, insecure, os_cacert)
+    targets = _connect(cloud, insecure, os_cacert, timeout)
+    limits = dataclasses.replace(retry.DEFAULT_LIMITS, attempts=retries)
     req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility, force)
     opts = Options(out_dir=work_dir or Path(tempfile.gettempdir()), verify=verify, engine=engine)
     with render.progress(quiet=as_json) as report:
-        result = publish(req, targets, opts, progress=report)
+        result = publish(req, targets, opts, limits, report)
     _show_results(result.results, result.failures)
 
 

@@ -82,8 +82,14 @@ def get_image(cloud: Cloud, image_id: str) -> dict[str, Any] | None:
 
 
 def list_images(cloud: Cloud, filters: dict[str, str]) -> list[dict[str, Any]]:
-    """Every image matching the filters (Glance filters on custom properties too), all pages."""
-    params: dict[str, str] | None = {"limit": "100", **filters}
+    """Every image matching the filters (Glance filters on custom properties too), all pages.
+
+    Glance reads "op:value" in the name filter, so a docker name like repo:tag gets "eq:".
+    """
+    wanted = dict(filters)
+    if ":" in wanted.get("name", ""):
+        wanted["name"] = f"eq:{wanted['name']}"
+    params: dict[str, str] | None = {"limit": "100", **wanted}
     path = "/v2/images"
     images: list[dict[str, Any]] = []
     while True:

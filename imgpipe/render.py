@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-out = Console()
+# Piped output (CI logs) gets a wide fixed width instead of 80 columns that truncate ids.
+out = Console() if Console().is_terminal else Console(width=200)
 err = Console(stderr=True)
 
 

@@ -115,3 +115,16 @@ def test_concurrent_publishes_leave_one_image(glance, sample_qcow2: Path) -> Non
     assert len(images) == 1 and images[0]["status"] == "active"
     assert {r.image_id for r in results} == {images[0]["id"]}
     assert images[0][SOURCE_KEY] == sha256_file(sample_qcow2)
+
+
+def test_docker_archive_published_as_repo_tag(glance, tmp_path: Path) -> None:
+    from test_convert import _docker_archive
+
+    archive = _docker_archive(tmp_path / "img.tar", ["library/hello:1.0"])
+    cloud = clouds.connect("test")
+    req = PublishRequest(archive, profiles.select(["docker"], profiles.load_all()), "ignored")
+    [result] = publish(req, [cloud], Options(out_dir=tmp_path)).results
+    image = glance_api.get_image(cloud, result.image_id)
+    assert image["name"] == "library/hello:1.0" and image["container_format"] == "docker"
+    again = publish(req, [cloud], Options(out_dir=tmp_path)).results
+    assert [r.status for r in again] == ["unchanged"]

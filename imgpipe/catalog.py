@@ -1,0 +1,178 @@
+"""A catalog's work: units, shards, a look at every cloud, and the plan built from it.
+
+`catalog plan` and `catalog sync` share this code, so the plan shows exactly what a sync
+does: sync uploads only what the plan calls missing (publish's own no-op check cannot see
+hidden images) and rotates from a fresh look after its uploads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from imgpipe import glance, retry, rotation
+from imgpipe.catalog_model import Catalog, Image, Version
+from imgpipe.clouds import Cloud
+from imgpipe.rotation import FAILURES, Action
+from imgpipe.sources import Checksums
+from imgpipe.upload import PROFILE_KEY, SOURCE_KEY
+
+Connect = Callable[[str], Cloud]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One source version of one catalog image: downloaded, converted and uploaded together."""
+
+    image: Image
+    version: Version
+
+    @property
+    def key(self) -> str:
+        return f"{self.image.name}@{self.version.version}"
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str | None, env: Mapping[str, str]) -> Shard | None:
+    """--shard I/N (0-based), else a Kubernetes Indexed Job's JOB_COMPLETION_INDEX/JOB_COMPLETIONS."""
+    if text is None:
+        index = env.get("JOB_COMPLETION_INDEX")
+        if index is None:
+            return None
+        if "JOB_COMPLETIONS" not in env:
+            raise ValueError("JOB_COMPLETION_INDEX is set but JOB_COMPLETIONS is not: "
+                             "set it to the Job's spec.completions")
+        text = f"{index}/{env['JOB_COMPLETIONS']}"
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    index, count = int(match.group(1)), int(match.group(2))
+    return None if count == 1 else Shard(index, count)
+
+
+def units(catalog: Catalog, shard: Shard | None = None) -> list[Unit]:
+    """The versions to publish (each image's newest `keep`), in a stable order; a shard takes
+    every N-th, so the shards of one catalog cover each unit exactly once."""
+    every = sorted((Unit(image, v) for image in catalog.images for v in image.wanted()), key=lambda u: u.key)
+    return every if shard is None else every[shard.index::shard.count]
+
+
+@dataclass
+class Scope:
+    """What one run covers: units to publish, images to look at (and rotate), versions to resolve."""
+
+    todo: list[Unit]
+    images: list[Image]
+    rotate: bool
+
+    @property
+    def versions(self) -> list[tuple[Image, Version]]:
+        if self.rotate:
+            return [(i, v) for i in self.images for v in i.versions]  # all of them, to order them
+        return [(u.image, u.version) for u in self.todo]
+
+
+def scope(catalog: Catalog, shard: Shard | None, *, publish: bool = True, rotate: bool = True) -> Scope:
+    """A shard never rotates: rotation must see every shard's uploads, so it runs once after them."""
+    todo = units(catalog, shard) if publish else []
+    if rotate and shard is None:
+        return Scope(todo, list(catalog.images), True)
+    images = {u.image.name: u.image for u in todo}
+    return Scope(todo, list(images.values()), False)
+
+
+@dataclass
+class Survey:
+    """What a run knows before it acts: reachable clouds, checksums, and each cloud's images."""
+
+    clouds: dict[str, Cloud] = field(default_factory=dict)
+    shas: dict[str, dict[str, str]] = field(default_factory=dict)  # image -> version -> sha256
+    states: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)  # image -> cloud -> images
+    failures: list[str] = field(default_factory=list)
+
+
+def survey(images: list[Image], versions: list[tuple[Image, Version]], connect: Connect,
+           checksums: Checksums, limits: retry.RetryLimits) -> Survey:
+    """Connect, resolve checksums and list images; a cloud that fails is left out and reported."""
+    seen = Survey()
+    for image, version in versions:
+        try:
+            seen.shas.setdefault(image.name, {})[version.version] = checksums.expected(version)
+        except FAILURES as exc:
+            seen.failures.append(f"{image.name}@{version.version}: {exc}")
+    for name in sorted({c for image in images for c in image.clouds}):
+        try:
+            seen.clouds[name] = connect(name)
+        except FAILURES as exc:
+            seen.failures.append(f"cloud {name}: {exc}")
+    look(seen, images, limits)
+    return seen
+
+
+def look(seen: Survey, images: list[Image], limits: retry.RetryLimits) -> None:
+    """(Re)list every image's images on every reachable cloud; drop clouds that do not answer."""
+    seen.states = {}
+    for name, cloud in list(seen.clouds.items()):
+        try:
+            for image in images:
+                if name in image.clouds:
+                    seen.states.setdefault(image.name, {})[name] = rotation.owned(cloud, image, limits)
+        except FAILURES as exc:
+            seen.failures.append(f"cloud {name}: {exc}")
+            del seen.clouds[name]
+            for by_cloud in seen.states.values():
+                by_cloud.pop(name, None)
+
+
+def plan(todo: list[Unit], seen: Survey, rotate: list[Image]) -> list[Action]:
+    """Create what is missing (discarding what an interrupted run left half-uploaded), keep what
+    exists; then, for `rotate`, what retention changes."""
+    actions: list[Action] = []
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for unit in todo:
+        image, label = unit.image, unit.version.version
+        sha = seen.shas.get(image.name, {}).get(label)
+        if sha is None:
+            continue  # its checksum failed: already reported
+        for cloud, existing in seen.states.get(image.name, {}).items():
+            for profile in image.profiles:
+                group = groups.setdefault((image.name, cloud, profile),
+                                          [i for i in existing if i[PROFILE_KEY] == profile])
+                name = image.image_name(profile, label)
+                found = next((i for i in group if i["name"] == name and i[SOURCE_KEY] == sha
+                              and i["status"] == glance.ACTIVE), None)
+                if found:
+                    actions.append(Action(cloud, image.name, profile, name, label, "unchanged", found["id"]))
+                    continue
+                actions += [Action(cloud, image.name, profile, name, label, "discard", i["id"]) for i in group
+                            if i["name"] == name and i[SOURCE_KEY] == sha and i["status"] in glance.IN_PROGRESS]
+                actions.append(Action(cloud, image.name, profile, name, label, "create"))
+                group.append(rotation.planned(image, profile, label, sha))
+    for image in rotate:
+        shas = seen.shas.get(image.name, {})
+        if any(v.version not in shas for v in image.versions):
+            continue  # cannot order its versions: reported with the checksum failure
+        for cloud, existing in seen.states.get(image.name, {}).items():
+            for profile in image.profiles:
+                group = groups.get((image.name, cloud, profile),
+                                   [i for i in existing if i[PROFILE_KEY] == profile])
+                actions += rotation.retention(cloud, image, profile, group, shas)
+    return actions
+
+
+def preview(catalog: Catalog, connect: Connect, shard: Shard | None = None, rotate: bool = True,
+            limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> tuple[list[Action], list[str]]:
+    """The plan of a sync (or of one shard), with what could not be looked at; changes nothing."""
+    work = scope(catalog, shard, rotate=rotate)
+    seen = survey(work.images, work.versions, connect, Checksums(limits), limits)
+    return plan(work.todo, seen, rotate=work.images if work.rotate else []), seen.failures

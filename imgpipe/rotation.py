@@ -1,0 +1,137 @@
+"""Retention: which images of a catalog image stay visible, get hidden (os_hidden) or expire.
+
+Only images imgpipe published for this catalog image are candidates: they carry the
+provenance properties (profile, source sha256, catalog image and version) and the name the
+catalog gives that version. Anything else, even with the same name, is never touched.
+Versions are ordered by the catalog (last listed = newest) and matched on the source sha256,
+the same key publish uses to call an image unchanged. Names never change: an old version
+keeps its name and is hidden, so a rerun still recognises it and boots by id keep working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from imgpipe import glance, retry
+from imgpipe.catalog_model import IMAGE_KEY, VERSION_KEY, Image
+from imgpipe.clouds import Cloud
+from imgpipe.errors import ImgpipeError
+from imgpipe.upload import PROFILE_KEY, SOURCE_KEY
+
+DEACTIVATED = "deactivated"
+# Show the versions to keep before hiding the ones they replace: never a moment with none.
+ORDER = {"discard": 0, "unhide": 1, "hide": 2, "deactivate": 3, "delete": 4}
+FAILURES = (ImgpipeError, *retry.TRANSIENT_TYPES)
+PLANNED = "9999"  # created_at of an image a sync is about to create: newer than any
+
+
+@dataclass
+class Action:
+    """One line of a plan: create, unchanged, discard (an interrupted run's upload), unhide,
+    hide, deactivate or delete."""
+
+    cloud: str
+    image: str
+    profile: str
+    name: str
+    version: str
+    action: str
+    image_id: str = ""
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def owned(cloud: Cloud, image: Image, limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> list[dict[str, Any]]:
+    """This catalog image's images on one cloud, hidden ones included (Glance omits them unless
+    asked), and in-progress ones: under the cloud lock those are leftovers of a run that died."""
+    found: dict[str, dict[str, Any]] = {}
+    for extra in ({}, {"os_hidden": "true"}):
+        listed = retry.call(f"cloud {cloud.name}: list images of {image.name}",
+                            lambda extra=extra: glance.list_images(cloud, {IMAGE_KEY: image.name, **extra}),
+                            limits)
+        found.update((i["id"], i) for i in listed)
+    return [i for i in found.values() if _is_ours(i, image)]
+
+
+def _is_ours(found: dict[str, Any], image: Image) -> bool:
+    profile, label = found.get(PROFILE_KEY), found.get(VERSION_KEY)
+    return (bool(found.get(SOURCE_KEY)) and profile in image.profiles and isinstance(label, str)
+            and found.get(IMAGE_KEY) == image.name and found.get("name") == image.image_name(profile, label)
+            and found.get("status") in (glance.ACTIVE, DEACTIVATED, *glance.IN_PROGRESS))
+
+
+def planned(image: Image, profile: str, version: str, sha256: str) -> dict[str, Any]:
+    """Stands in for an image a sync will create, so a plan ranks it like the real one."""
+    return {"id": "", "name": image.image_name(profile, version), "status": glance.ACTIVE, "os_hidden": False,
+            "created_at": PLANNED, PROFILE_KEY: profile, SOURCE_KEY: sha256, VERSION_KEY: version}
+
+
+def retention(cloud: str, image: Image, profile: str, group: list[dict[str, Any]],
+              shas: dict[str, str]) -> list[Action]:
+    """What to change so the newest `keep` are visible, the next ones hidden, the rest expired.
+
+    A deactivated image is never reactivated: someone (or an earlier expiry) retired it, and
+    a version still wanted gets a fresh upload instead.
+    """
+    rank = {shas[v.version]: i for i, v in enumerate(image.versions)}  # later (newer) wins
+    finished = [i for i in group if i["status"] in (glance.ACTIVE, DEACTIVATED)]
+    ordered = sorted(finished, key=lambda i: (rank.get(i[SOURCE_KEY], -1), i.get("created_at", ""), i["id"]),
+                     reverse=True)
+    policy = image.retention
+    actions = []
+    for position, found in enumerate(ordered):
+        hidden, active = bool(found.get("os_hidden")), found["status"] == glance.ACTIVE
+        if not found["id"]:
+            continue
+        if position < policy.keep:
+            change = "unhide" if hidden and active else None
+        elif policy.expire_after is None or position < policy.expire_after:
+            change = None if hidden else "hide"
+        elif policy.expire == "delete":
+            change = "delete"
+        else:
+            change = "deactivate" if active else None if hidden else "hide"
+        if change:
+            actions.append(Action(cloud, image.name, profile, found["name"], found[VERSION_KEY], change,
+                                  found["id"]))
+    return actions
+
+
+def not_ready(image: Image, states: dict[str, list[dict[str, Any]]], shas: dict[str, str]) -> str | None:
+    """Why this image must not rotate yet (None: the newest version is active everywhere)."""
+    unresolved = [v.version for v in image.versions if v.version not in shas]
+    if unresolved:
+        return f"no checksum for version {unresolved[0]}, so versions cannot be ordered"
+    newest = image.versions[-1]
+    for cloud in image.clouds:
+        if cloud not in states:
+            return f"cloud {cloud} could not be reached"
+        for profile in image.profiles:
+            name = image.image_name(profile, newest.version)
+            if not any(i["name"] == name and i[PROFILE_KEY] == profile and i[SOURCE_KEY] == shas[newest.version]
+                       and i["status"] == glance.ACTIVE for i in states[cloud]):
+                return f"newest version {newest.version} is not active on cloud {cloud} as {name}"
+    return None
+
+
+def apply(cloud: Cloud, actions: list[Action], limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> None:
+    """Carry out the actions in a safe order; a failure is recorded on its action, the rest go on."""
+    for action in sorted(actions, key=lambda a: ORDER[a.action]):
+        try:
+            retry.call(f"cloud {cloud.name}: {action.action} {action.name} ({action.image_id})",
+                       lambda action=action: _do(cloud, action), limits)
+        except FAILURES as exc:
+            action.error = str(exc)
+
+
+def _do(cloud: Cloud, action: Action) -> None:
+    if action.action in ("delete", "discard"):
+        glance.delete_image(cloud, action.image_id)
+        return
+    glance.update_properties(cloud, {"id": action.image_id, "os_hidden": None},
+                             {"os_hidden": action.action != "unhide"})
+    if action.action == "deactivate":
+        glance.image_action(cloud, action.image_id, "deactivate")

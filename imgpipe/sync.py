@@ -1,0 +1,175 @@
+"""`catalog sync` and `catalog rotate`: the story of one scheduled run.
+
+Lock the clouds -> look (checksums, each cloud's images) -> plan -> per unit, `jobs` at a
+time: download once, verify, publish what is missing to all its clouds at once -> look again
+-> rotate every image whose newest version is active everywhere -> report.
+A rerun after a crash redoes only what is missing: the plan finds finished uploads and
+discards half-finished ones (under the cloud lock no live run can own them), a cut download
+resumes from its .part file, and rotation waits until the uploads are complete.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from imgpipe import locks, rotation, sources
+from imgpipe.catalog import Connect, Shard, Survey, Unit, look, plan, scope, survey
+from imgpipe.catalog_model import IMAGE_KEY, VERSION_KEY, Catalog, Image
+from imgpipe.convert import Options
+from imgpipe.profiles import Profile
+from imgpipe.publish import PublishRequest, publish
+from imgpipe.retry import DEFAULT_LIMITS, RetryLimits
+from imgpipe.rotation import FAILURES, Action
+
+Progress = Callable[[str, float], None]
+DEFAULT_JOBS = 2
+PRUNE_AFTER = 7 * 24 * 3600  # cached sources no catalog version uses, untouched this long
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgpipe"
+
+
+@dataclass
+class SyncOptions:
+    cache_dir: Path
+    profiles: dict[str, Profile]
+    jobs: int = DEFAULT_JOBS
+    shard: Shard | None = None
+    rotate: bool = True
+    limits: RetryLimits = DEFAULT_LIMITS
+    convert: Options | None = None  # default: convert under cache_dir/work
+
+
+@dataclass
+class SyncReport:
+    catalog: str
+    shard: str | None = None
+    images: list[Action] = field(default_factory=list)  # created / unchanged / failed
+    changes: list[Action] = field(default_factory=list)  # discard, unhide, hide, deactivate, delete
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    uploaded_bytes: int = 0
+    seconds: float = 0.0
+
+    def counts(self) -> Counter[str]:
+        return Counter(a.action for a in self.images)
+
+    def changed(self) -> Counter[str]:
+        return Counter(a.action for a in self.changes if not a.error)
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = self.counts()
+        return {
+            "catalog": self.catalog, "shard": self.shard, "seconds": round(self.seconds, 3),
+            "summary": {"created": counts["created"], "unchanged": counts["unchanged"],
+                        "failed": counts["failed"], "uploaded_bytes": self.uploaded_bytes,
+                        "changed": dict(self.changed()), "errors": len(self.failures)},
+            "images": [a.to_dict() for a in self.images],
+            "changes": [a.to_dict() for a in self.changes],
+            "failures": self.failures, "notes": self.notes,
+        }
+
+
+def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, publish_units: bool = True,
+        progress: Progress | None = None) -> SyncReport:
+    """Sync (publish_units=True) or only rotate; failures are collected in the report, not raised."""
+    started = time.monotonic()
+    report = SyncReport(str(path), str(opts.shard) if opts.shard else None)
+    work = scope(catalog, opts.shard, publish=publish_units, rotate=opts.rotate)
+    if opts.shard:
+        report.notes.append(f"shard {opts.shard}: rotation is left to `imgpipe catalog rotate` after all shards")
+    with locks.clouds(opts.cache_dir, [c for i in work.images for c in i.clouds], report.shard):
+        seen = survey(work.images, work.versions, connect, sources.Checksums(opts.limits), opts.limits)
+        report.failures += seen.failures
+        actions = plan(work.todo, seen, rotate=[])
+        report.images = [a for a in actions if a.action == "unchanged"]
+        _publish_all(work.todo, actions, seen, opts, report, progress)
+        if work.rotate:
+            _rotate(work.images, seen, opts, report)
+        sources.prune(opts.cache_dir, {s for by_version in seen.shas.values() for s in by_version.values()},
+                      PRUNE_AFTER)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _publish_all(todo: list[Unit], actions: list[Action], seen: Survey, opts: SyncOptions,
+                 report: SyncReport, progress: Progress | None) -> None:
+    convert = opts.convert or Options(out_dir=opts.cache_dir / "work")
+    convert.out_dir.mkdir(parents=True, exist_ok=True)
+    mine = {u.key: [a for a in actions if a.image == u.image.name and a.version == u.version.version
+                    and a.action in ("create", "discard")] for u in todo}
+    with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
+        futures = [pool.submit(_publish_unit, u, mine[u.key], seen, opts, convert, progress)
+                   for u in todo if mine[u.key]]
+        for future in futures:
+            done, discarded, uploaded, failures = future.result()
+            report.images += done
+            report.changes += discarded
+            report.uploaded_bytes += uploaded
+            report.failures += failures
+
+
+def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOptions, convert: Options,
+                  progress: Progress | None) -> tuple[list[Action], list[Action], int, list[str]]:
+    """Download and verify the source, then publish each profile to the clouds that lack it."""
+    image, label = unit.image, unit.version.version
+    sha = seen.shas[image.name][label]
+    creates = [a for a in actions if a.action == "create"]
+    done: list[Action] = []
+    uploaded = 0
+    try:
+        source = sources.fetch(unit.version, sha, opts.cache_dir, opts.limits)
+    except FAILURES as exc:
+        return [replace(a, action="failed") for a in creates], [], 0, [f"{unit.key}: {exc}"]
+    discards = [a for a in actions if a.action == "discard"]
+    for cloud in {a.cloud for a in discards}:
+        rotation.apply(seen.clouds[cloud], [a for a in discards if a.cloud == cloud], opts.limits)
+    failures = [f"cloud {a.cloud}: discard {a.name} ({a.image_id}): {a.error}" for a in discards if a.error]
+    targets: dict[tuple[str, ...], list[str]] = {}
+    for profile in image.profiles:
+        clouds = tuple(sorted(a.cloud for a in creates if a.profile == profile))
+        if clouds:
+            targets.setdefault(clouds, []).append(profile)
+    for clouds, profile_names in targets.items():
+        req = PublishRequest(source, [opts.profiles[p] for p in profile_names], image.name,
+                             image.name_template.replace("{version}", label),
+                             {**image.properties, IMAGE_KEY: image.name, VERSION_KEY: label},
+                             list(image.tags), image.visibility, source_sha256=sha)
+        try:
+            result = publish(req, [seen.clouds[c] for c in clouds], convert, opts.limits, progress)
+        except FAILURES as exc:
+            failures.append(f"{unit.key}: {exc}")
+            continue
+        failures += [f"{unit.key}: {f}" for f in result.failures]
+        for r in result.results:
+            done.append(Action(r.cloud, image.name, r.profile, r.name, label, r.status, r.image_id))
+            uploaded += r.size if r.status == "created" else 0
+    finished = {(a.cloud, a.profile) for a in done}
+    done += [replace(a, action="failed") for a in creates if (a.cloud, a.profile) not in finished]
+    return done, discards, uploaded, failures
+
+
+def _rotate(images: list[Image], seen: Survey, opts: SyncOptions, report: SyncReport) -> None:
+    """Rotate from a fresh look, and only images whose newest version is active everywhere."""
+    already = len(seen.failures)
+    look(seen, images, opts.limits)
+    report.failures += seen.failures[already:]
+    for image in images:
+        reason = rotation.not_ready(image, seen.states.get(image.name, {}), seen.shas.get(image.name, {}))
+        if reason:
+            report.failures.append(f"{image.name}: not rotated: {reason}")
+            continue
+        actions = plan([], seen, rotate=[image])
+        for cloud in image.clouds:
+            rotation.apply(seen.clouds[cloud], [a for a in actions if a.cloud == cloud], opts.limits)
+        report.changes += actions
+        report.failures += [f"cloud {a.cloud}: {a.action} {a.name} ({a.image_id}): {a.error}"
+                            for a in actions if a.error]
