@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from oslo_utils import strutils
 
-from imgpipe import __version__, catalog, catalog_model, clouds, doctor, errors, metrics, profiles, render, sync
+from imgpipe import __version__, catalog, catalog_model, clouds, doctor, errors, metrics, profiles, render, retry, sync
 from imgpipe.convert import Options, convert_source
 from imgpipe.hashing import sha256_file
 from imgpipe.inspect import DEFAULT_MAX_VIRTUAL_SIZE, inspect_image
