@@ -19,7 +19,7 @@ from oslo_utils.imageutils import format_inspector
 
 from imgpipe import atomic, packaging, partitions, qemu
 from imgpipe.errors import ConversionError, NoSpaceError, ProfileError, UnsafeImageError
-from imgpipe.inspect import QEMU_DRIVER, ImageInfo, archive_kind, inspect_image, open_source
+from imgpipe.inspect import QEMU_DRIVER, ImageInfo, detect_format, inspect_image, open_source
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
 from imgpipe.vmdk_stream import write_stream_optimized
@@ -268,7 +268,10 @@ def _native_stream_optimized(window: qemu.Source, dest: Path, final_name: str, a
 
 def _reinspect(path: Path, out_format: str, virtual_size: int, label: str) -> None:
     """Check the output the way Glance will: content format, safety checks, virtual size."""
-    inspector = format_inspector.detect_file_format(str(path))
+    try:
+        inspector = detect_format(path)
+    except format_inspector.ImageFormatError as exc:
+        raise ConversionError(f"{label}: output is ambiguous: {exc}") from exc
     detected = str(inspector) if inspector else "unknown"
     if QEMU_DRIVER.get(detected) != out_format:
         raise ConversionError(f"{label}: output detected as {detected}, expected {out_format}")

@@ -122,9 +122,26 @@ def inspect_image(
     return info
 
 
+def detect_format(path: Path, expected: str | None = None) -> format_inspector.FileInspector | None:
+    """format_inspector's verdict on a file, read in 1 MiB chunks until it has decided.
+
+    detect_file_format reads 4 KiB at a time, which costs seconds on formats whose
+    metadata sits at the end (a streamOptimized vmdk's footer).
+    """
+    with path.open("rb") as f:
+        wrapper = format_inspector.InspectWrapper(f, expected_format=expected)
+        try:
+            while wrapper.read(1 << 20):
+                if wrapper.format:
+                    return wrapper.format
+        finally:
+            wrapper.close()
+        return wrapper.format  # some formats decide only at end of file
+
+
 def _detect(path: Path) -> str:
     try:
-        inspector = format_inspector.detect_file_format(str(path))
+        inspector = detect_format(path)
     except format_inspector.ImageFormatError as exc:
         raise UnsafeImageError(f"{path}: ambiguous content: {exc}") from exc
     if inspector is None:
@@ -161,8 +178,11 @@ def _qemu_check(path: Path, driver: str) -> None:
 
 def _read_partitions(info: ImageInfo) -> None:
     with tempfile.TemporaryDirectory(prefix="imgpipe-head-") as tmp:
-        head = qemu.read_head(info.source(), Path(tmp) / "head.raw",
-                              min(partitions.HEAD_BYTES, info.virtual_size))
+        try:
+            head = qemu.read_head(info.source(), Path(tmp) / "head.raw",
+                                  min(partitions.HEAD_BYTES, info.virtual_size))
+        except CommandFailed as exc:
+            raise UnsafeImageError(f"{info.path}: cannot read the partition table: {exc}") from exc
     try:
         info.table, info.partitions = partitions.parse(head, info.virtual_size)
     except partitions.PartitionTableError as exc:

@@ -153,3 +153,15 @@ def test_any_qemu_format_as_source(sample_raw: Path, tmp_path: Path, fmt: str) -
     [out] = convert_source(src, profiles.select(["kvm"], profiles.load_all()),
                            Options(out_dir=tmp_path, verify=True))
     qemu_img("compare", "-f", "raw", "-F", "qcow2", str(sample_raw), str(out.path))
+
+
+def test_native_stream_optimized_is_default_and_identical(sample_qcow2: Path, tmp_path: Path) -> None:
+    [out] = convert_source(sample_qcow2, profiles.select(["vmware"], profiles.load_all()),
+                           Options(out_dir=tmp_path, verify=True))
+    assert out.engine == "native" and out.verified
+    qemu_img("compare", "-f", "qcow2", "-F", "vmdk", str(sample_qcow2), str(out.path))
+    qemu_img("check", "-f", "vmdk", str(out.path))
+    text = _descriptor(out.path)
+    assert 'createType="streamOptimized"' in text and 'ddb.adapterType = "lsilogic"' in text
+    assert f'"{out.path.name}"' in text  # the extent names the final file, not the temp
+    assert [p.name for p in tmp_path.iterdir()] == [out.path.name]
