@@ -97,3 +97,26 @@ def test_glance_killed_mid_upload_and_restarted(glance, proxy: FaultProxy, sampl
     result = upload(clouds.connect("proxied"), _req(sample_qcow2, "crashed"), limits)
     assert proxy.faults[0].fired == 1
     _assert_one_active("crashed", result.image_id)
+
+
+def test_ctrl_c_mid_upload_leaves_no_image(proxy: FaultProxy, sample_qcow2: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from imgpipe.cli import EXIT_INTERRUPTED
+
+    proxy.faults.append(Fault(PUT, "stall", seconds=20))
+    proc = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "upload", str(sample_qcow2), "-p", "kvm",
+                             "--name", "interrupted", "--cloud", "proxied"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while not any(r.startswith("PUT ") for r in proxy.requests) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any(r.startswith("PUT ") for r in proxy.requests)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert "interrupted" in stderr
+    _assert_one_active("interrupted", None)

@@ -1,0 +1,30 @@
+"""clouds.yaml/OS_* loading and TLS settings, against the real openstack.config loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imgpipe import clouds
+from imgpipe.errors import CloudConfigError
+
+pytestmark = pytest.mark.slow
+
+
+def test_tls_verified_by_default_and_overrides(glance, tmp_path: Path) -> None:
+    assert clouds.connect("test").session.verify is True
+    assert clouds.connect("test", insecure=True).session.verify is False
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    assert clouds.connect("test", cacert=str(bundle)).session.verify == str(bundle)
+
+
+def test_os_cloud_variable(glance, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OS_CLOUD", "test")
+    assert clouds.connect().endpoint == glance.glance_url
+
+
+def test_unknown_cloud_is_a_config_error(glance) -> None:
+    with pytest.raises(CloudConfigError, match="cloud nope: Cloud nope was not found"):
+        clouds.connect("nope")
