@@ -65,6 +65,7 @@ import os
 import pwd
 import secrets
 import shutil
+import sqlite3
 import signal
 import socket
 import subprocess
@@ -510,6 +511,10 @@ def _prepare_glance(venv: Path, state_dir: Path, port: int, keystone_url: str | 
         _run_setup(state_dir, [str(venv / "bin" / "glance-manage"),
                                "--config-file", str(conf), "db_sync"])
         _mark_initialized(base)
+    # Concurrent uploads (8 gunicorn threads) otherwise often hit "database is locked"
+    # 500s in the rollback-journal mode; WAL lets readers and one writer overlap.
+    with sqlite3.connect(base / "glance.sqlite") as db:
+        db.execute("PRAGMA journal_mode=WAL")
     return {"OS_GLANCE_CONFIG_DIR": str(etc)}
 
 

@@ -40,22 +40,19 @@ def sample_raw(tmp_path_factory: pytest.TempPathFactory, sample_qcow2: Path) -> 
 
 
 @pytest.fixture(scope="session")
-def glance(tmp_path_factory: pytest.TempPathFactory):
-    """A real Glance (noauth, sqlite, file store) on loopback for the whole session.
-
-    OS_CLIENT_CONFIG_FILE points openstack.config at its clouds.yaml, as a user would.
-    """
-    import os
-
+def glance_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real Glance (noauth, sqlite, file store) on loopback for the whole session."""
     import localcloud
 
     state = tmp_path_factory.mktemp("glance")
     cloud = localcloud.start(state, name="test")
-    previous = os.environ.get("OS_CLIENT_CONFIG_FILE")
-    os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml)
     yield cloud
-    if previous is None:
-        os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
-    else:
-        os.environ["OS_CLIENT_CONFIG_FILE"] = previous
     localcloud.stop(state)
+
+
+@pytest.fixture
+def glance(glance_server, monkeypatch: pytest.MonkeyPatch):
+    """The session Glance, with OS_CLIENT_CONFIG_FILE pointing at its clouds.yaml for this test
+    only (as a user would set it), so other tests' clouds.yaml files are not shadowed."""
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(glance_server.clouds_yaml))
+    return glance_server

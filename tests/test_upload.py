@@ -29,8 +29,10 @@ def _request(path: Path, name: str, profile: str = "kvm", **kw: object) -> Uploa
 
 
 @pytest.fixture(scope="module")
-def published(glance, sample_qcow2: Path, tmp_path_factory: pytest.TempPathFactory):
-    cloud = clouds.connect("test")
+def published(glance_server, sample_qcow2: Path, tmp_path_factory: pytest.TempPathFactory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OS_CLIENT_CONFIG_FILE", str(glance_server.clouds_yaml))
+        cloud = clouds.connect("test")
     req = PublishRequest(sample_qcow2, profiles.select(["all"], profiles.load_all()), "guest",
                          tags=["imgpipe-test"])
     report = publish(req, [cloud], Options(out_dir=tmp_path_factory.mktemp("work"), verify=True))
