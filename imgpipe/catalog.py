@@ -77,8 +77,9 @@ class Scope:
 
     @property
     def versions(self) -> list[tuple[Image, Version]]:
+        """Whose sha256 to resolve: the ones to publish, and for rotation every image's wanted ones."""
         if self.rotate:
-            return [(i, v) for i in self.images for v in i.versions]  # all of them, to order them
+            return [(i, v) for i in self.images for v in i.wanted()]
         return [(u.image, u.version) for u in self.todo]
 
 
@@ -101,21 +102,20 @@ class Survey:
     failures: list[str] = field(default_factory=list)
 
 
-def survey(images: list[Image], versions: list[tuple[Image, Version]], connect: Connect,
-           checksums: Checksums, limits: retry.RetryLimits) -> Survey:
+def survey(work: Scope, connect: Connect, checksums: Checksums, limits: retry.RetryLimits) -> Survey:
     """Connect, resolve checksums and list images; a cloud that fails is left out and reported."""
     seen = Survey()
-    for image, version in versions:
+    for image, version in work.versions:
         try:
             seen.shas.setdefault(image.name, {})[version.version] = checksums.expected(version)
         except FAILURES as exc:
             seen.failures.append(f"{image.name}@{version.version}: {exc}")
-    for name in sorted({c for image in images for c in image.clouds}):
+    for name in sorted({c for image in work.images for c in image.clouds}):
         try:
             seen.clouds[name] = connect(name)
         except FAILURES as exc:
             seen.failures.append(f"cloud {name}: {exc}")
-    look(seen, images, limits)
+    look(seen, work.images, limits)
     return seen
 
 
@@ -160,8 +160,6 @@ def plan(todo: list[Unit], seen: Survey, rotate: list[Image]) -> list[Action]:
                 group.append(rotation.planned(image, profile, label, sha))
     for image in rotate:
         shas = seen.shas.get(image.name, {})
-        if any(v.version not in shas for v in image.versions):
-            continue  # cannot order its versions: reported with the checksum failure
         for cloud, existing in seen.states.get(image.name, {}).items():
             for profile in image.profiles:
                 group = groups.get((image.name, cloud, profile),
@@ -174,5 +172,5 @@ def preview(catalog: Catalog, connect: Connect, shard: Shard | None = None, rota
             limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> tuple[list[Action], list[str]]:
     """The plan of a sync (or of one shard), with what could not be looked at; changes nothing."""
     work = scope(catalog, shard, rotate=rotate)
-    seen = survey(work.images, work.versions, connect, Checksums(limits), limits)
+    seen = survey(work, connect, Checksums(limits), limits)
     return plan(work.todo, seen, rotate=work.images if work.rotate else []), seen.failures

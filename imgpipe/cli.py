@@ -383,8 +383,12 @@ def _shard(text: str | None) -> catalog.Shard | None:
         raise typer.BadParameter(str(exc), param_hint="--shard") from exc
 
 
-def _connector(insecure: bool, cacert: str | None) -> catalog.Connect:
-    return functools.partial(clouds.connect, insecure=insecure, cacert=cacert)
+def _connector(insecure: bool, cacert: str | None, timeout: float) -> catalog.Connect:
+    return functools.partial(clouds.connect, insecure=insecure, cacert=cacert, timeout=timeout)
+
+
+def _limits(retries: int) -> retry.RetryLimits:
+    return dataclasses.replace(retry.DEFAULT_LIMITS, attempts=retries)
 
 
 @catalog_app.command("validate")
@@ -405,11 +409,13 @@ def catalog_validate(file: Path, as_json: JsonOpt = False) -> None:
 
 @catalog_app.command("plan")
 @handled
-def catalog_plan(file: Path, shard: ShardOpt = None, insecure: InsecureOpt = False, os_cacert: CacertOpt = None,
-                 as_json: JsonOpt = False) -> None:
+def catalog_plan(file: Path, shard: ShardOpt = None, retries: RetriesOpt = retry.DEFAULT_LIMITS.attempts,
+                 timeout: TimeoutOpt = clouds.DEFAULT_TIMEOUT, insecure: InsecureOpt = False,
+                 os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
     """What a sync would create, leave unchanged, hide, deactivate and delete, per cloud; changes nothing."""
     STATE.json = as_json
-    actions, failures = catalog.preview(_catalog(file), _connector(insecure, os_cacert), _shard(shard))
+    actions, failures = catalog.preview(_catalog(file), _connector(insecure, os_cacert, timeout), _shard(shard),
+                                        limits=_limits(retries))
     _show_plan(file, actions, failures)
 
 
@@ -433,6 +439,8 @@ def catalog_sync(
     cache_dir: CacheDirOpt = None,
     metrics_file: MetricsOpt = None,
     report: ReportOpt = None,
+    retries: RetriesOpt = retry.DEFAULT_LIMITS.attempts,
+    timeout: TimeoutOpt = clouds.DEFAULT_TIMEOUT,
     insecure: InsecureOpt = False,
     os_cacert: CacertOpt = None,
     as_json: JsonOpt = False,
@@ -440,12 +448,12 @@ def catalog_sync(
     """Download, verify, convert and publish every missing version to every cloud; then rotate."""
     STATE.json = as_json
     loaded, where = _catalog(file), _shard(shard)
-    connect = _connector(insecure, os_cacert)
+    connect = _connector(insecure, os_cacert, timeout)
     if dry_run:
-        _show_plan(file, *catalog.preview(loaded, connect, where, rotate))
+        _show_plan(file, *catalog.preview(loaded, connect, where, rotate, _limits(retries)))
         return
     opts = sync.SyncOptions(cache_dir or sync.default_cache_dir(), profiles.load_all(STATE.profile_dirs),
-                            jobs, where, rotate)
+                            jobs, where, rotate, _limits(retries))
     with render.progress(quiet=as_json) as progress:
         result = sync.run(loaded, file, connect, opts, progress=progress)
     _show_sync(result, metrics_file, report)
@@ -454,12 +462,14 @@ def catalog_sync(
 @catalog_app.command("rotate")
 @handled
 def catalog_rotate(file: Path, cache_dir: CacheDirOpt = None, metrics_file: MetricsOpt = None,
-                   report: ReportOpt = None, insecure: InsecureOpt = False, os_cacert: CacertOpt = None,
-                   as_json: JsonOpt = False) -> None:
+                   report: ReportOpt = None, retries: RetriesOpt = retry.DEFAULT_LIMITS.attempts,
+                   timeout: TimeoutOpt = clouds.DEFAULT_TIMEOUT, insecure: InsecureOpt = False,
+                   os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
     """Apply retention once, after all shards: only images whose newest version is active everywhere."""
     STATE.json = as_json
-    opts = sync.SyncOptions(cache_dir or sync.default_cache_dir(), profiles.load_all(STATE.profile_dirs))
-    result = sync.run(_catalog(file), file, _connector(insecure, os_cacert), opts, publish_units=False)
+    opts = sync.SyncOptions(cache_dir or sync.default_cache_dir(), profiles.load_all(STATE.profile_dirs),
+                            limits=_limits(retries))
+    result = sync.run(_catalog(file), file, _connector(insecure, os_cacert, timeout), opts, publish_units=False)
     _show_sync(result, metrics_file, report)
 
 
@@ -468,6 +478,7 @@ def _show_sync(result: sync.SyncReport, metrics_file: Path | None, report: Path 
         metrics.write(metrics_file, result)
     data = result.to_dict()
     if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(data, indent=2, default=str) + "\n")
     if STATE.json:
         render.emit_json(data)

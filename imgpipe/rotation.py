@@ -3,13 +3,13 @@
 Only images imgpipe published for this catalog image are candidates: they carry the
 provenance properties (profile, source sha256, catalog image and version) and the name the
 catalog gives that version. Anything else, even with the same name, is never touched.
-Versions are ordered by the catalog (last listed = newest) and matched on the source sha256,
-the same key publish uses to call an image unchanged. Names never change: an old version
+Versions are ordered by the catalog (last listed = newest). Names never change: an old version
 keeps its name and is hidden, so a rerun still recognises it and boots by id keep working.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -76,16 +76,15 @@ def retention(cloud: str, image: Image, profile: str, group: list[dict[str, Any]
     A deactivated image is never reactivated: someone (or an earlier expiry) retired it, and
     a version still wanted gets a fresh upload instead.
     """
-    rank = {shas[v.version]: i for i, v in enumerate(image.versions)}  # later (newer) wins
+    rank = _rank(image, shas)
     finished = [i for i in group if i["status"] in (glance.ACTIVE, DEACTIVATED)]
-    ordered = sorted(finished, key=lambda i: (rank.get(i[SOURCE_KEY], -1), i.get("created_at", ""), i["id"]),
-                     reverse=True)
+    ordered = sorted(finished, key=lambda i: (rank(i), i.get("created_at", ""), i["id"]), reverse=True)
     policy = image.retention
     actions = []
     for position, found in enumerate(ordered):
-        hidden, active = bool(found.get("os_hidden")), found["status"] == glance.ACTIVE
         if not found["id"]:
-            continue
+            continue  # planned: it will be created visible and active
+        hidden, active = bool(found.get("os_hidden")), found["status"] == glance.ACTIVE
         if position < policy.keep:
             change = "unhide" if hidden and active else None
         elif policy.expire_after is None or position < policy.expire_after:
@@ -100,12 +99,23 @@ def retention(cloud: str, image: Image, profile: str, group: list[dict[str, Any]
     return actions
 
 
+def _rank(image: Image, shas: dict[str, str]) -> Callable[[dict[str, Any]], int]:
+    """Catalog position of an image's version, -1 (oldest) if the catalog no longer lists it.
+
+    Versions whose sha256 is known (the ones to publish) match on content, like publish's
+    no-op check, so a rebuilt source under an old label counts as a different version; older
+    versions match on the recorded label, so their checksum files need not be fetched.
+    """
+    by_sha = {shas[v.version]: i for i, v in enumerate(image.versions) if v.version in shas}
+    by_label = {v.version: i for i, v in enumerate(image.versions) if v.version not in shas}
+    return lambda found: by_sha.get(found[SOURCE_KEY], by_label.get(found[VERSION_KEY], -1))
+
+
 def not_ready(image: Image, states: dict[str, list[dict[str, Any]]], shas: dict[str, str]) -> str | None:
     """Why this image must not rotate yet (None: the newest version is active everywhere)."""
-    unresolved = [v.version for v in image.versions if v.version not in shas]
-    if unresolved:
-        return f"no checksum for version {unresolved[0]}, so versions cannot be ordered"
     newest = image.versions[-1]
+    if newest.version not in shas:
+        return f"no checksum for its newest version {newest.version}"
     for cloud in image.clouds:
         if cloud not in states:
             return f"cloud {cloud} could not be reached"

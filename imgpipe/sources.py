@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -78,8 +77,8 @@ def _read_text(location: str, limits: retry.RetryLimits) -> str:
     return retry.call(f"fetch {location}", get, limits)
 
 
-def fetch(version: Version, sha256: str, cache_dir: Path, limits: retry.RetryLimits = retry.DEFAULT_LIMITS,
-          on_bytes: Callable[[int], None] | None = None) -> Path:
+def fetch(version: Version, sha256: str, cache_dir: Path,
+          limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> Path:
     """A local file holding exactly the bytes with this sha256, or ChecksumError.
 
     Local sources are verified in place. URLs go to cache_dir/sources/SHA256/NAME; a lock
@@ -89,7 +88,7 @@ def fetch(version: Version, sha256: str, cache_dir: Path, limits: retry.RetryLim
         path = Path(version.source)
         if not path.is_file():
             raise SourceError(f"{path}: no such file")
-        _verify(path, sha256, str(path))
+        _check(str(path), sha256_file(path), sha256)
         return path
     entry = cache_dir / "sources" / sha256
     entry.mkdir(parents=True, exist_ok=True)
@@ -99,27 +98,25 @@ def fetch(version: Version, sha256: str, cache_dir: Path, limits: retry.RetryLim
             os.utime(final)  # last use, for prune()
             return final
         part = entry / f".{final.name}.part"
-        resumed = retry.call(f"download {version.source}",
-                             lambda: _download(version.source, part, on_bytes), limits)
-        if resumed and sha256_file(part) != sha256:
-            part.unlink()  # the server's file changed under a resumed download: start over once
-            retry.call(f"download {version.source}", lambda: _download(version.source, part, on_bytes), limits)
-        try:
-            _verify(part, sha256, version.source)
-        except ChecksumError:
-            part.unlink(missing_ok=True)
-            raise
+        resumed = retry.call(f"download {version.source}", lambda: _download(version.source, part), limits)
+        actual = sha256_file(part)
+        if resumed and actual != sha256:
+            part.unlink()  # the file at the URL changed under a resumed download: start over once
+            retry.call(f"download {version.source}", lambda: _download(version.source, part), limits)
+            actual = sha256_file(part)
+        if actual != sha256:
+            part.unlink()
+        _check(version.source, actual, sha256)
         os.replace(part, final)
     return final
 
 
-def _verify(path: Path, sha256: str, where: str) -> None:
-    actual = sha256_file(path)
-    if actual != sha256:
-        raise ChecksumError(f"{where}: sha256 is {actual}, the catalog expects {sha256}; not used")
+def _check(where: str, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise ChecksumError(f"{where}: sha256 is {actual}, the catalog expects {expected}; not used")
 
 
-def _download(url: str, part: Path, on_bytes: Callable[[int], None] | None) -> bool:
+def _download(url: str, part: Path) -> bool:
     """Append the rest of the file to `part`; True if it continued an earlier partial download."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -133,12 +130,8 @@ def _download(url: str, part: Path, on_bytes: Callable[[int], None] | None) -> b
                 part.unlink()
                 raise retry.Transient(f"{url}: server answered a different range; starting over")
             with part.open("ab" if resumed else "wb") as out:
-                written = offset if resumed else 0
                 for chunk in resp.iter_content(CHUNK):
                     out.write(chunk)
-                    written += len(chunk)
-                    if on_bytes:
-                        on_bytes(written)
                 out.flush()
                 os.fsync(out.fileno())
             return resumed

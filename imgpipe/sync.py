@@ -87,7 +87,7 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
     if opts.shard:
         report.notes.append(f"shard {opts.shard}: rotation is left to `imgpipe catalog rotate` after all shards")
     with locks.clouds(opts.cache_dir, [c for i in work.images for c in i.clouds], report.shard):
-        seen = survey(work.images, work.versions, connect, sources.Checksums(opts.limits), opts.limits)
+        seen = survey(work, connect, sources.Checksums(opts.limits), opts.limits)
         report.failures += seen.failures
         actions = plan(work.todo, seen, rotate=[])
         report.images = [a for a in actions if a.action == "unchanged"]
