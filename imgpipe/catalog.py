@@ -15,7 +15,8 @@ from typing import Any
 from imgpipe import glance, retry, rotation
 from imgpipe.catalog_model import Catalog, Image, Version
 from imgpipe.clouds import Cloud
-from imgpipe.rotation import FAILURES, Action
+from imgpipe.errors import ImgpipeError
+from imgpipe.rotation import Action
 from imgpipe.sources import Checksums
 from imgpipe.upload import PROFILE_KEY, SOURCE_KEY
 
@@ -108,13 +109,13 @@ def survey(work: Scope, connect: Connect, checksums: Checksums, limits: retry.Re
     for image, version in work.versions:
         try:
             seen.shas.setdefault(image.name, {})[version.version] = checksums.expected(version)
-        except FAILURES as exc:
+        except ImgpipeError as exc:
             seen.failures.append(f"{image.name}@{version.version}: {exc}")
     for name in sorted({c for image in work.images for c in image.clouds}):
         try:
             seen.clouds[name] = connect(name)
-        except FAILURES as exc:
-            seen.failures.append(f"cloud {name}: {exc}")
+        except ImgpipeError as exc:
+            seen.failures.append(str(exc))  # names the cloud
     look(seen, work.images, limits)
     return seen
 
@@ -127,8 +128,8 @@ def look(seen: Survey, images: list[Image], limits: retry.RetryLimits) -> None:
             for image in images:
                 if name in image.clouds:
                     seen.states.setdefault(image.name, {})[name] = rotation.owned(cloud, image, limits)
-        except FAILURES as exc:
-            seen.failures.append(f"cloud {name}: {exc}")
+        except ImgpipeError as exc:
+            seen.failures.append(str(exc))  # names the cloud
             del seen.clouds[name]
             for by_cloud in seen.states.values():
                 by_cloud.pop(name, None)

@@ -22,7 +22,6 @@ from imgpipe.upload import PROFILE_KEY, SOURCE_KEY
 DEACTIVATED = "deactivated"
 # Show the versions to keep before hiding the ones they replace: never a moment with none.
 ORDER = {"discard": 0, "unhide": 1, "hide": 2, "deactivate": 3, "delete": 4}
-FAILURES = (ImgpipeError, *retry.TRANSIENT_TYPES)
 PLANNED = "9999"  # created_at of an image a sync is about to create: newer than any
 
 
@@ -133,7 +132,7 @@ def apply(cloud: Cloud, actions: list[Action], limits: retry.RetryLimits = retry
         try:
             retry.call(f"cloud {cloud.name}: {action.action} {action.name} ({action.image_id})",
                        lambda action=action: _do(cloud, action), limits)
-        except FAILURES as exc:
+        except ImgpipeError as exc:
             action.error = str(exc)
 
 

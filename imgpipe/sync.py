@@ -23,10 +23,11 @@ from imgpipe import locks, rotation, sources
 from imgpipe.catalog import Connect, Shard, Survey, Unit, look, plan, scope, survey
 from imgpipe.catalog_model import IMAGE_KEY, VERSION_KEY, Catalog, Image
 from imgpipe.convert import Options
+from imgpipe.errors import ImgpipeError
 from imgpipe.profiles import Profile
 from imgpipe.publish import PublishRequest, publish
 from imgpipe.retry import DEFAULT_LIMITS, RetryLimits
-from imgpipe.rotation import FAILURES, Action
+from imgpipe.rotation import Action
 
 Progress = Callable[[str, float], None]
 DEFAULT_JOBS = 2
@@ -127,12 +128,12 @@ def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOpt
     uploaded = 0
     try:
         source = sources.fetch(unit.version, sha, opts.cache_dir, opts.limits)
-    except FAILURES as exc:
+    except ImgpipeError as exc:
         return [replace(a, action="failed") for a in creates], [], 0, [f"{unit.key}: {exc}"]
     discards = [a for a in actions if a.action == "discard"]
     for cloud in {a.cloud for a in discards}:
         rotation.apply(seen.clouds[cloud], [a for a in discards if a.cloud == cloud], opts.limits)
-    failures = [f"cloud {a.cloud}: discard {a.name} ({a.image_id}): {a.error}" for a in discards if a.error]
+    failures = [f"discard {a.name}: {a.error}" for a in discards if a.error]
     targets: dict[tuple[str, ...], list[str]] = {}
     for profile in image.profiles:
         clouds = tuple(sorted(a.cloud for a in creates if a.profile == profile))
@@ -145,7 +146,7 @@ def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOpt
                              list(image.tags), image.visibility, source_sha256=sha)
         try:
             result = publish(req, [seen.clouds[c] for c in clouds], convert, opts.limits, progress)
-        except FAILURES as exc:
+        except ImgpipeError as exc:
             failures.append(f"{unit.key}: {exc}")
             continue
         failures += [f"{unit.key}: {f}" for f in result.failures]
@@ -171,5 +172,4 @@ def _rotate(images: list[Image], seen: Survey, opts: SyncOptions, report: SyncRe
         for cloud in image.clouds:
             rotation.apply(seen.clouds[cloud], [a for a in actions if a.cloud == cloud], opts.limits)
         report.changes += actions
-        report.failures += [f"cloud {a.cloud}: {a.action} {a.name} ({a.image_id}): {a.error}"
-                            for a in actions if a.error]
+        report.failures += [f"{a.action} {a.name}: {a.error}" for a in actions if a.error]
