@@ -15,6 +15,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from imgpipe import settings
 from imgpipe.errors import CatalogError
 from imgpipe.profiles import RESERVED, RESERVED_PREFIXES, Profile, describe_validation_error
 
@@ -24,7 +25,7 @@ VERSION_KEY = "imgpipe_catalog_version"
 OWN_PREFIXES = ("imgpipe_", "owner_specified.openstack.")
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9._+~:-]*$"
 TEMPLATE_FIELDS = frozenset({"name", "profile", "version"})
-DEFAULT_TEMPLATE = "{name}-{profile}"
+DEFAULT_TEMPLATE = settings.NAME_TEMPLATE
 Visibility = Literal["private", "shared", "community", "public"]
 
 

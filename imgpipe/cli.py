@@ -7,21 +7,25 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 from oslo_utils import strutils
 
-from imgpipe import __version__, catalog, catalog_model, clouds, doctor, errors, metrics, profiles, render, retry, sync
+from imgpipe import __version__, errors, profiles, render, settings
 from imgpipe.convert import Options, convert_source
-from imgpipe.hashing import sha256_file
 from imgpipe.inspect import DEFAULT_MAX_VIRTUAL_SIZE, inspect_image
-from imgpipe.publish import DEFAULT_TEMPLATE, PublishRequest, publish
-from imgpipe.upload import UploadRequest, UploadResult, upload
+
+# Cloud and catalog modules load openstacksdk and keystoneauth (~0.3 s): commands that need
+# them import them when they run, so convert/inspect/profiles start fast.
+if TYPE_CHECKING:
+    from imgpipe import catalog, catalog_model, clouds, retry, sync
+    from imgpipe.upload import UploadResult
 
 # Distinct, documented exit codes (README "Exit codes"); 2 is usage, as click uses it.
 EXIT_CODES: dict[type[errors.ImgpipeError], int] = {
@@ -62,7 +66,7 @@ def handled(fn: F) -> F:
             return fn(*args, **kwargs)
         except errors.ImgpipeError as exc:
             code = exit_code(exc)
-            if STATE.json:
+            if STATE.json and not render.EMITTED.json:  # a report already out carries the failures
                 render.emit_json({"error": str(exc), "exit_code": code, "kind": type(exc).__name__})
             render.err.print(f"imgpipe: error: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
@@ -107,6 +111,12 @@ def main_options(
                         format="%(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("oslo_utils").setLevel(logging.INFO if verbose else logging.ERROR)
     STATE.profile_dirs = list(profiles_dir or [])
+    # systemd and Kubernetes stop jobs with SIGTERM: clean up exactly as for Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command()
@@ -253,7 +263,9 @@ def _properties(items: list[str] | None) -> dict[str, str]:
 
 
 def _connect(names: list[str] | None, insecure: bool, cacert: str | None,
-             timeout: float = clouds.DEFAULT_TIMEOUT) -> list[clouds.Cloud]:
+             timeout: float = settings.REQUEST_TIMEOUT) -> list[clouds.Cloud]:
+    from imgpipe import clouds
+
     return [clouds.connect(n, insecure=insecure, cacert=cacert, timeout=timeout) for n in (names or [None])]
 
 
@@ -281,8 +293,8 @@ def upload_cmd(
     tag: TagOpt = None,
     visibility: VisibilityOpt = "private",
     force: ForceOpt = False,
-    retries: RetriesOpt = retry.DEFAULT_LIMITS.attempts,
-    timeout: TimeoutOpt = clouds.DEFAULT_TIMEOUT,
+    retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+    timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
     insecure: InsecureOpt = False,
     os_cacert: CacertOpt = None,
     as_json: JsonOpt = False,
@@ -295,8 +307,11 @@ def upload_cmd(
     if info is not None and chosen.output is not None and info.format != chosen.output.format:
         raise errors.FormatMismatchError(
             f"{file}: content is {info.format}, profile {chosen.name} uploads {chosen.disk_format}")
+    from imgpipe.hashing import sha256_file
+    from imgpipe.upload import UploadRequest, upload
+
     targets = _connect(cloud, insecure, os_cacert, timeout)
-    limits = dataclasses.replace(retry.DEFAULT_LIMITS, attempts=retries)
+    limits = _limits(retries)
     sha = sha256_file(file)
     results = []
     with render.progress(quiet=as_json) as report:
@@ -317,7 +332,7 @@ def publish_cmd(
     src: Path,
     profile: ProfileOpt,
     name: Annotated[str, typer.Option(help="Base image name.")],
-    name_template: Annotated[str, typer.Option(help="Per-profile name; {name} and {profile}.")] = DEFAULT_TEMPLATE,
+    name_template: Annotated[str, typer.Option(help="Per-profile name; {name} and {profile}.")] = settings.NAME_TEMPLATE,
     cloud: CloudOpt = None,
     prop: PropertyOpt = None,
     tag: TagOpt = None,
@@ -326,8 +341,8 @@ def publish_cmd(
     work_dir: Annotated[Optional[Path], typer.Option(help="Where converted files are kept during the run.")] = None,
     engine: Annotated[str, typer.Option(help="streamOptimized writer: auto|native|qemu.")] = "auto",
     verify: Annotated[bool, typer.Option(help="qemu-img compare each output with the source.")] = False,
-    retries: RetriesOpt = retry.DEFAULT_LIMITS.attempts,
-    timeout: TimeoutOpt = clouds.DEFAULT_TIMEOUT,
+    retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+    timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
     insecure: InsecureOpt = False,
     os_cacert: CacertOpt = None,
     as_json: JsonOpt = False,
@@ -336,8 +351,10 @@ def publish_cmd(
     STATE.json = as_json
     selected = profiles.select(profile, profiles.load_all(STATE.profile_dirs))
     _warn(selected)
+    from imgpipe.publish import PublishRequest, publish
+
     targets = _connect(cloud, insecure, os_cacert, timeout)
-    limits = dataclasses.replace(retry.DEFAULT_LIMITS, attempts=retries)
+    limits = _limits(retries)
     req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility, force)
     opts = Options(out_dir=work_dir or Path(tempfile.gettempdir()), verify=verify, engine=engine)
     with render.progress(quiet=as_json) as report:
@@ -351,6 +368,8 @@ def doctor_cmd(cloud: CloudOpt = None, insecure: InsecureOpt = False, os_cacert:
                as_json: JsonOpt = False) -> None:
     """Check qemu-img, the profiles, and that each cloud's Glance answers and what it accepts."""
     STATE.json = as_json
+    from imgpipe import doctor
+
     checks = doctor.run_checks(cloud or [None], STATE.profile_dirs, insecure, os_cacert)
     if as_json:
         render.emit_json([c.__dict__ for c in checks])
@@ -373,10 +392,14 @@ ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write 
 
 
 def _catalog(file: Path) -> catalog_model.Catalog:
+    from imgpipe import catalog_model
+
     return catalog_model.load(file, profiles.load_all(STATE.profile_dirs))
 
 
 def _shard(text: str | None) -> catalog.Shard | None:
+    from imgpipe import catalog
+
     try:
         return catalog.parse_shard(text, os.environ)
     except ValueError as exc:
@@ -384,10 +407,14 @@ def _shard(text: str | None) -> catalog.Shard | None:
 
 
 def _connector(insecure: bool, cacert: str | None, timeout: float) -> catalog.Connect:
+    from imgpipe import clouds
+
     return functools.partial(clouds.connect, insecure=insecure, cacert=cacert, timeout=timeout)
 
 
 def _limits(retries: int) -> retry.RetryLimits:
+    from imgpipe import retry
+
     return dataclasses.replace(retry.DEFAULT_LIMITS, attempts=retries)
 
 
@@ -395,6 +422,8 @@ def _limits(retries: int) -> retry.RetryLimits:
 @handled
 def catalog_validate(file: Path, as_json: JsonOpt = False) -> None:
     """Check a catalog file (keys, profiles, checksums, retention) without touching any network."""
+    from imgpipe import catalog
+
     STATE.json = as_json
     loaded = _catalog(file)
     data = {"catalog": str(file), "valid": True, "images": len(loaded.images),
@@ -409,10 +438,12 @@ def catalog_validate(file: Path, as_json: JsonOpt = False) -> None:
 
 @catalog_app.command("plan")
 @handled
-def catalog_plan(file: Path, shard: ShardOpt = None, retries: RetriesOpt = retry.DEFAULT_LIMITS.attempts,
-                 timeout: TimeoutOpt = clouds.DEFAULT_TIMEOUT, insecure: InsecureOpt = False,
+def catalog_plan(file: Path, shard: ShardOpt = None, retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+                 timeout: TimeoutOpt = settings.REQUEST_TIMEOUT, insecure: InsecureOpt = False,
                  os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
     """What a sync would create, leave unchanged, hide, deactivate and delete, per cloud; changes nothing."""
+    from imgpipe import catalog
+
     STATE.json = as_json
     actions, failures = catalog.preview(_catalog(file), _connector(insecure, os_cacert, timeout), _shard(shard),
                                         limits=_limits(retries))
@@ -432,20 +463,22 @@ def _show_plan(file: Path, actions: list[catalog.Action], failures: list[str]) -
 @handled
 def catalog_sync(
     file: Path,
-    jobs: Annotated[int, typer.Option(min=1, help="Source versions processed at once.")] = sync.DEFAULT_JOBS,
+    jobs: Annotated[int, typer.Option(min=1, help="Source versions processed at once.")] = settings.SYNC_JOBS,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
     shard: ShardOpt = None,
     rotate: Annotated[bool, typer.Option(help="Rotate after publishing (shards never do).")] = True,
     cache_dir: CacheDirOpt = None,
     metrics_file: MetricsOpt = None,
     report: ReportOpt = None,
-    retries: RetriesOpt = retry.DEFAULT_LIMITS.attempts,
-    timeout: TimeoutOpt = clouds.DEFAULT_TIMEOUT,
+    retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+    timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
     insecure: InsecureOpt = False,
     os_cacert: CacertOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Download, verify, convert and publish every missing version to every cloud; then rotate."""
+    from imgpipe import catalog, sync
+
     STATE.json = as_json
     loaded, where = _catalog(file), _shard(shard)
     connect = _connector(insecure, os_cacert, timeout)
@@ -462,10 +495,12 @@ def catalog_sync(
 @catalog_app.command("rotate")
 @handled
 def catalog_rotate(file: Path, cache_dir: CacheDirOpt = None, metrics_file: MetricsOpt = None,
-                   report: ReportOpt = None, retries: RetriesOpt = retry.DEFAULT_LIMITS.attempts,
-                   timeout: TimeoutOpt = clouds.DEFAULT_TIMEOUT, insecure: InsecureOpt = False,
+                   report: ReportOpt = None, retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+                   timeout: TimeoutOpt = settings.REQUEST_TIMEOUT, insecure: InsecureOpt = False,
                    os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
     """Apply retention once, after all shards: only images whose newest version is active everywhere."""
+    from imgpipe import sync
+
     STATE.json = as_json
     opts = sync.SyncOptions(cache_dir or sync.default_cache_dir(), profiles.load_all(STATE.profile_dirs),
                             limits=_limits(retries))
@@ -474,6 +509,8 @@ def catalog_rotate(file: Path, cache_dir: CacheDirOpt = None, metrics_file: Metr
 
 
 def _show_sync(result: sync.SyncReport, metrics_file: Path | None, report: Path | None) -> None:
+    from imgpipe import metrics
+
     if metrics_file:
         metrics.write(metrics_file, result)
     data = result.to_dict()
@@ -499,7 +536,6 @@ def _show_sync(result: sync.SyncReport, metrics_file: Path | None, report: Path 
 
 def _fail_if(failures: list[str]) -> None:
     if failures:
-        STATE.json = False  # the report above is this run's one JSON document
         raise errors.PartialFailure(f"{len(failures)} problem(s): " + "; ".join(failures))
 
 

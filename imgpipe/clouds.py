@@ -16,11 +16,10 @@ from keystoneauth1 import session as ksa_session
 from openstack import config as os_config
 from openstack import exceptions as os_exc
 
-from imgpipe import retry
+from imgpipe import retry, settings
 from imgpipe.errors import AuthError, CloudConfigError
 
-# Matches Glance's gunicorn --timeout; a stall longer than this is a failure to retry.
-DEFAULT_TIMEOUT = 120.0
+DEFAULT_TIMEOUT = settings.REQUEST_TIMEOUT
 
 
 @dataclass

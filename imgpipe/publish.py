@@ -7,13 +7,14 @@ this exact source (same name, profile, source sha256) are not even converted.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from imgpipe import retry
+from imgpipe import retry, settings
 from imgpipe.clouds import Cloud
 from imgpipe.convert import Options, Output, convert_source
 from imgpipe.errors import ImgpipeError
@@ -21,7 +22,8 @@ from imgpipe.hashing import sha256_file
 from imgpipe.profiles import Profile
 from imgpipe.upload import UploadRequest, UploadResult, find_unchanged, upload
 
-DEFAULT_TEMPLATE = "{name}-{profile}"
+LOG = logging.getLogger("imgpipe.publish")
+DEFAULT_TEMPLATE = settings.NAME_TEMPLATE
 
 
 @dataclass
@@ -56,7 +58,7 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
     todo: list[Profile] = []
     for profile in req.profiles:
         unchanged = [] if req.force or profile.package == "docker-archive" else [
-            find_unchanged(c, req.image_name(profile), profile.name, sha, limits) for c in clouds]
+            _unchanged(c, req.image_name(profile), profile.name, sha, limits) for c in clouds]
         if unchanged and all(unchanged):
             report.results += [u for u in unchanged if u is not None]
         else:
@@ -84,6 +86,16 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
             except ImgpipeError as exc:
                 report.failures.append(f"{label}: {exc}")
     return report
+
+
+def _unchanged(cloud: Cloud, name: str, profile: str, sha: str,
+               limits: retry.RetryLimits) -> UploadResult | None:
+    """An unreachable cloud must not stop the others: its upload will fail and be reported."""
+    try:
+        return find_unchanged(cloud, name, profile, sha, limits)
+    except ImgpipeError as exc:
+        LOG.warning("cloud %s: cannot look for %s: %s", cloud.name, name, exc)
+        return None
 
 
 def _bytes_progress(progress: Callable[[str, float], None] | None, label: str,

@@ -18,6 +18,7 @@ import tenacity
 from glanceclient import exc as glance_exc
 from keystoneauth1 import exceptions as ksa_exc
 
+from imgpipe import settings
 from imgpipe.errors import ImgpipeError, UploadError
 
 LOG = logging.getLogger("imgpipe.retry")
@@ -35,7 +36,7 @@ class Transient(Exception):
 
 @dataclass(frozen=True)
 class RetryLimits:
-    attempts: int = 6
+    attempts: int = settings.RETRY_ATTEMPTS
     initial: float = 0.5
     maximum: float = 20.0
     total: float = 600.0

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from imgpipe import locks, rotation, sources
+from imgpipe import locks, rotation, settings, sources
 from imgpipe.catalog import Connect, Shard, Survey, Unit, look, plan, scope, survey
 from imgpipe.catalog_model import IMAGE_KEY, VERSION_KEY, Catalog, Image
 from imgpipe.convert import Options
@@ -30,7 +30,7 @@ from imgpipe.retry import DEFAULT_LIMITS, RetryLimits
 from imgpipe.rotation import Action
 
 Progress = Callable[[str, float], None]
-DEFAULT_JOBS = 2
+DEFAULT_JOBS = settings.SYNC_JOBS
 PRUNE_AFTER = 7 * 24 * 3600  # cached sources no catalog version uses, untouched this long
 
 

@@ -94,8 +94,14 @@ def upload(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits = retry.D
 
 def find_unchanged(cloud: Cloud, name: str, profile: str, source_sha256: str,
                    limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> UploadResult | None:
-    """The active image an earlier run published from this same source, if any."""
-    found = _find(cloud, anchor(name, profile, source_sha256), limits, statuses={glance.ACTIVE})
+    """The active image an earlier run published from this same source, if any.
+
+    Hidden images count (a rollback to an older, hidden version must not upload a copy);
+    Glance lists them only when asked for them alone.
+    """
+    wanted = anchor(name, profile, source_sha256)
+    found = _find(cloud, wanted, limits, {glance.ACTIVE}) or \
+        _find(cloud, wanted, limits, {glance.ACTIVE}, hidden=True)
     return _result(cloud, profile, found[0], "unchanged", time.monotonic()) if found else None
 
 
@@ -108,10 +114,11 @@ def _result(cloud: Cloud, profile: str, image: dict[str, Any], status: str,
 
 
 def _find(cloud: Cloud, wanted: dict[str, str], limits: retry.RetryLimits,
-          statuses: set[str]) -> list[dict[str, Any]]:
-    """Images with this anchor, oldest first."""
+          statuses: set[str], hidden: bool = False) -> list[dict[str, Any]]:
+    """Images with this anchor (hidden ones only, with hidden=True), oldest first."""
+    filters = {**wanted, "os_hidden": "true"} if hidden else wanted
     images = retry.call(f"cloud {cloud.name}: list images",
-                        lambda: glance.list_images(cloud, wanted), limits)
+                        lambda: glance.list_images(cloud, filters), limits)
     found = [i for i in images
              if all(i.get(k) == v for k, v in wanted.items()) and i.get("status") in statuses]
     return sorted(found, key=lambda i: (i.get("created_at", ""), i["id"]))

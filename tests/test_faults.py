@@ -99,7 +99,9 @@ def test_glance_killed_mid_upload_and_restarted(glance, proxy: FaultProxy, sampl
     _assert_one_active("crashed", result.image_id)
 
 
-def test_ctrl_c_mid_upload_leaves_no_image(proxy: FaultProxy, sample_qcow2: Path) -> None:
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupt_mid_upload_leaves_no_image(proxy: FaultProxy, sample_qcow2: Path, signame: str) -> None:
+    """Ctrl-C, or the SIGTERM systemd/Kubernetes send, deletes the half-uploaded image."""
     import os
     import signal
     import subprocess
@@ -109,14 +111,30 @@ def test_ctrl_c_mid_upload_leaves_no_image(proxy: FaultProxy, sample_qcow2: Path
 
     proxy.faults.append(Fault(PUT, "stall", seconds=20))
     proc = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "upload", str(sample_qcow2), "-p", "kvm",
-                             "--name", "interrupted", "--cloud", "proxied"],
+                             "--name", f"interrupted-{signame}", "--cloud", "proxied"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     deadline = time.monotonic() + 60
     while not any(r.startswith("PUT ") for r in proxy.requests) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert any(r.startswith("PUT ") for r in proxy.requests)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert "interrupted" in stderr
-    _assert_one_active("interrupted", None)
+    _assert_one_active(f"interrupted-{signame}", None)
+
+
+def test_failed_publish_json_is_one_document(proxy: FaultProxy, sample_qcow2: Path, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proxy.faults.append(Fault(PUT, "503", times=100, seconds=0))
+    proc = subprocess.run([sys.executable, "-m", "imgpipe.cli", "publish", str(sample_qcow2), "-p", "kvm",
+                           "--name", "onejson", "--cloud", "proxied", "--retries", "2", "--json",
+                           "--work-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    report = json.loads(proc.stdout)  # fails if a second document follows
+    assert proc.returncode == 18 and report["images"] == [] and "HTTP 503" in report["failures"][0]
+    _assert_one_active("onejson", None)

@@ -130,3 +130,14 @@ def test_docker_archive_published_as_repo_tag(glance, tmp_path: Path) -> None:
     assert image["name"] == "library/hello:1.0" and image["container_format"] == "docker"
     again = publish(req, [cloud], Options(out_dir=tmp_path)).results
     assert [r.status for r in again] == ["unchanged"]
+
+
+def test_hidden_image_still_counts_as_published(glance, sample_qcow2: Path, tmp_path: Path) -> None:
+    """A rollback to an older, hidden version must not upload a second copy."""
+    cloud = clouds.connect("test")
+    out = tmp_path / "h.qcow2"
+    out.write_bytes(sample_qcow2.read_bytes())
+    first = upload(cloud, _request(out, "hidden-one"))
+    glance_api.update_properties(cloud, glance_api.get_image(cloud, first.image_id), {"os_hidden": True})
+    again = upload(cloud, _request(out, "hidden-one"))
+    assert again.status == "unchanged" and again.image_id == first.image_id

@@ -1,0 +1,11 @@
+"""Defaults shared by the CLI and the modules behind it, importable without loading them.
+
+The CLI needs these for option defaults; keeping them here lets `imgpipe convert` start
+without importing openstacksdk, keystoneauth and the catalog machinery (~0.3 s).
+"""
+
+NAME_TEMPLATE = "{name}-{profile}"
+# Seconds a request may go without progress; matches the local Glance's gunicorn --timeout.
+REQUEST_TIMEOUT = 120.0
+RETRY_ATTEMPTS = 6
+SYNC_JOBS = 2
