@@ -28,3 +28,18 @@ def test_os_cloud_variable(glance, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_cloud_is_a_config_error(glance) -> None:
     with pytest.raises(CloudConfigError, match="cloud nope: Cloud nope was not found"):
         clouds.connect("nope")
+
+
+def test_doctor_reports_glance_formats(glance) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from imgpipe.cli import app
+
+    result = CliRunner().invoke(app, ["doctor", "--cloud", "test", "--json"])
+    assert result.exit_code == 0, result.stderr
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert checks["qemu-img"]["ok"] and checks["profiles"]["ok"]
+    glance_check = checks["cloud test glance"]
+    assert glance_check["ok"] and "vmdk" in glance_check["detail"] and "ovf" in glance_check["detail"]
