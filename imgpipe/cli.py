@@ -111,6 +111,7 @@ def main_options(
                         format="%(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("oslo_utils").setLevel(logging.INFO if verbose else logging.ERROR)
     STATE.profile_dirs = list(profiles_dir or [])
+    STATE.json = render.EMITTED.json = False
     # systemd and Kubernetes stop jobs with SIGTERM: clean up exactly as for Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
 

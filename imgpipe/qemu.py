@@ -11,8 +11,11 @@ from typing import Any
 from imgpipe.runner import Limits, Result, run
 
 QEMU_IMG = "qemu-img"
-# nova's limits for qemu-img on untrusted images.
+# nova's limits for `qemu-img info` on untrusted images.
 INFO_LIMITS = Limits(cpu_seconds=30, address_space=1 << 30)
+# check and dd do I/O through qemu's thread pool (up to 64 threads, 8 MiB stack each), which
+# under 1 GiB fails intermittently with "qemu_thread_create: Resource temporarily unavailable".
+IO_LIMITS = Limits(cpu_seconds=120, address_space=4 << 30)
 # Exit codes of `qemu-img check`: 0 clean, 3 leaked clusters only (harmless), 63 not supported.
 CHECK_OK = (0, 3, 63)
 
@@ -50,7 +53,7 @@ def info(path: Path, fmt: str) -> dict[str, Any]:
 
 def check(path: Path, fmt: str) -> Result:
     return run([QEMU_IMG, "check", "--force-share", "--output=json", "-f", fmt, str(path)],
-               limits=INFO_LIMITS, ok_codes=CHECK_OK)
+               limits=IO_LIMITS, ok_codes=CHECK_OK)
 
 
 def measure_raw(src: Source) -> int:
@@ -63,7 +66,7 @@ def read_head(src: Source, dest: Path, length: int) -> bytes:
     """The first `length` bytes of the guest-visible disk, via `qemu-img dd`."""
     block = 65536
     run([QEMU_IMG, "dd", "-f", src.format, "-O", "raw", f"bs={block}",
-         f"count={-(-length // block)}", f"if={src.path}", f"of={dest}"], limits=INFO_LIMITS)
+         f"count={-(-length // block)}", f"if={src.path}", f"of={dest}"], limits=IO_LIMITS)
     return dest.read_bytes()[:length]
 
 

@@ -3,20 +3,19 @@
 keystoneauth's own retries are off (they can resend an already-consumed upload body), so
 imgpipe decides here what is worth another try: connection failures, timeouts, and the
 HTTP statuses that mean "later" (408/429/502/503/504, honouring Retry-After).
+The HTTP libraries load on first use, so qemu-only commands start without them.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import requests
 import tenacity
-from glanceclient import exc as glance_exc
-from keystoneauth1 import exceptions as ksa_exc
 
 from imgpipe import settings
 from imgpipe.errors import ImgpipeError, UploadError
@@ -45,20 +44,31 @@ class RetryLimits:
 
 DEFAULT_LIMITS = RetryLimits()
 
-TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
-    Transient,
-    ksa_exc.RetriableConnectionFailure,
-    ksa_exc.ConnectionError,
-    requests.ConnectionError,
-    requests.Timeout,
-    glance_exc.CommunicationError,
-    glance_exc.HTTPServiceUnavailable,
-    glance_exc.HTTPBadGateway,
-)
+# qemu-img under load sometimes cannot start a thread (EAGAIN); a moment later it can.
+RESOURCE_EXHAUSTED = "Resource temporarily unavailable"
+COMMAND_ATTEMPTS = 3
+
+
+@functools.cache
+def transient_types() -> tuple[type[BaseException], ...]:
+    import requests
+    from glanceclient import exc as glance_exc
+    from keystoneauth1 import exceptions as ksa_exc
+
+    return (
+        Transient,
+        ksa_exc.RetriableConnectionFailure,
+        ksa_exc.ConnectionError,
+        requests.ConnectionError,
+        requests.Timeout,
+        glance_exc.CommunicationError,
+        glance_exc.HTTPServiceUnavailable,
+        glance_exc.HTTPBadGateway,
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT_TYPES)
+    return isinstance(exc, transient_types())
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -105,6 +115,18 @@ def call(what: str, fn: Callable[[], T], limits: RetryLimits = DEFAULT_LIMITS,
     )
     try:
         return retrying(fn)
-    except TRANSIENT_TYPES as exc:
+    except transient_types() as exc:
         attempts = retrying.statistics.get("attempt_number", limits.attempts)
         raise give_up(f"{what}: gave up after {attempts} attempts: {exc}") from exc
+
+
+def command(what: str, fn: Callable[[], T], stderr_of: Callable[[BaseException], str]) -> T:
+    """Run a local command again when it failed only for lack of a thread or process."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda exc: RESOURCE_EXHAUSTED in stderr_of(exc)),
+        stop=tenacity.stop_after_attempt(COMMAND_ATTEMPTS),
+        wait=tenacity.wait_fixed(1.0),
+        before_sleep=_log(what),
+        reraise=True,
+    )
+    return retrying(fn)

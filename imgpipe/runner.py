@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from imgpipe import retry
 from imgpipe.errors import ToolMissingError
 
 LOG = logging.getLogger("imgpipe.run")
@@ -72,6 +73,16 @@ def run(
     With on_progress, stdout is read as qemu-img's `-p` progress stream ("(12.50/100%)\\r").
     """
     require(argv[0])
+    return retry.command(argv[0], lambda: _run_once(argv, limits, ok_codes, on_progress),
+                         lambda exc: exc.result.stderr if isinstance(exc, CommandFailed) else "")
+
+
+def _run_once(
+    argv: Sequence[str],
+    limits: Limits | None,
+    ok_codes: Sequence[int],
+    on_progress: Callable[[float], None] | None,
+) -> Result:
     LOG.info("run: %s", shlex.join(argv))
     preexec = limits.apply if limits else None
     if on_progress is None:
