@@ -10,12 +10,9 @@ Running it again shows every image as "unchanged".
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,37 +25,13 @@ DEMO = ROOT / ".demo"
 IMGPIPE = [sys.executable, "-m", "imgpipe.cli"]
 
 
-def docker_archive(path: Path) -> Path:
-    """A minimal but complete `docker save` layout: manifest.json, config, one layer."""
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as inner:
-        data = b"imgpipe demo\n"
-        info = tarfile.TarInfo("etc/motd")
-        info.size = len(data)
-        inner.addfile(info, io.BytesIO(data))
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
-    members = {
-        "layer/layer.tar": layer.getvalue(),
-        "config.json": config,
-        "manifest.json": json.dumps([{"Config": "config.json", "RepoTags": ["imgpipe/demo:1.0"],
-                                      "Layers": ["layer/layer.tar"]}]).encode(),
-        "repositories": json.dumps({"imgpipe/demo": {"1.0": "layer"}}).encode(),
-    }
-    with tarfile.open(path, "w") as tar:
-        for name, blob in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return path
-
-
 def main() -> int:
     DEMO.mkdir(exist_ok=True)
     disk = DEMO / "guest-2g.qcow2"
     if not disk.exists():
         print("building a 2 GiB sample guest disk (EFI + ext4 root, 200 MiB of files)...", flush=True)
         sample_disk.build(disk, size_mib=2048, data_mib=200)
-    archive = docker_archive(DEMO / "demo-docker.tar")
+    archive = sample_disk.docker_archive(DEMO / "demo-docker.tar", ["imgpipe/demo:1.0"])
     cloud = localcloud.start(DEMO / "cloud", name="demo")
     print(cloud.summary(), flush=True)
     env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(cloud.clouds_yaml)}

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Build a realistic sample guest disk: GPT, an EFI partition and an ext4 root full of real files.
+"""Build realistic sample inputs: a guest disk (GPT, an EFI partition and an ext4 root full of
+real files) and a minimal `docker save` archive.
 
 Shipped as compressed qcow2, like distribution cloud images. Used by `make demo`, the tests and
 the benchmark, so all three exercise the same shape of input. Needs sfdisk, mkfs.vfat,
@@ -9,10 +10,13 @@ mkfs.ext4 and qemu-img; no root, no loop devices (mkfs.ext4 -d fills the filesys
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -96,6 +100,26 @@ def _copy_into(part: Path, disk: Path, offset: int) -> None:
                 chunk = src.read(min(MIB, hole - pos))
                 out.write(chunk)
                 pos += len(chunk)
+
+
+def docker_archive(dest: Path, tags: list[str] | None) -> Path:
+    """A minimal but complete `docker save` layout: manifest.json, config, one layer."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as inner:
+        _add(inner, "etc/motd", b"imgpipe sample\n")
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}
+    with tarfile.open(dest, "w") as tar:
+        _add(tar, "layer/layer.tar", layer.getvalue())
+        _add(tar, "config.json", json.dumps(config).encode())
+        _add(tar, "manifest.json", json.dumps([{"Config": "config.json", "RepoTags": tags,
+                                                "Layers": ["layer/layer.tar"]}]).encode())
+    return dest
+
+
+def _add(tar: tarfile.TarFile, name: str, blob: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(blob)
+    tar.addfile(info, io.BytesIO(blob))
 
 
 def main() -> None:

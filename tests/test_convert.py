@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import struct
 import tarfile
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import qemu_img, qemu_info
+from sample_disk import docker_archive
 
 from imgpipe import profiles
 from imgpipe.convert import Options, convert_source
@@ -83,29 +82,8 @@ def test_xen_is_tgz_of_0_vhd(all_outputs: dict[str, Path], sample_qcow2: Path, t
     qemu_img("compare", "-f", "qcow2", "-F", "vpc", str(sample_qcow2), str(tmp_path / "0.vhd"))
 
 
-def _docker_archive(path: Path, tags: list[str] | None) -> Path:
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as inner:
-        data = b"hello\n"
-        member = tarfile.TarInfo("hello.txt")
-        member.size = len(data)
-        inner.addfile(member, io.BytesIO(data))
-    members = {
-        "abc/layer.tar": layer.getvalue(),
-        "cfg.json": b"{}",
-        "manifest.json": json.dumps([{"Config": "cfg.json", "RepoTags": tags,
-                                      "Layers": ["abc/layer.tar"]}]).encode(),
-    }
-    with tarfile.open(path, "w") as tar:
-        for name, blob in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return path
-
-
 def test_docker_archive_validated_not_converted(tmp_path: Path) -> None:
-    archive = _docker_archive(tmp_path / "img.tar", ["library/hello:1.0"])
+    archive = docker_archive(tmp_path / "img.tar", ["library/hello:1.0"])
     docker = profiles.select(["docker"], profiles.load_all())
     [out] = convert_source(archive, docker, Options(out_dir=tmp_path))
     assert out.path == archive and out.docker_name == "library/hello:1.0"
@@ -113,7 +91,7 @@ def test_docker_archive_validated_not_converted(tmp_path: Path) -> None:
 
 
 def test_docker_archive_without_tag_rejected(tmp_path: Path) -> None:
-    archive = _docker_archive(tmp_path / "img.tar", None)
+    archive = docker_archive(tmp_path / "img.tar", None)
     with pytest.raises(UnsafeImageError, match="repo:tag"):
         convert_source(archive, profiles.select(["docker"], profiles.load_all()), Options(out_dir=tmp_path))
 

@@ -120,9 +120,9 @@ def test_concurrent_publishes_leave_one_image(glance, sample_qcow2: Path) -> Non
 
 
 def test_docker_archive_published_as_repo_tag(glance, tmp_path: Path) -> None:
-    from test_convert import _docker_archive
+    from sample_disk import docker_archive
 
-    archive = _docker_archive(tmp_path / "img.tar", ["library/hello:1.0"])
+    archive = docker_archive(tmp_path / "img.tar", ["library/hello:1.0"])
     cloud = clouds.connect("test")
     req = PublishRequest(archive, profiles.select(["docker"], profiles.load_all()), "ignored")
     [result] = publish(req, [cloud], Options(out_dir=tmp_path)).results
