@@ -77,19 +77,39 @@ class _Base:
 def convert_source(src: Path, profiles: list[Profile], opts: Options,
                    progress: Progress | None = None) -> list[Output]:
     """Entry point: validates a docker archive, or inspects and converts a disk image."""
+    info = source_info(src, profiles, opts)
+    if info is None:
+        return [docker_output(src, profiles)]
+    return convert_image(info, profiles, opts, progress)
+
+
+def source_info(src: Path, profiles: list[Profile], opts: Options) -> ImageInfo | None:
+    """Inspect a disk image source once (None: the profiles take a docker archive)."""
     open_source(src)
     docker = [p for p in profiles if p.package == "docker-archive"]
     if docker and len(docker) != len(profiles):
         raise ProfileError("the docker profile takes a docker save archive, the others a disk image: "
                            "run them separately")
     if docker:
-        name = packaging.docker_repo_tag(src)
-        size = src.stat().st_size
-        return [Output(src, [p.name for p in docker], "raw", "docker", size, size,
-                       verified=True, engine="none", docker_name=name)]
+        return None
     kwargs = {"max_virtual_size": opts.max_virtual_size} if opts.max_virtual_size else {}
-    info = inspect_image(src, opts.claimed_format, **kwargs)
-    return convert_image(info, profiles, opts, progress)
+    return inspect_image(src, opts.claimed_format, **kwargs)
+
+
+def docker_output(src: Path, profiles: list[Profile]) -> Output:
+    """A docker archive is published as it is, once it is known to be a complete one."""
+    name = packaging.docker_repo_tag(src)
+    size = src.stat().st_size
+    return Output(src, [p.name for p in profiles], "raw", "docker", size, size,
+                  verified=True, engine="none", docker_name=name)
+
+
+def conversion_groups(profiles: list[Profile]) -> list[list[Profile]]:
+    """Profiles whose outputs come from one conversion, so each is converted once."""
+    groups: dict[tuple[Any, ...], list[Profile]] = {}
+    for p in profiles:
+        groups.setdefault(p.output_key()[:-1], []).append(p)
+    return list(groups.values())
 
 
 def convert_image(info: ImageInfo, profiles: list[Profile], opts: Options,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from imgpipe import retry, settings
 from imgpipe.clouds import Cloud
-from imgpipe.convert import Options, Output, convert_source
+from imgpipe.convert import Options, Output, conversion_groups, convert_image, docker_output, source_info
 from imgpipe.errors import ImgpipeError
 from imgpipe.hashing import sha256_file
 from imgpipe.profiles import Profile
@@ -63,13 +63,15 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
             report.results += [u for u in unchanged if u is not None]
         else:
             todo.append(profile)
+    info = source_info(req.source, todo, opts) if todo else None  # inspected once, not per group
     with tempfile.TemporaryDirectory(prefix="imgpipe-publish-", dir=opts.out_dir) as work, \
             ThreadPoolExecutor(max_workers=max(1, len(clouds)) * 2) as pool:
         futures: list[tuple[str, Future[UploadResult]]] = []
-        for group in _groups(todo):
+        group_opts = replace(opts, out_dir=Path(work), out_file=None)
+        for group in conversion_groups(todo):
             try:
-                outputs = convert_source(req.source, group, replace(opts, out_dir=Path(work), out_file=None),
-                                         progress)
+                outputs = (convert_image(info, group, group_opts, progress) if info
+                           else [docker_output(req.source, group)])
             except ImgpipeError as exc:
                 report.failures.append(str(exc))
                 continue
@@ -103,15 +105,6 @@ def _bytes_progress(progress: Callable[[str, float], None] | None, label: str,
     if progress is None:
         return None
     return lambda sent: progress(f"upload {label}", 100.0 * sent / max(size, 1))
-
-
-def _groups(profiles: list[Profile]) -> list[list[Profile]]:
-    """Profiles sharing a conversion stay together so each output is converted once."""
-    groups: dict[tuple[object, ...], list[Profile]] = {}
-    for p in profiles:
-        key = p.output_key()[:-1] if p.output else ("docker",)
-        groups.setdefault(key, []).append(p)
-    return list(groups.values())
 
 
 def _request(req: PublishRequest, profile: Profile, out: Output, sha: str) -> UploadRequest:
