@@ -208,10 +208,12 @@ def _check_space(bases: list[_Base], directory: Path) -> None:
     if not directory.is_dir():
         raise ConversionError(f"{directory}: output directory does not exist")
     need = SPACE_MARGIN
+    measured: dict[qemu.Source, int] = {}  # most bases read the same whole disk
     for base in bases:
-        data = qemu.measure_raw(base.window)
+        if base.window not in measured:
+            measured[base.window] = qemu.measure_raw(base.window)
         copies = len(base.outputs) + (0 if base.is_output else 1)
-        need += data * copies
+        need += measured[base.window] * copies
     free = shutil.disk_usage(directory).free
     if need > free:
         raise NoSpaceError(f"{directory}: needs about {need >> 20} MiB for these outputs, "
