@@ -18,7 +18,7 @@ import typer
 from oslo_utils import strutils
 
 from imgpipe import __version__, errors, profiles, render, settings
-from imgpipe.convert import Options, convert_source
+from imgpipe.convert import Options, convert_source, converted_size
 from imgpipe.inspect import DEFAULT_MAX_VIRTUAL_SIZE, inspect_image
 
 # Cloud and catalog modules load openstacksdk and keystoneauth (~0.3 s): commands that need
@@ -304,10 +304,7 @@ def upload_cmd(
     STATE.json = as_json
     chosen = profiles.select([profile], profiles.load_all(STATE.profile_dirs))[0]
     _warn([chosen])
-    info = inspect_image(file) if chosen.package is None else None
-    if info is not None and chosen.output is not None and info.format != chosen.output.format:
-        raise errors.FormatMismatchError(
-            f"{file}: content is {info.format}, profile {chosen.name} uploads {chosen.disk_format}")
+    virtual_size = converted_size(file, chosen)
     from imgpipe.hashing import sha256_file
     from imgpipe.upload import UploadRequest, upload
 
@@ -318,7 +315,7 @@ def upload_cmd(
     with render.progress(quiet=as_json) as report:
         for target in targets:
             req = UploadRequest(file, name, chosen.name, chosen.disk_format, chosen.container_format,
-                                info.virtual_size if info else file.stat().st_size, sha,
+                                virtual_size, sha,
                                 {**chosen.properties, **_properties(prop)}, tag or [], visibility, force)
             size = file.stat().st_size
             on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1))) \

@@ -18,7 +18,7 @@ from typing import Any
 from oslo_utils.imageutils import format_inspector
 
 from imgpipe import atomic, packaging, partitions, qemu
-from imgpipe.errors import ConversionError, NoSpaceError, ProfileError, UnsafeImageError
+from imgpipe.errors import ConversionError, FormatMismatchError, NoSpaceError, ProfileError, UnsafeImageError
 from imgpipe.inspect import QEMU_DRIVER, ImageInfo, detect_format, inspect_image, open_source
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
@@ -102,6 +102,21 @@ def docker_output(src: Path, profiles: list[Profile]) -> Output:
     size = src.stat().st_size
     return Output(src, [p.name for p in profiles], "raw", "docker", size, size,
                   verified=True, engine="none", docker_name=name)
+
+
+def converted_size(path: Path, profile: Profile) -> int:
+    """Check that an already converted file is what the profile uploads; its virtual size."""
+    open_source(path)
+    if profile.package == "docker-archive":
+        return docker_output(path, [profile]).virtual_size
+    if profile.package == "xen-ovf-tgz":
+        return packaging.xen_virtual_size(path)
+    info = inspect_image(path)
+    assert profile.output is not None
+    if info.format != profile.output.format:
+        raise FormatMismatchError(f"{path}: content is {info.format}, profile {profile.name} "
+                                  f"uploads {profile.disk_format}")
+    return info.virtual_size
 
 
 def conversion_groups(profiles: list[Profile]) -> list[list[Profile]]:

@@ -14,6 +14,7 @@ from imgpipe.errors import UnsafeImageError
 XEN_MEMBER = "0.vhd"
 # ISA-L level 2: close to zlib -6 in size at a fraction of the CPU (see DESIGN.md speed facts).
 GZIP_LEVEL = 2
+VHD_FOOTER = 512
 
 
 def write_xen_tgz(vhd: Path, dest: BinaryIO) -> None:
@@ -21,6 +22,23 @@ def write_xen_tgz(vhd: Path, dest: BinaryIO) -> None:
     with igzip.IGzipFile(fileobj=dest, mode="wb", compresslevel=GZIP_LEVEL) as gz, \
             tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         tar.add(vhd, arcname=XEN_MEMBER)
+
+
+def xen_virtual_size(path: Path) -> int:
+    """The guest disk size of a Xen tgz, from 0.vhd's footer (its last 512 bytes)."""
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            member = tar.getmember(XEN_MEMBER)
+            f = tar.extractfile(member)
+            if f is None or member.size < VHD_FOOTER:
+                raise KeyError(XEN_MEMBER)
+            f.seek(member.size - VHD_FOOTER)
+            footer = f.read(VHD_FOOTER)
+    except (tarfile.TarError, OSError, KeyError) as exc:
+        raise UnsafeImageError(f"{path}: not a Xen tgz holding {XEN_MEMBER}") from exc
+    if footer[:8] != b"conectix":
+        raise UnsafeImageError(f"{path}: {XEN_MEMBER} has no VHD footer")
+    return int.from_bytes(footer[48:56], "big")
 
 
 def docker_repo_tag(path: Path) -> str:

@@ -143,3 +143,18 @@ def test_native_stream_optimized_is_default_and_identical(sample_qcow2: Path, tm
     assert 'createType="streamOptimized"' in text and 'ddb.adapterType = "lsilogic"' in text
     assert f'"{out.path.name}"' in text  # the extent names the final file, not the temp
     assert [p.name for p in tmp_path.iterdir()] == [out.path.name]
+
+
+def test_converted_size_checks_the_file_against_its_profile(all_outputs: dict[str, Path], sample_qcow2: Path,
+                                                           tmp_path: Path) -> None:
+    from imgpipe.convert import converted_size
+    from imgpipe.errors import FormatMismatchError
+
+    known = profiles.load_all()
+    vsize = qemu_info(sample_qcow2, "qcow2")["virtual-size"]
+    assert converted_size(all_outputs["xen"], known["xen"]) == vsize  # from 0.vhd's footer
+    assert converted_size(all_outputs["vmware"], known["vmware"]) == vsize
+    with pytest.raises(FormatMismatchError, match="content is qcow2, profile vmware uploads vmdk"):
+        converted_size(all_outputs["kvm"], known["vmware"])
+    with pytest.raises(UnsafeImageError, match="not a Xen tgz"):
+        converted_size(all_outputs["kvm"], known["xen"])
