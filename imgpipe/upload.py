@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,8 +32,11 @@ PROFILE_KEY = "imgpipe_profile"
 SOURCE_KEY = "imgpipe_source_sha256"
 VERSION_KEY = "imgpipe_version"
 RUN_KEY = "imgpipe_run"
-# An in-progress image of another run not updated for this long is a leftover of a crash.
-STALE_AFTER = 30 * 60
+HEARTBEAT_KEY = "imgpipe_heartbeat"
+# A run uploading an image touches HEARTBEAT_KEY this often (Glance's updated_at does not
+# move during a PUT); an in-progress image silent for STALE_AFTER is a crashed run's leftover.
+HEARTBEAT = 30.0
+STALE_AFTER = 4 * HEARTBEAT
 WAIT_FOR_PEER = 15 * 60
 PEER_POLL = 1.0
 MAX_SLOTS = 64
@@ -134,7 +139,8 @@ def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryL
     done = False
     try:
         body = HashingBody(req.path, on_bytes)
-        glance.put_data(cloud, image["id"], body, req.disk_format)
+        with _heartbeat(cloud, image):
+            glance.put_data(cloud, image["id"], body, req.disk_format)
         assert body.digests is not None
         verified = _verify(cloud, image["id"], body.digests, req)
         labelled = glance.update_properties(cloud, verified, {
@@ -186,7 +192,7 @@ def _settle_peer(cloud: Cloud, image_id: str, run_id: str,
             return None  # deleted or failed: that id is spent
         if peer["status"] == glance.ACTIVE:
             return peer
-        if peer.get(RUN_KEY) == run_id or time.time() - _timestamp(peer.get("updated_at")) > STALE_AFTER:
+        if peer.get(RUN_KEY) == run_id or time.time() - _last_sign_of_life(peer) > STALE_AFTER:
             LOG.warning("cloud %s: deleting leftover image %s (%s since %s)", cloud.name,
                         image_id, peer["status"], peer.get("updated_at"))
             _delete(cloud, image_id, limits)
@@ -208,10 +214,40 @@ def _fields(req: UploadRequest, run_id: str) -> dict[str, Any]:
         SOURCE_KEY: req.source_sha256,
         VERSION_KEY: __version__,
         RUN_KEY: run_id,
+        HEARTBEAT_KEY: f"{time.time():.0f}",
     }
     if req.visibility:
         fields["visibility"] = req.visibility
     return fields
+
+
+@contextmanager
+def _heartbeat(cloud: Cloud, image: dict[str, Any]) -> Iterator[None]:
+    """Show concurrent runs that this upload is alive while the PUT runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT):
+            try:
+                glance.update_properties(cloud, image, {HEARTBEAT_KEY: f"{time.time():.0f}"})
+            except Exception as exc:  # a missed beat only shortens a peer's patience
+                LOG.debug("cloud %s: heartbeat of %s failed: %s", cloud.name, image["id"], exc)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{image['id']}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _last_sign_of_life(image: dict[str, Any]) -> float:
+    """The image's heartbeat; updated_at for images without one (older imgpipe versions)."""
+    try:
+        return float(image[HEARTBEAT_KEY])
+    except (KeyError, ValueError):
+        return _timestamp(image.get("updated_at"))
 
 
 def _timestamp(value: str | None) -> float:

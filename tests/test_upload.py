@@ -141,3 +141,51 @@ def test_hidden_image_still_counts_as_published(glance, sample_qcow2: Path, tmp_
     glance_api.update_properties(cloud, glance_api.get_image(cloud, first.image_id), {"os_hidden": True})
     again = upload(cloud, _request(out, "hidden-one"))
     assert again.status == "unchanged" and again.image_id == first.image_id
+
+
+def test_crashed_runs_leftover_is_replaced_not_waited_for(glance, sample_qcow2: Path) -> None:
+    """A run killed mid-upload leaves its image in progress with a silent heartbeat."""
+    import time
+
+    from imgpipe import upload as upload_mod
+
+    cloud = clouds.connect("test")
+    req = _request(sample_qcow2, "leftover")
+    fields = {**upload_mod._fields(req, "crashed-run"), "id": upload_mod._slot_id(req, 0),
+              upload_mod.HEARTBEAT_KEY: f"{time.time() - 3600:.0f}"}
+    leftover = glance_api.create_image(cloud, fields)
+    started = time.monotonic()
+    result = upload(cloud, req)
+    assert time.monotonic() - started < upload_mod.WAIT_FOR_PEER / 10
+    assert result.status == "created" and result.image_id != leftover["id"]
+    assert glance_api.get_image(cloud, leftover["id"]) is None
+    assert [i["id"] for i in _images(cloud, "leftover")] == [result.image_id]
+
+
+def test_live_upload_beats_its_heart(glance, sample_qcow2: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgpipe import upload as upload_mod
+
+    monkeypatch.setattr(upload_mod, "HEARTBEAT", 0.2)
+    beats: list[dict] = []
+    real = glance_api.update_properties
+
+    def spy(cloud, image, props):  # records the real PATCH calls made against the real Glance
+        if upload_mod.HEARTBEAT_KEY in props:
+            beats.append(props)
+        return real(cloud, image, props)
+
+    monkeypatch.setattr(glance_api, "update_properties", spy)
+    cloud = clouds.connect("test")
+    monkeypatch.setattr(upload_mod.glance, "put_data", _slow_put(glance_api.put_data))
+    result = upload(cloud, _request(sample_qcow2, "heartbeat"))
+    assert result.status == "created" and beats
+
+
+def _slow_put(real):
+    def put(cloud, image_id, body, disk_format):
+        import time
+
+        time.sleep(0.5)  # long enough for two beats, with the real PUT after it
+        return real(cloud, image_id, body, disk_format)
+
+    return put
