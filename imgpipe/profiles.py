@@ -8,6 +8,7 @@ that nova, Glance or vCenter enforce is checked here, with the file and key in t
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from imgpipe.errors import ProfileError
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles"
+def _builtin_dir() -> Path:
+    """profiles/ beside the package in a checkout (editable install), else the wheel's copy."""
+    checkout = Path(__file__).resolve().parent.parent / "profiles"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "imgpipe" / "profiles"
+
+
+BUILTIN_DIR = _builtin_dir()
 ENV_DIRS = "IMGPIPE_PROFILES_DIR"
 
 QemuFormat = Literal["raw", "qcow2", "vmdk", "vpc", "vhdx"]
