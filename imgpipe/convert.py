@@ -296,9 +296,13 @@ def _native_stream_optimized(window: qemu.Source, dest: Path, final_name: str, a
     """qemu-img reads the source into a sparse raw; imgpipe deflates grains on every core."""
     raw = atomic.temp_beside(dest)
     scratch.append(raw)
-    qemu.convert(window, raw, "raw", {}, False, report)
+    # One bar for both phases: reading the source is the first half, deflating the second.
+    first = (lambda pct: report(pct / 2)) if report else None
+    second = (lambda pct: report(50 + pct / 2)) if report else None
+    qemu.convert(window, raw, "raw", {}, False, first)
     with dest.open("wb") as f:
-        write_stream_optimized(raw, f, adapter_type=adapter, jobs=jobs, extent_name=final_name)
+        write_stream_optimized(raw, f, adapter_type=adapter, jobs=jobs, extent_name=final_name,
+                               on_progress=second)
     raw.unlink()
     scratch.remove(raw)
 

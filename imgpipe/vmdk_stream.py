@@ -26,7 +26,7 @@ import os
 import secrets
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,12 +119,14 @@ def write_stream_optimized(
     adapter_type: str = "lsilogic",
     jobs: int | None = None,
     extent_name: str | None = None,
+    on_progress: Callable[[float], None] | None = None,
 ) -> None:
     """Write a streamOptimized VMDK of the raw image `src_raw` into the open binary file `dest`.
 
     `dest` must be positioned at offset 0; it is only ever written forward.
     `extent_name` is the file name the descriptor's extent line shows (default: the
     base name of `dest.name`); pass the final name when `dest` is a temporary file.
+    `on_progress` gets the percentage of the disk written so far.
     """
     if adapter_type not in ADAPTER_TYPES:
         raise ValueError(f"adapter_type {adapter_type!r} is not one of {', '.join(ADAPTER_TYPES)}")
@@ -141,7 +143,7 @@ def write_stream_optimized(
             raise ValueError(f"{src_raw}: a VMDK extent holds 1 byte to 2 TiB, not {size} bytes")
         stream = _Stream(dest, capacity)
         stream.write(_head(capacity, adapter_type, name))
-        _write_grains(fd, size, stream, workers)
+        _write_grains(fd, size, stream, workers, on_progress)
         stream.finish()
     finally:
         os.close(fd)
@@ -276,17 +278,27 @@ class _Stream:
         self._gt_index = -1
 
 
-def _write_grains(fd: int, size: int, stream: _Stream, workers: int) -> None:
+def _write_grains(fd: int, size: int, stream: _Stream, workers: int,
+                  on_progress: Callable[[float], None] | None) -> None:
     """Deflate batches in a pool, keeping a bounded window in flight, written in order."""
     window = max(2, min(2 * workers, MAX_INFLIGHT_BYTES // BATCH_SIZE))
-    pending: deque[Future[_Batch]] = deque()
+    pending: deque[tuple[Future[_Batch], int]] = deque()
+
+    def write_oldest() -> None:
+        future, end = pending.popleft()
+        stream.add(future.result())
+        if on_progress is not None:
+            on_progress(100.0 * end / size)
+
     with ThreadPoolExecutor(workers, thread_name_prefix="vmdk-deflate") as pool:
         for start, length in _batches(fd, size):
             if len(pending) >= window:
-                stream.add(pending.popleft().result())
-            pending.append(pool.submit(_deflate_batch, fd, start, length))
+                write_oldest()
+            pending.append((pool.submit(_deflate_batch, fd, start, length), start + length))
         while pending:
-            stream.add(pending.popleft().result())
+            write_oldest()
+    if on_progress is not None:
+        on_progress(100.0)  # the holes after the last data batch need no writing
 
 
 def _deflate_batch(fd: int, start: int, length: int) -> _Batch:

@@ -351,3 +351,15 @@ def test_timing_against_qemu_img(tmp_path: Path, capsys: pytest.CaptureFixture[s
             f"{ours.stat().st_size / 1e6:.1f} MB, qemu-img {qemu_s:.2f}s "
             f"{oracle.stat().st_size / 1e6:.1f} MB ({os.cpu_count()} cores)"
         )
+
+
+def test_progress_reaches_100(tmp_path: Path) -> None:
+    raw = tmp_path / "p.raw"
+    with raw.open("wb") as f:
+        f.truncate(8 << 20)
+        f.seek(3 << 20)
+        f.write(os.urandom(2 << 20))
+    seen: list[float] = []
+    with (tmp_path / "p.vmdk").open("wb") as out:
+        write_stream_optimized(raw, out, on_progress=seen.append)
+    assert seen and seen == sorted(seen) and seen[-1] == 100.0
