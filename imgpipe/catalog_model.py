@@ -119,6 +119,8 @@ class Image(BaseModel):
     visibility: Visibility = "private"
     tags: list[str] = Field(default_factory=list)
     properties: dict[str, str] = Field(default_factory=dict)
+    # Per profile, e.g. {vmware: {vmware_ostype: ubuntu64Guest}}; os_distro must not reach vmware.
+    profile_properties: dict[str, dict[str, str]] = Field(default_factory=dict)
     retention: Retention = Field(default_factory=Retention)
     versions: list[Version] = Field(min_length=1)
 
@@ -163,12 +165,25 @@ class Image(BaseModel):
     @field_validator("properties")
     @classmethod
     def _not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if key in RESERVED or key.startswith(RESERVED_PREFIXES):
-                raise ValueError(f"{key}: reserved by Glance, cannot be set as a property")
-            if key.startswith(OWN_PREFIXES):
-                raise ValueError(f"{key}: set by imgpipe itself (provenance), cannot be set in a catalog")
+        _settable(value)
         return value
+
+    @field_validator("profile_properties", mode="before")
+    @classmethod
+    def _profile_properties_as_text(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {str(p): ({str(k): _text(v) for k, v in props.items()} if isinstance(props, dict) else props)
+                for p, props in value.items()}
+
+    @model_validator(mode="after")
+    def _profile_properties_known(self) -> Image:
+        for profile, props in self.profile_properties.items():
+            if profile not in self.profiles:
+                raise ValueError(f"profile_properties.{profile}: not one of this image's profiles "
+                                 f"({', '.join(self.profiles)})")
+            _settable(props)
+        return self
 
     @field_validator("versions")
     @classmethod
@@ -182,6 +197,14 @@ class Image(BaseModel):
     def wanted(self) -> list[Version]:
         """Versions that must be published: the newest `keep` (last listed = newest)."""
         return self.versions[-self.retention.keep:]
+
+
+def _settable(props: dict[str, str]) -> None:
+    for key in props:
+        if key in RESERVED or key.startswith(RESERVED_PREFIXES):
+            raise ValueError(f"{key}: reserved by Glance, cannot be set as a property")
+        if key.startswith(OWN_PREFIXES):
+            raise ValueError(f"{key}: set by imgpipe itself (provenance), cannot be set in a catalog")
 
 
 def _no_repeats(values: list[str]) -> list[str]:

@@ -241,6 +241,8 @@ CloudOpt = Annotated[Optional[list[str]], typer.Option(
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Do not verify TLS certificates.")]
 CacertOpt = Annotated[Optional[str], typer.Option("--os-cacert", help="CA bundle for TLS.")]
 PropertyOpt = Annotated[Optional[list[str]], typer.Option("--property", help="Extra property k=v (repeatable).")]
+ProfilePropertyOpt = Annotated[Optional[list[str]], typer.Option(
+    "--profile-property", help="Property for one profile's image only: PROFILE:k=v (repeatable).")]
 TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", help="Image tag (repeatable).")]
 VisibilityOpt = Annotated[str, typer.Option(help="private, shared, community or public.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Upload even if an identical image is active.")]
@@ -261,6 +263,17 @@ def _properties(items: list[str] | None) -> dict[str, str]:
     if bad:
         raise typer.BadParameter(f"--property {bad[0]}: reserved by Glance")
     return props
+
+
+def _profile_properties(items: list[str] | None, selected: list[profiles.Profile]) -> dict[str, dict[str, str]]:
+    scoped: dict[str, list[str]] = {}
+    for item in items or []:
+        profile, sep, rest = item.partition(":")
+        if not sep or profile not in {p.name for p in selected}:
+            raise typer.BadParameter(f"--profile-property {item!r}: expected PROFILE:key=value for a "
+                                     "profile given with -p")
+        scoped.setdefault(profile, []).append(rest)
+    return {profile: _properties(rest) for profile, rest in scoped.items()}
 
 
 def _connect(names: list[str] | None, insecure: bool, cacert: str | None,
@@ -333,6 +346,7 @@ def publish_cmd(
     name_template: Annotated[str, typer.Option(help="Per-profile name; {name} and {profile}.")] = settings.NAME_TEMPLATE,
     cloud: CloudOpt = None,
     prop: PropertyOpt = None,
+    profile_prop: ProfilePropertyOpt = None,
     tag: TagOpt = None,
     visibility: VisibilityOpt = "private",
     force: ForceOpt = False,
@@ -351,9 +365,10 @@ def publish_cmd(
     _warn(selected)
     from imgpipe.publish import PublishRequest, publish
 
+    req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility, force,
+                         profile_properties=_profile_properties(profile_prop, selected))
     targets = _connect(cloud, insecure, os_cacert, timeout)
     limits = _limits(retries)
-    req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility, force)
     opts = Options(out_dir=work_dir or Path(tempfile.gettempdir()), verify=verify, engine=engine)
     with render.progress(quiet=as_json) as report:
         result = publish(req, targets, opts, limits, report)

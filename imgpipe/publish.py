@@ -37,6 +37,7 @@ class PublishRequest:
     visibility: str | None = "private"
     force: bool = False
     source_sha256: str | None = None
+    profile_properties: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def image_name(self, profile: Profile, out: Output | None = None) -> str:
         if out is not None and out.docker_name:
@@ -112,5 +113,6 @@ def _request(req: PublishRequest, profile: Profile, out: Output, sha: str) -> Up
         path=out.path, name=req.image_name(profile, out), profile=profile.name,
         disk_format=profile.disk_format, container_format=profile.container_format,
         virtual_size=out.virtual_size, source_sha256=sha,
-        properties={**profile.properties, **req.properties}, tags=req.tags,
+        properties={**profile.properties, **req.properties, **req.profile_properties.get(profile.name, {})},
+        tags=req.tags,
         visibility=req.visibility, force=req.force)

@@ -105,3 +105,21 @@ def test_invalid_yaml_and_wrong_shapes(tmp_path: Path) -> None:
     assert "expected a mapping" in error(tmp_path, "- just a list\n")
     assert "images: Field required" in error(tmp_path, "defaults: {}\n")
     assert "cannot read" in str(pytest.raises(CatalogError, catalog_model.load, tmp_path / "missing.yaml").value)
+
+
+def test_profile_properties_reach_only_their_profile(tmp_path: Path) -> None:
+    text = GOOD.replace('    tags: [lts]\n', '    tags: [lts]\n    profile_properties: {vmware: {vmware_ostype: ubuntu64Guest}}\n')
+    image = load(tmp_path, text).images[0]
+    assert image.profile_properties == {"vmware": {"vmware_ostype": "ubuntu64Guest"}}
+
+
+def test_profile_properties_for_a_profile_the_image_lacks(tmp_path: Path) -> None:
+    text = GOOD.replace('    tags: [lts]\n', '    tags: [lts]\n    profile_properties: {hyperv: {x: y}}\n')
+    message = error(tmp_path, text)
+    assert "profile_properties.hyperv: not one of this image's profiles (kvm, vmware)" in message
+    assert message.startswith(f"{tmp_path / 'catalog.yaml'}:")
+
+
+def test_profile_properties_reserved_key(tmp_path: Path) -> None:
+    text = GOOD.replace('    tags: [lts]\n', '    tags: [lts]\n    profile_properties: {vmware: {checksum: x}}\n')
+    assert "checksum: reserved by Glance" in error(tmp_path, text)

@@ -143,3 +143,10 @@ def test_profiles_list_and_show() -> None:
     assert code == 0 and {"vmware", "docker"} <= {p["name"] for p in json.loads(stdout)}
     code, stdout, _ = imgpipe("profiles", "show", "xen", "--json")
     assert json.loads(stdout)["container_format"] == "ovf"
+
+
+def test_profile_property_must_name_a_selected_profile(sample_qcow2: Path) -> None:
+    result = runner.invoke(app, ["publish", str(sample_qcow2), "-p", "kvm", "--name", "x",
+                                 "--profile-property", "vmware:vmware_ostype=ubuntu64Guest"])
+    assert result.exit_code == 2
+    assert "expected PROFILE:key=value for a profile given with -p" in result.stderr

@@ -189,3 +189,17 @@ def _slow_put(real):
         return real(cloud, image_id, body, disk_format)
 
     return put
+
+
+def test_profile_properties_apply_to_their_profile_only(glance, sample_qcow2: Path, tmp_path: Path) -> None:
+    """os_distro would override vmware_ostype on vCenter: it must reach kvm but not vmware."""
+    cloud = clouds.connect("test")
+    req = PublishRequest(sample_qcow2, profiles.select(["kvm", "vmware"], profiles.load_all()), "scoped",
+                         properties={"os_version": "24.04"},
+                         profile_properties={"kvm": {"os_distro": "ubuntu"},
+                                             "vmware": {"vmware_ostype": "ubuntu64Guest"}})
+    results = {r.profile: glance_api.get_image(cloud, r.image_id)
+               for r in publish(req, [cloud], Options(out_dir=tmp_path)).results}
+    assert results["kvm"]["os_distro"] == "ubuntu" and "vmware_ostype" not in results["kvm"]
+    assert results["vmware"]["vmware_ostype"] == "ubuntu64Guest" and "os_distro" not in results["vmware"]
+    assert results["kvm"]["os_version"] == results["vmware"]["os_version"] == "24.04"
