@@ -18,14 +18,18 @@ import typer
 from oslo_utils import strutils
 
 from imgpipe import __version__, errors, profiles, render, settings
-from imgpipe.convert import Options, convert_source, converted_size
-from imgpipe.inspect import DEFAULT_MAX_VIRTUAL_SIZE, inspect_image
+from imgpipe.conversion.convert import Options, convert_source, converted_size
+from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE, inspect_image
 
 # Cloud and catalog modules load openstacksdk and keystoneauth (~0.3 s): commands that need
 # them import them when they run, so convert/inspect/profiles start fast.
 if TYPE_CHECKING:
-    from imgpipe import catalog, catalog_model, clouds, retry, sync
-    from imgpipe.upload import UploadResult
+    from imgpipe import retry
+    from imgpipe.catalog import plan as catalog
+    from imgpipe.catalog import model as catalog_model
+    from imgpipe.cloud import clouds
+    from imgpipe.catalog import sync
+    from imgpipe.cloud.upload import UploadResult
 
 # Distinct, documented exit codes (README "Exit codes"); 2 is usage, as click uses it.
 EXIT_CODES: dict[type[errors.ImgpipeError], int] = {
@@ -278,7 +282,7 @@ def _profile_properties(items: list[str] | None, selected: list[profiles.Profile
 
 def _connect(names: list[str] | None, insecure: bool, cacert: str | None,
              timeout: float = settings.REQUEST_TIMEOUT) -> list[clouds.Cloud]:
-    from imgpipe import clouds
+    from imgpipe.cloud import clouds
 
     return [clouds.connect(n, insecure=insecure, cacert=cacert, timeout=timeout) for n in (names or [None])]
 
@@ -319,7 +323,7 @@ def upload_cmd(
     _warn([chosen])
     virtual_size = converted_size(file, chosen)
     from imgpipe.hashing import sha256_file
-    from imgpipe.upload import UploadRequest, upload
+    from imgpipe.cloud.upload import UploadRequest, upload
 
     targets = _connect(cloud, insecure, os_cacert, timeout)
     limits = _limits(retries)
@@ -363,7 +367,7 @@ def publish_cmd(
     STATE.json = as_json
     selected = profiles.select(profile, profiles.load_all(STATE.profile_dirs))
     _warn(selected)
-    from imgpipe.publish import PublishRequest, publish
+    from imgpipe.cloud.publish import PublishRequest, publish
 
     req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility, force,
                          profile_properties=_profile_properties(profile_prop, selected))
@@ -381,7 +385,7 @@ def doctor_cmd(cloud: CloudOpt = None, insecure: InsecureOpt = False, os_cacert:
                as_json: JsonOpt = False) -> None:
     """Check qemu-img, the profiles, and that each cloud's Glance answers and what it accepts."""
     STATE.json = as_json
-    from imgpipe import doctor
+    from imgpipe.cloud import doctor
 
     checks = doctor.run_checks(cloud or [None], STATE.profile_dirs, insecure, os_cacert)
     if as_json:
@@ -405,13 +409,13 @@ ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write 
 
 
 def _catalog(file: Path) -> catalog_model.Catalog:
-    from imgpipe import catalog_model
+    from imgpipe.catalog import model as catalog_model
 
     return catalog_model.load(file, profiles.load_all(STATE.profile_dirs))
 
 
 def _shard(text: str | None) -> catalog.Shard | None:
-    from imgpipe import catalog
+    from imgpipe.catalog import plan as catalog
 
     try:
         return catalog.parse_shard(text, os.environ)
@@ -420,7 +424,7 @@ def _shard(text: str | None) -> catalog.Shard | None:
 
 
 def _connector(insecure: bool, cacert: str | None, timeout: float) -> catalog.Connect:
-    from imgpipe import clouds
+    from imgpipe.cloud import clouds
 
     return functools.partial(clouds.connect, insecure=insecure, cacert=cacert, timeout=timeout)
 
@@ -435,7 +439,7 @@ def _limits(retries: int) -> retry.RetryLimits:
 @handled
 def catalog_validate(file: Path, as_json: JsonOpt = False) -> None:
     """Check a catalog file (keys, profiles, checksums, retention) without touching any network."""
-    from imgpipe import catalog
+    from imgpipe.catalog import plan as catalog
 
     STATE.json = as_json
     loaded = _catalog(file)
@@ -455,7 +459,7 @@ def catalog_plan(file: Path, shard: ShardOpt = None, retries: RetriesOpt = setti
                  timeout: TimeoutOpt = settings.REQUEST_TIMEOUT, insecure: InsecureOpt = False,
                  os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
     """What a sync would create, leave unchanged, hide, deactivate and delete, per cloud; changes nothing."""
-    from imgpipe import catalog
+    from imgpipe.catalog import plan as catalog
 
     STATE.json = as_json
     actions, failures = catalog.preview(_catalog(file), _connector(insecure, os_cacert, timeout), _shard(shard),
@@ -490,7 +494,8 @@ def catalog_sync(
     as_json: JsonOpt = False,
 ) -> None:
     """Download, verify, convert and publish every missing version to every cloud; then rotate."""
-    from imgpipe import catalog, sync
+    from imgpipe.catalog import plan as catalog
+    from imgpipe.catalog import sync
 
     STATE.json = as_json
     loaded, where = _catalog(file), _shard(shard)
@@ -512,7 +517,7 @@ def catalog_rotate(file: Path, cache_dir: CacheDirOpt = None, metrics_file: Metr
                    timeout: TimeoutOpt = settings.REQUEST_TIMEOUT, insecure: InsecureOpt = False,
                    os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
     """Apply retention once, after all shards: only images whose newest version is active everywhere."""
-    from imgpipe import sync
+    from imgpipe.catalog import sync
 
     STATE.json = as_json
     opts = sync.SyncOptions(cache_dir or sync.default_cache_dir(), profiles.load_all(STATE.profile_dirs),
@@ -522,7 +527,7 @@ def catalog_rotate(file: Path, cache_dir: CacheDirOpt = None, metrics_file: Metr
 
 
 def _show_sync(result: sync.SyncReport, metrics_file: Path | None, report: Path | None) -> None:
-    from imgpipe import metrics
+    from imgpipe.catalog import metrics
 
     if metrics_file:
         metrics.write(metrics_file, result)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgpipe import clouds, glance as glance_api
+from imgpipe.cloud import clouds
+from imgpipe.cloud import glance as glance_api
 
 pytestmark = pytest.mark.slow
 IMGPIPE = [sys.executable, "-m", "imgpipe.cli"]

@@ -10,11 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from imgpipe import catalog, locks, rotation
-from imgpipe.catalog_model import IMAGE_KEY, VERSION_KEY, Catalog, Image, Retention
+from imgpipe import locks
+from imgpipe.catalog import plan as catalog
+from imgpipe.catalog import rotation
+from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image, Retention
 from imgpipe.cli import EXIT_CODES, app
 from imgpipe.errors import CatalogError, LockedError
-from imgpipe.upload import PROFILE_KEY, SOURCE_KEY
+from imgpipe.cloud.upload import PROFILE_KEY, SOURCE_KEY
 
 runner = CliRunner()
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imgpipe import catalog_model, profiles
+from imgpipe import profiles
+from imgpipe.catalog import model as catalog_model
 from imgpipe.errors import CatalogError
 
 SHA = "ab" * 32

@@ -23,12 +23,16 @@ from conftest import qemu_img
 from rangeserver import Server, serving
 from typer.testing import CliRunner
 
-from imgpipe import catalog_model, clouds, glance, profiles, retry, sync
-from imgpipe.catalog_model import IMAGE_KEY, VERSION_KEY
+from imgpipe import profiles, retry
+from imgpipe.catalog import model as catalog_model
+from imgpipe.cloud import clouds
+from imgpipe.cloud import glance
+from imgpipe.catalog import sync
+from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY
 from imgpipe.cli import EXIT_CODES, app
 from imgpipe.errors import PartialFailure
 from imgpipe.hashing import sha256_file
-from imgpipe.upload import PROFILE_KEY, SOURCE_KEY
+from imgpipe.cloud.upload import PROFILE_KEY, SOURCE_KEY
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

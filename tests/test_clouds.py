@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imgpipe import clouds
+from imgpipe.cloud import clouds
 from imgpipe.errors import CloudConfigError
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ from conftest import qemu_img, qemu_info
 from sample_disk import docker_archive
 
 from imgpipe import profiles
-from imgpipe.convert import Options, convert_source
+from imgpipe.conversion.convert import Options, convert_source
 from imgpipe.errors import ConversionError, ProfileError, UnsafeImageError
-from imgpipe.inspect import inspect_image
+from imgpipe.source.inspect import inspect_image
 
 
 def _descriptor(vmdk: Path) -> str:
@@ -147,7 +147,7 @@ def test_native_stream_optimized_is_default_and_identical(sample_qcow2: Path, tm
 
 def test_converted_size_checks_the_file_against_its_profile(all_outputs: dict[str, Path], sample_qcow2: Path,
                                                            tmp_path: Path) -> None:
-    from imgpipe.convert import converted_size
+    from imgpipe.conversion.convert import converted_size
     from imgpipe.errors import FormatMismatchError
 
     known = profiles.load_all()

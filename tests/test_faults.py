@@ -11,11 +11,13 @@ import pytest
 import yaml
 from faultproxy import Fault, FaultProxy
 
-from imgpipe import clouds, glance as glance_api, profiles
+from imgpipe import profiles
+from imgpipe.cloud import clouds
+from imgpipe.cloud import glance as glance_api
 from imgpipe.errors import UploadError
 from imgpipe.hashing import sha256_file
 from imgpipe.retry import RetryLimits
-from imgpipe.upload import UploadRequest, upload
+from imgpipe.cloud.upload import UploadRequest, upload
 
 pytestmark = pytest.mark.slow
 FAST = RetryLimits(attempts=8, initial=0.2, maximum=2.0, total=120.0, max_retry_after=2.0)

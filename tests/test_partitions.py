@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from imgpipe import partitions
+from imgpipe.source import partitions
 
 MIB = 1 << 20
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from rangeserver import serving
 
-from imgpipe import retry, sources
-from imgpipe.catalog_model import Version
+from imgpipe import retry
+from imgpipe.catalog import download as sources
+from imgpipe.catalog.model import Version
 from imgpipe.errors import ChecksumError, SourceError
 
 FAST = retry.RetryLimits(attempts=3, initial=0.01, maximum=0.02)

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from imgpipe import clouds, glance as glance_api, profiles
-from imgpipe.convert import Options
+from imgpipe import profiles
+from imgpipe.cloud import clouds
+from imgpipe.cloud import glance as glance_api
+from imgpipe.conversion.convert import Options
 from imgpipe.errors import GlanceRefusedError
 from imgpipe.hashing import sha256_file
-from imgpipe.publish import PublishRequest, publish
-from imgpipe.upload import SOURCE_KEY, UploadRequest, upload
+from imgpipe.cloud.publish import PublishRequest, publish
+from imgpipe.cloud.upload import SOURCE_KEY, UploadRequest, upload
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +149,7 @@ def test_crashed_runs_leftover_is_replaced_not_waited_for(glance, sample_qcow2: 
     """A run killed mid-upload leaves its image in progress with a silent heartbeat."""
     import time
 
-    from imgpipe import upload as upload_mod
+    from imgpipe.cloud import upload as upload_mod
 
     cloud = clouds.connect("test")
     req = _request(sample_qcow2, "leftover")
@@ -163,7 +165,7 @@ def test_crashed_runs_leftover_is_replaced_not_waited_for(glance, sample_qcow2: 
 
 
 def test_live_upload_beats_its_heart(glance, sample_qcow2: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from imgpipe import upload as upload_mod
+    from imgpipe.cloud import upload as upload_mod
 
     monkeypatch.setattr(upload_mod, "HEARTBEAT", 0.2)
     beats: list[dict] = []

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oslo_utils.imageutils import format_inspector
 
-from imgpipe import vmdk_stream
-from imgpipe.vmdk_stream import (
+from imgpipe.conversion import vmdk_stream
+from imgpipe.conversion.vmdk_stream import (
     ADAPTER_TYPES,
     DESC_SECTORS,
     GRAIN_SECTORS,

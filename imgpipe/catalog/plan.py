@@ -12,13 +12,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgpipe import glance, retry, rotation
-from imgpipe.catalog_model import Catalog, Image, Version
-from imgpipe.clouds import Cloud
+from imgpipe import retry
+from imgpipe.cloud import glance
+from imgpipe.catalog import rotation
+from imgpipe.catalog.model import Catalog, Image, Version
+from imgpipe.cloud.clouds import Cloud
 from imgpipe.errors import ImgpipeError
-from imgpipe.rotation import Action
-from imgpipe.sources import Checksums
-from imgpipe.upload import PROFILE_KEY, SOURCE_KEY
+from imgpipe.catalog.rotation import Action
+from imgpipe.catalog.download import Checksums
+from imgpipe.cloud.upload import PROFILE_KEY, SOURCE_KEY
 
 Connect = Callable[[str], Cloud]
 

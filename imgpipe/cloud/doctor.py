@@ -7,7 +7,8 @@ from pathlib import Path
 
 from glanceclient import Client as GlanceClient
 
-from imgpipe import clouds, profiles, retry
+from imgpipe import profiles, retry
+from imgpipe.cloud import clouds
 from imgpipe.errors import ImgpipeError
 from imgpipe.runner import run
 

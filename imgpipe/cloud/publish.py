@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from imgpipe import retry, settings
-from imgpipe.clouds import Cloud
-from imgpipe.convert import Options, Output, conversion_groups, convert_image, docker_output, source_info
+from imgpipe.cloud.clouds import Cloud
+from imgpipe.conversion.convert import Options, Output, conversion_groups, convert_image, docker_output, source_info
 from imgpipe.errors import ImgpipeError
 from imgpipe.hashing import sha256_file
 from imgpipe.profiles import Profile
-from imgpipe.upload import UploadRequest, UploadResult, find_unchanged, upload
+from imgpipe.cloud.upload import UploadRequest, UploadResult, find_unchanged, upload
 
-LOG = logging.getLogger("imgpipe.publish")
+LOG = logging.getLogger("imgpipe.cloud.publish")
 DEFAULT_TEMPLATE = settings.NAME_TEMPLATE
 
 

@@ -20,13 +20,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from imgpipe import __version__, glance, retry
-from imgpipe.clouds import Cloud
+from imgpipe import __version__, retry
+from imgpipe.cloud import glance
+from imgpipe.cloud.clouds import Cloud
 from imgpipe.errors import GlanceRefusedError, UploadError
 from imgpipe.hashing import Digests, HashingBody
 from imgpipe.profiles import RESERVED
 
-LOG = logging.getLogger("imgpipe.upload")
+LOG = logging.getLogger("imgpipe.cloud.upload")
 GIB = 1 << 30
 PROFILE_KEY = "imgpipe_profile"
 SOURCE_KEY = "imgpipe_source_sha256"

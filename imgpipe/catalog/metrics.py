@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
-from imgpipe.sync import SyncReport
+from imgpipe.catalog.sync import SyncReport
 
 
 def write(path: Path, report: SyncReport) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 from oslo_utils.imageutils import format_inspector
 
-from imgpipe import partitions, qemu
+from imgpipe.source import partitions
+from imgpipe import qemu
 from imgpipe.errors import (
     FormatMismatchError,
     ImageTooLargeError,

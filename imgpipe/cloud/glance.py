@@ -14,7 +14,7 @@ from typing import Any
 import requests
 from keystoneauth1 import exceptions as ksa_exc
 
-from imgpipe.clouds import Cloud
+from imgpipe.cloud.clouds import Cloud
 from imgpipe.errors import AuthError, GlanceRefusedError
 from imgpipe.retry import RETRY_STATUS, Transient, parse_retry_after
 

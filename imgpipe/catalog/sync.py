@@ -19,15 +19,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from imgpipe import locks, rotation, settings, sources
-from imgpipe.catalog import Connect, Shard, Survey, Unit, look, plan, scope, survey
-from imgpipe.catalog_model import IMAGE_KEY, VERSION_KEY, Catalog, Image
-from imgpipe.convert import Options
+from imgpipe import locks, settings
+from imgpipe.catalog import rotation
+from imgpipe.catalog import download as sources
+from imgpipe.catalog.plan import Connect, Shard, Survey, Unit, look, plan, scope, survey
+from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image
+from imgpipe.conversion.convert import Options
 from imgpipe.errors import ImgpipeError
 from imgpipe.profiles import Profile
-from imgpipe.publish import PublishRequest, publish
+from imgpipe.cloud.publish import PublishRequest, publish
 from imgpipe.retry import DEFAULT_LIMITS, RetryLimits
-from imgpipe.rotation import Action
+from imgpipe.catalog.rotation import Action
 
 Progress = Callable[[str, float], None]
 DEFAULT_JOBS = settings.SYNC_JOBS

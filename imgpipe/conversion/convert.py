@@ -17,12 +17,15 @@ from typing import Any
 
 from oslo_utils.imageutils import format_inspector
 
-from imgpipe import atomic, packaging, partitions, qemu
+from imgpipe.conversion import atomic
+from imgpipe.conversion import packaging
+from imgpipe.source import partitions
+from imgpipe import qemu
 from imgpipe.errors import ConversionError, FormatMismatchError, NoSpaceError, ProfileError, UnsafeImageError
-from imgpipe.inspect import QEMU_DRIVER, ImageInfo, detect_format, inspect_image, open_source
+from imgpipe.source.inspect import QEMU_DRIVER, ImageInfo, detect_format, inspect_image, open_source
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
-from imgpipe.vmdk_stream import write_stream_optimized
+from imgpipe.conversion.vmdk_stream import write_stream_optimized
 
 Progress = Callable[[str, float], None]
 EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}

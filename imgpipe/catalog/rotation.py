@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from imgpipe import glance, retry
-from imgpipe.catalog_model import IMAGE_KEY, VERSION_KEY, Image
-from imgpipe.clouds import Cloud
+from imgpipe import retry
+from imgpipe.cloud import glance
+from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Image
+from imgpipe.cloud.clouds import Cloud
 from imgpipe.errors import ImgpipeError
-from imgpipe.upload import PROFILE_KEY, SOURCE_KEY
+from imgpipe.cloud.upload import PROFILE_KEY, SOURCE_KEY
 
 DEACTIVATED = "deactivated"
 # Show the versions to keep before hiding the ones they replace: never a moment with none.

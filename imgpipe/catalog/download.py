@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 import requests
 
 from imgpipe import locks, retry
-from imgpipe.catalog_model import Version, is_url
+from imgpipe.catalog.model import Version, is_url
 from imgpipe.errors import ChecksumError, LockedError, SourceError
 from imgpipe.hashing import CHUNK, sha256_file
 

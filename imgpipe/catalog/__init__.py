@@ -1,0 +1,1 @@
+"""Catalog: keep a multi-cloud image catalog current."""

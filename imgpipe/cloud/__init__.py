@@ -1,0 +1,1 @@
+"""Cloud out: auth, Glance upload and publishing."""

@@ -1,0 +1,1 @@
+"""Conversion: source image -> the file each target profile uploads."""

@@ -1,0 +1,1 @@
+"""Source in: what the file is, read safely before anything opens it."""
