@@ -1,0 +1,133 @@
+"""What every command shares: the app, the one place errors become exit codes, small helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+
+import typer
+from oslo_utils import strutils
+
+from imgpipe import errors, profiles, render
+
+if TYPE_CHECKING:
+    from imgpipe import retry
+
+# Distinct, documented exit codes (README "Exit codes"); 2 is usage, as click uses it.
+EXIT_CODES: dict[type[errors.ImgpipeError], int] = {
+    errors.ProfileError: 3,
+    errors.SourceError: 4,
+    errors.UnsafeImageError: 5,
+    errors.FormatMismatchError: 6,
+    errors.ImageTooLargeError: 7,
+    errors.NoSpaceError: 8,
+    errors.ConversionError: 9,
+    errors.ToolMissingError: 10,
+    errors.CloudConfigError: 11,
+    errors.AuthError: 12,
+    errors.GlanceRefusedError: 13,
+    errors.UploadError: 14,
+    errors.CatalogError: 15,
+    errors.ChecksumError: 16,
+    errors.LockedError: 17,
+    errors.PartialFailure: 18,
+}
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Convert one guest image for every hypervisor and publish it to Glance.")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handled(fn: F) -> F:
+    """The only place errors become one-line messages and exit codes (Ctrl-C is 130)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except errors.ImgpipeError as exc:
+            code = exit_code(exc)
+            if STATE.json and not render.EMITTED.json:  # a report already out carries the failures
+                render.emit_json({"error": str(exc), "exit_code": code, "kind": type(exc).__name__})
+            render.err.print(f"imgpipe: error: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
+        except KeyboardInterrupt:
+            render.err.print("imgpipe: interrupted; nothing half-written was kept", highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _State:
+    json = False
+    profile_dirs: list[Path] = []
+
+
+STATE = _State()
+
+def _size(value: str) -> int:
+    """Accept 1099511627776, 1TiB, 1T or 500G."""
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    if text[-1:].upper() in "KMGTP":
+        text += "iB"
+    try:
+        return int(strutils.string_to_bytes(text, return_int=True))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not a size like 500G or 2TiB") from exc
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every external command.")] = False,
+    profiles_dir: Annotated[Optional[list[Path]], typer.Option(
+        "--profiles-dir", help=f"Extra profile directory (also ${profiles.ENV_DIRS}); overrides built-ins.")] = None,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("oslo_utils").setLevel(logging.INFO if verbose else logging.ERROR)
+    STATE.profile_dirs = list(profiles_dir or [])
+    STATE.json = render.EMITTED.json = False
+    # systemd and Kubernetes stop jobs with SIGTERM: clean up exactly as for Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _limits(retries: int) -> retry.RetryLimits:
+    from imgpipe import retry
+
+    return dataclasses.replace(retry.DEFAULT_LIMITS, attempts=retries)
+
+
+def _fail_if(failures: list[str]) -> None:
+    if failures:
+        raise errors.PartialFailure(f"{len(failures)} problem(s): " + "; ".join(failures))
+
+
+def _warn(selected: list[profiles.Profile]) -> None:
+    if STATE.json:
+        return
+    for p in selected:
+        for note in p.advisories():
+            render.err.print(f"warning: {p.name}: {note}", highlight=False, soft_wrap=True)
+
+
+def exit_code(exc: BaseException) -> int:
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]  # type: ignore[index]
+    return 1
+

@@ -1,0 +1,162 @@
+"""catalog: scheduled refresh of a set of images on several clouds."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from imgpipe import profiles, render, settings
+from imgpipe.cli.base import STATE, _fail_if, _limits, app, handled
+from imgpipe.cli.options import (CacertOpt, CacheDirOpt, InsecureOpt, JsonOpt, MetricsOpt, ReportOpt, RetriesOpt,
+                                 ShardOpt, TimeoutOpt)
+
+if TYPE_CHECKING:
+    from imgpipe.catalog import model as catalog_model
+    from imgpipe.catalog import plan as catalog
+    from imgpipe.catalog import sync
+
+catalog_app = typer.Typer(no_args_is_help=True, help="Keep a catalog of images current on several clouds.")
+app.add_typer(catalog_app, name="catalog")
+
+
+def _catalog(file: Path) -> catalog_model.Catalog:
+    from imgpipe.catalog import model as catalog_model
+
+    return catalog_model.load(file, profiles.load_all(STATE.profile_dirs))
+
+
+def _shard(text: str | None) -> catalog.Shard | None:
+    from imgpipe.catalog import plan as catalog
+
+    try:
+        return catalog.parse_shard(text, os.environ)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shard") from exc
+
+
+def _connector(insecure: bool, cacert: str | None, timeout: float) -> catalog.Connect:
+    from imgpipe.cloud import clouds
+
+    return functools.partial(clouds.connect, insecure=insecure, cacert=cacert, timeout=timeout)
+
+
+@catalog_app.command("validate")
+@handled
+def catalog_validate(file: Path, as_json: JsonOpt = False) -> None:
+    """Check a catalog file (keys, profiles, checksums, retention) without touching any network."""
+    from imgpipe.catalog import plan as catalog
+
+    STATE.json = as_json
+    loaded = _catalog(file)
+    data = {"catalog": str(file), "valid": True, "images": len(loaded.images),
+            "versions_to_publish": len(catalog.units(loaded)),
+            "clouds": sorted({c for i in loaded.images for c in i.clouds})}
+    if as_json:
+        render.emit_json(data)
+    else:
+        render.out.print(f"ok {file}: {data['images']} images, {data['versions_to_publish']} versions to "
+                         f"publish, clouds {', '.join(data['clouds'])}", highlight=False, soft_wrap=True)
+
+
+@catalog_app.command("plan")
+@handled
+def catalog_plan(file: Path, shard: ShardOpt = None, retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+                 timeout: TimeoutOpt = settings.REQUEST_TIMEOUT, insecure: InsecureOpt = False,
+                 os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
+    """What a sync would create, leave unchanged, hide, deactivate and delete, per cloud; changes nothing."""
+    from imgpipe.catalog import plan as catalog
+
+    STATE.json = as_json
+    actions, failures = catalog.preview(_catalog(file), _connector(insecure, os_cacert, timeout), _shard(shard),
+                                        limits=_limits(retries))
+    _show_plan(file, actions, failures)
+
+
+def _show_plan(file: Path, actions: list[catalog.Action], failures: list[str]) -> None:
+    if STATE.json:
+        render.emit_json({"catalog": str(file), "actions": [a.to_dict() for a in actions], "failures": failures})
+    else:
+        render.table(f"plan {file}", ["cloud", "action", "name", "version", "id"],
+                     [(a.cloud, a.action, a.name, a.version, a.image_id) for a in actions])
+    _fail_if(failures)
+
+
+@catalog_app.command("sync")
+@handled
+def catalog_sync(
+    file: Path,
+    jobs: Annotated[int, typer.Option(min=1, help="Source versions processed at once.")] = settings.SYNC_JOBS,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
+    shard: ShardOpt = None,
+    rotate: Annotated[bool, typer.Option(help="Rotate after publishing (shards never do).")] = True,
+    cache_dir: CacheDirOpt = None,
+    metrics_file: MetricsOpt = None,
+    report: ReportOpt = None,
+    retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+    timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
+    insecure: InsecureOpt = False,
+    os_cacert: CacertOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download, verify, convert and publish every missing version to every cloud; then rotate."""
+    from imgpipe.catalog import plan as catalog
+    from imgpipe.catalog import sync
+
+    STATE.json = as_json
+    loaded, where = _catalog(file), _shard(shard)
+    connect = _connector(insecure, os_cacert, timeout)
+    if dry_run:
+        _show_plan(file, *catalog.preview(loaded, connect, where, rotate, _limits(retries)))
+        return
+    opts = sync.SyncOptions(cache_dir or sync.default_cache_dir(), profiles.load_all(STATE.profile_dirs),
+                            jobs, where, rotate, _limits(retries))
+    with render.progress(quiet=as_json) as progress:
+        result = sync.run(loaded, file, connect, opts, progress=progress)
+    _show_sync(result, metrics_file, report)
+
+
+@catalog_app.command("rotate")
+@handled
+def catalog_rotate(file: Path, cache_dir: CacheDirOpt = None, metrics_file: MetricsOpt = None,
+                   report: ReportOpt = None, retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+                   timeout: TimeoutOpt = settings.REQUEST_TIMEOUT, insecure: InsecureOpt = False,
+                   os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
+    """Apply retention once, after all shards: only images whose newest version is active everywhere."""
+    from imgpipe.catalog import sync
+
+    STATE.json = as_json
+    opts = sync.SyncOptions(cache_dir or sync.default_cache_dir(), profiles.load_all(STATE.profile_dirs),
+                            limits=_limits(retries))
+    result = sync.run(_catalog(file), file, _connector(insecure, os_cacert, timeout), opts, publish_units=False)
+    _show_sync(result, metrics_file, report)
+
+
+def _show_sync(result: sync.SyncReport, metrics_file: Path | None, report: Path | None) -> None:
+    from imgpipe.catalog import metrics
+
+    if metrics_file:
+        metrics.write(metrics_file, result)
+    data = result.to_dict()
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    if STATE.json:
+        render.emit_json(data)
+    else:
+        render.table("images", ["cloud", "status", "name", "version", "id"],
+                     [(a.cloud, a.action, a.name, a.version, a.image_id) for a in result.images])
+        if result.changes:
+            render.table("changes", ["cloud", "action", "name", "version", "id", "error"],
+                         [(a.cloud, a.action, a.name, a.version, a.image_id, a.error) for a in result.changes])
+        summary = data["summary"]
+        render.err.print(f"created {summary['created']}, unchanged {summary['unchanged']}, failed "
+                         f"{summary['failed']}, {render.human_size(result.uploaded_bytes)} uploaded in "
+                         f"{result.seconds:.1f} s", highlight=False, soft_wrap=True)
+        for note in result.notes:
+            render.err.print(f"note: {note}", highlight=False, soft_wrap=True)
+    _fail_if(result.failures)

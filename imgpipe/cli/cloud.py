@@ -1,0 +1,164 @@
+"""Commands that talk to Glance: upload, publish, doctor."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from imgpipe import errors, profiles, render, settings
+from imgpipe.cli.base import STATE, _limits, _warn, app, handled
+from imgpipe.cli.options import (CacertOpt, CloudOpt, Engine, EngineOpt, ForceOpt, InsecureOpt, JsonOpt,
+                                 ProfileOpt, ProfilePropertyOpt, PropertyOpt, RetriesOpt, TagOpt, TimeoutOpt,
+                                 VerifyOpt, Visibility, VisibilityOpt)
+from imgpipe.conversion.convert import Options, converted_size
+
+if TYPE_CHECKING:
+    from imgpipe.cloud import clouds
+    from imgpipe.cloud.upload import UploadResult
+
+KEY_PROPERTIES = ("hypervisor_type", "vmware_disktype", "vmware_adaptertype", "hw_machine_type",
+                  "vm_mode", "img_type")
+
+
+def _properties(items: list[str] | None) -> dict[str, str]:
+    props = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--property {item!r}: expected key=value")
+        props[key] = value
+    bad = [k for k in props if k in profiles.RESERVED or k.startswith(profiles.RESERVED_PREFIXES)]
+    if bad:
+        raise typer.BadParameter(f"--property {bad[0]}: reserved by Glance")
+    return props
+
+
+def _profile_properties(items: list[str] | None, selected: list[profiles.Profile]) -> dict[str, dict[str, str]]:
+    scoped: dict[str, list[str]] = {}
+    for item in items or []:
+        profile, sep, rest = item.partition(":")
+        if not sep or profile not in {p.name for p in selected}:
+            raise typer.BadParameter(f"--profile-property {item!r}: expected PROFILE:key=value for a "
+                                     "profile given with -p")
+        scoped.setdefault(profile, []).append(rest)
+    return {profile: _properties(rest) for profile, rest in scoped.items()}
+
+
+def _connect(names: list[str] | None, insecure: bool, cacert: str | None,
+             timeout: float = settings.REQUEST_TIMEOUT) -> list[clouds.Cloud]:
+    from imgpipe.cloud import clouds
+
+    return [clouds.connect(n, insecure=insecure, cacert=cacert, timeout=timeout) for n in (names or [None])]
+
+
+def _show_results(results: list[UploadResult], failures: list[str]) -> None:
+    if STATE.json:
+        render.emit_json({"images": [r.to_dict() for r in results], "failures": failures})
+    else:
+        render.table("images", ["cloud", "name", "id", "status", "disk/container", "properties"],
+                     [(r.cloud, r.name, r.image_id, r.status, f"{r.disk_format}/{r.container_format}",
+                       " ".join(f"{k}={r.properties[k]}" for k in KEY_PROPERTIES if k in r.properties))
+                      for r in results])
+    if failures:
+        raise errors.PartialFailure(f"{len(failures)} of {len(results) + len(failures)} uploads failed: "
+                                    + "; ".join(failures))
+
+
+@app.command("upload")
+@handled
+def upload_cmd(
+    file: Path,
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Profile the file was made for.")],
+    name: Annotated[str, typer.Option(help="Image name in Glance.")],
+    cloud: CloudOpt = None,
+    prop: PropertyOpt = None,
+    tag: TagOpt = None,
+    visibility: VisibilityOpt = Visibility.private,
+    force: ForceOpt = False,
+    retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+    timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
+    insecure: InsecureOpt = False,
+    os_cacert: CacertOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload an already converted FILE with its profile's properties, verified."""
+    STATE.json = as_json
+    chosen = profiles.select([profile], profiles.load_all(STATE.profile_dirs))[0]
+    _warn([chosen])
+    virtual_size = converted_size(file, chosen)
+    from imgpipe.hashing import sha256_file
+    from imgpipe.cloud.upload import UploadRequest, upload
+
+    targets = _connect(cloud, insecure, os_cacert, timeout)
+    limits = _limits(retries)
+    sha = sha256_file(file)
+    results = []
+    with render.progress(quiet=as_json) as report:
+        for target in targets:
+            req = UploadRequest(file, name, chosen.name, chosen.disk_format, chosen.container_format,
+                                virtual_size, sha,
+                                {**chosen.properties, **_properties(prop)}, tag or [], visibility.value, force)
+            size = file.stat().st_size
+            on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1))) \
+                if report else None
+            results.append(upload(target, req, limits, on_bytes))
+    _show_results(results, [])
+
+
+@app.command("publish")
+@handled
+def publish_cmd(
+    src: Path,
+    profile: ProfileOpt,
+    name: Annotated[str, typer.Option(help="Base image name.")],
+    name_template: Annotated[str, typer.Option(help="Per-profile name; {name} and {profile}.")] = settings.NAME_TEMPLATE,
+    cloud: CloudOpt = None,
+    prop: PropertyOpt = None,
+    profile_prop: ProfilePropertyOpt = None,
+    tag: TagOpt = None,
+    visibility: VisibilityOpt = Visibility.private,
+    force: ForceOpt = False,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Where converted files are kept during the run.")] = None,
+    engine: EngineOpt = Engine.auto,
+    verify: VerifyOpt = False,
+    retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+    timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
+    insecure: InsecureOpt = False,
+    os_cacert: CacertOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert SRC for each profile and publish every output to every cloud."""
+    STATE.json = as_json
+    selected = profiles.select(profile, profiles.load_all(STATE.profile_dirs))
+    _warn(selected)
+    from imgpipe.cloud.publish import PublishRequest, publish
+
+    req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility.value, force,
+                         profile_properties=_profile_properties(profile_prop, selected))
+    targets = _connect(cloud, insecure, os_cacert, timeout)
+    limits = _limits(retries)
+    opts = Options(out_dir=work_dir or Path(tempfile.gettempdir()), verify=verify, engine=engine.value)
+    with render.progress(quiet=as_json) as report:
+        result = publish(req, targets, opts, limits, report)
+    _show_results(result.results, result.failures)
+
+
+@app.command("doctor")
+@handled
+def doctor_cmd(cloud: CloudOpt = None, insecure: InsecureOpt = False, os_cacert: CacertOpt = None,
+               as_json: JsonOpt = False) -> None:
+    """Check qemu-img, the profiles, and that each cloud's Glance answers and what it accepts."""
+    STATE.json = as_json
+    from imgpipe.cloud import doctor
+
+    checks = doctor.run_checks(cloud or [None], STATE.profile_dirs, insecure, os_cacert)
+    if as_json:
+        render.emit_json([c.__dict__ for c in checks])
+    else:
+        render.table("doctor", ["check", "ok", "detail"], [(c.name, "yes" if c.ok else "NO", c.detail) for c in checks])
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise errors.CloudConfigError(f"{failed[0].name}: {failed[0].detail}")

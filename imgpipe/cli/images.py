@@ -1,0 +1,132 @@
+"""Commands that work on local files: profiles, inspect, convert."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from imgpipe import __version__, profiles, render
+from imgpipe.cli.base import STATE, _size, _warn, app, handled
+from imgpipe.cli.options import (MAX_VIRTUAL_SIZE, Engine, EngineOpt, JsonOpt, MaxVirtualSizeOpt, ProfileOpt,
+                                 SourceFormatOpt, VerifyOpt)
+from imgpipe.conversion.convert import Options, convert_source
+from imgpipe.source.inspect import inspect_image
+
+profiles_app = typer.Typer(no_args_is_help=True, help="List, show and validate target profiles.")
+app.add_typer(profiles_app, name="profiles")
+
+
+@app.command()
+@handled
+def version() -> None:
+    """Print imgpipe's version."""
+    render.out.print(__version__)
+
+
+@profiles_app.command("list")
+@handled
+def profiles_list(as_json: JsonOpt = False) -> None:
+    """Every known profile with its formats and key properties."""
+    STATE.json = as_json
+    known = profiles.load_all(STATE.profile_dirs)
+    if as_json:
+        render.emit_json([p.model_dump(mode="json") | {"source": str(p.source)} for p in known.values()])
+        return
+    render.table("profiles", ["name", "disk", "container", "hypervisor_type", "description"],
+                 [(p.name, p.disk_format, p.container_format, p.properties.get("hypervisor_type", ""),
+                   p.description) for p in known.values()])
+
+
+@profiles_app.command("show")
+@handled
+def profiles_show(name: str, as_json: JsonOpt = False) -> None:
+    """One profile in full, including where it was loaded from."""
+    STATE.json = as_json
+    profile = profiles.select([name], profiles.load_all(STATE.profile_dirs))[0]
+    data = profile.model_dump(mode="json") | {"source": str(profile.source),
+                                              "advisories": profile.advisories()}
+    if as_json:
+        render.emit_json(data)
+    else:
+        render.out.print_json(data=data)
+
+
+@profiles_app.command("validate")
+@handled
+def profiles_validate(paths: Annotated[Optional[list[Path]], typer.Argument()] = None,
+                      as_json: JsonOpt = False) -> None:
+    """Validate profile files (default: every profile on the search path)."""
+    STATE.json = as_json
+    if paths:
+        loaded = [profiles.load_file(p) for p in paths]
+    else:
+        loaded = list(profiles.load_all(STATE.profile_dirs).values())
+    if as_json:
+        render.emit_json([{"name": p.name, "source": str(p.source), "valid": True,
+                           "advisories": p.advisories()} for p in loaded])
+        return
+    for p in loaded:
+        render.out.print(f"ok {p.source}", highlight=False)
+        for note in p.advisories():
+            render.err.print(f"  warning: {note}", highlight=False, soft_wrap=True)
+
+
+@app.command("inspect")
+@handled
+def inspect_cmd(
+    src: Path,
+    source_format: SourceFormatOpt = None,
+    max_virtual_size: MaxVirtualSizeOpt = MAX_VIRTUAL_SIZE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Detect the format from content, sizes, partition table and the safety verdict."""
+    STATE.json = as_json
+    info = inspect_image(src, source_format, _size(max_virtual_size))
+    data = info.to_dict()
+    if as_json:
+        render.emit_json(data)
+        return
+    render.table(str(src), ["field", "value"], [
+        ("format (qemu driver)", info.format), ("detected", info.detected),
+        ("virtual size", f"{render.human_size(info.virtual_size)} ({info.virtual_size})"),
+        ("actual size", render.human_size(info.actual_size)),
+        ("partition table", info.table or "none"),
+        *[(f"partition {p.number}", f"{p.kind} {render.human_size(p.size)} at {p.start}")
+          for p in info.partitions],
+        ("verdict", "safe: " + "; ".join(info.checks)),
+    ])
+
+
+@app.command()
+@handled
+def convert(
+    src: Path,
+    profile: ProfileOpt,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (one distinct output only).")] = None,
+    output_dir: Annotated[Path, typer.Option(help="Directory for the outputs.")] = Path("."),
+    verify: VerifyOpt = False,
+    engine: EngineOpt = Engine.auto,
+    source_format: SourceFormatOpt = None,
+    max_virtual_size: MaxVirtualSizeOpt = MAX_VIRTUAL_SIZE,
+    partition: Annotated[Optional[int], typer.Option(help="Partition number for lxc/uml (default: root).")] = None,
+    jobs: Annotated[Optional[int], typer.Option(help="Compression threads for the native writer.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert SRC once per distinct output format of the given profiles."""
+    STATE.json = as_json
+    selected = profiles.select(profile, profiles.load_all(STATE.profile_dirs))
+    _warn(selected)
+    opts = Options(out_dir=output_dir, out_file=output, verify=verify, engine=engine.value,
+                   claimed_format=source_format, max_virtual_size=_size(max_virtual_size),
+                   partition=partition, jobs=jobs)
+    with render.progress(quiet=as_json) as report:
+        outputs = convert_source(src, selected, opts, report)
+    if as_json:
+        render.emit_json([o.to_dict() for o in outputs])
+        return
+    render.table("outputs", ["file", "profiles", "format", "size", "seconds", "verified"],
+                 [(o.path, ",".join(o.profiles), f"{o.disk_format}/{o.container_format}",
+                   render.human_size(o.size), f"{o.seconds:.1f}", "yes" if o.verified else "no")
+                  for o in outputs])

@@ -1,0 +1,55 @@
+"""Option sets shared by several commands, declared once."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
+
+
+class Engine(str, enum.Enum):
+    """streamOptimized writer."""
+
+    auto = "auto"
+    native = "native"
+    qemu = "qemu"
+
+
+class Visibility(str, enum.Enum):
+    private = "private"
+    shared = "shared"
+    community = "community"
+    public = "public"
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+ProfileOpt = Annotated[list[str], typer.Option("--profile", "-p", help="Target profile (repeatable, 'all').")]
+SourceFormatOpt = Annotated[Optional[str], typer.Option(help="Fail unless the content is this format.")]
+MaxVirtualSizeOpt = Annotated[str, typer.Option(help="Refuse larger virtual sizes.")]
+MAX_VIRTUAL_SIZE = str(DEFAULT_MAX_VIRTUAL_SIZE)
+EngineOpt = Annotated[Engine, typer.Option(help="streamOptimized writer.")]
+VerifyOpt = Annotated[bool, typer.Option(help="qemu-img compare each output with the source.")]
+CloudOpt = Annotated[Optional[list[str]], typer.Option(
+    "--cloud", help="Cloud in clouds.yaml (repeatable; default $OS_CLOUD or OS_* variables).")]
+InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Do not verify TLS certificates.")]
+CacertOpt = Annotated[Optional[str], typer.Option("--os-cacert", help="CA bundle for TLS.")]
+PropertyOpt = Annotated[Optional[list[str]], typer.Option("--property", help="Extra property k=v (repeatable).")]
+ProfilePropertyOpt = Annotated[Optional[list[str]], typer.Option(
+    "--profile-property", help="Property for one profile's image only: PROFILE:k=v (repeatable).")]
+TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", help="Image tag (repeatable).")]
+VisibilityOpt = Annotated[Visibility, typer.Option(help="Image visibility.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Upload even if an identical image is active.")]
+RetriesOpt = Annotated[int, typer.Option("--retries", min=1, help="Attempts per request/upload.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds without progress before a request is retried.")]
+ShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", help="I/N: part I (0-based) of N; default $JOB_COMPLETION_INDEX/$JOB_COMPLETIONS.")]
+CacheDirOpt = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", envvar="IMGPIPE_CACHE_DIR", help="Downloads, locks, conversions (default ~/.cache/imgpipe).")]
+MetricsOpt = Annotated[Optional[Path], typer.Option("--metrics-file", help="Write Prometheus textfile metrics.")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write the JSON report to this file.")]
+
+
