@@ -39,12 +39,13 @@ def test_shared_outputs_convert_once(all_outputs: dict[str, Path]) -> None:
     assert all_outputs["kvm"] == all_outputs["qemu"] == all_outputs["ironic"]
     assert all_outputs["lxc"] == all_outputs["uml"]
     assert all_outputs["vmware"] != all_outputs["vmware-sparse"]
-    assert len(set(all_outputs.values())) == 7
+    assert all_outputs["kvm-raw"] != all_outputs["lxc"]  # whole disk vs root filesystem, both raw
+    assert len(set(all_outputs.values())) == 8
     assert not [p for p in all_outputs["kvm"].parent.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize(("profile", "fmt"), [
-    ("kvm", "qcow2"), ("vmware", "vmdk"), ("vmware-sparse", "vmdk"), ("hyperv", "vhdx"),
+    ("kvm", "qcow2"), ("kvm-raw", "raw"), ("vmware", "vmdk"), ("vmware-sparse", "vmdk"), ("hyperv", "vhdx"),
     ("hyperv-gen1", "vpc"),
 ])
 def test_whole_disk_outputs_identical(all_outputs: dict[str, Path], sample_qcow2: Path,

@@ -123,3 +123,10 @@ def test_select_all_excludes_docker_and_rejects_unknown() -> None:
 def test_yaml_booleans_become_glance_strings(tmp_path: Path) -> None:
     data = _edit(VMWARE, "properties.hw_qemu_guest_agent", True)
     assert profiles.load_file(_write(tmp_path, "p", data)).properties["hw_qemu_guest_agent"] == "true"
+
+
+def test_kvm_raw_is_raw_for_ceph_rbd() -> None:
+    raw = profiles.load_all()["kvm-raw"]
+    assert (raw.disk_format, raw.container_format, raw.output.format) == ("raw", "bare", "raw")
+    assert raw.properties == {"hypervisor_type": "kvm"}
+    assert "RBD" in raw.description
