@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import resource
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from imgpipe import retry
 from imgpipe.errors import ToolMissingError
@@ -17,7 +20,8 @@ from imgpipe.errors import ToolMissingError
 LOG = logging.getLogger("imgpipe.run")
 
 # Debian package that provides each external tool, for the "not installed" message.
-PACKAGES = {"qemu-img": "qemu-utils", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs"}
+PACKAGES = {"qemu-img": "qemu-utils", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "xz": "xz-utils",
+            "zstd": "zstd", "lbzip2": "lbzip2", "bzip2": "bzip2"}
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
@@ -75,6 +79,29 @@ def run(
     require(argv[0])
     return retry.command(argv[0], lambda: _run_once(argv, limits, ok_codes, on_progress),
                          lambda exc: exc.result.stderr if isinstance(exc, CommandFailed) else "")
+
+
+@contextlib.contextmanager
+def stream(argv: Sequence[str]) -> Iterator[IO[bytes]]:
+    """Run argv with its stdout as a pipe the caller reads (a decompressor feeding a bounded copy).
+
+    Not retried: the caller has consumed the output. If the caller stops early (an error, a
+    limit), the command is killed; otherwise a non-zero exit raises CommandFailed.
+    """
+    require(argv[0])
+    LOG.info("run: %s", shlex.join(argv))
+    with tempfile.TemporaryFile() as stderr, subprocess.Popen(
+            list(argv), stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout
+        except BaseException:
+            proc.kill()
+            raise
+        returncode = proc.wait()
+        if returncode != 0:
+            stderr.seek(0)
+            raise CommandFailed(Result(tuple(argv), returncode, "", stderr.read().decode(errors="replace")))
 
 
 def _run_once(

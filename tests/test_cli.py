@@ -71,7 +71,7 @@ def _missing(tmp: Path, sample: Path) -> Path:
 BAD: list[tuple[Callable[[Path, Path], Path], type[errors.ImgpipeError], str, list[str]]] = [
     (_missing, errors.SourceError, "no such file", []),
     (_text, errors.UnsafeImageError, "not a disk image", []),
-    (_gzip, errors.UnsafeImageError, "gzip-compressed file; decompress it first", []),
+    (_gzip, errors.UnsafeImageError, "truncated or corrupt qcow2", []),  # decompressed, then inspected
     (_backing, errors.UnsafeImageError, "backing file", []),
     (_data_file, errors.UnsafeImageError, "unsafe qcow2: Image has data_file set", []),
     (_flat_vmdk, errors.UnsafeImageError, "unsafe vmdk: Unsupported subformat", []),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from imgpipe import locks, settings
-from imgpipe.catalog import rotation
+from imgpipe.catalog import rotation, unpacked
 from imgpipe.catalog import download as sources
 from imgpipe.catalog.plan import Connect, Shard, Survey, Unit, look, plan, scope, survey
 from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image
@@ -130,6 +130,7 @@ def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOpt
     uploaded = 0
     try:
         source = sources.fetch(unit.version, sha, opts.cache_dir, opts.limits)
+        source = unpacked.disk_of(source, sha, opts.cache_dir, convert.max_virtual_size)
     except ImgpipeError as exc:
         return [replace(a, action="failed") for a in creates], [], 0, [f"{unit.key}: {exc}"]
     discards = [a for a in actions if a.action == "discard"]

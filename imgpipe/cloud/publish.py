@@ -20,6 +20,8 @@ from imgpipe.conversion.convert import Options, Output, conversion_groups, conve
 from imgpipe.errors import ImgpipeError
 from imgpipe.hashing import sha256_file
 from imgpipe.profiles import Profile
+from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
+from imgpipe.source.unpack import named_as, unpack
 from imgpipe.cloud.upload import UploadRequest, UploadResult, find_unchanged, upload
 
 LOG = logging.getLogger("imgpipe.cloud.publish")
@@ -64,9 +66,11 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
             report.results += [u for u in unchanged if u is not None]
         else:
             todo.append(profile)
-    info = source_info(req.source, todo, opts) if todo else None  # inspected once, not per group
     with tempfile.TemporaryDirectory(prefix="imgpipe-publish-", dir=opts.out_dir) as work, \
             ThreadPoolExecutor(max_workers=max(1, len(clouds)) * 2) as pool:
+        disk = _unpacked(req.source, todo, Path(work), opts)
+        with named_as(req.source, disk):
+            info = source_info(disk, todo, opts) if todo else None  # inspected once, not per group
         futures: list[tuple[str, Future[UploadResult]]] = []
         group_opts = replace(opts, out_dir=Path(work), out_file=None)
         for group in conversion_groups(todo):
@@ -89,6 +93,14 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
             except ImgpipeError as exc:
                 report.failures.append(f"{label}: {exc}")
     return report
+
+
+def _unpacked(src: Path, todo: list[Profile], work: Path, opts: Options) -> Path:
+    """A compressed or OVA source's disk, unpacked once into the run's work dir (docker: as is)."""
+    if not todo or any(p.package == "docker-archive" for p in todo):
+        return src
+    (work / "source").mkdir()
+    return unpack(src, work / "source", opts.max_virtual_size or DEFAULT_MAX_VIRTUAL_SIZE)
 
 
 def _unchanged(cloud: Cloud, name: str, profile: str, sha: str,

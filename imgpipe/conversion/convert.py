@@ -22,7 +22,9 @@ from imgpipe.conversion import packaging
 from imgpipe.source import partitions
 from imgpipe import qemu
 from imgpipe.errors import ConversionError, FormatMismatchError, NoSpaceError, ProfileError, UnsafeImageError
-from imgpipe.source.inspect import QEMU_DRIVER, ImageInfo, detect_format, inspect_image, open_source
+from imgpipe.source.inspect import (DEFAULT_MAX_VIRTUAL_SIZE, QEMU_DRIVER, ImageInfo, detect_format, inspect_image,
+                                   open_source)
+from imgpipe.source.unpack import unpacked
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
 from imgpipe.conversion.vmdk_stream import write_stream_optimized
@@ -79,11 +81,19 @@ class _Base:
 
 def convert_source(src: Path, profiles: list[Profile], opts: Options,
                    progress: Progress | None = None) -> list[Output]:
-    """Entry point: validates a docker archive, or inspects and converts a disk image."""
-    info = source_info(src, profiles, opts)
-    if info is None:
+    """Entry point: validates a docker archive, or unpacks (compressed, OVA), inspects and converts
+    a disk image; the unpacked copy lives beside the outputs only while it is converted."""
+    if any(p.package == "docker-archive" for p in profiles):
+        source_info(src, profiles, opts)  # a docker archive, or ProfileError for a mix
         return [docker_output(src, profiles)]
-    return convert_image(info, profiles, opts, progress)
+    open_source(src)
+    if opts.out_file and opts.out_file.resolve() == src.resolve():
+        raise ProfileError(f"{src}: output would overwrite the source")
+    work = opts.out_file.parent if opts.out_file else opts.out_dir
+    with unpacked(src, work, opts.max_virtual_size or DEFAULT_MAX_VIRTUAL_SIZE) as disk:
+        info = source_info(disk, profiles, opts)
+        assert info is not None
+        return convert_image(info, profiles, opts, progress)
 
 
 def source_info(src: Path, profiles: list[Profile], opts: Options) -> ImageInfo | None:

@@ -33,12 +33,13 @@ QEMU_DRIVER = {"raw": "raw", "gpt": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vh
 CLAIM_ALIASES = {"vpc": "vpc", "vhd": "vpc", "img": "raw", **QEMU_DRIVER}
 CHECKABLE = {"qcow2", "vmdk", "vhdx", "vdi"}
 ARCHIVE_MAGIC = [
-    (0, b"\x1f\x8b", "a gzip-compressed file; decompress it first"),
-    (0, b"\xfd7zXZ\x00", "an xz-compressed file; decompress it first"),
-    (0, b"BZh", "a bzip2-compressed file; decompress it first"),
-    (0, b"\x28\xb5\x2f\xfd", "a zstd-compressed file; decompress it first"),
+    # convert and publish unpack compressed files and OVAs (source/unpack.py) before inspecting
+    (0, b"\x1f\x8b", "a gzip-compressed file (convert and publish decompress it)"),
+    (0, b"\xfd7zXZ\x00", "an xz-compressed file (convert and publish decompress it)"),
+    (0, b"BZh", "a bzip2-compressed file (convert and publish decompress it)"),
+    (0, b"\x28\xb5\x2f\xfd", "a zstd-compressed file (convert and publish decompress it)"),
     (0, b"PK\x03\x04", "a zip archive; extract the disk image first"),
-    (257, b"ustar", "a tar archive (only the docker profile takes one)"),
+    (257, b"ustar", "a tar archive (only OVA sources and the docker profile take one)"),
 ]
 
 
