@@ -29,7 +29,7 @@ ENV_DIRS = "IMGPIPE_PROFILES_DIR"
 
 QemuFormat = Literal["raw", "qcow2", "vmdk", "vpc", "vhdx"]
 DiskFormat = Literal["raw", "qcow2", "vmdk", "vhd", "vhdx"]
-ContainerFormat = Literal["bare", "ovf", "docker"]
+ContainerFormat = Literal["bare", "ovf", "ova", "docker"]
 
 # Glance's disk_format for each qemu-img output format.
 GLANCE_FORMAT: dict[str, str] = {
@@ -99,7 +99,7 @@ class Profile(BaseModel):
     container_format: ContainerFormat = "bare"
     output: QemuOutput | None = None
     extract: Literal["root-partition"] | None = None
-    package: Literal["xen-ovf-tgz", "docker-archive"] | None = None
+    package: Literal["xen-ovf-tgz", "vmware-ova", "docker-archive"] | None = None
     properties: dict[str, str] = Field(default_factory=dict)
     warning: str | None = None
     source: Path | None = Field(default=None, exclude=True)
@@ -169,6 +169,11 @@ def _contradictions(p: Profile) -> Iterable[str]:
         yield "package: xen-ovf-tgz needs disk_format vhd and container_format ovf"
     if p.container_format == "ovf" and p.package != "xen-ovf-tgz":
         yield "container_format: ovf is only produced by package: xen-ovf-tgz"
+    if p.package == "vmware-ova" and ((p.disk_format, p.container_format) != ("vmdk", "ova")
+                                      or p.output.options.get("subformat") != "streamOptimized"):
+        yield "package: vmware-ova needs disk_format vmdk, container_format ova and a streamOptimized vmdk"
+    if p.container_format == "ova" and p.package != "vmware-ova":
+        yield "container_format: ova is only produced by package: vmware-ova"
     if p.extract and p.output.format != "raw" and p.output.format != "qcow2":
         yield "extract: a root-partition filesystem image must be raw or qcow2"
     opts = p.output.options

@@ -40,7 +40,7 @@ def test_shared_outputs_convert_once(all_outputs: dict[str, Path]) -> None:
     assert all_outputs["lxc"] == all_outputs["uml"]
     assert all_outputs["vmware"] != all_outputs["vmware-sparse"]
     assert all_outputs["kvm-raw"] != all_outputs["lxc"]  # whole disk vs root filesystem, both raw
-    assert len(set(all_outputs.values())) == 8
+    assert len(set(all_outputs.values())) == 9
     assert not [p for p in all_outputs["kvm"].parent.iterdir() if p.name.startswith(".")]
 
 

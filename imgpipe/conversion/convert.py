@@ -18,7 +18,7 @@ from typing import Any
 from oslo_utils.imageutils import format_inspector
 
 from imgpipe.conversion import atomic
-from imgpipe.conversion import packaging
+from imgpipe.conversion import ova, packaging
 from imgpipe.source import partitions
 from imgpipe import qemu
 from imgpipe.errors import ConversionError, FormatMismatchError, NoSpaceError, ProfileError, UnsafeImageError
@@ -31,6 +31,7 @@ from imgpipe.conversion.vmdk_stream import write_stream_optimized
 
 Progress = Callable[[str, float], None]
 EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
+PACKAGE_EXTENSION = {"xen-ovf-tgz": "vhd.tgz", "vmware-ova": "ova"}
 SOURCE_SUFFIXES = {".qcow2", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".vdi", ".tar"}
 SPACE_MARGIN = 64 << 20
 
@@ -124,6 +125,8 @@ def converted_size(path: Path, profile: Profile) -> int:
         return docker_output(path, [profile]).virtual_size
     if profile.package == "xen-ovf-tgz":
         return packaging.xen_virtual_size(path)
+    if profile.package == "vmware-ova":
+        return ova.virtual_size(path)
     info = inspect_image(path)
     assert profile.output is not None
     if info.format != profile.output.format:
@@ -199,7 +202,7 @@ def _file_name(stem: str, profile: Profile, taken: set[str]) -> str:
         parts.append(profile.output.options.get("subformat", "monolithicSparse"))
     if profile.output.compress:
         parts.append("compressed")
-    ext = EXTENSION[profile.output.format] + (".tgz" if profile.package else "")
+    ext = PACKAGE_EXTENSION.get(profile.package or "") or EXTENSION[profile.output.format]
     name = f"{'-'.join(parts)}.{ext}"
     if name in taken:
         name = f"{stem}-{profile.name}.{ext}"
@@ -262,7 +265,9 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
     scratch.append(tmp)
     label = first.path.name
     report = (lambda pct: progress(label, pct)) if progress else None
-    engine = _convert_one(base.window, tmp, first.path.name, profile, opts, report, scratch)
+    # The vmdk's descriptor names its file: inside an OVA that is the member, not the .ova.
+    disk_name = ova.member_names(first.path)[1] if base.outputs[0][0].package == "vmware-ova" else first.path.name
+    engine = _convert_one(base.window, tmp, disk_name, profile, opts, report, scratch)
     _reinspect(tmp, profile.output.format, first.virtual_size, label)
     verified = False
     if opts.verify:
@@ -274,6 +279,11 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
             pairs.append((tgz, out.path))
             with tgz.open("wb") as f:
                 packaging.write_xen_tgz(tmp, f)
+        elif p.package == "vmware-ova":
+            packed = atomic.temp_beside(out.path)
+            pairs.append((packed, out.path))
+            with packed.open("wb") as f:
+                ova.write_ova(tmp, f, out.path, out.virtual_size, p)
         else:
             scratch.remove(tmp)
             pairs.append((tmp, out.path))

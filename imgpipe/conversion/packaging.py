@@ -45,8 +45,9 @@ def docker_repo_tag(path: Path) -> str:
     """Validate a `docker save` archive and return its first repo:tag (the Glance image name)."""
     try:
         with tarfile.open(path, mode="r:*") as tar:
-            names = set(tar.getnames())
-            manifest = _read_json(tar, "manifest.json", path)
+            # `tar -C dir .` writes ./manifest.json: the same archive as far as docker load goes
+            members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+            manifest = _read_json(tar, members.get("manifest.json"), "manifest.json", path)
     except (tarfile.TarError, OSError) as exc:
         raise UnsafeImageError(f"{path}: not a docker save archive: {exc}") from exc
     if not isinstance(manifest, list) or not manifest:
@@ -55,7 +56,7 @@ def docker_repo_tag(path: Path) -> str:
     for entry in manifest:
         if not isinstance(entry, dict) or not isinstance(entry.get("Layers"), list):
             raise UnsafeImageError(f"{path}: manifest.json entry without Layers")
-        missing = [m for m in [entry.get("Config"), *entry["Layers"]] if m not in names]
+        missing = [m for m in [entry.get("Config"), *entry["Layers"]] if m not in members]
         if missing:
             raise UnsafeImageError(f"{path}: manifest.json names missing member {missing[0]}")
         tags += entry.get("RepoTags") or []
@@ -64,14 +65,11 @@ def docker_repo_tag(path: Path) -> str:
     return str(tags[0])
 
 
-def _read_json(tar: tarfile.TarFile, member: str, path: Path) -> Any:
-    try:
-        f = tar.extractfile(member)
-    except KeyError:
-        f = None
+def _read_json(tar: tarfile.TarFile, member: tarfile.TarInfo | None, name: str, path: Path) -> Any:
+    f = tar.extractfile(member) if member is not None else None
     if f is None:
-        raise UnsafeImageError(f"{path}: not a docker save archive: no {member}")
+        raise UnsafeImageError(f"{path}: not a docker save archive: no {name}")
     try:
         return json.load(f)
     except ValueError as exc:
-        raise UnsafeImageError(f"{path}: {member} is not valid JSON") from exc
+        raise UnsafeImageError(f"{path}: {name} is not valid JSON") from exc

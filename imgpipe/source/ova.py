@@ -88,11 +88,7 @@ def extract_disk(src: Path, dest: Path, limit: int) -> Descriptor:
     try:
         with tarfile.open(src, mode="r:") as tar:
             members = {_plain(m.name): m for m in tar.getmembers()}
-            ovf = next((m for m in tar.getmembers() if _plain(m.name).lower().endswith(".ovf")), None)
-            if ovf is None:
-                raise UnsafeImageError(f"{src}: OVA has no .ovf descriptor")
-            text = _member_bytes(tar, ovf, src, MAX_DESCRIPTOR)
-            desc = read_descriptor(_plain(ovf.name), text, src)
+            desc, text = _descriptor_of(tar, src)
             disk = members.get(desc.disk_href)
             if disk is None or not disk.isfile():
                 raise UnsafeImageError(f"{src}: OVA has no regular file {desc.disk_href} (named by {desc.ovf_name})")
@@ -117,6 +113,23 @@ def extract_disk(src: Path, dest: Path, limit: int) -> Descriptor:
         dest.unlink(missing_ok=True)
         raise
     return desc
+
+
+def read_ova_descriptor(src: Path) -> Descriptor:
+    """The descriptor of an OVA file, without reading its disk."""
+    try:
+        with tarfile.open(src, mode="r:") as tar:
+            return _descriptor_of(tar, src)[0]
+    except (tarfile.TarError, OSError) as exc:
+        raise UnsafeImageError(f"{src}: not a readable OVA: {exc}") from exc
+
+
+def _descriptor_of(tar: tarfile.TarFile, src: Path) -> tuple[Descriptor, bytes]:
+    ovf = next((m for m in tar.getmembers() if _plain(m.name).lower().endswith(".ovf")), None)
+    if ovf is None:
+        raise UnsafeImageError(f"{src}: OVA has no .ovf descriptor")
+    text = _member_bytes(tar, ovf, src, MAX_DESCRIPTOR)
+    return read_descriptor(_plain(ovf.name), text, src), text
 
 
 def _plain(name: str) -> str:
