@@ -9,6 +9,7 @@ a bare ``python3`` and tests can import it from its path.
 CLI::
 
     python3 scripts/localcloud.py start [--keystone] [--port P] [--state-dir DIR] [--name NAME]
+        [--store NAME ...] [--web-download-port P] [--convert-to raw|qcow2|vmdk]
     python3 scripts/localcloud.py stop|kill|status [--state-dir DIR]
 
 Python API (for tests)::
@@ -461,17 +462,30 @@ def _mark_initialized(component_dir: Path) -> None:
 # --------------------------------------------------------------------------
 
 def _glance_conf(state_dir: Path, port: int, keystone_url: str | None,
-                 passwords: dict[str, str]) -> dict[str, dict[str, str]]:
+                 passwords: dict[str, str], features: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """features: stores (file store names, first = default), web_download_port (a loopback
+    port web-download may fetch from), convert_to (image_conversion plugin output format)."""
     base = _workdir(state_dir, "glance")
+    stores = features.get("stores") or ["fs"]
     conf = {
-        "DEFAULT": {"enabled_backends": "fs:file",
+        "DEFAULT": {"enabled_backends": ", ".join(f"{s}:file" for s in stores),
+                    "enabled_import_methods": "[glance-direct,copy-image,web-download]",
                     "worker_self_reference_url": _url(port)},
         "database": {"connection": f"sqlite:///{base / 'glance.sqlite'}"},
-        "glance_store": {"default_backend": "fs"},
-        "fs": {"filesystem_store_datadir": str(base / "images")},
+        "glance_store": {"default_backend": stores[0]},
+        **{s: {"filesystem_store_datadir": str(base / ("images" if s == "fs" else f"images-{s}"))}
+           for s in stores},
         "os_glance_staging_store": {"filesystem_store_datadir": str(base / "staging")},
         "os_glance_tasks_store": {"filesystem_store_datadir": str(base / "tasks")},
     }
+    if features.get("web_download_port"):
+        # Glance refuses loopback and ports other than 80/443 for web-download by default.
+        conf["import_filtering_opts"] = {"allowed_schemes": "[http]",
+                                         "allowed_hosts": "[127.0.0.1]",
+                                         "allowed_ports": f"[{features['web_download_port']}]"}
+    if features.get("convert_to"):
+        conf["image_import_opts"] = {"image_import_plugins": "['image_conversion']"}
+        conf["image_conversion"] = {"output_format": features["convert_to"]}
     if keystone_url is None:
         conf["oslo_policy"] = {"policy_file": str(base / "etc" / NOAUTH_POLICY)}
     else:
@@ -488,7 +502,7 @@ def _glance_conf(state_dir: Path, port: int, keystone_url: str | None,
 
 
 def _prepare_glance(venv: Path, state_dir: Path, port: int, keystone_url: str | None,
-                    passwords: dict[str, str]) -> dict[str, str]:
+                    passwords: dict[str, str], features: dict[str, Any]) -> dict[str, str]:
     """Write Glance's config (every start: port or mode may change), db_sync
     once; return the server's environment."""
     base = _workdir(state_dir, "glance")
@@ -496,7 +510,7 @@ def _prepare_glance(venv: Path, state_dir: Path, port: int, keystone_url: str | 
     for sub in ("etc", "images", "staging", "tasks"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     conf = etc / "glance-api.conf"
-    _write_private(conf, _ini(_glance_conf(state_dir, port, keystone_url, passwords)))
+    _write_private(conf, _ini(_glance_conf(state_dir, port, keystone_url, passwords, features)))
     # glance finds the paste ini next to glance-api.conf; the venv ships one
     # with the noauth ("default") and "keystone" pipelines.
     shutil.copyfile(venv / "etc" / "glance" / "glance-api-paste.ini",
@@ -735,9 +749,12 @@ def _new_record(previous: dict[str, Any] | None, port: int | None, keystone: boo
 
 
 def start(state_dir: Path = DEFAULT_STATE_DIR, port: int | None = None,
-          keystone: bool = False, name: str = DEFAULT_NAME) -> LocalCloud:
+          keystone: bool = False, name: str = DEFAULT_NAME, stores: tuple[str, ...] = (),
+          web_download_port: int | None = None, convert_to: str | None = None) -> LocalCloud:
     """Start the instance in state_dir (or just report it if it already runs)
-    and return where it answers."""
+    and return where it answers. stores: several file stores (the first is the default);
+    web_download_port: let web-download fetch from 127.0.0.1:PORT; convert_to: turn the
+    image_conversion import plugin on with this output format."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(state_dir / ".lock"):
@@ -747,7 +764,10 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, port: int | None = None,
             return _describe(state_dir, record)
         if record:
             stop(state_dir)  # a half-dead instance (one server gone) restarts whole
-        return _boot(state_dir, _new_record(record, port, keystone, name))
+        fresh = _new_record(record, port, keystone, name)
+        fresh["features"] = {"stores": list(stores), "web_download_port": web_download_port,
+                             "convert_to": convert_to}
+        return _boot(state_dir, fresh)
 
 
 def _boot(state_dir: Path, record: dict[str, Any]) -> LocalCloud:
@@ -761,7 +781,8 @@ def _boot(state_dir: Path, record: dict[str, Any]) -> LocalCloud:
     keystone_url = _url(record["keystone_port"]) if record["keystone"] else None
     servers = [_Server("glance", "glance.wsgi.api:application", record["glance_port"], 8,
                        glance_url, _prepare_glance(venv, state_dir, record["glance_port"],
-                                                   keystone_url, passwords))]
+                                                   keystone_url, passwords,
+                                                   record.get("features", {})))]
     if keystone_url:
         servers.append(_Server("keystone", "keystone.wsgi.api:application",
                                record["keystone_port"], 4, f"{keystone_url}/v3",
@@ -831,6 +852,12 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--port", type=int, help="Glance port (default: a free one)")
             sub.add_argument("--name", default=DEFAULT_NAME,
                              help=f"cloud name in clouds.yaml (default: {DEFAULT_NAME})")
+            sub.add_argument("--store", action="append", default=[],
+                             help="file store name (repeatable; the first is the default)")
+            sub.add_argument("--web-download-port", type=int,
+                             help="allow web-download from http://127.0.0.1:PORT")
+            sub.add_argument("--convert-to", choices=("raw", "qcow2", "vmdk"),
+                             help="enable the image_conversion import plugin")
     return parser
 
 
@@ -838,7 +865,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "start":
-            print(start(args.state_dir, args.port, args.keystone, args.name).summary())
+            print(start(args.state_dir, args.port, args.keystone, args.name, tuple(args.store),
+                        args.web_download_port, args.convert_to).summary())
         elif args.command == "stop":
             stop(args.state_dir)
         elif args.command == "kill":
