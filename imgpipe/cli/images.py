@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,6 +14,7 @@ from imgpipe.cli.options import (MAX_VIRTUAL_SIZE, Engine, EngineOpt, JsonOpt, M
                                  SourceFormatOpt, VerifyOpt)
 from imgpipe.conversion.convert import Options, convert_source
 from imgpipe.source.inspect import inspect_image
+from imgpipe.source.unpack import unpacked
 
 profiles_app = typer.Typer(no_args_is_help=True, help="List, show and validate target profiles.")
 app.add_typer(profiles_app, name="profiles")
@@ -83,7 +85,10 @@ def inspect_cmd(
 ) -> None:
     """Detect the format from content, sizes, partition table and the safety verdict."""
     STATE.json = as_json
-    info = inspect_image(src, source_format, _size(max_virtual_size))
+    limit = _size(max_virtual_size)
+    with unpacked(src, Path(tempfile.gettempdir()), limit) as disk:  # a compressed file or OVA: its disk
+        info = inspect_image(disk, source_format, limit)
+    info.path = src
     data = info.to_dict()
     if as_json:
         render.emit_json(data)
