@@ -71,3 +71,8 @@ class LockedError(ImgpipeError):
 
 class PartialFailure(ImgpipeError):
     """Some items of a multi-item run failed; the report says which."""
+
+
+class ImportFailedError(UploadError):
+    """Glance's interoperable import (glance-direct, web-download, copy-image) failed or
+    changed the image (a conversion plugin); the image was deleted."""

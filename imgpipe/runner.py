@@ -153,3 +153,21 @@ def _run_with_progress(
         stderr = proc.stderr.read()
         proc.wait()
     return b"", stderr, proc
+
+
+@contextlib.contextmanager
+def spawn(argv: Sequence[str], *, output: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a long-running command (a guest under qemu) the caller watches and ends.
+
+    stdout and stderr go to `output`. Whatever way the block is left (done, timeout, Ctrl-C),
+    the command is killed and reaped: no process outlives the caller.
+    """
+    require(argv[0])
+    LOG.info("run: %s", shlex.join(argv))
+    with subprocess.Popen(list(argv), stdout=output, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL) as proc:
+        try:
+            yield proc
+        finally:
+            proc.kill()
+            proc.wait()

@@ -65,7 +65,6 @@ import json
 import os
 import pwd
 import secrets
-import shutil
 import sqlite3
 import signal
 import socket
@@ -88,6 +87,15 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 SERVICES = ("glance", "keystone")
 NOAUTH_POLICY = "noauth-policy.yaml"
+# Import tasks need an owner (tasks.owner is NOT NULL) and Glance's noauth context has no
+# project: import-enabled noauth clouds use this context instead (a module in etc/).
+OWNED_NOAUTH = (
+    "from glance.api.middleware.context import UnauthenticatedContextMiddleware\n"
+    "import glance.context\n\n\n"
+    "class OwnedContext(UnauthenticatedContextMiddleware):\n"
+    "    def process_request(self, req):\n"
+    "        req.context = glance.context.RequestContext(\n"
+    "            user_id='noauth', project_id='noauth', roles=['admin'], is_admin=True)\n")
 
 
 class LocalCloudError(RuntimeError):
@@ -513,8 +521,15 @@ def _prepare_glance(venv: Path, state_dir: Path, port: int, keystone_url: str | 
     _write_private(conf, _ini(_glance_conf(state_dir, port, keystone_url, passwords, features)))
     # glance finds the paste ini next to glance-api.conf; the venv ships one
     # with the noauth ("default") and "keystone" pipelines.
-    shutil.copyfile(venv / "etc" / "glance" / "glance-api-paste.ini",
-                    etc / "glance-api-paste.ini")
+    paste = (venv / "etc" / "glance" / "glance-api-paste.ini").read_text()
+    env = {"OS_GLANCE_CONFIG_DIR": str(etc)}
+    if keystone_url is None and any(features.values()):
+        (etc / "owned_noauth.py").write_text(OWNED_NOAUTH)
+        paste = paste.replace("[filter:unauthenticated-context]\n",
+                              "[filter:unauthenticated-context]\n"
+                              "paste.filter_factory = owned_noauth:OwnedContext.factory\n#", 1)
+        env["PYTHONPATH"] = str(etc)
+    (etc / "glance-api-paste.ini").write_text(paste)
     if keystone_url is None:
         # The default pipeline's unauthenticated context has is_admin=True
         # but no roles, and Glance 33's policies ask for role:admin (is_admin
@@ -529,7 +544,7 @@ def _prepare_glance(venv: Path, state_dir: Path, port: int, keystone_url: str | 
     # 500s in the rollback-journal mode; WAL lets readers and one writer overlap.
     with sqlite3.connect(base / "glance.sqlite") as db:
         db.execute("PRAGMA journal_mode=WAL")
-    return {"OS_GLANCE_CONFIG_DIR": str(etc)}
+    return env
 
 
 # --------------------------------------------------------------------------

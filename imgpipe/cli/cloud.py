@@ -14,6 +14,7 @@ from imgpipe.cli.options import (CacertOpt, CloudOpt, Engine, EngineOpt, ForceOp
                                  ProfileOpt, ProfilePropertyOpt, PropertyOpt, RetriesOpt, TagOpt, TimeoutOpt,
                                  VerifyOpt, Visibility, VisibilityOpt)
 from imgpipe.conversion.convert import Options, converted_size
+from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from imgpipe.cloud import clouds
@@ -128,16 +129,21 @@ def publish_cmd(
     timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
     insecure: InsecureOpt = False,
     os_cacert: CacertOpt = None,
+    boot: Annotated[bool, typer.Option("--boot-check", help="Boot each output under QEMU first; upload "
+                                                            "nothing of one that does not boot.")] = False,
+    boot_expect: Annotated[str, typer.Option(help="With --boot-check: regex on the serial console.")] = DEFAULT_EXPECT,
+    boot_timeout: Annotated[float, typer.Option(min=1, help="With --boot-check: seconds per boot.")] = DEFAULT_TIMEOUT,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert SRC for each profile and publish every output to every cloud."""
     STATE.json = as_json
     selected = profiles.select(profile, profiles.load_all(STATE.profile_dirs))
     _warn(selected)
-    from imgpipe.cloud.publish import PublishRequest, publish
+    from imgpipe.cloud.publish import BootCheck, PublishRequest, publish
 
+    checks = BootCheck(work_dir or Path(tempfile.gettempdir()), boot_expect, boot_timeout) if boot else None
     req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility.value, force,
-                         profile_properties=_profile_properties(profile_prop, selected))
+                         profile_properties=_profile_properties(profile_prop, selected), boot_check=checks)
     targets = _connect(cloud, insecure, os_cacert, timeout)
     limits = _limits(retries)
     opts = Options(out_dir=work_dir or Path(tempfile.gettempdir()), verify=verify, engine=engine.value)

@@ -8,7 +8,8 @@ messages that never contain a secret.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from keystoneauth1 import adapter
 from keystoneauth1 import exceptions as ksa_exc
@@ -28,6 +29,11 @@ class Cloud:
     session: ksa_session.Session
     image: adapter.Adapter
     endpoint: str
+    # openstacksdk's per-cloud image hints from clouds.yaml / vendor profiles.
+    hints: dict[str, Any] = field(default_factory=dict)
+
+
+HINT_KEYS = ("image_format", "image_api_use_tasks")
 
 
 def connect(name: str | None = None, *, insecure: bool = False, cacert: str | None = None,
@@ -49,7 +55,8 @@ def connect(name: str | None = None, *, insecure: bool = False, cacert: str | No
     endpoint = _image_endpoint(label, region, session)
     image = adapter.Adapter(session, service_type="image", endpoint_override=endpoint,
                             connect_retries=0, status_code_retries=0)
-    return Cloud(cloud_name or "envvars", session, image, endpoint)
+    hints = {k: region.config[k] for k in HINT_KEYS if region.config.get(k) is not None}
+    return Cloud(cloud_name or "envvars", session, image, endpoint, hints)
 
 
 def _image_endpoint(label: str, region: os_config.cloud_region.CloudRegion,

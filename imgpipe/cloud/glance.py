@@ -120,8 +120,22 @@ def image_action(cloud: Cloud, image_id: str, action: str) -> None:
             ok=(204,))
 
 
-def put_data(cloud: Cloud, image_id: str, body: Any, disk_format: str) -> None:
-    """PUT the bytes with Content-Length; a 415 means Glance's inspector refused the content."""
-    request(cloud, "PUT", f"/v2/images/{image_id}/file", f"upload image {image_id}", ok=(204,),
-            data=body, headers={"Content-Type": "application/octet-stream"},
-            explain={415: f"Glance says the content is not a valid {disk_format}"})
+def put_data(cloud: Cloud, image_id: str, body: Any, disk_format: str, store: str | None = None,
+             forbidden_ok: bool = False) -> bool:
+    """PUT the bytes with Content-Length; a 415 means Glance's inspector refused the content.
+
+    Returns False for a 403 when forbidden_ok (a policy that allows import only).
+    """
+    headers = {"Content-Type": "application/octet-stream"}
+    if store:
+        headers["X-Image-Meta-Store"] = store
+    resp = request(cloud, "PUT", f"/v2/images/{image_id}/file", f"upload image {image_id}",
+                   ok=(204, 403) if forbidden_ok else (204,), data=body, headers=headers,
+                   explain={415: f"Glance says the content is not a valid {disk_format}"})
+    return resp.status_code == 204
+
+
+def stage_data(cloud: Cloud, image_id: str, body: Any) -> None:
+    """PUT the bytes into the staging area, for a glance-direct import."""
+    request(cloud, "PUT", f"/v2/images/{image_id}/stage", f"stage image {image_id}", ok=(204,),
+            data=body, headers={"Content-Type": "application/octet-stream"})

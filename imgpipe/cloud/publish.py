@@ -18,6 +18,7 @@ from imgpipe import retry, settings
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.conversion.convert import Options, Output, conversion_groups, convert_image, docker_output, source_info
 from imgpipe.errors import ImgpipeError
+from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult, boot_check
 from imgpipe.hashing import sha256_file
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
@@ -40,11 +41,22 @@ class PublishRequest:
     force: bool = False
     source_sha256: str | None = None
     profile_properties: dict[str, dict[str, str]] = field(default_factory=dict)
+    boot_check: BootCheck | None = None
 
     def image_name(self, profile: Profile, out: Output | None = None) -> str:
         if out is not None and out.docker_name:
             return out.docker_name  # nova-docker/zun look images up by repo:tag
         return self.name_template.format(name=self.name, profile=profile.name)
+
+
+@dataclass(frozen=True)
+class BootCheck:
+    """publish --boot-check: boot each output as its profile before any of its uploads start."""
+
+    log_dir: Path
+    expect: str = DEFAULT_EXPECT
+    timeout: float = DEFAULT_TIMEOUT
+    parallel: int = 2  # TCG guests: one per core on the machines this runs on
 
 
 @dataclass
@@ -67,7 +79,8 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
         else:
             todo.append(profile)
     with tempfile.TemporaryDirectory(prefix="imgpipe-publish-", dir=opts.out_dir) as work, \
-            ThreadPoolExecutor(max_workers=max(1, len(clouds)) * 2) as pool:
+            ThreadPoolExecutor(max_workers=max(1, len(clouds)) * 2) as pool, \
+            ThreadPoolExecutor(max_workers=req.boot_check.parallel if req.boot_check else 1) as boots:
         disk = _unpacked(req.source, todo, Path(work), opts)
         with named_as(req.source, disk):
             info = source_info(disk, todo, opts) if todo else None  # inspected once, not per group
@@ -82,10 +95,11 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
                 continue
             for out in outputs:
                 for profile in (p for p in group if p.name in out.profiles):
+                    up = _request(req, profile, out, sha)
+                    booted = boots.submit(_boot, req.boot_check, up, profile) if req.boot_check else None
                     for cloud in clouds:
-                        up = _request(req, profile, out, sha)
                         label = f"{cloud.name}/{up.name}"
-                        futures.append((label, pool.submit(upload, cloud, up, limits,
+                        futures.append((label, pool.submit(_upload_booted, booted, cloud, up, limits,
                                                            _bytes_progress(progress, label, out.size))))
         for label, future in futures:
             try:
@@ -93,6 +107,23 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
             except ImgpipeError as exc:
                 report.failures.append(f"{label}: {exc}")
     return report
+
+
+def _boot(check: BootCheck, up: UploadRequest, profile: Profile) -> BootResult:
+    """Boot with exactly the properties the image will carry; the log outlives the work dir."""
+    log = check.log_dir / (up.name.replace("/", "_") + ".boot.log")
+    result = boot_check(up.path, profile, up.properties, expect=check.expect, timeout=check.timeout, log=log)
+    if result.skipped:
+        LOG.warning("%s: boot check skipped: %s", up.name, result.skipped)
+    return result
+
+
+def _upload_booted(booted: Future[BootResult] | None, cloud: Cloud, up: UploadRequest,
+                   limits: retry.RetryLimits, on_bytes: Callable[[int], None] | None) -> UploadResult:
+    """Nothing of an output that did not boot reaches any cloud (BootCheckError propagates)."""
+    if booted is not None:
+        booted.result()
+    return upload(cloud, up, limits, on_bytes)
 
 
 def _unpacked(src: Path, todo: list[Profile], work: Path, opts: Options) -> Path:

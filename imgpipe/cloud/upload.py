@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from imgpipe import __version__, retry
-from imgpipe.cloud import glance
+from imgpipe.cloud import glance, image_import
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.errors import GlanceRefusedError, UploadError
-from imgpipe.hashing import Digests, HashingBody
+from imgpipe.hashing import Digests
 from imgpipe.profiles import RESERVED
 
 LOG = logging.getLogger("imgpipe.cloud.upload")
@@ -57,6 +57,11 @@ class UploadRequest:
     tags: list[str] = field(default_factory=list)
     visibility: str | None = "private"
     force: bool = False
+    import_method: str = "auto"  # an image_import.ImportMethod value
+    stores: list[str] = field(default_factory=list)
+    all_stores: bool = False
+    allow_partial_stores: bool = False
+    source_url: str | None = None  # for web-download: Glance fetches this; path is our copy
 
     def anchor(self) -> dict[str, str]:
         return anchor(self.name, self.profile, self.source_sha256)
@@ -73,13 +78,14 @@ class UploadResult:
     name: str
     profile: str
     image_id: str
-    status: str  # "created" or "unchanged"
+    status: str  # "created", "unchanged", or "copied" (completed into missing stores)
     disk_format: str
     container_format: str
     size: int
     seconds: float = 0.0
     checksum: str = ""
     properties: dict[str, str] = field(default_factory=dict)
+    stores: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -91,11 +97,23 @@ def upload(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits = retry.D
     if not req.force:
         existing = find_unchanged(cloud, req.name, req.profile, req.source_sha256, limits)
         if existing:
-            return existing
+            return _complete_stores(cloud, req, existing, limits, started)
     run_id = uuid.uuid4().hex
     image, status = retry.call(f"cloud {cloud.name}: publish {req.name}",
                                lambda: _attempt(cloud, req, run_id, limits, on_bytes), limits)
     return _result(cloud, req.profile, image, status, started)
+
+
+def _complete_stores(cloud: Cloud, req: UploadRequest, existing: UploadResult,
+                     limits: retry.RetryLimits, started: float) -> UploadResult:
+    """An identical image missing some wanted store is copied there, not uploaded again."""
+    where = image_import.targets(cloud, req, limits)
+    if not where.stores:
+        return existing
+    image = retry.call(f"cloud {cloud.name}: get image {existing.image_id}",
+                       lambda: glance.get_image(cloud, existing.image_id), limits)
+    copied = image_import.copy_to(cloud, image, where, limits) if image else None
+    return _result(cloud, req.profile, copied, "copied", started) if copied else existing
 
 
 def find_unchanged(cloud: Cloud, name: str, profile: str, source_sha256: str,
@@ -116,7 +134,8 @@ def _result(cloud: Cloud, profile: str, image: dict[str, Any], status: str,
     props = {k: str(v) for k, v in image.items() if k not in RESERVED}
     return UploadResult(cloud.name, image["name"], profile, image["id"], status, image["disk_format"],
                         image["container_format"], int(image.get("size") or 0),
-                        time.monotonic() - started, image.get("checksum") or "", props)
+                        time.monotonic() - started, image.get("checksum") or "", props,
+                        [s for s in str(image.get("stores") or "").split(",") if s])
 
 
 def _find(cloud: Cloud, wanted: dict[str, str], limits: retry.RetryLimits,
@@ -139,14 +158,12 @@ def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryL
     assert image is not None
     done = False
     try:
-        body = HashingBody(req.path, on_bytes)
         with _heartbeat(cloud, image):
-            glance.put_data(cloud, image["id"], body, req.disk_format)
-        assert body.digests is not None
-        verified = _verify(cloud, image["id"], body.digests, req)
+            digests = image_import.fill(cloud, image["id"], req, limits, on_bytes)
+        verified = _verify(cloud, image["id"], digests, req)
         labelled = glance.update_properties(cloud, verified, {
-            "owner_specified.openstack.md5": body.digests.md5,
-            "owner_specified.openstack.sha256": body.digests.sha256,
+            "owner_specified.openstack.md5": digests.md5,
+            "owner_specified.openstack.sha256": digests.sha256,
             "owner_specified.openstack.object": f"images/{req.name}",
         })
         done = True
@@ -265,6 +282,8 @@ def _verify(cloud: Cloud, image_id: str, ours: Digests, req: UploadRequest) -> d
     problems = []
     if image.get("status") != glance.ACTIVE:
         problems.append(f"status {image.get('status')}")
+    if not problems and image_import.converted(cloud, image, req):
+        return image  # Glance's conversion holds other bytes than the ones sent
     if int(image.get("size") or -1) != ours.size:
         problems.append(f"size {image.get('size')} != {ours.size}")
     if image.get("checksum") and image["checksum"] != ours.md5:

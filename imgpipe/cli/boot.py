@@ -1,0 +1,52 @@
+"""boot-check: boot one converted file under QEMU the way its profile's hypervisor would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from imgpipe import errors, profiles, render
+from imgpipe.cli.base import STATE, app, handled
+from imgpipe.cli.cloud import _properties
+from imgpipe.cli.options import JsonOpt, PropertyOpt
+from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, boot_check
+from imgpipe.guest.qemu_system import Firmware
+
+ExpectOpt = Annotated[str, typer.Option("--expect", help="Regex on the serial console that means booted.")]
+BootTimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for --expect.")]
+
+
+@app.command("boot-check")
+@handled
+def boot_check_cmd(
+    file: Path,
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Profile the file was made for.")],
+    expect: ExpectOpt = DEFAULT_EXPECT,
+    timeout: BootTimeoutOpt = DEFAULT_TIMEOUT,
+    log: Annotated[Optional[Path], typer.Option("--log", help="Serial log (default FILE.boot.log).")] = None,
+    firmware: Annotated[Firmware, typer.Option(help="auto: from the properties (hw_firmware_type, "
+                                                    "hw_machine_type).")] = Firmware.auto,
+    prop: PropertyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Boot FILE read-only under QEMU with the firmware and disk controller its published
+    properties imply; pass when the serial console shows --expect within --timeout."""
+    STATE.json = as_json
+    chosen = profiles.select([profile], profiles.load_all(STATE.profile_dirs))[0]
+    try:
+        result = boot_check(file, chosen, {**chosen.properties, **_properties(prop)}, expect=expect,
+                            timeout=timeout, log=log, firmware=firmware)
+    except errors.BootCheckError as exc:
+        if not as_json:
+            render.err.print(exc.tail, highlight=False, markup=False)
+        raise
+    if as_json:
+        render.emit_json(result.to_dict())
+    elif result.skipped:
+        render.err.print(f"skipped: {file} ({chosen.name}) is {result.skipped}", highlight=False)
+    else:
+        render.out.print(f"booted {file} as {chosen.name} in {result.seconds:.0f} s ({result.firmware}, "
+                         f"{result.controller}: {result.why}, {result.accel}); serial log {result.log}",
+                         highlight=False, soft_wrap=True)

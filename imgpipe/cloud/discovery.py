@@ -1,0 +1,114 @@
+"""What a cloud's Glance accepts, read from /v2/info/* once per cloud and run.
+
+Clouds differ in ways a user only learns by failing: which import methods are on, which
+stores exist (and which is rbd, where only raw clones), quotas, and the vendor hints
+openstacksdk carries (image_format, image_api_use_tasks). doctor shows these facts and
+upload chooses PUT, import and stores from the same ones.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from imgpipe import retry
+from imgpipe.cloud import glance
+from imgpipe.cloud.clouds import Cloud
+from imgpipe.errors import GlanceRefusedError
+
+NEEDS_ADMIN = "needs admin"
+# Nova's RBD backend copy-on-write clones raw images only; qcow2 is downloaded and converted.
+RBD_PROFILE = "kvm-raw"
+
+
+@dataclass
+class Store:
+    id: str
+    default: bool = False
+    type: str | None = None  # from /v2/info/stores/detail, which only admins may read
+    description: str = ""
+
+
+@dataclass
+class Facts:
+    cloud: str
+    import_methods: list[str] = field(default_factory=list)
+    stores: list[Store] = field(default_factory=list)
+    stores_detail: str = "n/a"  # "ok", NEEDS_ADMIN, or "n/a" (single-store Glance)
+    usage: dict[str, Any] = field(default_factory=dict)
+    hints: dict[str, Any] = field(default_factory=dict)
+    put_forbidden: bool = False  # learnt when a PUT /file is refused with 403
+
+    @property
+    def store_ids(self) -> list[str]:
+        return [s.id for s in self.stores]
+
+    @property
+    def default_store(self) -> str | None:
+        return next((s.id for s in self.stores if s.default), None)
+
+    def rbd_stores(self) -> list[str]:
+        return [s.id for s in self.stores if s.type == "rbd"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_CACHE: dict[tuple[str, str], Facts] = {}
+_LOCK = threading.Lock()
+
+
+def facts(cloud: Cloud, limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> Facts:
+    """The cloud's facts, asked once per process (a run) and shared by every upload to it."""
+    key = (cloud.name, cloud.endpoint)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _discover(cloud, limits)
+        return _CACHE[key]
+
+
+def _get(cloud: Cloud, path: str, limits: retry.RetryLimits) -> tuple[int, dict[str, Any]]:
+    """(status, body); 403/404 are answers here (not exposed, or not allowed), not errors."""
+    resp = retry.call(f"cloud {cloud.name}: GET {path}",
+                      lambda: glance.request(cloud, "GET", path, f"read {path}", ok=(200, 403, 404)),
+                      limits)
+    return resp.status_code, (resp.json() if resp.status_code == 200 else {})
+
+
+def _discover(cloud: Cloud, limits: retry.RetryLimits) -> Facts:
+    found = Facts(cloud.name, hints=dict(cloud.hints))
+    code, body = _get(cloud, "/v2/info/import", limits)
+    if code == 200:
+        found.import_methods = list(body.get("import-methods", {}).get("value", []))
+    code, body = _get(cloud, "/v2/info/stores", limits)
+    if code == 200:
+        found.stores = [Store(s["id"], str(s.get("default", "")).lower() == "true",
+                              description=s.get("description", "")) for s in body.get("stores", [])]
+        code, detail = _get(cloud, "/v2/info/stores/detail", limits)
+        if code == 200:
+            found.stores_detail = "ok"
+            types = {s["id"]: s.get("type") for s in detail.get("stores", [])}
+            for store in found.stores:
+                store.type = types.get(store.id)
+        elif code == 403:
+            found.stores_detail = NEEDS_ADMIN
+    code, body = _get(cloud, "/v2/info/usage", limits)
+    if code == 200:
+        found.usage = dict(body.get("usage", {}))
+    return found
+
+
+def wanted_stores(cloud: Cloud, stores: list[str], all_stores: bool,
+                  limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> list[str]:
+    """The stores an image must end up in ([] = Glance's default), checked against the cloud's."""
+    known = facts(cloud, limits).store_ids
+    if all_stores:
+        if not known:
+            raise GlanceRefusedError(f"cloud {cloud.name}: --all-stores, but Glance lists no stores")
+        return known
+    unknown = [s for s in stores if s not in known]
+    if unknown:
+        raise GlanceRefusedError(f"cloud {cloud.name}: no store {', '.join(unknown)} "
+                                 f"(stores: {', '.join(known) or 'none listed'})")
+    return list(dict.fromkeys(stores))

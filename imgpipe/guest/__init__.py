@@ -1,0 +1,1 @@
+"""Read an untrusted guest disk without mounting or running it: what it needs to boot."""

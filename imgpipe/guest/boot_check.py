@@ -1,0 +1,126 @@
+"""Prove that a converted output boots: start it under QEMU as its hypervisor would, watch the
+serial console for a login prompt, and stop it.
+
+A guest that does not boot rarely says so (SeaBIOS on a UEFI-only disk just prints "Booting
+from Hard Disk..." and waits), so the check is a marker on ttyS0 within a timeout, and the
+serial log is kept for the failure message.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgpipe import runner
+from imgpipe.errors import BootCheckError
+from imgpipe.guest.qemu_system import Firmware, Machine, machine_for, private_vars
+from imgpipe.profiles import Profile
+from imgpipe.source.inspect import inspect_image
+
+DEFAULT_EXPECT = r"login:"
+DEFAULT_TIMEOUT = 300.0
+TAIL_LINES = 15
+POLL_SECONDS = 0.5
+# What is not a whole disk qemu can boot, and why (reported, then skipped).
+NOT_BOOTABLE = {"xen-ovf-tgz": "a tgz for XenAPI: not applicable",
+                "docker-archive": "a docker archive: not applicable"}
+
+
+@dataclass(frozen=True)
+class BootResult:
+    path: Path
+    profile: str
+    booted: bool
+    seconds: float
+    log: Path | None
+    firmware: str = ""
+    controller: str = ""
+    why: str = ""
+    accel: str = ""
+    skipped: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": str(self.path), "profile": self.profile, "booted": self.booted,
+                "seconds": round(self.seconds, 1), "log": str(self.log) if self.log else None,
+                "firmware": self.firmware, "controller": self.controller, "why": self.why,
+                "accel": self.accel, "skipped": self.skipped or None}
+
+
+def skip_reason(profile: Profile) -> str:
+    """Why qemu cannot boot this profile's output, or "" when it can."""
+    if profile.package in NOT_BOOTABLE:
+        return NOT_BOOTABLE[profile.package]
+    if profile.extract:
+        return "a bare root filesystem (no firmware boots it): not bootable under QEMU"
+    return ""
+
+
+def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | None = None, *,
+               expect: str = DEFAULT_EXPECT, timeout: float = DEFAULT_TIMEOUT, log: Path | None = None,
+               firmware: Firmware = Firmware.auto) -> BootResult:
+    """Boot `path` read-only with the machine `properties` (default: the profile's) imply.
+
+    Raises BootCheckError when `expect` does not appear on the serial console within `timeout`
+    seconds or qemu stops first; the serial log is kept (at `log`, else beside the image).
+    """
+    props = dict(profile.properties if properties is None else properties)
+    if reason := skip_reason(profile):
+        return BootResult(path, profile.name, False, 0.0, None, skipped=reason)
+    fmt = inspect_image(path).format  # the safety checks, and the format from content
+    machine = machine_for(props, firmware)
+    serial = log or path.with_name(path.name + ".boot.log")
+    pattern = re.compile(expect)
+    with tempfile.TemporaryDirectory(prefix="imgpipe-boot-") as tmp:
+        vars_copy = private_vars(Path(tmp)) if machine.firmware is Firmware.uefi else None
+        argv = machine.argv(path, fmt, serial, vars_copy)
+        serial.unlink(missing_ok=True)
+        seconds, outcome = _watch(argv, Path(tmp) / "qemu.out", serial, pattern, timeout)
+    result = BootResult(path, profile.name, outcome == "", seconds, serial, machine.firmware.value,
+                        machine.controller.name, machine.why, "kvm" if machine.kvm else "tcg")
+    if outcome:
+        raise BootCheckError(f"{path}: did not boot as {profile.name} ({_describe(machine)}): {outcome}; "
+                             f"serial log {serial}, last line: {_last_line(serial)!r}",
+                             tail=tail(serial))
+    return result
+
+
+def _watch(argv: list[str], qemu_out: Path, serial: Path, pattern: re.Pattern[str],
+           timeout: float) -> tuple[float, str]:
+    """Seconds taken and "" on success, else what went wrong; qemu is gone when this returns."""
+    started = time.monotonic()
+    with open(qemu_out, "wb") as out, runner.spawn(argv, output=out) as proc:
+        while True:
+            elapsed = time.monotonic() - started
+            if pattern.search(_text(serial)):
+                return elapsed, ""
+            if proc.poll() is not None:
+                message = qemu_out.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                return elapsed, f"qemu exited with code {proc.returncode} {message[0]}".strip()
+            if elapsed > timeout:
+                return elapsed, f"no match for {pattern.pattern!r} within {timeout:g} s"
+            time.sleep(POLL_SECONDS)
+
+
+def _describe(machine: Machine) -> str:
+    return f"{machine.firmware.value}, {machine.controller.name}, {'kvm' if machine.kvm else 'tcg'}"
+
+
+def _text(serial: Path) -> str:
+    try:
+        return serial.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def tail(serial: Path, lines: int = TAIL_LINES) -> str:
+    """The last lines of the serial log with terminal escapes removed, for a person to read."""
+    clean = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", _text(serial))
+    return "\n".join([line for line in clean.splitlines() if line.strip()][-lines:])
+
+
+def _last_line(serial: Path) -> str:
+    return (tail(serial, 1) or "(empty)")[:120]
