@@ -73,6 +73,14 @@ class PartialFailure(ImgpipeError):
     """Some items of a multi-item run failed; the report says which."""
 
 
+class BootCheckError(ImgpipeError):
+    """An output did not show its login prompt (or --expect) under QEMU in time."""
+
+    def __init__(self, message: str, tail: str = "") -> None:
+        super().__init__(message)
+        self.tail = tail  # the serial log's last lines, printed below the one-line message
+
+
 class ImportFailedError(UploadError):
     """Glance's interoperable import (glance-direct, web-download, copy-image) failed or
     changed the image (a conversion plugin); the image was deleted."""

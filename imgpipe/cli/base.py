@@ -37,6 +37,7 @@ EXIT_CODES: dict[type[errors.ImgpipeError], int] = {
     errors.ChecksumError: 16,
     errors.LockedError: 17,
     errors.PartialFailure: 18,
+    errors.BootCheckError: 21,
     errors.ImportFailedError: 22,
 }
 EXIT_INTERRUPTED = 130
