@@ -130,3 +130,17 @@ def test_kvm_raw_is_raw_for_ceph_rbd() -> None:
     assert (raw.disk_format, raw.container_format, raw.output.format) == ("raw", "bare", "raw")
     assert raw.properties == {"hypervisor_type": "kvm"}
     assert "RBD" in raw.description
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"package": None}, "container_format: ova is only produced by package: vmware-ova"),
+    ({"container_format": "bare"}, "package: vmware-ova needs disk_format vmdk, container_format ova"),
+    ({"output": {"format": "vmdk", "options": {"subformat": "monolithicSparse", "adapter_type": "lsilogic"}},
+      "properties": {"vmware_disktype": "sparse"}}, "package: vmware-ova needs"),
+])
+def test_vmware_ova_contradictions(tmp_path: Path, changes: dict, message: str) -> None:
+    data = {**VMWARE, "container_format": "ova", "package": "vmware-ova"}
+    assert profiles.load_file(_write(tmp_path, "ova", data)).package == "vmware-ova"
+    data = {k: v for k, v in {**data, **changes}.items() if v is not None}
+    with pytest.raises(ProfileError, match=message):
+        profiles.load_file(_write(tmp_path, "bad", data))
