@@ -10,9 +10,11 @@ import typer
 
 from imgpipe import errors, profiles, render, settings
 from imgpipe.cli.base import STATE, _limits, _warn, app, handled
-from imgpipe.cli.options import (CacertOpt, CloudOpt, Engine, EngineOpt, ForceOpt, InsecureOpt, JsonOpt,
+from imgpipe.cli.options import (AllowPartialStoresOpt, AllStoresOpt, CacertOpt, CloudOpt, Engine, EngineOpt,
+                                 ForceOpt, ImportMethod, ImportMethodOpt, InsecureOpt, JsonOpt, StoreOpt,
+                                 placement,
                                  ProfileOpt, ProfilePropertyOpt, PropertyOpt, RetriesOpt, TagOpt, TimeoutOpt,
-                                 VerifyOpt, Visibility, VisibilityOpt)
+                                 VerifyOpt, Visibility, VisibilityOpt, ForceBootOpt, GuestPropertiesOpt)
 from imgpipe.conversion.convert import Options, converted_size
 from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT
 
@@ -55,9 +57,11 @@ def _connect(names: list[str] | None, insecure: bool, cacert: str | None,
     return [clouds.connect(n, insecure=insecure, cacert=cacert, timeout=timeout) for n in (names or [None])]
 
 
-def _show_results(results: list[UploadResult], failures: list[str]) -> None:
+def _show_results(results: list[UploadResult], failures: list[str],
+                  derived: dict[str, dict[str, dict[str, str]]] | None = None) -> None:
     if STATE.json:
-        render.emit_json({"images": [r.to_dict() for r in results], "failures": failures})
+        render.emit_json({"images": [r.to_dict() for r in results], "failures": failures}
+                         | ({"derived_properties": derived} if derived is not None else {}))
     else:
         render.table("images", ["cloud", "name", "id", "status", "disk/container", "properties"],
                      [(r.cloud, r.name, r.image_id, r.status, f"{r.disk_format}/{r.container_format}",
@@ -79,6 +83,12 @@ def upload_cmd(
     tag: TagOpt = None,
     visibility: VisibilityOpt = Visibility.private,
     force: ForceOpt = False,
+    import_method: ImportMethodOpt = ImportMethod.auto,
+    store: StoreOpt = None,
+    all_stores: AllStoresOpt = False,
+    allow_partial_stores: AllowPartialStoresOpt = False,
+    source_url: Annotated[Optional[str], typer.Option(
+        help="Where Glance can fetch FILE itself (web-download); FILE's hashes verify the result.")] = None,
     retries: RetriesOpt = settings.RETRY_ATTEMPTS,
     timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
     insecure: InsecureOpt = False,
@@ -101,7 +111,8 @@ def upload_cmd(
         for target in targets:
             req = UploadRequest(file, name, chosen.name, chosen.disk_format, chosen.container_format,
                                 virtual_size, sha,
-                                {**chosen.properties, **_properties(prop)}, tag or [], visibility.value, force)
+                                {**chosen.properties, **_properties(prop)}, tag or [], visibility.value, force,
+                                placement(import_method, store, all_stores, allow_partial_stores), source_url)
             size = file.stat().st_size
             on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1))) \
                 if report else None
@@ -122,6 +133,10 @@ def publish_cmd(
     tag: TagOpt = None,
     visibility: VisibilityOpt = Visibility.private,
     force: ForceOpt = False,
+    import_method: ImportMethodOpt = ImportMethod.auto,
+    store: StoreOpt = None,
+    all_stores: AllStoresOpt = False,
+    allow_partial_stores: AllowPartialStoresOpt = False,
     work_dir: Annotated[Optional[Path], typer.Option(help="Where converted files are kept during the run.")] = None,
     engine: EngineOpt = Engine.auto,
     verify: VerifyOpt = False,
@@ -133,6 +148,8 @@ def publish_cmd(
                                                             "nothing of one that does not boot.")] = False,
     boot_expect: Annotated[str, typer.Option(help="With --boot-check: regex on the serial console.")] = DEFAULT_EXPECT,
     boot_timeout: Annotated[float, typer.Option(min=1, help="With --boot-check: seconds per boot.")] = DEFAULT_TIMEOUT,
+    force_boot: ForceBootOpt = False,
+    guest_properties: GuestPropertiesOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert SRC for each profile and publish every output to every cloud."""
@@ -143,13 +160,16 @@ def publish_cmd(
 
     checks = BootCheck(work_dir or Path(tempfile.gettempdir()), boot_expect, boot_timeout) if boot else None
     req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility.value, force,
-                         profile_properties=_profile_properties(profile_prop, selected), boot_check=checks)
+                         profile_properties=_profile_properties(profile_prop, selected), boot_check=checks,
+                         placement=placement(import_method, store, all_stores, allow_partial_stores),
+                         guest_properties=guest_properties)
     targets = _connect(cloud, insecure, os_cacert, timeout)
     limits = _limits(retries)
-    opts = Options(out_dir=work_dir or Path(tempfile.gettempdir()), verify=verify, engine=engine.value)
+    opts = Options(out_dir=work_dir or Path(tempfile.gettempdir()), verify=verify, engine=engine.value,
+                   force_boot=force_boot)
     with render.progress(quiet=as_json) as report:
         result = publish(req, targets, opts, limits, report)
-    _show_results(result.results, result.failures)
+    _show_results(result.results, result.failures, result.derived)
 
 
 @app.command("doctor")

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from imgpipe.cloud.import_method import ImportMethod, Placement
 from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
 
 
@@ -42,6 +43,23 @@ ProfilePropertyOpt = Annotated[Optional[list[str]], typer.Option(
     "--profile-property", help="Property for one profile's image only: PROFILE:k=v (repeatable).")]
 TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", help="Image tag (repeatable).")]
 VisibilityOpt = Annotated[Visibility, typer.Option(help="Image visibility.")]
+ImportMethodOpt = Annotated[ImportMethod, typer.Option(
+    help="auto: PUT, or glance-direct import when stores are asked for or the cloud forbids PUT.")]
+StoreOpt = Annotated[Optional[list[str]], typer.Option(
+    "--store", help="Glance store to import into (repeatable); an identical image missing one is "
+                    "completed with copy-image.")]
+AllStoresOpt = Annotated[bool, typer.Option("--all-stores", help="Import into every store of the cloud.")]
+AllowPartialStoresOpt = Annotated[bool, typer.Option(
+    "--allow-partial-stores", help="Keep the image if some stores fail (all_stores_must_succeed false); "
+                                   "default: any failing store fails the upload and the image is deleted.")]
+
+
+def placement(method: ImportMethod, stores: list[str] | None, all_stores: bool, allow_partial: bool) -> Placement:
+    if stores and all_stores:
+        raise typer.BadParameter("--store and --all-stores exclude each other")
+    return Placement(method, tuple(stores or ()), all_stores, allow_partial)
+
+
 ForceOpt = Annotated[bool, typer.Option("--force", help="Upload even if an identical image is active.")]
 RetriesOpt = Annotated[int, typer.Option("--retries", min=1, help="Attempts per request/upload.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds without progress before a request is retried.")]
@@ -51,5 +69,7 @@ CacheDirOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", envvar="IMGPIPE_CACHE_DIR", help="Downloads, locks, conversions (default ~/.cache/imgpipe).")]
 MetricsOpt = Annotated[Optional[Path], typer.Option("--metrics-file", help="Write Prometheus textfile metrics.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write the JSON report to this file.")]
-
-
+ForceBootOpt = Annotated[bool, typer.Option("--force-boot", help="Convert/publish even where the guest "
+                                            "looks unbootable for a profile (exit 19 otherwise).")]
+GuestPropertiesOpt = Annotated[bool, typer.Option("--guest-properties/--no-guest-properties", help=
+                                                  "Derive boot properties from the guest (architecture, os_*, ...).")]

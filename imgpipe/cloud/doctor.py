@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from glanceclient import Client as GlanceClient
 
 from imgpipe import profiles, retry
-from imgpipe.cloud import clouds
+from imgpipe.cloud import clouds, discovery
 from imgpipe.errors import ImgpipeError
 from imgpipe.runner import run
 
@@ -18,6 +19,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    data: dict[str, Any] = field(default_factory=dict)  # the facts behind detail, for --json
 
 
 def run_checks(cloud_names: list[str | None], profile_dirs: list[Path], insecure: bool,
@@ -63,4 +65,37 @@ def _cloud(name: str | None, insecure: bool, cacert: str | None) -> list[Check]:
     container = [f for f in props["container_format"]["enum"] if f]
     checks.append(Check(f"{label} glance", True, f"API {', '.join(current) or '?'}; "
                         f"disk formats {', '.join(disk)}; containers {', '.join(container)}"))
+    return checks + _discovered(label, cloud)
+
+
+def _discovered(label: str, cloud: clouds.Cloud) -> list[Check]:
+    """Import methods, stores, quota and openstacksdk's hints: what publish will act on."""
+    try:
+        facts = discovery.facts(cloud)
+    except ImgpipeError as exc:
+        return [Check(f"{label} import", False, str(exc))]
+    data = facts.to_dict()
+    checks = [Check(f"{label} import", True, "methods " + (", ".join(facts.import_methods) or
+                                                         "none (PUT only)"), data)]
+    if facts.stores:
+        listed = ", ".join(_store(s) for s in facts.stores)
+        detail = f"{listed}; store types: {facts.stores_detail}" if facts.stores_detail != "ok" else listed
+        checks.append(Check(f"{label} stores", True, detail))
+    else:
+        checks.append(Check(f"{label} stores", True, "one store (Glance lists no stores)"))
+    for store in facts.rbd_stores():
+        checks.append(Check(f"{label} store {store}", True, f"rbd (Ceph): use -p {discovery.RBD_PROFILE}; "
+                            "nova clones only raw images copy-on-write and converts every qcow2"))
+    if facts.usage:
+        checks.append(Check(f"{label} quota", True, "; ".join(
+            f"{k} {v.get('usage')}/{v.get('limit')}" if isinstance(v, dict) else f"{k} {v}"
+            for k, v in facts.usage.items())))
+    if facts.hints:
+        checks.append(Check(f"{label} hints", True, "clouds.yaml/vendor profile: " + ", ".join(
+            f"{k}={v}" for k, v in facts.hints.items())))
     return checks
+
+
+def _store(store: discovery.Store) -> str:
+    notes = ", ".join(n for n in ("default" if store.default else "", store.type or "") if n)
+    return f"{store.id} ({notes})" if notes else store.id

@@ -9,7 +9,6 @@ verification after an import is the same as after a PUT. Failures raise; the cal
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from imgpipe import retry
 from imgpipe.cloud import discovery, glance
 from imgpipe.cloud.clouds import Cloud
+from imgpipe.cloud.import_method import ImportMethod
 from imgpipe.errors import GlanceRefusedError, ImgpipeError, ImportFailedError
 from imgpipe.hashing import Digests, HashingBody
 
@@ -32,15 +32,6 @@ IMPORT_WAIT = 30 * 60.0
 # Disk formats a conversion plugin makes useless: vCenter needs the vmdk it was given.
 MUST_NOT_CONVERT = frozenset({"vmdk"})
 RUNNING = frozenset({"pending", "processing"})
-
-
-class ImportMethod(str, enum.Enum):
-    """How the bytes get into Glance."""
-
-    auto = "auto"
-    put = "put"
-    glance_direct = "glance-direct"
-    web_download = "web-download"
 
 
 @dataclass
@@ -60,14 +51,15 @@ class Targets:
 
 
 def targets(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits) -> Targets:
-    wanted = discovery.wanted_stores(cloud, req.stores, req.all_stores, limits) \
-        if (req.stores or req.all_stores) else []
-    return Targets(wanted, req.all_stores, not req.allow_partial_stores)
+    asked = req.placement
+    wanted = discovery.wanted_stores(cloud, list(asked.stores), asked.all_stores, limits) \
+        if (asked.stores or asked.all_stores) else []
+    return Targets(wanted, asked.all_stores, not asked.allow_partial_stores)
 
 
 def choose(cloud: Cloud, req: UploadRequest, where: Targets, limits: retry.RetryLimits) -> ImportMethod:
     """auto: PUT unless stores are asked for or the cloud refused a PUT; import otherwise."""
-    method = ImportMethod(req.import_method)
+    method = req.placement.method
     if method == ImportMethod.auto:
         if req.source_url:
             method = ImportMethod.web_download
@@ -97,7 +89,7 @@ def fill(cloud: Cloud, image_id: str, req: UploadRequest, limits: retry.RetryLim
     body = HashingBody(req.path, on_bytes)
     if method == ImportMethod.put:
         if glance.put_data(cloud, image_id, body, req.disk_format, where.stores[0] if where.stores else None,
-                           forbidden_ok=req.import_method == ImportMethod.auto.value):
+                           forbidden_ok=req.placement.method == ImportMethod.auto):
             assert body.digests is not None
             return body.digests
         # PUT forbidden by policy: remember it for this run, and stage instead.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from imgpipe import retry, settings
 from imgpipe.cloud.clouds import Cloud
+from imgpipe.cloud.import_method import Placement
 from imgpipe.conversion.convert import Options, Output, conversion_groups, convert_image, docker_output, source_info
 from imgpipe.errors import ImgpipeError
 from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult, boot_check
@@ -42,6 +43,7 @@ class PublishRequest:
     source_sha256: str | None = None
     profile_properties: dict[str, dict[str, str]] = field(default_factory=dict)
     boot_check: BootCheck | None = None
+    placement: Placement = field(default_factory=Placement)
 
     def image_name(self, profile: Profile, out: Output | None = None) -> str:
         if out is not None and out.docker_name:
@@ -158,4 +160,4 @@ def _request(req: PublishRequest, profile: Profile, out: Output, sha: str) -> Up
         virtual_size=out.virtual_size, source_sha256=sha,
         properties={**profile.properties, **req.properties, **req.profile_properties.get(profile.name, {})},
         tags=req.tags,
-        visibility=req.visibility, force=req.force)
+        visibility=req.visibility, force=req.force, placement=req.placement)

@@ -23,6 +23,7 @@ from typing import Any
 from imgpipe import __version__, retry
 from imgpipe.cloud import glance, image_import
 from imgpipe.cloud.clouds import Cloud
+from imgpipe.cloud.import_method import Placement
 from imgpipe.errors import GlanceRefusedError, UploadError
 from imgpipe.hashing import Digests
 from imgpipe.profiles import RESERVED
@@ -57,10 +58,7 @@ class UploadRequest:
     tags: list[str] = field(default_factory=list)
     visibility: str | None = "private"
     force: bool = False
-    import_method: str = "auto"  # an image_import.ImportMethod value
-    stores: list[str] = field(default_factory=list)
-    all_stores: bool = False
-    allow_partial_stores: bool = False
+    placement: Placement = field(default_factory=Placement)
     source_url: str | None = None  # for web-download: Glance fetches this; path is our copy
 
     def anchor(self) -> dict[str, str]:
