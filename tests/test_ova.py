@@ -167,3 +167,13 @@ def test_docker_archive_written_with_dot_slash_names(tmp_path: Path) -> None:
     [out] = convert_source(dotted, profiles.select(["docker"], profiles.load_all()), Options(out_dir=tmp_path))
     assert out.docker_name == "library/hello:1.0"
     assert json.loads((tree / "manifest.json").read_text())[0]["RepoTags"] == ["library/hello:1.0"]
+
+
+def test_descriptor_uses_the_properties_the_image_will_carry(sample_qcow2: Path, tmp_path: Path) -> None:
+    extra = {"vmware-ova": {"hw_firmware_type": "uefi", "vmware_ostype": "debian12_64Guest"}}
+    [out] = convert_source(sample_qcow2, profiles.select(["vmware-ova"], profiles.load_all()),
+                           Options(out_dir=tmp_path, properties=extra))
+    root, _ = _nova_read(out.path, tmp_path / "disk.vmdk")
+    system = root.find(f"./{OVF}VirtualSystem")
+    assert system.find(f"./{OVF}OperatingSystemSection").get(f"{VMW}osType") == "debian12_64Guest"
+    assert system.find(f"./{OVF}VirtualHardwareSection/{VMW}Config").get(f"{VMW}value") == "efi"

@@ -65,6 +65,9 @@ class Options:
     max_virtual_size: int | None = None
     partition: int | None = None
     jobs: int | None = None
+    # Per profile, properties its image will carry beyond the profile's own (publish: derived and
+    # user ones): an OVA's descriptor states firmware, guest OS and controller from them.
+    properties: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -283,7 +286,8 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
             packed = atomic.temp_beside(out.path)
             pairs.append((packed, out.path))
             with packed.open("wb") as f:
-                ova.write_ova(tmp, f, out.path, out.virtual_size, p)
+                ova.write_ova(tmp, f, out.path, out.virtual_size,
+                              {**p.properties, **opts.properties.get(p.name, {})})
         else:
             scratch.remove(tmp)
             pairs.append((tmp, out.path))

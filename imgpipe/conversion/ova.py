@@ -18,7 +18,6 @@ from typing import BinaryIO
 from xml.sax.saxutils import escape, quoteattr
 
 from imgpipe.errors import UnsafeImageError
-from imgpipe.profiles import Profile
 from imgpipe.source import ova as source_ova
 
 VMX_VERSION = "vmx-14"  # ESXi 6.7 and later; what open-vmdk's templates use
@@ -108,11 +107,11 @@ def descriptor(name: str, disk_name: str, disk_size: int, capacity: int, propert
 """.encode()
 
 
-def write_ova(vmdk: Path, dest: BinaryIO, ova_name: Path, capacity: int, profile: Profile) -> None:
+def write_ova(vmdk: Path, dest: BinaryIO, ova_name: Path, capacity: int, properties: dict[str, str]) -> None:
     """Stream the OVA into dest: descriptor, vmdk (hashed as it is copied), manifest."""
     ovf_name, disk_name, mf_name = member_names(ova_name)
     size = vmdk.stat().st_size
-    ovf = descriptor(ova_name.stem, disk_name, size, capacity, profile.properties)
+    ovf = descriptor(ova_name.stem, disk_name, size, capacity, properties)
     with tarfile.open(fileobj=dest, mode="w|", format=tarfile.GNU_FORMAT) as tar:
         _add_bytes(tar, ovf_name, ovf)
         disk_hash = hashlib.sha256()
