@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import qemu_img
-from test_ova import _nova_read
+from test_ova import OVF, VMW, _nova_read
 
 from imgpipe import profiles
 from imgpipe.cloud import clouds
@@ -30,7 +30,8 @@ def published(glance_server, sample_qcow2: Path, tmp_path_factory: pytest.TempPa
         mp.setenv("OS_CLIENT_CONFIG_FILE", str(glance_server.clouds_yaml))
         cloud = clouds.connect("test")
     work = tmp_path_factory.mktemp("work")
-    req = PublishRequest(src, profiles.select(["kvm-raw", "vmware-ova"], profiles.load_all()), "xzguest")
+    req = PublishRequest(src, profiles.select(["kvm-raw", "vmware-ova"], profiles.load_all()), "xzguest",
+                         profile_properties={"vmware-ova": {"vmware_ostype": "debian12_64Guest"}})
     report = publish(req, [cloud], Options(out_dir=work, verify=True))
     assert report.failures == []
     assert list(work.iterdir()) == []  # the decompressed copy and the outputs are gone
@@ -60,7 +61,8 @@ def test_ova_in_glance_reads_like_nova(published, sample_qcow2: Path, tmp_path: 
     cloud, _, results = published
     ova = tmp_path / "image.ova"
     ova.write_bytes(cloud.image.get(f"/v2/images/{results['vmware-ova'].image_id}/file").content)
-    _nova_read(ova, tmp_path / "disk.vmdk")
+    root, _ = _nova_read(ova, tmp_path / "disk.vmdk")
+    assert root.find(f"./{OVF}VirtualSystem/{OVF}OperatingSystemSection").get(f"{VMW}osType") == "debian12_64Guest"
     qemu_img("compare", "-f", "qcow2", "-F", "vmdk", str(sample_qcow2), str(tmp_path / "disk.vmdk"))
 
 

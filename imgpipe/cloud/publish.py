@@ -87,7 +87,9 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
         with named_as(req.source, disk):
             info = source_info(disk, todo, opts) if todo else None  # inspected once, not per group
         futures: list[tuple[str, Future[UploadResult]]] = []
-        group_opts = replace(opts, out_dir=Path(work), out_file=None)
+        # the OVA descriptor states the firmware/OS the image will carry
+        group_opts = replace(opts, out_dir=Path(work), out_file=None, properties={
+            p.name: {**req.properties, **req.profile_properties.get(p.name, {})} for p in todo})
         for group in conversion_groups(todo):
             try:
                 outputs = (convert_image(info, group, group_opts, progress) if info
