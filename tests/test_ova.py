@@ -177,3 +177,16 @@ def test_descriptor_uses_the_properties_the_image_will_carry(sample_qcow2: Path,
     system = root.find(f"./{OVF}VirtualSystem")
     assert system.find(f"./{OVF}OperatingSystemSection").get(f"{VMW}osType") == "debian12_64Guest"
     assert system.find(f"./{OVF}VirtualHardwareSection/{VMW}Config").get(f"{VMW}value") == "efi"
+
+
+def test_ova_disk_larger_than_free_space_refused(built: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)]).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        code, _, stderr = imgpipe("convert", built, "-p", "kvm", "--output-dir", small)
+        assert code == EXIT_CODES[errors.NoSpaceError], stderr
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

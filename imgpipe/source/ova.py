@@ -8,15 +8,18 @@ one. The result is a plain vmdk that is then inspected like any other source.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
+import shutil
 import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from imgpipe.errors import ChecksumError, ImageTooLargeError, UnsafeImageError
+from imgpipe.errors import ChecksumError, ImageTooLargeError, NoSpaceError, UnsafeImageError
+from imgpipe.source.decompress import FREE_MARGIN
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 MAX_DESCRIPTOR = 16 << 20  # an OVF descriptor is a few KiB; refuse to parse huge XML
@@ -94,6 +97,10 @@ def extract_disk(src: Path, dest: Path, limit: int) -> Descriptor:
                 raise UnsafeImageError(f"{src}: OVA has no regular file {desc.disk_href} (named by {desc.ovf_name})")
             if disk.size > limit:
                 raise ImageTooLargeError(f"{src}: {desc.disk_href} is {disk.size} bytes, beyond --max-virtual-size")
+            free = shutil.disk_usage(dest.parent).free
+            if disk.size + FREE_MARGIN > free:
+                raise NoSpaceError(f"{src}: extracting {desc.disk_href} needs {disk.size >> 20} MiB, "
+                                   f"{dest.parent} has {free >> 20} MiB free")
             mf = next((m for n, m in members.items() if n.lower().endswith(".mf") and m.isfile()), None)
             sums = parse_manifest(_member_bytes(tar, mf, src, MAX_DESCRIPTOR).decode(errors="replace")) if mf else {}
             ovf_hash = _hasher(src, desc.ovf_name, sums)
@@ -108,6 +115,8 @@ def extract_disk(src: Path, dest: Path, limit: int) -> Descriptor:
             _check(src, desc.disk_href, sums, disk_hash)
     except (tarfile.TarError, OSError) as exc:
         dest.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise NoSpaceError(f"{src}: no space left in {dest.parent} to extract its disk") from exc
         raise UnsafeImageError(f"{src}: not a readable OVA: {exc}") from exc
     except BaseException:
         dest.unlink(missing_ok=True)
