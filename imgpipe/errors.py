@@ -84,3 +84,11 @@ class BootCheckError(ImgpipeError):
 class ImportFailedError(UploadError):
     """Glance's interoperable import (glance-direct, web-download, copy-image) failed or
     changed the image (a conversion plugin); the image was deleted."""
+
+
+class GuestRefusedError(ImgpipeError):
+    """The guest cannot boot on a profile's target (firmware, boot path, init, disk driver)."""
+
+
+class GuestInspectionError(ImgpipeError):
+    """A guest filesystem is corrupt or hostile: inspection stopped rather than guess."""

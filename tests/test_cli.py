@@ -125,7 +125,7 @@ def test_inspect_json(sample_qcow2: Path) -> None:
     assert code == 0
     data = json.loads(stdout)
     assert data["format"] == "qcow2" and data["safe"] and data["table"] == "gpt"
-    assert [p["kind"] for p in data["partitions"]] == ["efi", "linux"]
+    assert [p["kind"] for p in data["partitions"]] == ["efi", "bios-boot", "linux"]
 
 
 def test_convert_json_and_error_json(sample_qcow2: Path, tmp_path: Path) -> None:

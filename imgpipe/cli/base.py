@@ -37,6 +37,8 @@ EXIT_CODES: dict[type[errors.ImgpipeError], int] = {
     errors.ChecksumError: 16,
     errors.LockedError: 17,
     errors.PartialFailure: 18,
+    errors.GuestRefusedError: 19,
+    errors.GuestInspectionError: 20,
     errors.BootCheckError: 21,
     errors.ImportFailedError: 22,
 }

@@ -10,9 +10,12 @@ import typer
 
 from imgpipe import __version__, profiles, render
 from imgpipe.cli.base import STATE, _size, _warn, app, handled
-from imgpipe.cli.options import (MAX_VIRTUAL_SIZE, Engine, EngineOpt, JsonOpt, MaxVirtualSizeOpt, ProfileOpt,
+from imgpipe.cli.options import (MAX_VIRTUAL_SIZE, Engine, EngineOpt, ForceBootOpt, JsonOpt, MaxVirtualSizeOpt, ProfileOpt,
                                  SourceFormatOpt, VerifyOpt)
 from imgpipe.conversion.convert import Options, convert_source
+from imgpipe.guest import derive
+from imgpipe.guest.facts import GuestFacts
+from imgpipe.guest.inspect import inspect_guest
 from imgpipe.source.inspect import inspect_image
 from imgpipe.source.unpack import unpacked
 
@@ -88,8 +91,12 @@ def inspect_cmd(
     limit = _size(max_virtual_size)
     with unpacked(src, Path(tempfile.gettempdir()), limit) as disk:  # a compressed file or OVA: its disk
         info = inspect_image(disk, source_format, limit)
+        with tempfile.TemporaryDirectory(prefix="imgpipe-inspect-") as work:
+            facts = inspect_guest(info, Path(work))
     info.path = src
-    data = info.to_dict()
+    derived = {name: derive.to_dict(derive.properties(facts, p))
+               for name, p in profiles.load_all(STATE.profile_dirs).items()}
+    data = info.to_dict() | {"guest": facts.to_dict(), "derived_properties": derived}
     if as_json:
         render.emit_json(data)
         return
@@ -101,7 +108,26 @@ def inspect_cmd(
         *[(f"partition {p.number}", f"{p.kind} {render.human_size(p.size)} at {p.start}")
           for p in info.partitions],
         ("verdict", "safe: " + "; ".join(info.checks)),
+        *_guest_rows(facts),
     ])
+
+
+def _guest_rows(facts: GuestFacts) -> list[tuple[str, str]]:
+    """One row per guest fact: the value, then where it was read."""
+    rows = [("boot paths", ", ".join(facts.to_dict()["boot_paths"]) or "none")]
+    rows += [("uefi loader", f"{f.value['path']} ({f.value['architecture']}, from {f.evidence})")
+             for f in facts.uefi_loaders]
+    for label, fact in (("bios boot", facts.bios), ("architecture", facts.architecture),
+                        ("root filesystem", facts.root), ("os-release", facts.os_release),
+                        ("os type", facts.os_type), ("init", facts.init), ("guest agent", facts.guest_agent),
+                        ("storage drivers", facts.drivers)):
+        value = fact.value if fact else None
+        if isinstance(value, dict):
+            value = (", ".join(value) or "none of the known ones") if label == "storage drivers" \
+                else " ".join(f"{k}={v}" for k, v in value.items())
+        rows.append((label, f"{value} (from {fact.evidence})" if fact else "not found"))
+    rows += [("not checked", note) for note in facts.unchecked]
+    return rows
 
 
 @app.command()
@@ -117,6 +143,7 @@ def convert(
     max_virtual_size: MaxVirtualSizeOpt = MAX_VIRTUAL_SIZE,
     partition: Annotated[Optional[int], typer.Option(help="Partition number for lxc/uml (default: root).")] = None,
     jobs: Annotated[Optional[int], typer.Option(help="Compression threads for the native writer.")] = None,
+    force_boot: ForceBootOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert SRC once per distinct output format of the given profiles."""
@@ -125,7 +152,7 @@ def convert(
     _warn(selected)
     opts = Options(out_dir=output_dir, out_file=output, verify=verify, engine=engine.value,
                    claimed_format=source_format, max_virtual_size=_size(max_virtual_size),
-                   partition=partition, jobs=jobs)
+                   partition=partition, jobs=jobs, force_boot=force_boot)
     with render.progress(quiet=as_json) as report:
         outputs = convert_source(src, selected, opts, report)
     if as_json:

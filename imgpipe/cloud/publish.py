@@ -17,7 +17,9 @@ from pathlib import Path
 from imgpipe import retry, settings
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
-from imgpipe.conversion.convert import Options, Output, conversion_groups, convert_image, docker_output, source_info
+from imgpipe.conversion.convert import (Options, Output, conversion_groups, convert_image, docker_output, source_info,
+                                        with_root)
+from imgpipe.guest import derive, gate
 from imgpipe.errors import ImgpipeError
 from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult, boot_check
 from imgpipe.hashing import sha256_file
@@ -42,6 +44,11 @@ class PublishRequest:
     force: bool = False
     source_sha256: str | None = None
     profile_properties: dict[str, dict[str, str]] = field(default_factory=dict)
+    guest_properties: bool = True
+
+    def given_properties(self, profile: Profile) -> dict[str, str]:
+        """Profile, then user, then per-profile user properties: all override derived ones."""
+        return {**profile.properties, **self.properties, **self.profile_properties.get(profile.name, {})}
     boot_check: BootCheck | None = None
     placement: Placement = field(default_factory=Placement)
 
@@ -65,6 +72,7 @@ class BootCheck:
 class PublishReport:
     results: list[UploadResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    derived: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
 
 
 def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
@@ -86,10 +94,16 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
         disk = _unpacked(req.source, todo, Path(work), opts)
         with named_as(req.source, disk):
             info = source_info(disk, todo, opts) if todo else None  # inspected once, not per group
+            facts = gate.examine(info, todo, req.given_properties, opts.force_boot, Path(work)) if info else None
+        if facts is not None:
+            opts = with_root(opts, facts)
+            if req.guest_properties:
+                report.derived = {p.name: derive.to_dict(derive.properties(facts, p)) for p in todo}
         futures: list[tuple[str, Future[UploadResult]]] = []
         # the OVA descriptor states the firmware/OS the image will carry
         group_opts = replace(opts, out_dir=Path(work), out_file=None, properties={
-            p.name: {**req.properties, **req.profile_properties.get(p.name, {})} for p in todo})
+            p.name: {**{k: d["value"] for k, d in report.derived.get(p.name, {}).items()},
+                     **req.given_properties(p)} for p in todo})
         for group in conversion_groups(todo):
             try:
                 outputs = (convert_image(info, group, group_opts, progress) if info
@@ -99,7 +113,7 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
                 continue
             for out in outputs:
                 for profile in (p for p in group if p.name in out.profiles):
-                    up = _request(req, profile, out, sha)
+                    up = _request(req, profile, out, sha, report.derived.get(profile.name, {}))
                     booted = boots.submit(_boot, req.boot_check, up, profile) if req.boot_check else None
                     for cloud in clouds:
                         label = f"{cloud.name}/{up.name}"
@@ -155,11 +169,12 @@ def _bytes_progress(progress: Callable[[str, float], None] | None, label: str,
     return lambda sent: progress(f"upload {label}", 100.0 * sent / max(size, 1))
 
 
-def _request(req: PublishRequest, profile: Profile, out: Output, sha: str) -> UploadRequest:
+def _request(req: PublishRequest, profile: Profile, out: Output, sha: str,
+             derived: dict[str, dict[str, str]]) -> UploadRequest:
     return UploadRequest(
         path=out.path, name=req.image_name(profile, out), profile=profile.name,
         disk_format=profile.disk_format, container_format=profile.container_format,
         virtual_size=out.virtual_size, source_sha256=sha,
-        properties={**profile.properties, **req.properties, **req.profile_properties.get(profile.name, {})},
+        properties={**{k: d["value"] for k, d in derived.items()}, **req.given_properties(profile)},
         tags=req.tags,
         visibility=req.visibility, force=req.force, placement=req.placement)

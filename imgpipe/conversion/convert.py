@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from imgpipe.source.unpack import unpacked
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
 from imgpipe.conversion.vmdk_stream import write_stream_optimized
+from imgpipe.guest import gate
+from imgpipe.guest.facts import GuestFacts
 
 Progress = Callable[[str, float], None]
 EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
@@ -68,6 +70,7 @@ class Options:
     # Per profile, properties its image will carry beyond the profile's own (publish: derived and
     # user ones): an OVA's descriptor states firmware, guest OS and controller from them.
     properties: dict[str, dict[str, str]] = field(default_factory=dict)
+    force_boot: bool = False
 
 
 @dataclass
@@ -97,7 +100,15 @@ def convert_source(src: Path, profiles: list[Profile], opts: Options,
     with unpacked(src, work, opts.max_virtual_size or DEFAULT_MAX_VIRTUAL_SIZE) as disk:
         info = source_info(disk, profiles, opts)
         assert info is not None
-        return convert_image(info, profiles, opts, progress)
+        facts = gate.examine(info, profiles, lambda p: p.properties, opts.force_boot)
+        return convert_image(info, profiles, with_root(opts, facts), progress)
+
+
+def with_root(opts: Options, facts: GuestFacts) -> Options:
+    """lxc/uml extract the root partition inspection found (by type, else by signature)."""
+    if opts.partition is None and facts.root is not None and facts.root.value["partition"]:
+        return replace(opts, partition=facts.root.value["partition"])
+    return opts
 
 
 def source_info(src: Path, profiles: list[Profile], opts: Options) -> ImageInfo | None:

@@ -1,0 +1,40 @@
+"""Inspect a source once for all its profiles and stop the ones that cannot boot it."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from imgpipe.errors import GuestRefusedError
+from imgpipe.guest import refuse
+from imgpipe.guest.facts import GuestFacts
+from imgpipe.guest.inspect import inspect_guest
+from imgpipe.profiles import Profile
+from imgpipe.source.inspect import ImageInfo
+
+LOG = logging.getLogger("imgpipe.guest")
+
+
+def examine(info: ImageInfo, profiles: list[Profile], properties_of: Callable[[Profile], dict[str, str]],
+            force_boot: bool, work_parent: Path | None = None) -> GuestFacts:
+    """Facts for derivation; raises GuestRefusedError (all refusals, one line) unless forced.
+
+    The copied partitions go to work_parent (default $TMPDIR), not beside the outputs, so the
+    output directory's space check still comes first."""
+    with tempfile.TemporaryDirectory(prefix="imgpipe-guest-", dir=work_parent) as work:
+        facts = inspect_guest(info, Path(work))
+    refusals = []
+    for note in facts.unchecked:
+        LOG.warning("%s: %s", info.path.name, note)
+    for profile in profiles:
+        verdict = refuse.check(info.path, facts, profile, properties_of(profile))
+        for warning in verdict.warnings:
+            LOG.warning("%s", warning)
+        refusals += verdict.refusals
+    if refusals and not force_boot:
+        raise GuestRefusedError("; ".join(refusals))
+    for refusal in refusals:
+        LOG.warning("forced (--force-boot): %s", refusal)
+    return facts

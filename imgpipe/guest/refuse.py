@@ -1,0 +1,75 @@
+"""Profiles this guest cannot boot on, decided before anything is converted or uploaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgpipe.guest.facts import GuestFacts
+from imgpipe.profiles import Profile
+
+OVERRIDE = "or --force-boot"
+# (property, value) -> guest driver the target's disk controller needs.
+BUS_DRIVERS = {("vmware_adaptertype", "paravirtual"): "vmw_pvscsi",
+               ("vmware_adaptertype", "lsilogic"): "mptspi",
+               ("vmware_adaptertype", "lsilogicsas"): "mptsas",
+               ("hw_disk_bus", "virtio"): "virtio_blk",
+               ("hw_scsi_model", "virtio-scsi"): "virtio_scsi",
+               ("hypervisor_type", "hyperv"): "hv_storvsc"}
+
+
+@dataclass
+class Verdict:
+    refusals: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check(src: Path, facts: GuestFacts, profile: Profile, properties: dict[str, str]) -> Verdict:
+    """Refusals (one line each, with what to do instead) and checks that could not be made."""
+    verdict = Verdict()
+    if profile.package == "docker-archive":
+        return verdict
+    name = f"{src.name}: profile {profile.name}"
+    if profile.extract == "root-partition":
+        _root(name, facts, verdict)
+    else:
+        _firmware(name, facts, properties, verdict)
+    _drivers(name, facts, properties, verdict)
+    return verdict
+
+
+def _firmware(name: str, facts: GuestFacts, props: dict[str, str], verdict: Verdict) -> None:
+    machine = props.get("hw_machine_type", "")
+    if not facts.whole_disk_bootable:
+        verdict.refusals.append(f"{name} boots the whole disk, but it has no boot path (no ESP with an "
+                                f"EFI loader, no BIOS boot code); use a bootable image, {OVERRIDE}")
+    elif machine == "hyperv-gen2" and not facts.uefi:
+        verdict.refusals.append(f"{name} (Gen2) needs a UEFI boot path; this disk boots only with BIOS "
+                                f"(no ESP with an EFI loader); use -p hyperv-gen1, {OVERRIDE}")
+    elif machine == "hyperv-gen1" and facts.bios is None:
+        verdict.refusals.append(f"{name} (Gen1) needs a BIOS boot path; this disk boots only with UEFI "
+                                f"(no BIOS boot code); use -p hyperv, {OVERRIDE}")
+
+
+def _root(name: str, facts: GuestFacts, verdict: Verdict) -> None:
+    if facts.root is None:
+        verdict.warnings.append(f"{name}: no Linux root filesystem found; init not checked")
+    elif facts.root.value["filesystem"] not in ("ext2", "ext3", "ext4"):
+        verdict.warnings.append(f"{name}: root is {facts.root.value['filesystem']}; init not checked")
+    elif facts.init is None:
+        verdict.refusals.append(f"{name} boots the root filesystem ({facts.root.evidence}) with its init, "
+                                f"but it has none (/sbin/init, systemd); {OVERRIDE}")
+
+
+def _drivers(name: str, facts: GuestFacts, props: dict[str, str], verdict: Verdict) -> None:
+    needed = [(k, v, d) for (k, v), d in BUS_DRIVERS.items() if props.get(k, "").lower() == v]
+    if not needed:
+        return
+    if facts.drivers is None:
+        verdict.warnings.append(f"{name}: no guest kernel modules found; cannot check the "
+                                f"{', '.join(d for _, _, d in needed)} driver")
+        return
+    for key, value, driver in needed:
+        if driver not in facts.drivers.value:
+            verdict.refusals.append(f"{name} needs the {driver} driver for {key}={props[key]}, but the "
+                                    f"guest kernel lacks it ({facts.drivers.evidence}); {OVERRIDE}")
