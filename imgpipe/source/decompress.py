@@ -35,7 +35,7 @@ class Codec:
     name: str
     magic: bytes
     suffix: str
-    # Decompressor command writing to stdout; the first one installed is used. None: in-process.
+    # Decompressor commands writing to stdout, the first installed one is used; none: ISA-L in process.
     commands: tuple[tuple[str, ...], ...] = ()
 
 
@@ -62,7 +62,7 @@ def output_limit(max_virtual_size: int) -> int:
 
 
 def plain_name(path: Path, codec: Codec) -> str:
-    """guest.qcow2.xz -> guest.qcow2; a name without the suffix keeps its name."""
+    """guest.qcow2.xz -> guest.qcow2; a name without the codec's suffix gets .img appended."""
     name = path.name
     return name[: -len(codec.suffix)] if name.lower().endswith(codec.suffix) and len(name) > len(codec.suffix) \
         else name + ".img"
