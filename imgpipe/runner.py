@@ -20,7 +20,8 @@ from imgpipe.errors import ToolMissingError
 LOG = logging.getLogger("imgpipe.run")
 
 # Debian package that provides each external tool, for the "not installed" message.
-PACKAGES = {"qemu-img": "qemu-utils", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "xz": "xz-utils",
+PACKAGES = {"qemu-img": "qemu-utils", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs",
+            "mdir": "mtools", "mcopy": "mtools", "ntfsls": "ntfs-3g", "xz": "xz-utils",
             "zstd": "zstd", "lbzip2": "lbzip2", "bzip2": "bzip2", "qemu-system-x86_64": "qemu-system-x86"}
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")

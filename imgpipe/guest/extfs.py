@@ -30,7 +30,7 @@ class ExtTree:
         errors = [line for line in result.stderr.splitlines()[1:]
                   if any(word in line for word in _OPEN_FAILED)]
         if errors or result.returncode:
-            why = errors[0] if errors else f"debugfs exit code {result.returncode}"
+            why = errors[0].split(" while trying to open")[0] if errors else f"debugfs exit code {result.returncode}"
             raise GuestInspectionError(f"{self.label}: corrupt ext filesystem: {why.strip()}")
         return result.stdout.encode()
 
