@@ -73,18 +73,20 @@ def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | Non
     fmt = inspect_image(path).format  # the safety checks, and the format from content
     machine = machine_for(props, firmware)
     serial = log or path.with_name(path.name + ".boot.log")
+    firmware_log = serial.with_name(serial.name + ".firmware")
     pattern = re.compile(expect)
     with tempfile.TemporaryDirectory(prefix="imgpipe-boot-") as tmp:
         vars_copy = private_vars(Path(tmp)) if machine.firmware is Firmware.uefi else None
-        argv = machine.argv(path, fmt, serial, vars_copy)
+        argv = machine.argv(path, fmt, serial, vars_copy, firmware_log)
         serial.unlink(missing_ok=True)
         seconds, outcome = _watch(argv, Path(tmp) / "qemu.out", serial, pattern, timeout)
     result = BootResult(path, profile.name, outcome == "", seconds, serial, machine.firmware.value,
                         machine.controller.name, machine.why, "kvm" if machine.kvm else "tcg")
     if outcome:
+        shown = serial if tail(serial) else firmware_log  # nothing on ttyS0: the firmware's last words
         raise BootCheckError(f"{path}: did not boot as {profile.name} ({_describe(machine)}): {outcome}; "
-                             f"serial log {serial}, last line: {_last_line(serial)!r}",
-                             tail=tail(serial))
+                             f"log {shown}, last line: {_last_line(shown)!r}", tail=tail(shown))
+    firmware_log.unlink(missing_ok=True)
     return result
 
 

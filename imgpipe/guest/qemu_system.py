@@ -95,8 +95,13 @@ class Machine:
     why: str
     kvm: bool
 
-    def argv(self, image: Path, fmt: str, serial_log: Path, vars_copy: Path | None) -> list[str]:
-        """Never writes the image (snapshot=on); no display, no network, stop instead of reboot."""
+    def argv(self, image: Path, fmt: str, serial_log: Path, vars_copy: Path | None,
+             firmware_log: Path | None = None) -> list[str]:
+        """Never writes the image (snapshot=on); no display, no network, stop instead of reboot.
+
+        SeaBIOS writes its messages ("Booting from Hard Disk...") to the debug port, not ttyS0:
+        firmware_log keeps them for a guest that never reaches its kernel.
+        """
         accel = ["-enable-kvm", "-cpu", "host"] if self.kvm else ["-accel", "tcg", "-cpu", "max"]
         firmware: list[str] = []
         if self.firmware is Firmware.uefi:
@@ -107,7 +112,9 @@ class Machine:
                 "-m", str(MEMORY_MIB), "-display", "none", "-no-reboot", "-nic", "none",
                 "-serial", f"file:{serial_log}", "-monitor", "none", *firmware,
                 "-drive", f"file={image},format={fmt},if=none,id=d0,snapshot=on",
-                *self.controller.argv()]
+                *self.controller.argv(),
+                *(["-debugcon", f"file:{firmware_log}", "-global", "isa-debugcon.iobase=0x402"]
+                  if firmware_log else [])]
 
 
 def machine_for(properties: Mapping[str, str], firmware: Firmware = Firmware.auto) -> Machine:
