@@ -121,6 +121,8 @@ class Image(BaseModel):
     properties: dict[str, str] = Field(default_factory=dict)
     # Per profile, e.g. {vmware: {vmware_ostype: ubuntu64Guest}}; os_distro must not reach vmware.
     profile_properties: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # Derive boot properties (architecture, os_distro, hw_firmware_type, ...) from the guest.
+    guest_properties: bool = True
     retention: Retention = Field(default_factory=Retention)
     versions: list[Version] = Field(min_length=1)
 

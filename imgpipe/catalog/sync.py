@@ -147,7 +147,8 @@ def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOpt
                              image.name_template.replace("{version}", label),
                              {**image.properties, IMAGE_KEY: image.name, VERSION_KEY: label},
                              list(image.tags), image.visibility, source_sha256=sha,
-                             profile_properties=image.profile_properties)
+                             profile_properties=image.profile_properties,
+                             guest_properties=image.guest_properties)
         try:
             result = publish(req, [seen.clouds[c] for c in clouds], convert, opts.limits, progress)
         except ImgpipeError as exc:
