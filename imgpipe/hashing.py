@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 1 << 20
+# Chunks a hasher may lag behind the sender: bounds memory to about READ_AHEAD MiB per body.
+READ_AHEAD = 8
+ALGOS = ("md5", "sha256", "sha512")
 
 
 @dataclass(frozen=True)
@@ -21,11 +26,64 @@ class Digests:
         return {"md5": self.md5, "sha256": self.sha256, "sha512": self.sha512}.get(algo)
 
 
+class ParallelDigests:
+    """Digests of a byte stream, each updated on its own thread.
+
+    hashlib releases the GIL on updates over 2047 bytes, so with a spare core the digests
+    cost the feeding thread one queue put per chunk instead of three hash updates in a row.
+    Each queue holds at most `depth` chunks: a slow hasher makes the feeder wait rather
+    than memory grow. A hasher that fails keeps draining its queue so the feeder never
+    blocks on it; the error is raised by the next update() or by finish().
+    """
+
+    def __init__(self, algos: tuple[str, ...] = ALGOS, depth: int = READ_AHEAD) -> None:
+        self._hashes = {a: hashlib.new(a, usedforsecurity=a != "md5") for a in algos}
+        self._queues: dict[str, queue.Queue[bytes | None]] = {a: queue.Queue(depth) for a in algos}
+        self._errors: list[BaseException] = []
+        self._threads = [threading.Thread(target=self._run, args=(a,), name=f"hash-{a}", daemon=True)
+                         for a in algos]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, algo: str) -> None:
+        h, q = self._hashes[algo], self._queues[algo]
+        while (chunk := q.get()) is not None:
+            if self._errors:
+                continue
+            try:
+                h.update(chunk)
+            except BaseException as exc:  # handed to the feeding thread
+                self._errors.append(exc)
+
+    def update(self, chunk: bytes) -> None:
+        self._raise()
+        for q in self._queues.values():
+            q.put(chunk)
+
+    def close(self) -> None:
+        """Stop the threads; safe to call more than once."""
+        for q, t in zip(self._queues.values(), self._threads):
+            if t.is_alive():
+                q.put(None)
+                t.join()
+
+    def finish(self) -> dict[str, str]:
+        self.close()
+        self._raise()
+        return {a: h.hexdigest() for a, h in self._hashes.items()}
+
+    def _raise(self) -> None:
+        if self._errors:
+            self.close()
+            raise self._errors[0]
+
+
 class HashingBody:
     """An upload body: iterable in 1 MiB chunks with a length, so requests sends Content-Length.
 
     It has no read(): urllib3 would then read it in small blocks; iterating hands it 1 MiB
     at a time. Each iteration starts from byte 0 with fresh digests, so a retry rewinds.
+    The digests are computed on their own threads while the sending thread sends.
     """
 
     def __init__(self, path: Path, on_bytes: Callable[[int], None] | None = None) -> None:
@@ -39,18 +97,20 @@ class HashingBody:
 
     def __iter__(self) -> Iterator[bytes]:
         self.digests = None
-        md5, sha256, sha512 = hashlib.md5(usedforsecurity=False), hashlib.sha256(), hashlib.sha512()
+        hasher = ParallelDigests()
         sent = 0
-        with self.path.open("rb") as f:
-            while chunk := f.read(CHUNK):
-                md5.update(chunk)
-                sha256.update(chunk)
-                sha512.update(chunk)
-                sent += len(chunk)
-                if self.on_bytes:
-                    self.on_bytes(sent)
-                yield chunk
-        self.digests = Digests(sent, md5.hexdigest(), sha256.hexdigest(), sha512.hexdigest())
+        try:
+            with self.path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    hasher.update(chunk)
+                    sent += len(chunk)
+                    if self.on_bytes:
+                        self.on_bytes(sent)
+                    yield chunk
+            hexes = hasher.finish()
+        finally:
+            hasher.close()  # an abandoned attempt (a retry) must not leave threads behind
+        self.digests = Digests(sent, hexes["md5"], hexes["sha256"], hexes["sha512"])
 
 
 def sha256_file(path: Path) -> str:

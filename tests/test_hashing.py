@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import tracemalloc
 from pathlib import Path
 
-from imgpipe.hashing import HashingBody, sha256_file
+import pytest
+
+from imgpipe.hashing import ALGOS, CHUNK, READ_AHEAD, HashingBody, ParallelDigests, sha256_file
 
 
 def test_body_hashes_what_it_sends_and_rewinds(tmp_path: Path) -> None:
@@ -22,3 +26,36 @@ def test_body_hashes_what_it_sends_and_rewinds(tmp_path: Path) -> None:
     assert body.digests.sha512 == hashlib.sha512(data).hexdigest()
     assert body.digests.sha256 == sha256_file(path) == hashlib.sha256(data).hexdigest()
     assert seen[-1] == len(data)
+
+
+def test_parallel_digests_equal_hashlib_on_real_data(sample_qcow2: Path) -> None:
+    data = sample_qcow2.read_bytes()
+    hasher = ParallelDigests(depth=2)
+    for start in range(0, len(data), CHUNK):
+        hasher.update(data[start:start + CHUNK])
+    assert hasher.finish() == {a: hashlib.new(a, data).hexdigest() for a in ALGOS}
+
+
+def test_hasher_error_reaches_the_feeder() -> None:
+    hasher = ParallelDigests()
+    hasher.update("not bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        for _ in range(100):  # raised by a later update or, at the latest, by finish
+            hasher.update(b"x" * 4096)
+        hasher.finish()
+    assert not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("hash-"))
+
+
+def test_read_ahead_bounds_memory(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    with path.open("wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(CHUNK))
+    tracemalloc.start()
+    try:
+        for _ in HashingBody(path):
+            pass  # a fast sender: only the hashers' queues can hold chunks back
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < (3 * READ_AHEAD + 8) * CHUNK < 64 * CHUNK
