@@ -7,9 +7,11 @@ this exact source (same name, profile, source sha256) are not even converted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -90,7 +92,8 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
             todo.append(profile)
     with tempfile.TemporaryDirectory(prefix="imgpipe-publish-", dir=opts.out_dir) as work, \
             ThreadPoolExecutor(max_workers=max(1, len(clouds)) * 2) as pool, \
-            ThreadPoolExecutor(max_workers=req.boot_check.parallel if req.boot_check else 1) as boots:
+            ThreadPoolExecutor(max_workers=req.boot_check.parallel if req.boot_check else 1) as boots, \
+            _stopping_boots() as stop:
         disk = _unpacked(req.source, todo, Path(work), opts)
         with named_as(req.source, disk):
             info = source_info(disk, todo, opts) if todo else None  # inspected once, not per group
@@ -114,7 +117,7 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
             for out in outputs:
                 for profile in (p for p in group if p.name in out.profiles):
                     up = _request(req, profile, out, sha, report.derived.get(profile.name, {}))
-                    booted = boots.submit(_boot, req.boot_check, up, profile) if req.boot_check else None
+                    booted = boots.submit(_boot, req.boot_check, up, profile, stop) if req.boot_check else None
                     for cloud in clouds:
                         label = f"{cloud.name}/{up.name}"
                         futures.append((label, pool.submit(_upload_booted, booted, cloud, up, limits,
@@ -127,10 +130,22 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
     return report
 
 
-def _boot(check: BootCheck, up: UploadRequest, profile: Profile) -> BootResult:
+@contextlib.contextmanager
+def _stopping_boots() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM reaches only the main thread: tell running boots to end their qemu."""
+    stop = threading.Event()
+    try:
+        yield stop
+    except BaseException:
+        stop.set()
+        raise
+
+
+def _boot(check: BootCheck, up: UploadRequest, profile: Profile, stop: threading.Event) -> BootResult:
     """Boot with exactly the properties the image will carry; the log outlives the work dir."""
     log = check.log_dir / (up.name.replace("/", "_") + ".boot.log")
-    result = boot_check(up.path, profile, up.properties, expect=check.expect, timeout=check.timeout, log=log)
+    result = boot_check(up.path, profile, up.properties, expect=check.expect, timeout=check.timeout, log=log,
+                        stop=stop)
     if result.skipped:
         LOG.warning("%s: boot check skipped: %s", up.name, result.skipped)
     return result

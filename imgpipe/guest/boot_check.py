@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,11 +62,12 @@ def skip_reason(profile: Profile) -> str:
 
 def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | None = None, *,
                expect: str = DEFAULT_EXPECT, timeout: float = DEFAULT_TIMEOUT, log: Path | None = None,
-               firmware: Firmware = Firmware.auto) -> BootResult:
+               firmware: Firmware = Firmware.auto, stop: threading.Event | None = None) -> BootResult:
     """Boot `path` read-only with the machine `properties` (default: the profile's) imply.
 
     Raises BootCheckError when `expect` does not appear on the serial console within `timeout`
     seconds or qemu stops first; the serial log is kept (at `log`, else beside the image).
+    Setting `stop` (from another thread) ends the boot as failed.
     """
     props = dict(profile.properties if properties is None else properties)
     if reason := skip_reason(profile):
@@ -79,7 +81,8 @@ def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | Non
         vars_copy = private_vars(Path(tmp)) if machine.firmware is Firmware.uefi else None
         argv = machine.argv(path, fmt, serial, vars_copy, firmware_log)
         serial.unlink(missing_ok=True)
-        seconds, outcome = _watch(argv, Path(tmp) / "qemu.out", serial, pattern, timeout)
+        seconds, outcome = _watch(argv, Path(tmp) / "qemu.out", serial, pattern, timeout,
+                                  stop or threading.Event())
     result = BootResult(path, profile.name, outcome == "", seconds, serial, machine.firmware.value,
                         machine.controller.name, machine.why, "kvm" if machine.kvm else "tcg")
     if outcome:
@@ -91,7 +94,7 @@ def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | Non
 
 
 def _watch(argv: list[str], qemu_out: Path, serial: Path, pattern: re.Pattern[str],
-           timeout: float) -> tuple[float, str]:
+           timeout: float, stop: threading.Event) -> tuple[float, str]:
     """Seconds taken and "" on success, else what went wrong; qemu is gone when this returns."""
     started = time.monotonic()
     with open(qemu_out, "wb") as out, runner.spawn(argv, output=out) as proc:
@@ -104,7 +107,8 @@ def _watch(argv: list[str], qemu_out: Path, serial: Path, pattern: re.Pattern[st
                 return elapsed, f"qemu exited with code {proc.returncode} {message[0]}".strip()
             if elapsed > timeout:
                 return elapsed, f"no match for {pattern.pattern!r} within {timeout:g} s"
-            time.sleep(POLL_SECONDS)
+            if stop.wait(POLL_SECONDS):
+                return elapsed, "stopped: the run was interrupted"
 
 
 def _describe(machine: Machine) -> str:
