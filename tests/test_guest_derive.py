@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import guest_disks as gd
 import pytest
 from typer.testing import CliRunner
 
-import guest_disks as gd
 from imgpipe.cli import app
-from imgpipe.cloud import clouds, glance as glance_api
+from imgpipe.cloud import clouds
+from imgpipe.cloud import glance as glance_api
 
 runner = CliRunner()
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import guest_disks as gd
 import pytest
+import sample_disk
 from typer.testing import CliRunner
 
-import guest_disks as gd
-import sample_disk
+from imgpipe import errors
 from imgpipe.cli import app
 from imgpipe.cli.base import EXIT_CODES
-from imgpipe import errors
 
 runner = CliRunner()
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import guest_disks as gd
 import pytest
 from typer.testing import CliRunner
 
-import guest_disks as gd
 from imgpipe import errors
 from imgpipe.cli import app
 from imgpipe.cli.base import EXIT_CODES

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest.facts import Fact
-from imgpipe.runner import CommandFailed, Limits, run
+from imgpipe.guest.reader import TOOL_LIMITS
+from imgpipe.runner import CommandFailed, run
 
-LIMITS = Limits(cpu_seconds=30, address_space=1 << 30)
 # PE/COFF machine field -> nova architecture.
 PE_MACHINES = {0x8664: "x86_64", 0xAA64: "aarch64", 0x14C: "i686", 0x5064: "riscv64", 0x1C4: "armv7l"}
 _PE_HEAD = 4096
@@ -17,7 +17,7 @@ _PE_HEAD = 4096
 
 def loaders(image: Path, label: str) -> list[Fact]:
     """Every *.EFI file under EFI/ that is a real PE image, with its architecture as the value."""
-    result = run(["mdir", "-i", str(image), "-/", "-b", "::/EFI"], limits=LIMITS, ok_codes=(0, 1))
+    result = run(["mdir", "-i", str(image), "-/", "-b", "::/EFI"], limits=TOOL_LIMITS, ok_codes=(0, 1))
     if "Cannot initialize" in result.stderr:
         why = result.stderr.strip().splitlines()[0]
         raise GuestInspectionError(f"{label}: corrupt FAT filesystem: {why}")
@@ -38,7 +38,7 @@ def _pe_machine(image: Path, path: str) -> str | None:
     with tempfile.TemporaryDirectory(prefix="imgpipe-esp-", dir=image.parent) as tmp:
         out = Path(tmp) / "loader.efi"
         try:
-            run(["mcopy", "-n", "-i", str(image), path, str(out)], limits=LIMITS)
+            run(["mcopy", "-n", "-i", str(image), path, str(out)], limits=TOOL_LIMITS)
         except CommandFailed:
             return None
         with out.open("rb") as f:

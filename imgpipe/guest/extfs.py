@@ -4,14 +4,13 @@ kernel driver, the guest's bytes parsed by a userspace tool under resource limit
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from pathlib import Path
 
 from imgpipe.errors import GuestInspectionError
+from imgpipe.guest.reader import TOOL_LIMITS
 from imgpipe.guest.tree import Node
-from imgpipe.runner import Limits, run
+from imgpipe.runner import run
 
-LIMITS = Limits(cpu_seconds=30, address_space=1 << 30)
 _OPEN_FAILED = ("while trying to open", "Filesystem not open", "Bad magic number",
                 "Corrupt", "while reading", "checksum does not match")
 _TYPE = re.compile(r"Type: (\w+)")
@@ -23,10 +22,12 @@ class ExtTree:
     def __init__(self, image: Path, label: str) -> None:
         self.image = image
         self.label = label
+        self._stat: dict[str, Node | None] = {}  # path resolution asks for the same parents often
+        self._stat: dict[str, Node | None] = {}  # path resolution asks for the same parents often
         self._debugfs("stats")  # fail once, clearly, on a filesystem debugfs cannot open
 
     def _debugfs(self, request: str) -> bytes:
-        result = run(["debugfs", "-c", "-R", request, str(self.image)], limits=LIMITS, ok_codes=range(256))
+        result = run(["debugfs", "-c", "-R", request, str(self.image)], limits=TOOL_LIMITS, ok_codes=range(256))
         errors = [line for line in result.stderr.splitlines()[1:]
                   if any(word in line for word in _OPEN_FAILED)]
         if errors or result.returncode:
@@ -34,9 +35,13 @@ class ExtTree:
             raise GuestInspectionError(f"{self.label}: corrupt ext filesystem: {why.strip()}")
         return result.stdout.encode()
 
-    @lru_cache(maxsize=None)
     def lstat(self, path: str) -> Node | None:
-        result = run(["debugfs", "-c", "-R", f"stat {_quote(path)}", str(self.image)], limits=LIMITS,
+        if path not in self._stat:
+            self._stat[path] = self._lstat(path)
+        return self._stat[path]
+
+    def _lstat(self, path: str) -> Node | None:
+        result = run(["debugfs", "-c", "-R", f"stat {_quote(path)}", str(self.image)], limits=TOOL_LIMITS,
                      ok_codes=range(256))
         kind = _TYPE.search(result.stdout)
         if kind is None:

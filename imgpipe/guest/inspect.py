@@ -7,11 +7,11 @@ import shlex
 from pathlib import Path
 
 from imgpipe import qemu
+from imgpipe.errors import GuestInspectionError
 from imgpipe.guest import esp, ntfs, reader, signatures, tree
 from imgpipe.guest.extfs import ExtTree
 from imgpipe.guest.facts import Fact, GuestFacts
 from imgpipe.runner import CommandFailed
-from imgpipe.errors import GuestInspectionError
 from imgpipe.source import partitions
 from imgpipe.source.inspect import ImageInfo
 from imgpipe.source.partitions import Partition
@@ -48,7 +48,7 @@ def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
             facts.uefi_loaders += esp.loaders(image, f"partition {part.number} (ESP)")
     loader_arch = {f.value["architecture"] for f in facts.uefi_loaders}
     if loader_arch:
-        facts.architecture = Fact(sorted(loader_arch)[0], facts.uefi_loaders[0].evidence)
+        facts.architecture = Fact(min(loader_arch), facts.uefi_loaders[0].evidence)
     root = _root(parts, found)
     if root is not None:
         _read_root(info, root, found[root.number if root else 0], work, facts)
@@ -171,7 +171,7 @@ def _drivers(guest: tree.Tree, label: str) -> Fact | None:
     listing = tree.listdir(guest, "/lib/modules")
     if listing is None or not listing[1]:
         return None
-    base = f"{listing[0]}/{sorted(listing[1], key=_version_key)[-1]}"
+    base = f"{listing[0]}/{max(listing[1], key=_version_key)}"
     have: dict[str, str] = {}
     builtin = tree.read(guest, f"{base}/modules.builtin", 1 << 20)
     if builtin:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest.facts import Fact
-from imgpipe.runner import Limits, run
-
-LIMITS = Limits(cpu_seconds=30, address_space=1 << 30)
+from imgpipe.guest.reader import TOOL_LIMITS
+from imgpipe.runner import run
 
 
 def available() -> bool:
@@ -29,7 +28,7 @@ def windows(image: Path, label: str) -> Fact | None:
 
 
 def _ls(image: Path, path: str, label: str) -> list[str]:
-    result = run(["ntfsls", "-f", "-p", path, str(image)], limits=LIMITS, ok_codes=range(256))
+    result = run(["ntfsls", "-f", "-p", path, str(image)], limits=TOOL_LIMITS, ok_codes=range(256))
     if result.returncode:
         if "not found" in result.stderr.lower() or "Failed to find" in result.stderr:
             return []

@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgpipe import qemu
+from imgpipe.errors import GuestInspectionError, NoSpaceError
 from imgpipe.runner import CommandFailed, run
 from imgpipe.source.inspect import ImageInfo
 from imgpipe.source.partitions import Partition
-from imgpipe.errors import GuestInspectionError, NoSpaceError
 
 _BLOCK = 65536
+# For the userspace tools that parse the guest's filesystems: nova's limits for untrusted images.
+TOOL_LIMITS = qemu.INFO_LIMITS
 
 
 def window(info: ImageInfo, part: Partition | None) -> qemu.Source:
