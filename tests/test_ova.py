@@ -50,6 +50,12 @@ def _nova_read(path: Path, dest: Path) -> tuple[ET.Element, str]:
     raise AssertionError("no member named like the disk")
 
 
+def _derived(path: Path) -> dict[str, str]:
+    code, stdout, stderr = imgpipe("inspect", path, "--json")
+    assert code == 0, stderr
+    return {k: v["value"] for k, v in json.loads(stdout)["derived_properties"]["vmware-ova"].items()}
+
+
 def test_read_back_like_nova(built: Path, sample_qcow2: Path, tmp_path: Path) -> None:
     root, href = _nova_read(built, tmp_path / "disk.vmdk")
     info = qemu_info(tmp_path / "disk.vmdk", "vmdk")
@@ -62,7 +68,8 @@ def test_read_back_like_nova(built: Path, sample_qcow2: Path, tmp_path: Path) ->
     ref = root.find(f"./{OVF}References/{OVF}File")
     assert int(ref.get(f"{OVF}size")) == (tmp_path / "disk.vmdk").stat().st_size
     system = root.find(f"./{OVF}VirtualSystem")
-    assert system.find(f"./{OVF}OperatingSystemSection").get(f"{VMW}osType") == "otherGuest64"
+    guest_id = _derived(sample_qcow2).get("vmware_ostype", "otherGuest64")  # the sample copies the host's os-release
+    assert system.find(f"./{OVF}OperatingSystemSection").get(f"{VMW}osType") == guest_id
     items = system.findall(f"./{OVF}VirtualHardwareSection/{OVF}Item")
     controller = next(i for i in items if i.findtext(f"{RASD}ResourceType") == "6")
     assert controller.findtext(f"{RASD}ResourceSubType") == "lsilogic"  # vmware_adaptertype lsiLogic
@@ -190,3 +197,15 @@ def test_ova_disk_larger_than_free_space_refused(built: Path, tmp_path: Path) ->
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_convert_states_what_inspection_derived(tmp_path: Path) -> None:
+    import guest_disks
+
+    uefi_only = guest_disks.build(tmp_path / "debian-uefi.qcow2", guest_disks.Guest())
+    [out] = convert_source(uefi_only, profiles.select(["vmware-ova"], profiles.load_all()),
+                           Options(out_dir=tmp_path))
+    root, _ = _nova_read(out.path, tmp_path / "disk.vmdk")
+    system = root.find(f"./{OVF}VirtualSystem")
+    assert system.find(f"./{OVF}OperatingSystemSection").get(f"{VMW}osType") == "debian12_64Guest"
+    assert system.find(f"./{OVF}VirtualHardwareSection/{VMW}Config").get(f"{VMW}value") == "efi"

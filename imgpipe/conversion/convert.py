@@ -28,7 +28,7 @@ from imgpipe.source.unpack import unpacked
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
 from imgpipe.conversion.vmdk_stream import write_stream_optimized
-from imgpipe.guest import gate
+from imgpipe.guest import derive, gate
 from imgpipe.guest.facts import GuestFacts
 
 Progress = Callable[[str, float], None]
@@ -101,7 +101,7 @@ def convert_source(src: Path, profiles: list[Profile], opts: Options,
         info = source_info(disk, profiles, opts)
         assert info is not None
         facts = gate.examine(info, profiles, lambda p: p.properties, opts.force_boot)
-        return convert_image(info, profiles, with_root(opts, facts), progress)
+        return convert_image(info, profiles, with_derived(with_root(opts, facts), facts, profiles), progress)
 
 
 def with_root(opts: Options, facts: GuestFacts) -> Options:
@@ -109,6 +109,14 @@ def with_root(opts: Options, facts: GuestFacts) -> Options:
     if opts.partition is None and facts.root is not None and facts.root.value["partition"]:
         return replace(opts, partition=facts.root.value["partition"])
     return opts
+
+
+def with_derived(opts: Options, facts: GuestFacts, profiles: list[Profile]) -> Options:
+    """What inspection derived (firmware, guest OS) reaches descriptors written now, the OVA's;
+    profile and given properties win over it, as they do on the image."""
+    return replace(opts, properties={p.name: {**{k: str(f.value) for k, f in derive.properties(facts, p).items()},
+                                              **p.properties, **opts.properties.get(p.name, {})}
+                                     for p in profiles})
 
 
 def source_info(src: Path, profiles: list[Profile], opts: Options) -> ImageInfo | None:
