@@ -213,3 +213,28 @@ def test_times_put_vs_glance_direct_vs_web_download(multi: clouds.Cloud, web, sa
     with capsys.disabled():
         print(f"\n{sample_qcow2.stat().st_size >> 20} MiB:",
               ", ".join(f"{m} {t:.2f} s" for m, t in times.items()))
+
+
+def test_catalog_plan_shows_a_missing_store_as_copy(multi: clouds.Cloud, sample_qcow2: Path, tmp_path: Path) -> None:
+    from imgpipe.catalog import model, plan, sync
+
+    sha = sha256_file(sample_qcow2)
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump({
+        "clouds": {"multi": {"stores": ["fast", "slow"], "import_method": "glance-direct"}},
+        "images": [{"name": "cat", "profiles": ["kvm"], "clouds": ["multi"],
+                    "versions": [{"version": "1", "source": str(sample_qcow2), "sha256": sha}]}]}))
+    catalog = model.load(path, profiles.load_all())
+    entry = catalog.images[0]
+    assert catalog.placement(entry, "multi") == Placement(ImportMethod.glance_direct, ("fast", "slow"))
+    req = _req(sample_qcow2, entry.image_name("kvm", "1"), placement=Placement(stores=("fast",)))
+    req.properties.update({model.IMAGE_KEY: "cat", model.VERSION_KEY: "1"})
+    first = upload(multi, req)
+    actions, failures = plan.preview(catalog, lambda name: clouds.connect(name), rotate=False)
+    assert failures == []
+    assert [(a.action, a.stores, a.image_id) for a in actions] == [("copy", ["slow"], first.image_id)]
+    seen = plan.Survey(clouds={"multi": multi})
+    report = sync.SyncReport(str(path), None)
+    done = sync._copy(actions[0], seen, sync.SyncOptions(profiles=profiles.load_all(), cache_dir=tmp_path), report)
+    assert done.action == "copied" and report.failures == []
+    assert _stores(glance_api.get_image(multi, first.image_id)) == {"fast", "slow"}

@@ -16,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 
 from imgpipe import settings
+from imgpipe.cloud.import_method import ImportMethod, Placement
 from imgpipe.errors import CatalogError
 from imgpipe.profiles import RESERVED, RESERVED_PREFIXES, Profile, describe_validation_error
 
@@ -110,9 +111,28 @@ class Defaults(BaseModel):
     retention: Retention | None = None
 
 
+class CloudSettings(BaseModel):
+    """Per cloud (catalog `clouds:`): where its images go and how they get there."""
+
+    model_config = ConfigDict(extra="forbid")
+    import_method: ImportMethod = ImportMethod.auto
+    stores: list[str] = Field(default_factory=list)
+    all_stores: bool = False
+    allow_partial_stores: bool = False
+
+    @model_validator(mode="after")
+    def _stores_or_all(self) -> CloudSettings:
+        if self.stores and self.all_stores:
+            raise ValueError("give stores or all_stores, not both")
+        _no_repeats(self.stores)
+        return self
+
+
 class Image(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=LABEL)
+    # Overrides the cloud's import_method for this image, e.g. put for a vmdk on a converting cloud.
+    import_method: ImportMethod | None = None
     name_template: str = DEFAULT_TEMPLATE
     profiles: list[str] = Field(min_length=1)
     clouds: list[str] = Field(min_length=1)
@@ -221,7 +241,14 @@ def _no_repeats(values: list[str]) -> list[str]:
 class Catalog(BaseModel):
     model_config = ConfigDict(extra="forbid")
     defaults: Defaults = Field(default_factory=Defaults)
+    clouds: dict[str, CloudSettings] = Field(default_factory=dict)
     images: list[Image] = Field(min_length=1)
+
+    def placement(self, image: Image, cloud: str) -> Placement:
+        """How image goes to cloud: the cloud's stores, the image's or else the cloud's method."""
+        settings = self.clouds.get(cloud, CloudSettings())
+        return Placement(image.import_method or settings.import_method, tuple(settings.stores),
+                         settings.all_stores, settings.allow_partial_stores)
 
     @model_validator(mode="before")
     @classmethod

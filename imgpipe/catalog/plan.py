@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgpipe import retry
-from imgpipe.cloud import glance
+from imgpipe.cloud import discovery, glance
 from imgpipe.catalog import rotation
 from imgpipe.catalog.model import Catalog, Image, Version
 from imgpipe.cloud.clouds import Cloud
+from imgpipe.cloud.import_method import Placement
 from imgpipe.errors import ImgpipeError
 from imgpipe.catalog.rotation import Action
 from imgpipe.catalog.download import Checksums
@@ -103,11 +104,14 @@ class Survey:
     shas: dict[str, dict[str, str]] = field(default_factory=dict)  # image -> version -> sha256
     states: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)  # image -> cloud -> images
     failures: list[str] = field(default_factory=list)
+    # The catalog's Catalog.placement: which stores (and method) each image wants on each cloud.
+    placement: Callable[[Image, str], Placement] = lambda image, cloud: Placement()
 
 
-def survey(work: Scope, connect: Connect, checksums: Checksums, limits: retry.RetryLimits) -> Survey:
+def survey(work: Scope, connect: Connect, checksums: Checksums, limits: retry.RetryLimits,
+           placement: Callable[[Image, str], Placement] | None = None) -> Survey:
     """Connect, resolve checksums and list images; a cloud that fails is left out and reported."""
-    seen = Survey()
+    seen = Survey(placement=placement) if placement else Survey()
     for image, version in work.versions:
         try:
             seen.shas.setdefault(image.name, {})[version.version] = checksums.expected(version)
@@ -155,7 +159,10 @@ def plan(todo: list[Unit], seen: Survey, rotate: list[Image]) -> list[Action]:
                 found = next((i for i in group if i["name"] == name and i[SOURCE_KEY] == sha
                               and i["status"] == glance.ACTIVE), None)
                 if found:
-                    actions.append(Action(cloud, image.name, profile, name, label, "unchanged", found["id"]))
+                    missing = _missing_stores(seen, image, cloud, found)
+                    actions.append(Action(cloud, image.name, profile, name, label,
+                                          "copy" if missing else "unchanged", found["id"],
+                                          stores=missing))
                     continue
                 actions += [Action(cloud, image.name, profile, name, label, "discard", i["id"]) for i in group
                             if i["name"] == name and i[SOURCE_KEY] == sha and i["status"] in glance.IN_PROGRESS]
@@ -171,9 +178,24 @@ def plan(todo: list[Unit], seen: Survey, rotate: list[Image]) -> list[Action]:
     return actions
 
 
+def _missing_stores(seen: Survey, image: Image, cloud: str, found: dict[str, Any]) -> list[str]:
+    """The wanted stores an existing identical image is not in yet: a copy-image, not an upload."""
+    asked = seen.placement(image, cloud)
+    if asked.all_stores:
+        try:
+            wanted = discovery.facts(seen.clouds[cloud]).store_ids
+        except ImgpipeError as exc:
+            seen.failures.append(str(exc))
+            return []
+    else:
+        wanted = list(asked.stores)
+    have = set(filter(None, str(found.get("stores") or "").split(",")))
+    return [s for s in wanted if s not in have]
+
+
 def preview(catalog: Catalog, connect: Connect, shard: Shard | None = None, rotate: bool = True,
             limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> tuple[list[Action], list[str]]:
     """The plan of a sync (or of one shard), with what could not be looked at; changes nothing."""
     work = scope(catalog, shard, rotate=rotate)
-    seen = survey(work, connect, Checksums(limits), limits)
+    seen = survey(work, connect, Checksums(limits), limits, catalog.placement)
     return plan(work.todo, seen, rotate=work.images if work.rotate else []), seen.failures

@@ -10,7 +10,7 @@ keeps its name and is hidden, so a rerun still recognises it and boots by id kee
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from imgpipe import retry
@@ -28,7 +28,7 @@ PLANNED = "9999"  # created_at of an image a sync is about to create: newer than
 
 @dataclass
 class Action:
-    """One line of a plan: create, unchanged, discard (an interrupted run's upload), unhide,
+    """One line of a plan: create, unchanged, copy (into missing stores), discard (an interrupted run's upload), unhide,
     hide, deactivate or delete."""
 
     cloud: str
@@ -39,6 +39,7 @@ class Action:
     action: str
     image_id: str = ""
     error: str = ""
+    stores: list[str] = field(default_factory=list)  # a copy's missing stores
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,6 +27,7 @@ from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image
 from imgpipe.conversion.convert import Options
 from imgpipe.errors import ImgpipeError
 from imgpipe.profiles import Profile
+from imgpipe.cloud import glance, image_import
 from imgpipe.cloud.publish import PublishRequest, publish
 from imgpipe.retry import DEFAULT_LIMITS, RetryLimits
 from imgpipe.catalog.rotation import Action
@@ -90,10 +91,11 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
     if opts.shard:
         report.notes.append(f"shard {opts.shard}: rotation is left to `imgpipe catalog rotate` after all shards")
     with locks.clouds(opts.cache_dir, [c for i in work.images for c in i.clouds], report.shard):
-        seen = survey(work, connect, sources.Checksums(opts.limits), opts.limits)
+        seen = survey(work, connect, sources.Checksums(opts.limits), opts.limits, catalog.placement)
         report.failures += seen.failures
         actions = plan(work.todo, seen, rotate=[])
         report.images = [a for a in actions if a.action == "unchanged"]
+        report.images += [_copy(a, seen, opts, report) for a in actions if a.action == "copy"]
         _publish_all(work.todo, actions, seen, opts, report, progress)
         if work.rotate:
             _rotate(work.images, seen, opts, report)
@@ -101,6 +103,19 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
                       PRUNE_AFTER)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _copy(action: Action, seen: Survey, opts: SyncOptions, report: SyncReport) -> Action:
+    """Complete an identical image into the stores it misses (copy-image): no download, no upload."""
+    cloud = seen.clouds[action.cloud]
+    try:
+        image = glance.get_image(cloud, action.image_id)
+        if image is not None:
+            image_import.copy_to(cloud, image, image_import.Targets(action.stores), opts.limits)
+    except ImgpipeError as exc:
+        report.failures.append(f"copy {action.name} to {', '.join(action.stores)}: {exc}")
+        return replace(action, action="failed", error=str(exc))
+    return replace(action, action="copied")
 
 
 def _publish_all(todo: list[Unit], actions: list[Action], seen: Survey, opts: SyncOptions,
@@ -148,7 +163,8 @@ def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOpt
                              {**image.properties, IMAGE_KEY: image.name, VERSION_KEY: label},
                              list(image.tags), image.visibility, source_sha256=sha,
                              profile_properties=image.profile_properties,
-                             guest_properties=image.guest_properties)
+                             guest_properties=image.guest_properties,
+                             cloud_placements={c: seen.placement(image, c) for c in clouds})
         try:
             result = publish(req, [seen.clouds[c] for c in clouds], convert, opts.limits, progress)
         except ImgpipeError as exc:

@@ -82,7 +82,8 @@ def _show_plan(file: Path, actions: list[catalog.Action], failures: list[str]) -
         render.emit_json({"catalog": str(file), "actions": [a.to_dict() for a in actions], "failures": failures})
     else:
         render.table(f"plan {file}", ["cloud", "action", "name", "version", "id"],
-                     [(a.cloud, a.action, a.name, a.version, a.image_id) for a in actions])
+                     [(a.cloud, a.action + (f" to {','.join(a.stores)}" if a.stores else ""), a.name, a.version,
+                       a.image_id) for a in actions])
     _fail_if(failures)
 
 

@@ -53,6 +53,7 @@ class PublishRequest:
         return {**profile.properties, **self.properties, **self.profile_properties.get(profile.name, {})}
     boot_check: BootCheck | None = None
     placement: Placement = field(default_factory=Placement)
+    cloud_placements: dict[str, Placement] = field(default_factory=dict)  # a catalog's per-cloud stores
 
     def image_name(self, profile: Profile, out: Output | None = None) -> str:
         if out is not None and out.docker_name:
@@ -120,7 +121,8 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
                     booted = boots.submit(_boot, req.boot_check, up, profile, stop) if req.boot_check else None
                     for cloud in clouds:
                         label = f"{cloud.name}/{up.name}"
-                        futures.append((label, pool.submit(_upload_booted, booted, cloud, up, limits,
+                        placed = replace(up, placement=req.cloud_placements.get(cloud.name, req.placement))
+                        futures.append((label, pool.submit(_upload_booted, booted, cloud, placed, limits,
                                                            _bytes_progress(progress, label, out.size))))
         for label, future in futures:
             try:
