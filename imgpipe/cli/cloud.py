@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from imgpipe.cloud.upload import UploadResult
 
 KEY_PROPERTIES = ("hypervisor_type", "vmware_disktype", "vmware_adaptertype", "hw_machine_type",
-                  "vm_mode", "img_type")
+                  "vm_mode", "img_type", "hw_firmware_type", "architecture", "os_distro", "vmware_ostype")
 
 
 def _properties(items: list[str] | None) -> dict[str, str]:
