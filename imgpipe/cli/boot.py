@@ -10,8 +10,8 @@ import typer
 from imgpipe import errors, profiles, render
 from imgpipe.cli.base import STATE, app, handled
 from imgpipe.cli.cloud import _properties
-from imgpipe.cli.options import JsonOpt, PropertyOpt
-from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, boot_check
+from imgpipe.cli.options import GuestPropertiesOpt, JsonOpt, PropertyOpt
+from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, boot_check, derived_properties
 from imgpipe.guest.qemu_system import Firmware
 
 ExpectOpt = Annotated[str, typer.Option("--expect", help="Regex on the serial console that means booted.")]
@@ -29,14 +29,16 @@ def boot_check_cmd(
     firmware: Annotated[Firmware, typer.Option(help="auto: from the properties (hw_firmware_type, "
                                                     "hw_machine_type).")] = Firmware.auto,
     prop: PropertyOpt = None,
+    guest_properties: GuestPropertiesOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Boot FILE read-only under QEMU with the firmware and disk controller its published
     properties imply; pass when the serial console shows --expect within --timeout."""
     STATE.json = as_json
     chosen = profiles.select([profile], profiles.load_all(STATE.profile_dirs))[0]
+    derived = derived_properties(file, chosen) if guest_properties else {}
     try:
-        result = boot_check(file, chosen, {**chosen.properties, **_properties(prop)}, expect=expect,
+        result = boot_check(file, chosen, {**derived, **chosen.properties, **_properties(prop)}, expect=expect,
                             timeout=timeout, log=log, firmware=firmware)
     except errors.BootCheckError as exc:
         if not as_json:

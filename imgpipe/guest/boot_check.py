@@ -18,6 +18,8 @@ from pathlib import Path
 
 from imgpipe import runner
 from imgpipe.errors import BootCheckError
+from imgpipe.guest import derive
+from imgpipe.guest.inspect import inspect_guest
 from imgpipe.guest.qemu_system import Firmware, Machine, machine_for, private_vars
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import inspect_image
@@ -58,6 +60,16 @@ def skip_reason(profile: Profile) -> str:
     if profile.extract:
         return "a bare root filesystem (no firmware boots it): not bootable under QEMU"
     return ""
+
+
+def derived_properties(path: Path, profile: Profile) -> dict[str, str]:
+    """What publish would derive from the guest for this profile (hw_firmware_type=uefi for a
+    UEFI-only disk), so a file is booted as it would be published."""
+    if skip_reason(profile):
+        return {}
+    with tempfile.TemporaryDirectory(prefix="imgpipe-boot-") as tmp:
+        facts = inspect_guest(inspect_image(path), Path(tmp))
+    return {key: fact.value for key, fact in derive.properties(facts, profile).items()}
 
 
 def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | None = None, *,
