@@ -102,6 +102,8 @@ class Profile(BaseModel):
     package: Literal["xen-ovf-tgz", "vmware-ova", "docker-archive"] | None = None
     properties: dict[str, str] = Field(default_factory=dict)
     warning: str | None = None
+    # Upload a source that already is this profile's output as it is (see conversion/passthrough).
+    passthrough: bool = True
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("properties", mode="before")
@@ -129,6 +131,7 @@ class Profile(BaseModel):
             tuple(sorted(self.output.options.items())),
             self.output.compress,
             self.extract,
+            self.passthrough,
             self.package,
         )
 

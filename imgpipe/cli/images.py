@@ -158,7 +158,7 @@ def convert(
     if as_json:
         render.emit_json([o.to_dict() for o in outputs])
         return
-    render.table("outputs", ["file", "profiles", "format", "size", "seconds", "verified"],
-                 [(o.path, ",".join(o.profiles), f"{o.disk_format}/{o.container_format}",
+    render.table("outputs", ["file", "profiles", "format", "engine", "size", "seconds", "verified"],
+                 [(o.path, ",".join(o.profiles), f"{o.disk_format}/{o.container_format}", o.engine,
                    render.human_size(o.size), f"{o.seconds:.1f}", "yes" if o.verified else "no")
                   for o in outputs])

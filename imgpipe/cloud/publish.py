@@ -105,7 +105,7 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
                 report.derived = {p.name: derive.to_dict(derive.properties(facts, p)) for p in todo}
         futures: list[tuple[str, Future[UploadResult]]] = []
         # the OVA descriptor states the firmware/OS the image will carry
-        group_opts = replace(opts, out_dir=Path(work), out_file=None, properties={
+        group_opts = replace(opts, out_dir=Path(work), out_file=None, in_place=True, properties={
             p.name: {**{k: d["value"] for k, d in report.derived.get(p.name, {}).items()},
                      **req.given_properties(p)} for p in todo})
         for group in conversion_groups(todo):

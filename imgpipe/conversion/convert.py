@@ -18,7 +18,7 @@ from typing import Any
 from oslo_utils.imageutils import format_inspector
 
 from imgpipe.conversion import atomic
-from imgpipe.conversion import ova, packaging
+from imgpipe.conversion import ova, packaging, passthrough
 from imgpipe.source import partitions
 from imgpipe import qemu
 from imgpipe.errors import ConversionError, FormatMismatchError, NoSpaceError, ProfileError, UnsafeImageError
@@ -71,6 +71,8 @@ class Options:
     # user ones): an OVA's descriptor states firmware, guest OS and controller from them.
     properties: dict[str, dict[str, str]] = field(default_factory=dict)
     force_boot: bool = False
+    # publish: a passthrough output is the source itself, not a copy of it
+    in_place: bool = False
 
 
 @dataclass
@@ -80,6 +82,7 @@ class _Base:
     profile: Profile
     window: qemu.Source
     outputs: list[tuple[Profile, Output]] = field(default_factory=list)
+    passthrough: bool = False
 
     @property
     def is_output(self) -> bool:
@@ -173,7 +176,7 @@ def convert_image(info: ImageInfo, profiles: list[Profile], opts: Options,
         raise ProfileError(f"-o takes one output, but these profiles need {len(outputs)} "
                            "different files: use --output-dir")
     for out in outputs:
-        if out.path.resolve() == info.path.resolve():
+        if out.path.resolve() == info.path.resolve() and out.engine != "passthrough":
             raise ProfileError(f"{out.path}: output would overwrite the source")
     _check_space(bases, opts.out_dir if not opts.out_file else opts.out_file.parent)
     temps: list[tuple[Path, Path]] = []
@@ -198,15 +201,18 @@ def _plan(info: ImageInfo, profiles: list[Profile], opts: Options) -> list[_Base
         assert profile.output is not None
         window = _window(info, profile, opts.partition)
         key = profile.output_key()[:-1]
-        base = bases.setdefault(key, _Base(profile, window))
+        base = bases.setdefault(key, _Base(profile, window, passthrough=passthrough.applies(info, profile, window)))
         shared = next((o for p, o in base.outputs if p.package == profile.package), None)
         if shared is not None:
             shared.profiles.append(profile.name)
             continue
         path = opts.out_file or opts.out_dir / _file_name(stem, profile, taken)
+        if base.passthrough and opts.in_place:
+            path = info.path
         vsize = window.size if window.size is not None else info.virtual_size
         base.outputs.append((profile, Output(path, [profile.name], profile.disk_format,
-                                             profile.container_format, vsize)))
+                                             profile.container_format, vsize,
+                                             engine="passthrough" if base.passthrough else "qemu")))
     return list(bases.values())
 
 
@@ -263,6 +269,9 @@ def _check_space(bases: list[_Base], directory: Path) -> None:
     need = SPACE_MARGIN
     measured: dict[qemu.Source, int] = {}  # most bases read the same whole disk
     for base in bases:
+        if base.passthrough:
+            need += 0 if base.outputs[0][1].path == base.window.path else base.window.path.stat().st_size
+            continue
         if base.window not in measured:
             measured[base.window] = qemu.measure_raw(base.window)
         copies = len(base.outputs) + (0 if base.is_output else 1)
@@ -283,6 +292,9 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
     assert profile.output is not None
     first = base.outputs[0][1]
     started = time.monotonic()
+    if base.passthrough:
+        _pass_through(base, opts, pairs, started)
+        return
     tmp = atomic.temp_beside(first.path)
     scratch.append(tmp)
     label = first.path.name
@@ -312,6 +324,20 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
             pairs.append((tmp, out.path))
         out.verified, out.engine = verified, engine
         out.seconds = time.monotonic() - started
+
+
+def _pass_through(base: _Base, opts: Options, pairs: list[tuple[Path, Path]], started: float) -> None:
+    """The verified source is the output: used where it is, or copied (reflinked) under a temp name.
+
+    A byte-identical copy compares equal by construction, so --verify has nothing to run.
+    """
+    (_, out), = base.outputs  # passthrough never applies to packaged outputs
+    if out.path != base.window.path:
+        tmp = atomic.temp_beside(out.path)
+        pairs.append((tmp, out.path))
+        passthrough.copy(base.window.path, tmp)
+    out.verified = opts.verify
+    out.seconds = time.monotonic() - started
 
 
 def _convert_one(window: qemu.Source, dest: Path, final_name: str, profile: Profile, opts: Options,

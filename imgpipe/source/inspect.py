@@ -53,6 +53,8 @@ class ImageInfo:
     table: str | None = None
     partitions: list[partitions.Partition] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
+    # qemu-img info's format-specific data: what passthrough decides on.
+    format_specific: dict[str, Any] = field(default_factory=dict)
 
     def source(self) -> qemu.Source:
         return qemu.Source(self.path, self.format)
@@ -113,6 +115,7 @@ def inspect_image(
     _check_qemu_info(path, driver, data)
     info = ImageInfo(path, driver, detected, int(data["virtual-size"]),
                      int(data.get("actual-size", size)))
+    info.format_specific = data.get("format-specific", {}).get("data", {})
     info.checks.append("format_inspector safety checks passed")
     if info.virtual_size > max_virtual_size:
         raise ImageTooLargeError(
