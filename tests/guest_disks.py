@@ -31,6 +31,7 @@ class Guest:
     root_type: str = "L"
     fs: str = "ext4"  # ext4, xfs, ntfs
     corrupt: bool = False
+    links: dict[str, str] = field(default_factory=dict)  # path in the guest -> symlink target
 
 
 def build(dest: Path, g: Guest) -> Path:
@@ -84,6 +85,9 @@ def _root_fs(image: Path, tree: Path, g: Guest, mib: int) -> None:
     if g.builtin:
         base.mkdir(parents=True, exist_ok=True)
         (base / "modules.builtin").write_text("".join(f"kernel/drivers/{m}\n" for m in g.builtin))
+    for path, target in g.links.items():
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).symlink_to(target)
     if g.fs == "ext4":
         _run("mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), f"{mib}M")
     elif g.fs == "xfs":

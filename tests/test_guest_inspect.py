@@ -109,3 +109,12 @@ def test_xfs_and_ntfs_say_what_was_not_checked(tmp_path: Path) -> None:
     assert any("xfs" in note and "not checked" in note for note in xfs["unchecked"])
     ntfs = inspect(gd.build(tmp_path / "ntfs.qcow2", gd.Guest(fs="ntfs", root_type=gd.MS_BASIC_DATA)))[1]["guest"]
     assert ntfs["root"] is None and ntfs["os_type"] is None  # NTFS without Windows/System32
+
+
+def test_hostile_symlinks_stay_inside_the_guest(tmp_path: Path) -> None:
+    """A link loop ends, and an absolute link resolves in the guest, never on the host."""
+    g = gd.Guest(os_release=None, init=False,
+                 links={"etc/os-release": "os-release", "sbin/init": "/etc/hostname"})
+    code, data, stderr = inspect(gd.build(tmp_path / "links.qcow2", g))
+    assert code == 0, stderr
+    assert data["guest"]["os_release"] is None and data["guest"]["init"] is None
