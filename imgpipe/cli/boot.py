@@ -10,11 +10,11 @@ import typer
 from imgpipe import errors, profiles, render
 from imgpipe.cli.base import STATE, app, handled
 from imgpipe.cli.cloud import _properties
-from imgpipe.cli.options import GuestPropertiesOpt, JsonOpt, PropertyOpt
+from imgpipe.cli.options import GuestPropertiesOpt, JsonOpt, PropertyOpt, regex
 from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, boot_check, derived_properties
 from imgpipe.guest.qemu_system import Firmware
 
-ExpectOpt = Annotated[str, typer.Option("--expect", help="Regex on the serial console that means booted.")]
+ExpectOpt = Annotated[str, typer.Option("--expect", callback=regex, help="Regex on the serial console that means booted.")]
 BootTimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for --expect.")]
 
 

@@ -10,7 +10,7 @@ import typer
 
 from imgpipe import errors, profiles, render, settings
 from imgpipe.cli.base import STATE, _limits, _warn, app, handled
-from imgpipe.cli.options import (AllowPartialStoresOpt, AllStoresOpt, CacertOpt, CloudOpt, Engine, EngineOpt,
+from imgpipe.cli.options import (regex, AllowPartialStoresOpt, AllStoresOpt, CacertOpt, CloudOpt, Engine, EngineOpt,
                                  ForceOpt, ImportMethod, ImportMethodOpt, InsecureOpt, JsonOpt, StoreOpt,
                                  placement,
                                  ProfileOpt, ProfilePropertyOpt, PropertyOpt, RetriesOpt, TagOpt, TimeoutOpt,
@@ -146,7 +146,8 @@ def publish_cmd(
     os_cacert: CacertOpt = None,
     boot: Annotated[bool, typer.Option("--boot-check", help="Boot each output under QEMU first; upload "
                                                             "nothing of one that does not boot.")] = False,
-    boot_expect: Annotated[str, typer.Option(help="With --boot-check: regex on the serial console.")] = DEFAULT_EXPECT,
+    boot_expect: Annotated[str, typer.Option(callback=regex, help="With --boot-check: regex on the serial "
+                                                                  "console.")] = DEFAULT_EXPECT,
     boot_timeout: Annotated[float, typer.Option(min=1, help="With --boot-check: seconds per boot.")] = DEFAULT_TIMEOUT,
     force_boot: ForceBootOpt = False,
     guest_properties: GuestPropertiesOpt = True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -73,3 +74,12 @@ ForceBootOpt = Annotated[bool, typer.Option("--force-boot", help="Convert/publis
                                             "looks unbootable for a profile (exit 19 otherwise).")]
 GuestPropertiesOpt = Annotated[bool, typer.Option("--guest-properties/--no-guest-properties", help=
                                                   "Derive boot properties from the guest (architecture, os_*, ...).")]
+
+
+def regex(value: str) -> str:
+    """Option callback: a bad --expect is a usage error (exit 2), not a traceback mid-boot."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise typer.BadParameter(f"{value!r} is not a regular expression: {exc}") from exc
+    return value
