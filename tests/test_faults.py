@@ -140,3 +140,34 @@ def test_failed_publish_json_is_one_document(proxy: FaultProxy, sample_qcow2: Pa
     report = json.loads(proc.stdout)  # fails if a second document follows
     assert proc.returncode == 18 and report["images"] == [] and "HTTP 503" in report["failures"][0]
     _assert_one_active("onejson", None)
+
+
+def test_killed_publish_is_taken_over_at_once_and_its_work_dir_removed(
+        proxy: FaultProxy, sample_qcow2: Path, tmp_path: Path) -> None:
+    """SIGKILL (OOM killer, lost CI runner) mid-upload; the rerun on this host sees the owner
+    is dead instead of waiting for its heartbeat to go stale, and removes its work dir."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "imgpipe.cli", "publish", str(sample_qcow2), "-p", "lxc", "--name", "killed",
+            "--cloud", "proxied", "--json", "--work-dir", str(tmp_path)]
+    proxy.faults.append(Fault(PUT, "stall", seconds=60))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.monotonic() + 90
+    while not any(r.startswith("PUT ") for r in proxy.requests) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any(r.startswith("PUT ") for r in proxy.requests)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert list(tmp_path.glob("imgpipe-publish-*")), "the killed run should have left its work dir"
+    proxy.faults.clear()
+    rerun = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    (result,) = json.loads(rerun.stdout)["images"]
+    assert result["status"] == "created"
+    assert [o.split(":")[1] for o in result["took_over_from"]] == [str(proc.pid)]
+    assert not list(tmp_path.glob("imgpipe-publish-*"))
+    _assert_one_active(result["name"], result["image_id"])

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from imgpipe import retry, settings
+from imgpipe import owner, retry, settings
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
 from imgpipe.conversion.convert import (Options, Output, conversion_groups, convert_image, docker_output, source_info,
@@ -32,6 +32,7 @@ from imgpipe.cloud.upload import UploadRequest, UploadResult, find_unchanged, up
 
 LOG = logging.getLogger("imgpipe.cloud.publish")
 DEFAULT_TEMPLATE = settings.NAME_TEMPLATE
+WORK_PREFIX = "imgpipe-publish-"
 
 
 @dataclass
@@ -91,10 +92,13 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
             report.results += [u for u in unchanged if u is not None]
         else:
             todo.append(profile)
-    with tempfile.TemporaryDirectory(prefix="imgpipe-publish-", dir=opts.out_dir) as work, \
+    for gone in owner.sweep(opts.out_dir, WORK_PREFIX):
+        LOG.warning("removed %s, the work directory of a dead run", gone)
+    with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=opts.out_dir) as work, \
             ThreadPoolExecutor(max_workers=max(1, len(clouds)) * 2) as pool, \
             ThreadPoolExecutor(max_workers=req.boot_check.parallel if req.boot_check else 1) as boots, \
             _stopping_boots() as stop:
+        owner.claim_dir(Path(work))
         disk = _unpacked(req.source, todo, Path(work), opts)
         with named_as(req.source, disk):
             info = source_info(disk, todo, opts) if todo else None  # inspected once, not per group

@@ -26,6 +26,7 @@ from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
 from imgpipe.errors import GlanceRefusedError, UploadError
 from imgpipe.hashing import Digests
+from imgpipe.owner import Owner, me
 from imgpipe.profiles import RESERVED
 
 LOG = logging.getLogger("imgpipe.cloud.upload")
@@ -35,6 +36,9 @@ SOURCE_KEY = "imgpipe_source_sha256"
 VERSION_KEY = "imgpipe_version"
 RUN_KEY = "imgpipe_run"
 HEARTBEAT_KEY = "imgpipe_heartbeat"
+# host:pid:start time of the run uploading an image: on the same host a dead owner is
+# recognised at once instead of after STALE_AFTER (see imgpipe.owner).
+OWNER_KEY = "imgpipe_owner"
 # A run uploading an image touches HEARTBEAT_KEY this often (Glance's updated_at does not
 # move during a PUT); an in-progress image silent for STALE_AFTER is a crashed run's leftover.
 HEARTBEAT = 30.0
@@ -83,6 +87,7 @@ class UploadResult:
     seconds: float = 0.0
     checksum: str = ""
     properties: dict[str, str] = field(default_factory=dict)
+    took_over_from: list[str] = field(default_factory=list)  # dead owners whose leftovers went
     stores: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,9 +102,12 @@ def upload(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits = retry.D
         if existing:
             return _complete_stores(cloud, req, existing, limits, started)
     run_id = uuid.uuid4().hex
+    took_over: list[str] = []
     image, status = retry.call(f"cloud {cloud.name}: publish {req.name}",
-                               lambda: _attempt(cloud, req, run_id, limits, on_bytes), limits)
-    return _result(cloud, req.profile, image, status, started)
+                               lambda: _attempt(cloud, req, run_id, limits, on_bytes, took_over), limits)
+    result = _result(cloud, req.profile, image, status, started)
+    result.took_over_from = took_over
+    return result
 
 
 def _complete_stores(cloud: Cloud, req: UploadRequest, existing: UploadResult,
@@ -148,9 +156,9 @@ def _find(cloud: Cloud, wanted: dict[str, str], limits: retry.RetryLimits,
 
 
 def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryLimits,
-             on_bytes: Callable[[int], None] | None) -> tuple[dict[str, Any], str]:
+             on_bytes: Callable[[int], None] | None, took_over: list[str]) -> tuple[dict[str, Any], str]:
     """Claim a fresh image and fill it; whatever fails, that image is deleted before leaving."""
-    image, peer = _claim(cloud, req, run_id, limits)
+    image, peer = _claim(cloud, req, run_id, limits, took_over)
     if peer is not None:
         return peer, "unchanged"
     assert image is not None
@@ -181,8 +189,8 @@ def _slot_id(req: UploadRequest, slot: int) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, key))
 
 
-def _claim(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryLimits
-           ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def _claim(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryLimits,
+           took_over: list[str]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Return (our new image, None), or (None, a peer's active image with the same content)."""
     fields = _fields(req, run_id)
     for slot in range(MAX_SLOTS):
@@ -190,16 +198,19 @@ def _claim(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryLim
         try:
             return glance.create_image(cloud, {**fields, "id": image_id}), None
         except glance.Conflict:
-            peer = _settle_peer(cloud, image_id, run_id, limits)
+            peer = _settle_peer(cloud, image_id, run_id, limits, took_over)
             if peer is not None:
                 return None, peer
     raise UploadError(f"cloud {cloud.name}: {req.name}: {MAX_SLOTS} image ids for this content "
                       "are used up by deleted images; run 'glance-manage db purge' or use --force")
 
 
-def _settle_peer(cloud: Cloud, image_id: str, run_id: str,
-                 limits: retry.RetryLimits) -> dict[str, Any] | None:
-    """The id is taken: wait for a live peer's upload, or clear the way to the next id."""
+def _settle_peer(cloud: Cloud, image_id: str, run_id: str, limits: retry.RetryLimits,
+                 took_over: list[str]) -> dict[str, Any] | None:
+    """The id is taken: wait for a live peer's upload, or clear the way to the next id.
+
+    A peer is gone when it is this run, its owner died on this host, or its heartbeat stopped.
+    """
     deadline = time.monotonic() + WAIT_FOR_PEER
     while True:
         peer = retry.call(f"cloud {cloud.name}: get image {image_id}",
@@ -208,6 +219,12 @@ def _settle_peer(cloud: Cloud, image_id: str, run_id: str,
             return None  # deleted or failed: that id is spent
         if peer["status"] == glance.ACTIVE:
             return peer
+        dead = Owner.parse(str(peer.get(OWNER_KEY, "")))
+        if dead is not None and dead.is_dead_here():
+            LOG.warning("cloud %s: taking over image id %s from dead owner %s", cloud.name, image_id, dead)
+            took_over.append(str(dead))
+            _delete(cloud, image_id, limits)
+            return None
         if peer.get(RUN_KEY) == run_id or time.time() - _last_sign_of_life(peer) > STALE_AFTER:
             LOG.warning("cloud %s: deleting leftover image %s (%s since %s)", cloud.name,
                         image_id, peer["status"], peer.get("updated_at"))
@@ -231,6 +248,7 @@ def _fields(req: UploadRequest, run_id: str) -> dict[str, Any]:
         VERSION_KEY: __version__,
         RUN_KEY: run_id,
         HEARTBEAT_KEY: f"{time.time():.0f}",
+        OWNER_KEY: str(me()),
     }
     if req.visibility:
         fields["visibility"] = req.visibility
