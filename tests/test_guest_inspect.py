@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import guest_disks as gd
@@ -118,3 +119,13 @@ def test_hostile_symlinks_stay_inside_the_guest(tmp_path: Path) -> None:
     code, data, stderr = inspect(gd.build(tmp_path / "links.qcow2", g))
     assert code == 0, stderr
     assert data["guest"]["os_release"] is None and data["guest"]["init"] is None
+
+
+def test_bare_filesystem_is_read_as_the_root(tmp_path: Path) -> None:
+    gd.build(tmp_path / "disk.qcow2", gd.Guest())  # its root.img is the bare filesystem
+    bare = tmp_path / "rootfs.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(tmp_path / "disk.qcow2.d" / "root.img"),
+                    str(bare)], check=True)
+    guest = inspect(bare)[1]["guest"]
+    assert guest["root"]["value"] == {"partition": 0, "filesystem": "ext4", "found_by": "signature"}
+    assert guest["os_release"]["value"]["ID"] == "debian" and guest["boot_paths"] == []

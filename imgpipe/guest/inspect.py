@@ -51,7 +51,9 @@ def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
         facts.architecture = Fact(min(loader_arch), facts.uefi_loaders[0].evidence)
     root = _root(parts, found)
     if root is not None:
-        _read_root(info, root, found[root.number if root else 0], work, facts)
+        _read_root(info, root, found[root.number], work, facts)
+    elif not info.table and found[0] in LINUX_FILESYSTEMS:  # a bare filesystem (lxc/uml input)
+        _read_root(info, None, found[0], work, facts)
     elif info.table:
         facts.unchecked.append("no Linux root filesystem (ext2/3/4, xfs, btrfs) found")
     for part in parts:
@@ -89,29 +91,23 @@ def _bios(head: bytes, info: ImageInfo) -> Fact | None:
 
 def _root(parts: list[Partition | None], found: dict[int, str | None]) -> Partition | None:
     """Typed root first, then Linux-typed, then any partition whose signature is a Linux fs."""
-    linux = [p for p in parts if found[p.number if p else 0] in LINUX_FILESYSTEMS]
-    if parts == [None]:
-        return None
-    for tier in ([p for p in linux if p and p.type in partitions.ROOT_TYPES],
-                 [p for p in linux if p and p.kind == "linux"], linux):
+    linux = [p for p in parts if p is not None and found[p.number] in LINUX_FILESYSTEMS]
+    for tier in ([p for p in linux if p.type in partitions.ROOT_TYPES],
+                 [p for p in linux if p.kind == "linux"], linux):
         if tier:
-            return max(tier, key=lambda p: p.size if p else 0)
+            return max(tier, key=lambda p: p.size)
     return None
-
-
-def root_partition(info: ImageInfo, work: Path) -> Partition | None:
-    """The root partition as inspection finds it, for conversions that extract it."""
-    parts: list[Partition | None] = list(info.partitions)
-    return _root(parts, {p.number: _probe(info, p, work) for p in info.partitions if p})
 
 
 def _read_root(info: ImageInfo, part: Partition | None, fs: str | None, work: Path,
                facts: GuestFacts) -> None:
     label = _label(part)
-    how = (f"GPT type {part.type}" if part and part.kind != "other" else "signature") + f", {fs} signature"
+    typed = part is not None and part.kind != "other"
+    how = (f"type {part.kind} ({part.type})" if typed and part else
+           f"type {part.type} says nothing; found by its signature" if part else
+           "no partition table; found by its signature")
     facts.root = Fact({"partition": part.number if part else 0, "filesystem": fs,
-                       "found_by": "type" if part and part.kind != "other" else "signature"},
-                      f"{label} ({how})")
+                       "found_by": "type" if typed else "signature"}, f"{label} ({how}, {fs})")
     if fs not in ("ext2", "ext3", "ext4"):
         facts.unchecked.append(f"{label} is {fs}: no userspace reader is used for it, so os-release, "
                                "init, guest agent and kernel drivers were not checked")
