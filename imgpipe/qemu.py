@@ -18,6 +18,12 @@ INFO_LIMITS = Limits(cpu_seconds=30, address_space=1 << 30)
 IO_LIMITS = Limits(cpu_seconds=120, address_space=4 << 30)
 # Exit codes of `qemu-img check`: 0 clean, 3 leaked clusters only (harmless), 63 not supported.
 CHECK_OK = (0, 3, 63)
+# Measured on the 2 GiB sample (median of 3, from a compressed qcow2): -m 16 -W takes raw
+# 0.49 -> 0.41 s, qcow2 0.54 -> 0.45 s, vhdx 0.64 -> 0.53 s; vmdk and vpc gain nothing from -W.
+# -W (out-of-order writes) only changes where clusters land in the file, never what the guest
+# reads; qemu-img refuses it with -c, and stream-like formats (vmdk, vpc) are left in order.
+COROUTINES = 16
+OUT_OF_ORDER = {"raw", "qcow2", "vhdx"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,9 @@ def convert(
     compress: bool = False,
     on_progress: Callable[[float], None] | None = None,
 ) -> None:
-    argv = [QEMU_IMG, "convert"]
+    argv = [QEMU_IMG, "convert", "-m", str(COROUTINES)]
+    if out_format in OUT_OF_ORDER and not compress:
+        argv.append("-W")
     if on_progress is not None:
         argv.append("-p")
     argv += src.args()
