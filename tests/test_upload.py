@@ -184,11 +184,11 @@ def test_live_upload_beats_its_heart(glance, sample_qcow2: Path, monkeypatch: py
 
 
 def _slow_put(real):
-    def put(cloud, image_id, body, disk_format):
+    def put(cloud, image_id, body, disk_format, *args, **kwargs):
         import time
 
         time.sleep(0.5)  # long enough for two beats, with the real PUT after it
-        return real(cloud, image_id, body, disk_format)
+        return real(cloud, image_id, body, disk_format, *args, **kwargs)
 
     return put
 
