@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from isal import igzip
-
 from imgpipe import runner
 from imgpipe.errors import ImageTooLargeError, NoSpaceError, UnsafeImageError
 
@@ -92,6 +90,8 @@ def decompress(src: Path, codec: Codec, dest: Path, max_virtual_size: int) -> No
 @contextlib.contextmanager
 def _reader(src: Path, codec: Codec) -> Iterator[IO[bytes]]:
     if not codec.commands:
+        from isal import igzip  # only when a gzip is really decompressed: inspect imports CODECS
+
         with igzip.open(src, "rb") as f:
             yield f  # type: ignore[misc]
         return

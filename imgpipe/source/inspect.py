@@ -16,6 +16,7 @@ from typing import Any
 from oslo_utils.imageutils import format_inspector
 
 from imgpipe.source import partitions
+from imgpipe.source.decompress import CODECS
 from imgpipe import qemu
 from imgpipe.errors import (
     FormatMismatchError,
@@ -34,10 +35,8 @@ CLAIM_ALIASES = {"vpc": "vpc", "vhd": "vpc", "img": "raw", **QEMU_DRIVER}
 CHECKABLE = {"qcow2", "vmdk", "vhdx", "vdi"}
 ARCHIVE_MAGIC = [
     # convert and publish unpack compressed files and OVAs (source/unpack.py) before inspecting
-    (0, b"\x1f\x8b", "a gzip-compressed file (convert and publish decompress it)"),
-    (0, b"\xfd7zXZ\x00", "an xz-compressed file (convert and publish decompress it)"),
-    (0, b"BZh", "a bzip2-compressed file (convert and publish decompress it)"),
-    (0, b"\x28\xb5\x2f\xfd", "a zstd-compressed file (convert and publish decompress it)"),
+    *[(0, c.magic, f"{'an' if c.name == 'xz' else 'a'} {c.name}-compressed file (convert and publish decompress it)")
+      for c in CODECS],
     (0, b"PK\x03\x04", "a zip archive; extract the disk image first"),
     (257, b"ustar", "a tar archive (only OVA sources and the docker profile take one)"),
 ]
