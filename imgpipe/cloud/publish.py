@@ -48,13 +48,17 @@ class PublishRequest:
     source_sha256: str | None = None
     profile_properties: dict[str, dict[str, str]] = field(default_factory=dict)
     guest_properties: bool = True
+    boot_check: BootCheck | None = None
+    placement: Placement = field(default_factory=Placement)
+    cloud_placements: dict[str, Placement] = field(default_factory=dict)  # a catalog's per-cloud stores
 
     def given_properties(self, profile: Profile) -> dict[str, str]:
         """Profile, then user, then per-profile user properties: all override derived ones."""
         return {**profile.properties, **self.properties, **self.profile_properties.get(profile.name, {})}
-    boot_check: BootCheck | None = None
-    placement: Placement = field(default_factory=Placement)
-    cloud_placements: dict[str, Placement] = field(default_factory=dict)  # a catalog's per-cloud stores
+
+    def final_properties(self, profile: Profile, derived: dict[str, dict[str, str]]) -> dict[str, str]:
+        """What the image carries: derived values under everything the profile and user gave."""
+        return {**{k: d["value"] for k, d in derived.items()}, **self.given_properties(profile)}
 
     def image_name(self, profile: Profile, out: Output | None = None) -> str:
         if out is not None and out.docker_name:
@@ -110,8 +114,7 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
         futures: list[tuple[str, Future[UploadResult]]] = []
         # the OVA descriptor states the firmware/OS the image will carry
         group_opts = replace(opts, out_dir=Path(work), out_file=None, in_place=True, properties={
-            p.name: {**{k: d["value"] for k, d in report.derived.get(p.name, {}).items()},
-                     **req.given_properties(p)} for p in todo})
+            p.name: req.final_properties(p, report.derived.get(p.name, {})) for p in todo})
         for group in conversion_groups(todo):
             try:
                 outputs = (convert_image(info, group, group_opts, progress) if info
@@ -196,6 +199,6 @@ def _request(req: PublishRequest, profile: Profile, out: Output, sha: str,
         path=out.path, name=req.image_name(profile, out), profile=profile.name,
         disk_format=profile.disk_format, container_format=profile.container_format,
         virtual_size=out.virtual_size, source_sha256=sha,
-        properties={**{k: d["value"] for k, d in derived.items()}, **req.given_properties(profile)},
+        properties=req.final_properties(profile, derived),
         tags=req.tags,
         visibility=req.visibility, force=req.force, placement=req.placement)

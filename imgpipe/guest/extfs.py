@@ -23,7 +23,6 @@ class ExtTree:
         self.image = image
         self.label = label
         self._stat: dict[str, Node | None] = {}  # path resolution asks for the same parents often
-        self._stat: dict[str, Node | None] = {}  # path resolution asks for the same parents often
         self._debugfs("stats")  # fail once, clearly, on a filesystem debugfs cannot open
 
     def _debugfs(self, request: str) -> bytes:

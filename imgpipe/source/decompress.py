@@ -10,7 +10,6 @@ Runs of zeros are written as holes, so a mostly empty raw disk costs only its da
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -19,7 +18,8 @@ from pathlib import Path
 from typing import IO
 
 from imgpipe import runner
-from imgpipe.errors import ImageTooLargeError, NoSpaceError, UnsafeImageError
+from imgpipe.errors import ImageTooLargeError, NoSpaceError
+from imgpipe.source.partial import removed_on_failure
 
 CHUNK = 1 << 20
 # Stop well before the disk is full: other outputs of the run still need room.
@@ -69,22 +69,12 @@ def plain_name(path: Path, codec: Codec) -> str:
 def decompress(src: Path, codec: Codec, dest: Path, max_virtual_size: int) -> None:
     """Decompress src into dest (a temp file the caller named); on any failure dest is removed."""
     limit = output_limit(max_virtual_size)
-    try:
+    corrupt = f"corrupt {codec.name} data"
+    with removed_on_failure(dest, src, "decompress it", corrupt, (OSError, EOFError, runner.CommandFailed)):
         with _reader(src, codec) as stream, dest.open("wb") as out:
             copy_bounded(stream, out, src, limit)
             out.flush()
             os.fsync(out.fileno())
-    except runner.CommandFailed as exc:
-        dest.unlink(missing_ok=True)
-        raise UnsafeImageError(f"{src}: corrupt {codec.name} data: {exc}") from exc
-    except (OSError, EOFError) as exc:
-        dest.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise NoSpaceError(f"{src}: no space left in {dest.parent} to decompress it") from exc
-        raise UnsafeImageError(f"{src}: corrupt {codec.name} data: {exc}") from exc
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ one. The result is a plain vmdk that is then inspected like any other source.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import re
 import shutil
@@ -20,6 +19,7 @@ from typing import IO
 
 from imgpipe.errors import ChecksumError, ImageTooLargeError, NoSpaceError, UnsafeImageError
 from imgpipe.source.decompress import FREE_MARGIN
+from imgpipe.source.partial import removed_on_failure
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 MAX_DESCRIPTOR = 16 << 20  # an OVF descriptor is a few KiB; refuse to parse huge XML
@@ -88,7 +88,7 @@ def parse_manifest(text: str) -> dict[str, tuple[str, str]]:
 
 def extract_disk(src: Path, dest: Path, limit: int) -> Descriptor:
     """Copy the OVA's disk into dest (a temp file the caller named), verified; removed on failure."""
-    try:
+    with removed_on_failure(dest, src, "extract its disk", "not a readable OVA", (tarfile.TarError, OSError)):
         with tarfile.open(src, mode="r:") as tar:
             members = {_plain(m.name): m for m in tar.getmembers()}
             desc, text = _descriptor_of(tar, src)
@@ -113,14 +113,6 @@ def extract_disk(src: Path, dest: Path, limit: int) -> Descriptor:
             with dest.open("wb") as out:
                 _copy(fileobj, out, disk_hash)
             _check(src, desc.disk_href, sums, disk_hash)
-    except (tarfile.TarError, OSError) as exc:
-        dest.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise NoSpaceError(f"{src}: no space left in {dest.parent} to extract its disk") from exc
-        raise UnsafeImageError(f"{src}: not a readable OVA: {exc}") from exc
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
     return desc
 
 
