@@ -86,6 +86,7 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 SERVICES = ("glance", "keystone")
+SQLITE_BUSY_SECONDS = 60  # how long a locked sqlite write waits before failing
 NOAUTH_POLICY = "noauth-policy.yaml"
 # Import tasks need an owner (tasks.owner is NOT NULL) and Glance's noauth context has no
 # project: import-enabled noauth clouds use this context instead (a module in etc/).
@@ -479,7 +480,9 @@ def _glance_conf(state_dir: Path, port: int, keystone_url: str | None,
         "DEFAULT": {"enabled_backends": ", ".join(f"{s}:file" for s in stores),
                     "enabled_import_methods": "[glance-direct,copy-image,web-download]",
                     "worker_self_reference_url": _url(port)},
-        "database": {"connection": f"sqlite:///{base / 'glance.sqlite'}"},
+        # sqlite's default 5 s busy timeout is too short on a loaded 2-core machine (the
+        # suite's TCG boots): writers then fail with "database is locked" as HTTP 500.
+        "database": {"connection": f"sqlite:///{base / 'glance.sqlite'}?timeout={SQLITE_BUSY_SECONDS}"},
         "glance_store": {"default_backend": stores[0]},
         **{s: {"filesystem_store_datadir": str(base / ("images" if s == "fs" else f"images-{s}"))}
            for s in stores},
@@ -554,7 +557,7 @@ def _prepare_glance(venv: Path, state_dir: Path, port: int, keystone_url: str | 
 def _keystone_conf(state_dir: Path) -> dict[str, dict[str, str]]:
     base = _workdir(state_dir, "keystone")
     return {
-        "database": {"connection": f"sqlite:///{base / 'keystone.sqlite'}"},
+        "database": {"connection": f"sqlite:///{base / 'keystone.sqlite'}?timeout={SQLITE_BUSY_SECONDS}"},
         "token": {"provider": "fernet"},
         "fernet_tokens": {"key_repository": str(base / "fernet-keys")},
         "fernet_receipts": {"key_repository": str(base / "fernet-keys")},
