@@ -20,7 +20,7 @@ from imgpipe.errors import ToolMissingError
 LOG = logging.getLogger("imgpipe.run")
 
 # Debian package that provides each external tool, for the "not installed" message.
-PACKAGES = {"qemu-img": "qemu-utils", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs",
+PACKAGES = {"qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs",
             "mdir": "mtools", "mcopy": "mtools", "ntfsls": "ntfs-3g", "xz": "xz-utils",
             "zstd": "zstd", "lbzip2": "lbzip2", "bzip2": "bzip2", "qemu-system-x86_64": "qemu-system-x86"}
 
@@ -157,16 +157,17 @@ def _run_with_progress(
 
 
 @contextlib.contextmanager
-def spawn(argv: Sequence[str], *, output: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a long-running command (a guest under qemu) the caller watches and ends.
+def spawn(argv: Sequence[str], *, output: IO[bytes],
+          limits: Limits | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a long-running command (a guest under qemu, an NBD server) the caller uses and ends.
 
     stdout and stderr go to `output`. Whatever way the block is left (done, timeout, Ctrl-C),
     the command is killed and reaped: no process outlives the caller.
     """
     require(argv[0])
     LOG.info("run: %s", shlex.join(argv))
-    with subprocess.Popen(list(argv), stdout=output, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL) as proc:
+    with subprocess.Popen(list(argv), stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                          preexec_fn=limits.apply if limits else None) as proc:
         try:
             yield proc
         finally:

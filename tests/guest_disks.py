@@ -30,6 +30,7 @@ class Guest:
     builtin: tuple[str, ...] = ()
     root_type: str = "L"
     fs: str = "ext4"  # ext4, xfs, ntfs
+    ext_features: str = ""  # mkfs.ext4 -O, e.g. "inline_data"
     corrupt: bool = False
     links: dict[str, str] = field(default_factory=dict)  # path in the guest -> symlink target
 
@@ -89,7 +90,8 @@ def _root_fs(image: Path, tree: Path, g: Guest, mib: int) -> None:
         (tree / path).parent.mkdir(parents=True, exist_ok=True)
         (tree / path).symlink_to(target)
     if g.fs == "ext4":
-        _run("mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), f"{mib}M")
+        features = ["-O", g.ext_features] if g.ext_features else []
+        _run("mkfs.ext4", "-q", "-F", *features, "-d", str(tree), str(image), f"{mib}M")
     elif g.fs == "xfs":
         with image.open("wb") as f:
             f.truncate(mib * MIB)

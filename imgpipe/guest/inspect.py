@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import logging
 import re
 import shlex
 from pathlib import Path
 
 from imgpipe import qemu
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest import esp, ntfs, reader, signatures, tree
+from imgpipe.guest import esp, nbd, ntfs, reader, signatures, tree
+from imgpipe.guest.ext_blocks import ExtBlocks, Unsupported
 from imgpipe.guest.extfs import ExtTree
 from imgpipe.guest.facts import Fact, GuestFacts
 from imgpipe.runner import CommandFailed
@@ -16,6 +20,7 @@ from imgpipe.source import partitions
 from imgpipe.source.inspect import ImageInfo
 from imgpipe.source.partitions import Partition
 
+LOG = logging.getLogger("imgpipe.guest")
 BOOT_CODE = 440
 LINUX_FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x03: "i686", 0xF3: "riscv64", 0x28: "armv7l",
@@ -112,8 +117,27 @@ def _read_root(info: ImageInfo, part: Partition | None, fs: str | None, work: Pa
         facts.unchecked.append(f"{label} is {fs}: no userspace reader is used for it, so os-release, "
                                "init, guest agent and kernel drivers were not checked")
         return
-    image = reader.extract(info, part, work / f"root{part.number if part else 0}.raw")
-    guest = ExtTree(image, f"{info.path}: {label}")
+    _read_ext(info, part, work, label, facts)
+
+
+def _read_ext(info: ImageInfo, part: Partition | None, work: Path, label: str, facts: GuestFacts) -> None:
+    """Over NBD, only the blocks the lookups need; debugfs on a full copy of the partition
+    for a filesystem ext_blocks does not parse (facts found before it gave up are dropped)."""
+    name = f"{info.path}: {label}"
+    try:
+        with nbd.export(reader.window(info, part), name) as disk:
+            found = copy.deepcopy(facts)
+            _read_linux(ExtBlocks(disk.read, disk.size, name), label, found)
+    except Unsupported as exc:
+        LOG.info("%s: %s: reading it with debugfs from a full copy", name, exc)
+        image = reader.extract(info, part, work / f"root{part.number if part else 0}.raw")
+        _read_linux(ExtTree(image, name), label, facts)
+        return
+    for each in dataclasses.fields(facts):
+        setattr(facts, each.name, getattr(found, each.name))
+
+
+def _read_linux(guest: tree.Tree, label: str, facts: GuestFacts) -> None:
     _os_release(guest, label, facts)
     facts.init = _first_file(guest, INIT_PATHS, label)
     facts.guest_agent = _first_file(guest, AGENT_PATHS, label)
