@@ -68,6 +68,21 @@ def measure_raw(src: Source) -> int:
     return int(json.loads(result.stdout)["required"])
 
 
+def data_extents(src: Source) -> list[tuple[int, int]]:
+    """(start, end) guest ranges holding data, merged; zero and unallocated ranges are left out."""
+    result = run([QEMU_IMG, "map", "--output=json", *src.args()], limits=INFO_LIMITS)
+    ranges: list[tuple[int, int]] = []
+    for entry in json.loads(result.stdout):
+        if not entry.get("data") or entry.get("zero"):
+            continue
+        start, end = int(entry["start"]), int(entry["start"]) + int(entry["length"])
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((start, end))
+    return ranges
+
+
 def read_head(src: Source, dest: Path, length: int) -> bytes:
     """The first `length` bytes of the guest-visible disk, via `qemu-img dd`."""
     block = 65536

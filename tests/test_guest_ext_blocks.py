@@ -15,9 +15,9 @@ import guest_disks as gd
 import pytest
 from typer.testing import CliRunner
 
-from imgpipe import errors, qemu
+from imgpipe import errors, nbd, qemu
 from imgpipe.cli import app
-from imgpipe.guest import nbd, tree
+from imgpipe.guest import tree
 from imgpipe.guest.ext_blocks import ExtBlocks, Unsupported
 
 LONG_TARGET = "usr/share/" + "a-long-directory-name/" * 4 + "target"  # > 60 bytes: a slow symlink

@@ -8,6 +8,7 @@ with the source, and only renamed into place once every output of the run succee
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -20,14 +21,14 @@ from oslo_utils.imageutils import format_inspector
 from imgpipe.conversion import atomic
 from imgpipe.conversion import ova, packaging, passthrough
 from imgpipe.source import partitions
-from imgpipe import qemu
+from imgpipe import nbd, qemu
 from imgpipe.errors import ConversionError, FormatMismatchError, NoSpaceError, ProfileError, UnsafeImageError
 from imgpipe.source.inspect import (DEFAULT_MAX_VIRTUAL_SIZE, QEMU_DRIVER, ImageInfo, detect_format, inspect_image,
                                    open_source)
 from imgpipe.source.unpack import unpacked
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
-from imgpipe.conversion.vmdk_stream import write_stream_optimized
+from imgpipe.conversion.vmdk_stream import Disk, write_stream
 from imgpipe.guest import derive, gate
 from imgpipe.guest.facts import GuestFacts
 
@@ -301,7 +302,7 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
     report = (lambda pct: progress(label, pct)) if progress else None
     # The vmdk's descriptor names its file: inside an OVA that is the member, not the .ova.
     disk_name = ova.member_names(first.path)[1] if base.outputs[0][0].package == "vmware-ova" else first.path.name
-    engine = _convert_one(base.window, tmp, disk_name, profile, opts, report, scratch)
+    engine = _convert_one(base.window, tmp, disk_name, profile, opts, report)
     _reinspect(tmp, profile.output.format, first.virtual_size, label)
     verified = False
     if opts.verify:
@@ -341,13 +342,12 @@ def _pass_through(base: _Base, opts: Options, pairs: list[tuple[Path, Path]], st
 
 
 def _convert_one(window: qemu.Source, dest: Path, final_name: str, profile: Profile, opts: Options,
-                 report: Callable[[float], None] | None, scratch: list[Path]) -> str:
+                 report: Callable[[float], None] | None) -> str:
     assert profile.output is not None
     out = profile.output
     try:
         if _use_native(profile, opts.engine):
-            _native_stream_optimized(window, dest, final_name, out.options["adapter_type"],
-                                     opts.jobs, report, scratch)
+            _native_stream_optimized(window, dest, final_name, out.options["adapter_type"], opts.jobs, report)
             return "native"
         qemu.convert(window, dest, out.format, out.options, out.compress, report)
     except CommandFailed as exc:
@@ -363,20 +363,18 @@ def _use_native(profile: Profile, engine: str) -> bool:
 
 
 def _native_stream_optimized(window: qemu.Source, dest: Path, final_name: str, adapter: str,
-                             jobs: int | None, report: Callable[[float], None] | None,
-                             scratch: list[Path]) -> None:
-    """qemu-img reads the source into a sparse raw; imgpipe deflates grains on every core."""
-    raw = atomic.temp_beside(dest)
-    scratch.append(raw)
-    # One bar for both phases: reading the source is the first half, deflating the second.
-    first = (lambda pct: report(pct / 2)) if report else None
-    second = (lambda pct: report(50 + pct / 2)) if report else None
-    qemu.convert(window, raw, "raw", {}, False, first)
-    with dest.open("wb") as f:
-        write_stream_optimized(raw, f, adapter_type=adapter, jobs=jobs, extent_name=final_name,
-                               on_progress=second)
-    raw.unlink()
-    scratch.remove(raw)
+                             jobs: int | None, report: Callable[[float], None] | None) -> None:
+    """qemu-nbd inflates the source while imgpipe deflates grains on every core: no raw copy
+    first, so reading and writing overlap and nothing the size of the disk is written twice."""
+    workers = jobs or os.cpu_count() or 1
+    extents = qemu.data_extents(window)
+    try:
+        with nbd.shared(window, str(window.path), workers) as reader, dest.open("wb") as f:
+            disk = Disk(reader.size, lambda: iter(extents), reader.read)
+            write_stream(disk, f, adapter_type=adapter, jobs=workers, extent_name=final_name,
+                         on_progress=report, label=str(window.path))
+    except nbd.NbdError as exc:
+        raise ConversionError(f"{window.path}: reading it for the streamOptimized writer failed: {exc}") from exc
 
 
 def _reinspect(path: Path, out_format: str, virtual_size: int, label: str) -> None:

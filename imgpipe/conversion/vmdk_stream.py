@@ -112,6 +112,16 @@ ddb.toolsVersion = "{tools_version}"
 """
 
 
+@dataclass(frozen=True)
+class Disk:
+    """What the writer reads: the guest-visible size, its data ranges (holes are never
+    read) and a thread-safe positional read (short reads past the end are zero-padded)."""
+
+    size: int
+    extents: Callable[[], Iterator[tuple[int, int]]]
+    read: Callable[[int, int], bytes]
+
+
 def write_stream_optimized(
     src_raw: Path,
     dest: BinaryIO,
@@ -128,25 +138,41 @@ def write_stream_optimized(
     base name of `dest.name`); pass the final name when `dest` is a temporary file.
     `on_progress` gets the percentage of the disk written so far.
     """
+    fd = os.open(src_raw, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        disk = Disk(size, lambda: _data_extents(fd, size), lambda offset, length: os.pread(fd, length, offset))
+        write_stream(disk, dest, adapter_type=adapter_type, jobs=jobs, extent_name=extent_name,
+                     on_progress=on_progress, label=str(src_raw))
+    finally:
+        os.close(fd)
+
+
+def write_stream(
+    disk: Disk,
+    dest: BinaryIO,
+    *,
+    adapter_type: str = "lsilogic",
+    jobs: int | None = None,
+    extent_name: str | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    label: str = "disk",
+) -> None:
+    """write_stream_optimized for any Disk (e.g. a qcow2 served by qemu-nbd: no raw copy)."""
     if adapter_type not in ADAPTER_TYPES:
         raise ValueError(f"adapter_type {adapter_type!r} is not one of {', '.join(ADAPTER_TYPES)}")
     workers = (os.cpu_count() or 1) if jobs is None else jobs
     if workers < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     name = _extent_name(dest, extent_name)
-    fd = os.open(src_raw, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        capacity = -(-size // SECTOR)
-        if not 0 < capacity <= MAX_SECTORS:
-            # qemu takes capacity 0 for a descriptor-only file and cannot open it.
-            raise ValueError(f"{src_raw}: a VMDK extent holds 1 byte to 2 TiB, not {size} bytes")
-        stream = _Stream(dest, capacity)
-        stream.write(_head(capacity, adapter_type, name))
-        _write_grains(fd, size, stream, workers, on_progress)
-        stream.finish()
-    finally:
-        os.close(fd)
+    capacity = -(-disk.size // SECTOR)
+    if not 0 < capacity <= MAX_SECTORS:
+        # qemu takes capacity 0 for a descriptor-only file and cannot open it.
+        raise ValueError(f"{label}: a VMDK extent holds 1 byte to 2 TiB, not {disk.size} bytes")
+    stream = _Stream(dest, capacity)
+    stream.write(_head(capacity, adapter_type, name))
+    _write_grains(disk, stream, workers, on_progress)
+    stream.finish()
 
 
 def _extent_name(dest: BinaryIO, extent_name: str | None) -> str:
@@ -278,7 +304,7 @@ class _Stream:
         self._gt_index = -1
 
 
-def _write_grains(fd: int, size: int, stream: _Stream, workers: int,
+def _write_grains(disk: Disk, stream: _Stream, workers: int,
                   on_progress: Callable[[float], None] | None) -> None:
     """Deflate batches in a pool, keeping a bounded window in flight, written in order."""
     window = max(2, min(2 * workers, MAX_INFLIGHT_BYTES // BATCH_SIZE))
@@ -288,27 +314,27 @@ def _write_grains(fd: int, size: int, stream: _Stream, workers: int,
         future, end = pending.popleft()
         stream.add(future.result())
         if on_progress is not None:
-            on_progress(100.0 * end / size)
+            on_progress(100.0 * end / disk.size)
 
     with ThreadPoolExecutor(workers, thread_name_prefix="vmdk-deflate") as pool:
-        for start, length in _batches(fd, size):
+        for start, length in _batches(disk.extents()):
             if len(pending) >= window:
                 write_oldest()
-            pending.append((pool.submit(_deflate_batch, fd, start, length), start + length))
+            pending.append((pool.submit(_deflate_batch, disk, start, length), start + length))
         while pending:
             write_oldest()
     if on_progress is not None:
         on_progress(100.0)  # the holes after the last data batch need no writing
 
 
-def _deflate_batch(fd: int, start: int, length: int) -> _Batch:
+def _deflate_batch(disk: Disk, start: int, length: int) -> _Batch:
     """Read one batch and deflate its non-zero grains into sector-padded grain records.
 
     A short last grain (virtual size not a multiple of 64 KiB) is padded with zeros to
     a whole grain, as VMware's writer does; qemu and VMware both read it back.
     """
-    data = os.pread(fd, length, start)
-    data += bytes(length - len(data))  # past EOF: the raw size need not be grain aligned
+    data = disk.read(start, min(length, disk.size - start))
+    data += bytes(length - len(data))  # past the end: the size need not be grain aligned
     parts: list[bytes] = []
     grains: list[tuple[int, int]] = []
     for offset in range(0, len(data), GRAIN_SIZE):
@@ -324,10 +350,10 @@ def _deflate_batch(fd: int, start: int, length: int) -> _Batch:
     return _Batch(b"".join(parts), grains)
 
 
-def _batches(fd: int, size: int) -> Iterator[tuple[int, int]]:
+def _batches(extents: Iterator[tuple[int, int]]) -> Iterator[tuple[int, int]]:
     """Grain-aligned (offset, length) reads covering the data, cut at BATCH_SIZE boundaries."""
     done = 0
-    for start, end in _data_extents(fd, size):
+    for start, end in extents:
         start = max(start - start % GRAIN_SIZE, done)  # the previous extent may share a grain
         done = -(-end // GRAIN_SIZE) * GRAIN_SIZE
         while start < done:

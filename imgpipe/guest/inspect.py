@@ -9,9 +9,9 @@ import re
 import shlex
 from pathlib import Path
 
-from imgpipe import qemu
+from imgpipe import nbd, qemu
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest import esp, nbd, ntfs, reader, signatures, tree
+from imgpipe.guest import esp, ntfs, reader, signatures, tree
 from imgpipe.guest.ext_blocks import ExtBlocks, Unsupported
 from imgpipe.guest.extfs import ExtTree
 from imgpipe.guest.facts import Fact, GuestFacts
@@ -128,6 +128,8 @@ def _read_ext(info: ImageInfo, part: Partition | None, work: Path, label: str, f
         with nbd.export(reader.window(info, part), name) as disk:
             found = copy.deepcopy(facts)
             _read_linux(ExtBlocks(disk.read, disk.size, name), label, found)
+    except nbd.NbdError as exc:
+        raise GuestInspectionError(str(exc)) from exc
     except Unsupported as exc:
         LOG.info("%s: %s: reading it with debugfs from a full copy", name, exc)
         image = reader.extract(info, part, work / f"root{part.number if part else 0}.raw")

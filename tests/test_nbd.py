@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imgpipe import errors, qemu
-from imgpipe.guest import nbd
+from imgpipe import nbd, qemu
 
 
 def test_window_reads_equal_the_raw_bytes_and_stay_inside(tmp_path: Path) -> None:
@@ -23,13 +22,13 @@ def test_window_reads_equal_the_raw_bytes_and_stay_inside(tmp_path: Path) -> Non
         assert disk.size == size
         for offset, length in ((0, 1), (65535, 3), (4000, 200_000), (size - 10, 10), (0, size), (777, 0)):
             assert disk.read(offset, length) == data[start + offset:start + offset + length]
-        with pytest.raises(errors.GuestInspectionError, match="outside"):
+        with pytest.raises(nbd.NbdError, match="outside"):
             disk.read(size - 10, 11)
 
 
 def test_an_unreadable_image_is_one_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.qcow2"
     bad.write_bytes(b"QFI\xfb" + b"\0" * 100)
-    with pytest.raises(errors.GuestInspectionError, match="bad.qcow2: qemu-nbd cannot serve it"):
+    with pytest.raises(nbd.NbdError, match="bad.qcow2: qemu-nbd cannot serve it"):
         with nbd.export(qemu.Source(bad, "qcow2"), str(bad)):
             pass

@@ -1,7 +1,8 @@
 """Random reads from any qemu-readable image through qemu-nbd on a private unix socket.
 
-Inspection needs a few hundred KiB scattered over a root filesystem; copying the partition
-out first costs as much as converting the whole disk (every compressed cluster inflated).
+Guest inspection needs a few hundred KiB scattered over a root filesystem, and the native
+streamOptimized writer needs the data while qemu inflates it: copying the image out to a
+raw file first costs as much as converting the whole disk, and runs before anything else.
 qemu-nbd serves the image read-only in userspace, with no kernel NBD device, no mount;
 this client speaks the fixed-newstyle handshake and simple replies, nothing more.
 """
@@ -9,6 +10,7 @@ this client speaks the fixed-newstyle handshake and simple replies, nothing more
 from __future__ import annotations
 
 import contextlib
+import queue
 import socket
 import struct
 import subprocess
@@ -20,7 +22,6 @@ from pathlib import Path
 from typing import IO
 
 from imgpipe import qemu
-from imgpipe.errors import GuestInspectionError
 from imgpipe.runner import spawn
 
 QEMU_NBD = "qemu-nbd"
@@ -40,6 +41,10 @@ _CMD_READ = 0
 _CMD_DISC = 2
 
 
+class NbdError(Exception):
+    """Serving or reading failed; callers say which stage (inspection, conversion) it broke."""
+
+
 @dataclass
 class Export:
     """One connected, read-only export: offsets are the image's (or the window's) own.
@@ -56,7 +61,7 @@ class Export:
 
     def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise GuestInspectionError(f"{self.label}: read of {length} bytes at {offset} is outside "
+            raise NbdError(f"{self.label}: read of {length} bytes at {offset} is outside "
                                        f"the {self.size}-byte partition")
         if length > MAX_REQUEST:
             return b"".join(self.read(start, min(MAX_REQUEST, offset + length - start))
@@ -79,32 +84,69 @@ class Export:
         self.conn.sendall(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_READ, self._handle, offset, length))
         magic, error, handle = _REPLY.unpack(_recv(self.conn, _REPLY.size, self.label))
         if magic != _REPLY_MAGIC or handle != self._handle:
-            raise GuestInspectionError(f"{self.label}: qemu-nbd sent a malformed reply")
+            raise NbdError(f"{self.label}: qemu-nbd sent a malformed reply")
         if error:
-            raise GuestInspectionError(f"{self.label}: cannot read {length} bytes at {offset} (NBD error {error})")
+            raise NbdError(f"{self.label}: cannot read {length} bytes at {offset} (NBD error {error})")
         return _recv(self.conn, length, self.label)
 
 
 @contextlib.contextmanager
 def export(src: qemu.Source, label: str) -> Iterator[Export]:
-    """Serve src (a partition window or a whole image) read-only for the block's duration.
+    """Serve src (a partition window or a whole image) read-only for the block's duration."""
+    with _serve(src, label, 1) as (conn,):
+        size = _handshake(conn, label)
+        yield Export(conn, size, label)
+
+
+@dataclass
+class SharedReader:
+    """Thread-safe reads for a pool of workers: one connection each, so qemu-nbd inflates
+    several clusters at once; no cache (every byte is read once)."""
+
+    size: int
+    _idle: queue.SimpleQueue[Export]
+
+    def read(self, offset: int, length: int) -> bytes:
+        export = self._idle.get()
+        try:
+            return b"".join(export._read(start, min(MAX_REQUEST, offset + length - start))
+                            for start in range(offset, offset + length, MAX_REQUEST))
+        finally:
+            self._idle.put(export)
+
+
+@contextlib.contextmanager
+def shared(src: qemu.Source, label: str, connections: int) -> Iterator[SharedReader]:
+    with _serve(src, label, connections) as conns:
+        exports = [Export(conn, _handshake(conn, label), label) for conn in conns]
+        idle: queue.SimpleQueue[Export] = queue.SimpleQueue()
+        for each in exports:
+            idle.put(each)
+        yield SharedReader(exports[0].size, idle)
+
+
+@contextlib.contextmanager
+def _serve(src: qemu.Source, label: str, connections: int) -> Iterator[tuple[socket.socket, ...]]:
+    """qemu-nbd for the block's duration, and `connections` connected sockets to it.
 
     The socket lives in a fresh private temp dir: unix socket paths are limited to 108 bytes,
-    and nobody else may connect."""
+    and nobody else may connect. Whatever way the block is left, the server is killed."""
     with tempfile.TemporaryDirectory(prefix="imgpipe-nbd-") as private, tempfile.TemporaryFile() as log:
         sock_path = Path(private) / "sock"
-        argv = [QEMU_NBD, "--read-only", "--shared=1", f"--socket={sock_path}", *src.args()]
-        with spawn(argv, output=log, limits=qemu.IO_LIMITS) as proc, \
-                _connect(sock_path, proc, log, label) as conn:
+        argv = [QEMU_NBD, "--read-only", f"--shared={connections}", f"--socket={sock_path}", *src.args()]
+        with spawn(argv, output=log, limits=qemu.IO_LIMITS) as proc, contextlib.ExitStack() as stack:
+            conns = tuple(stack.enter_context(_connect(sock_path, proc, log, label)) for _ in range(connections))
             try:
-                size = _handshake(conn, label)
-            except (OSError, GuestInspectionError) as exc:
+                yield conns
+            except (OSError, NbdError) as exc:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=2)  # it closed on us: its log says why
-                raise _failed(proc, log, label) if proc.returncode is not None else exc
-            yield Export(conn, size, label)
-            with contextlib.suppress(OSError):
-                conn.sendall(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_DISC, 0, 0, 0))
+                if proc.returncode is not None:
+                    raise _failed(proc, log, label) from exc
+                raise
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    conn.sendall(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_DISC, 0, 0, 0))
 
 
 def _connect(path: Path, proc: subprocess.Popen[bytes], log: IO[bytes], label: str) -> socket.socket:
@@ -119,20 +161,20 @@ def _connect(path: Path, proc: subprocess.Popen[bytes], log: IO[bytes], label: s
         except (FileNotFoundError, ConnectionRefusedError):
             conn.close()
             if time.monotonic() > deadline:
-                raise GuestInspectionError(f"{label}: qemu-nbd did not listen within {START_TIMEOUT:.0f} s")
+                raise NbdError(f"{label}: qemu-nbd did not listen within {START_TIMEOUT:.0f} s")
             time.sleep(0.005)
 
 
-def _failed(proc: subprocess.Popen[bytes], log: IO[bytes], label: str) -> GuestInspectionError:
+def _failed(proc: subprocess.Popen[bytes], log: IO[bytes], label: str) -> NbdError:
     log.seek(0)
     why = log.read().decode(errors="replace").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-    return GuestInspectionError(f"{label}: qemu-nbd cannot serve it: {why[0]}")
+    return NbdError(f"{label}: qemu-nbd cannot serve it: {why[0]}")
 
 
 def _handshake(conn: socket.socket, label: str) -> int:
     hello = _recv(conn, 18, label)
     if hello[:16] != _SERVER_MAGIC:
-        raise GuestInspectionError(f"{label}: qemu-nbd did not speak fixed-newstyle NBD")
+        raise NbdError(f"{label}: qemu-nbd did not speak fixed-newstyle NBD")
     (server_flags,) = struct.unpack(">H", hello[16:])
     no_zeroes = bool(server_flags & _FLAG_NO_ZEROES)
     conn.sendall(struct.pack(">I", _FLAG_FIXED_NEWSTYLE | (_FLAG_NO_ZEROES if no_zeroes else 0)))
@@ -150,6 +192,6 @@ def _recv(conn: socket.socket, length: int, label: str) -> bytes:
     while got < length:
         n = conn.recv_into(view[got:])
         if n == 0:
-            raise GuestInspectionError(f"{label}: qemu-nbd closed the connection")
+            raise NbdError(f"{label}: qemu-nbd closed the connection")
         got += n
     return bytes(buf)
