@@ -26,8 +26,9 @@ def _images(cloud: clouds.Cloud, name: str) -> list[dict]:
 
 def _request(path: Path, name: str, profile: str = "kvm", **kw: object) -> UploadRequest:
     p = profiles.load_all()[profile]
+    kw.setdefault("source_sha256", sha256_file(path))
     return UploadRequest(path, name, p.name, p.disk_format, p.container_format, 128 << 20,
-                         sha256_file(path), dict(p.properties), **kw)  # type: ignore[arg-type]
+                         properties=dict(p.properties), **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +206,46 @@ def test_profile_properties_apply_to_their_profile_only(glance, sample_qcow2: Pa
     assert results["kvm"]["os_distro"] == "ubuntu" and "vmware_ostype" not in results["kvm"]
     assert results["vmware"]["vmware_ostype"] == "ubuntu64Guest" and "os_distro" not in results["vmware"]
     assert results["kvm"]["os_version"] == results["vmware"]["os_version"] == "24.04"
+
+
+def test_forced_upload_takes_its_anchor_from_the_bytes_sent(glance, sample_qcow2: Path, tmp_path: Path) -> None:
+    """--force looks nothing up, so no sha256 pre-pass: the send's digest becomes the anchor,
+    and a later run that does look finds that image by it."""
+    cloud = clouds.connect("test")
+    out = tmp_path / "anchor.qcow2"
+    out.write_bytes(sample_qcow2.read_bytes())
+    forced = upload(cloud, _request(out, "anchored", force=True, source_sha256=None))
+    image = glance_api.get_image(cloud, forced.image_id)
+    assert image[SOURCE_KEY] == image["owner_specified.openstack.sha256"] == sha256_file(out)
+    assert image["os_hash_value"] == hashlib.sha512(out.read_bytes()).hexdigest()
+    again = upload(cloud, _request(out, "anchored", source_sha256=None))
+    assert again.status == "unchanged" and again.image_id == forced.image_id
+
+
+def test_plain_upload_asks_glance_only_what_it_needs(glance, sample_qcow2: Path) -> None:
+    """create, PUT, one PATCH that labels and answers for verification: no /v2/info reads,
+    no separate GET (Glance's own access log says what was asked)."""
+    cloud = clouds.connect("test")
+    log = glance.logs["glance"]
+    before = log.stat().st_size
+    result = upload(cloud, _request(sample_qcow2, "few-calls", force=True))
+    asked = _requests_logged(log, before, until="PATCH")
+    assert asked == ["POST", "PUT", "PATCH"]
+    assert glance_api.get_image(cloud, result.image_id)["owner_specified.openstack.md5"] == \
+        hashlib.md5(sample_qcow2.read_bytes()).hexdigest()
+
+
+def _requests_logged(log: Path, offset: int, until: str, timeout: float = 10.0) -> list[str]:
+    """Methods of the /v2 requests in gunicorn's access log after offset, once `until` is there
+    (gunicorn writes a request's line just after its response)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with log.open("rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        methods = [line.split('"')[1].split()[0] for line in lines if '"' in line and ' /v2/' in line]
+        if until in methods or time.monotonic() > deadline:
+            return methods
+        time.sleep(0.1)

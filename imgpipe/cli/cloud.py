@@ -105,7 +105,9 @@ def upload_cmd(
 
     targets = _connect(cloud, insecure, os_cacert, timeout)
     limits = _limits(retries)
-    sha = sha256_file(file)
+    # The lookup needs the anchor before any upload (once for every cloud); --force looks
+    # nothing up, so the send's own sha256 becomes the anchor and the file is read once.
+    sha = None if force else sha256_file(file)
     results = []
     with render.progress(quiet=as_json) as report:
         for target in targets:

@@ -68,6 +68,14 @@ def facts(cloud: Cloud, limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> Fac
         return _CACHE[key]
 
 
+def put_forbidden(cloud: Cloud) -> bool:
+    """Whether a PUT was refused on this cloud in this run; asks Glance nothing, since a PUT
+    needs none of the facts (their four GETs would precede every plain upload)."""
+    with _LOCK:
+        known = _CACHE.get((cloud.name, cloud.endpoint))
+    return known is not None and known.put_forbidden
+
+
 def _get(cloud: Cloud, path: str, limits: retry.RetryLimits) -> tuple[int, dict[str, Any]]:
     """(status, body); 403/404 are answers here (not exposed, or not allowed), not errors."""
     resp = retry.call(f"cloud {cloud.name}: GET {path}",

@@ -63,7 +63,7 @@ def choose(cloud: Cloud, req: UploadRequest, where: Targets, limits: retry.Retry
     if method == ImportMethod.auto:
         if req.source_url:
             method = ImportMethod.web_download
-        elif where.stores or discovery.facts(cloud, limits).put_forbidden:
+        elif where.stores or discovery.put_forbidden(cloud):
             method = ImportMethod.glance_direct
         else:
             return ImportMethod.put

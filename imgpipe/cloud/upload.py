@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from imgpipe.cloud import glance, image_import
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
 from imgpipe.errors import GlanceRefusedError, UploadError
-from imgpipe.hashing import Digests
+from imgpipe.hashing import Digests, sha256_file
 from imgpipe.owner import Owner, me
 from imgpipe.profiles import RESERVED
 
@@ -57,16 +57,15 @@ class UploadRequest:
     disk_format: str
     container_format: str
     virtual_size: int
-    source_sha256: str
+    # None: the file is its own source, so the anchor is the sha256 of the bytes sent; a
+    # pre-pass computes it only when it is needed before the upload (lookup, image ids).
+    source_sha256: str | None
     properties: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     visibility: str | None = "private"
     force: bool = False
     placement: Placement = field(default_factory=Placement)
     source_url: str | None = None  # for web-download: Glance fetches this; path is our copy
-
-    def anchor(self) -> dict[str, str]:
-        return anchor(self.name, self.profile, self.source_sha256)
 
 
 def anchor(name: str, profile: str, source_sha256: str) -> dict[str, str]:
@@ -98,7 +97,9 @@ def upload(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits = retry.D
            on_bytes: Callable[[int], None] | None = None) -> UploadResult:
     started = time.monotonic()
     if not req.force:
-        existing = find_unchanged(cloud, req.name, req.profile, req.source_sha256, limits)
+        sha = req.source_sha256 or sha256_file(req.path)  # the lookup and the image ids need it now
+        req = replace(req, source_sha256=sha)
+        existing = find_unchanged(cloud, req.name, req.profile, sha, limits)
         if existing:
             return _complete_stores(cloud, req, existing, limits, started)
     run_id = uuid.uuid4().hex
@@ -166,17 +167,25 @@ def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryL
     try:
         with _heartbeat(cloud, image):
             digests = image_import.fill(cloud, image["id"], req, limits, on_bytes)
-        verified = _verify(cloud, image["id"], digests, req)
-        labelled = glance.update_properties(cloud, verified, {
-            "owner_specified.openstack.md5": digests.md5,
-            "owner_specified.openstack.sha256": digests.sha256,
-            "owner_specified.openstack.object": f"images/{req.name}",
-        })
+        # One PATCH labels the image and answers with what verification reads: no extra GET.
+        verified = _verify(cloud, glance.update_properties(cloud, image, _labels(req, digests)), digests, req)
         done = True
-        return labelled, "created"
+        return verified, "created"
     finally:
         if not done:
             _delete(cloud, image["id"], limits)
+
+
+def _labels(req: UploadRequest, digests: Digests) -> dict[str, str]:
+    """What openstacksdk records about the bytes, and the anchor when it came from the send."""
+    labels = {
+        "owner_specified.openstack.md5": digests.md5,
+        "owner_specified.openstack.sha256": digests.sha256,
+        "owner_specified.openstack.object": f"images/{req.name}",
+    }
+    if req.source_sha256 is None:
+        labels[SOURCE_KEY] = digests.sha256
+    return labels
 
 
 def _slot_id(req: UploadRequest, slot: int) -> str:
@@ -185,6 +194,7 @@ def _slot_id(req: UploadRequest, slot: int) -> str:
     Glance refuses a second image with an existing (or deleted) id with 409, which makes
     create-with-id the compare-and-swap that concurrent publishers otherwise lack.
     """
+    assert req.source_sha256 is not None  # upload() fills it in for every run that is not forced
     key = "|".join([req.name, req.profile, req.source_sha256, str(slot)])
     return str(uuid.uuid5(ID_NAMESPACE, key))
 
@@ -244,12 +254,13 @@ def _fields(req: UploadRequest, run_id: str) -> dict[str, Any]:
         "min_disk": max(1, math.ceil(req.virtual_size / GIB)),
         "tags": req.tags,
         PROFILE_KEY: req.profile,
-        SOURCE_KEY: req.source_sha256,
         VERSION_KEY: __version__,
         RUN_KEY: run_id,
         HEARTBEAT_KEY: f"{time.time():.0f}",
         OWNER_KEY: str(me()),
     }
+    if req.source_sha256 is not None:
+        fields[SOURCE_KEY] = req.source_sha256
     if req.visibility:
         fields["visibility"] = req.visibility
     return fields
@@ -290,11 +301,9 @@ def _timestamp(value: str | None) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def _verify(cloud: Cloud, image_id: str, ours: Digests, req: UploadRequest) -> dict[str, Any]:
-    """Glance's size and hashes must equal the ones computed while the bytes left."""
-    image = glance.get_image(cloud, image_id)
-    if image is None:
-        raise UploadError(f"cloud {cloud.name}: image {image_id} vanished after upload")
+def _verify(cloud: Cloud, image: dict[str, Any], ours: Digests, req: UploadRequest) -> dict[str, Any]:
+    """Glance's size and hashes (as it reports them after the upload) must equal the ones
+    computed while the bytes left."""
     problems = []
     if image.get("status") != glance.ACTIVE:
         problems.append(f"status {image.get('status')}")
