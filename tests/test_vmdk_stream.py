@@ -36,10 +36,16 @@ from imgpipe.conversion.vmdk_stream import (
     MARKER_GT,
     OVERHEAD_SECTORS,
     SECTOR,
+    raw_disk,
     write_stream_optimized,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+
+
+def _write(raw: Path, dest: object, **kwargs: object) -> None:
+    with raw_disk(raw) as disk:
+        write_stream_optimized(disk, dest, **kwargs)  # type: ignore[arg-type]
 
 BLOCK_KINDS = ("random", "zeros", "text", "one-byte")
 Block = tuple[int, int, str]  # offset, length, kind
@@ -84,7 +90,7 @@ def write_raw(path: Path, size: int, blocks: list[Block], seed: int) -> None:
 
 def our_vmdk(raw: Path, out: Path, **kwargs: object) -> Path:
     with open(out, "wb") as f:
-        write_stream_optimized(raw, f, **kwargs)
+        _write(raw, f, **kwargs)
     return out
 
 
@@ -257,7 +263,7 @@ def test_rejects_adapter_types_qemu_does_not_know(tmp_path: Path, adapter_type: 
     raw = tmp_path / "disk.raw"
     write_raw(raw, GRAIN_SIZE, [], 0)
     with open(tmp_path / "out.vmdk", "wb") as f, pytest.raises(ValueError, match="adapter_type"):
-        write_stream_optimized(raw, f, adapter_type=adapter_type)
+        _write(raw, f, adapter_type=adapter_type)
     assert (tmp_path / "out.vmdk").stat().st_size == 0
 
 
@@ -274,7 +280,7 @@ def test_rejects_bad_arguments(tmp_path: Path, size: int, kwargs: dict, message:
     raw = tmp_path / "disk.raw"
     write_raw(raw, size, [], 0)
     with open(tmp_path / "out.vmdk", "wb") as f, pytest.raises(ValueError, match=message):
-        write_stream_optimized(raw, f, **kwargs)
+        _write(raw, f, **kwargs)
 
 
 def test_extent_name_for_temporary_destination(tmp_path: Path) -> None:
@@ -303,7 +309,7 @@ def test_output_is_a_pure_stream_and_independent_of_jobs(tmp_path: Path) -> None
     outputs = []
     for jobs in (1, 4):
         pipe = _Pipe()
-        write_stream_optimized(raw, pipe, jobs=jobs)  # type: ignore[arg-type]
+        _write(raw, pipe, jobs=jobs)  # type: ignore[arg-type]
         data = b"".join(pipe.chunks)
         outputs.append(data[: SECTOR] + data[(1 + DESC_SECTORS) * SECTOR :])  # CID is random
         streamed = tmp_path / f"streamed-{jobs}.vmdk"
@@ -361,5 +367,5 @@ def test_progress_reaches_100(tmp_path: Path) -> None:
         f.write(os.urandom(2 << 20))
     seen: list[float] = []
     with (tmp_path / "p.vmdk").open("wb") as out:
-        write_stream_optimized(raw, out, on_progress=seen.append)
+        _write(raw, out, on_progress=seen.append)
     assert seen and seen == sorted(seen) and seen[-1] == 100.0

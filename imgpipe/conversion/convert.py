@@ -28,7 +28,7 @@ from imgpipe.source.inspect import (DEFAULT_MAX_VIRTUAL_SIZE, QEMU_DRIVER, Image
 from imgpipe.source.unpack import unpacked
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
-from imgpipe.conversion.vmdk_stream import Disk, write_stream
+from imgpipe.conversion.vmdk_stream import Disk, write_stream_optimized
 from imgpipe.guest import derive, gate
 from imgpipe.guest.facts import GuestFacts
 
@@ -370,9 +370,9 @@ def _native_stream_optimized(window: qemu.Source, dest: Path, final_name: str, a
     extents = qemu.data_extents(window)
     try:
         with nbd.shared(window, str(window.path), workers) as reader, dest.open("wb") as f:
-            disk = Disk(reader.size, lambda: iter(extents), reader.read)
-            write_stream(disk, f, adapter_type=adapter, jobs=workers, extent_name=final_name,
-                         on_progress=report, label=str(window.path))
+            disk = Disk(reader.size, lambda: iter(extents), reader.read, str(window.path))
+            write_stream_optimized(disk, f, adapter_type=adapter, jobs=workers, extent_name=final_name,
+                                   on_progress=report)
     except nbd.NbdError as exc:
         raise ConversionError(f"{window.path}: reading it for the streamOptimized writer failed: {exc}") from exc
 

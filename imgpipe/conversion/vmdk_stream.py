@@ -21,6 +21,7 @@ table is ever held in memory, whatever the disk size.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -120,35 +121,22 @@ class Disk:
     size: int
     extents: Callable[[], Iterator[tuple[int, int]]]
     read: Callable[[int, int], bytes]
+    label: str
 
 
-def write_stream_optimized(
-    src_raw: Path,
-    dest: BinaryIO,
-    *,
-    adapter_type: str = "lsilogic",
-    jobs: int | None = None,
-    extent_name: str | None = None,
-    on_progress: Callable[[float], None] | None = None,
-) -> None:
-    """Write a streamOptimized VMDK of the raw image `src_raw` into the open binary file `dest`.
-
-    `dest` must be positioned at offset 0; it is only ever written forward.
-    `extent_name` is the file name the descriptor's extent line shows (default: the
-    base name of `dest.name`); pass the final name when `dest` is a temporary file.
-    `on_progress` gets the percentage of the disk written so far.
-    """
-    fd = os.open(src_raw, os.O_RDONLY)
+@contextlib.contextmanager
+def raw_disk(path: Path) -> Iterator[Disk]:
+    """A sparse raw file as a Disk: its holes (SEEK_HOLE) are never read."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        disk = Disk(size, lambda: _data_extents(fd, size), lambda offset, length: os.pread(fd, length, offset))
-        write_stream(disk, dest, adapter_type=adapter_type, jobs=jobs, extent_name=extent_name,
-                     on_progress=on_progress, label=str(src_raw))
+        yield Disk(size, lambda: _data_extents(fd, size), lambda offset, length: os.pread(fd, length, offset),
+                   str(path))
     finally:
         os.close(fd)
 
 
-def write_stream(
+def write_stream_optimized(
     disk: Disk,
     dest: BinaryIO,
     *,
@@ -156,9 +144,14 @@ def write_stream(
     jobs: int | None = None,
     extent_name: str | None = None,
     on_progress: Callable[[float], None] | None = None,
-    label: str = "disk",
 ) -> None:
-    """write_stream_optimized for any Disk (e.g. a qcow2 served by qemu-nbd: no raw copy)."""
+    """Write a streamOptimized VMDK of `disk` into the open binary file `dest`.
+
+    `dest` must be positioned at offset 0; it is only ever written forward.
+    `extent_name` is the file name the descriptor's extent line shows (default: the
+    base name of `dest.name`); pass the final name when `dest` is a temporary file.
+    `on_progress` gets the percentage of the disk written so far.
+    """
     if adapter_type not in ADAPTER_TYPES:
         raise ValueError(f"adapter_type {adapter_type!r} is not one of {', '.join(ADAPTER_TYPES)}")
     workers = (os.cpu_count() or 1) if jobs is None else jobs
@@ -168,7 +161,7 @@ def write_stream(
     capacity = -(-disk.size // SECTOR)
     if not 0 < capacity <= MAX_SECTORS:
         # qemu takes capacity 0 for a descriptor-only file and cannot open it.
-        raise ValueError(f"{label}: a VMDK extent holds 1 byte to 2 TiB, not {disk.size} bytes")
+        raise ValueError(f"{disk.label}: a VMDK extent holds 1 byte to 2 TiB, not {disk.size} bytes")
     stream = _Stream(dest, capacity)
     stream.write(_head(capacity, adapter_type, name))
     _write_grains(disk, stream, workers, on_progress)
