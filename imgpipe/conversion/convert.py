@@ -201,8 +201,10 @@ def _plan(info: ImageInfo, profiles: list[Profile], opts: Options) -> list[_Base
     for profile in profiles:
         assert profile.output is not None
         window = _window(info, profile, opts.partition)
-        key = profile.output_key()[:-1]
-        base = bases.setdefault(key, _Base(profile, window, passthrough=passthrough.applies(info, profile, window)))
+        # A packaged output (OVA, Xen tgz) never passes: it converts apart from the plain one that does.
+        passes = passthrough.applies(info, profile, window)
+        key = (*profile.output_key()[:-1], passes)
+        base = bases.setdefault(key, _Base(profile, window, passthrough=passes))
         shared = next((o for p, o in base.outputs if p.package == profile.package), None)
         if shared is not None:
             shared.profiles.append(profile.name)
