@@ -14,6 +14,13 @@ What it measures (each imgpipe run is the real CLI as a subprocess, never in-pro
   + ``curl -T`` PUT of the same qcow2 to the same Glance. Throughput MB/s; ratio = imgpipe / curl.
 * publish: ``imgpipe publish SRC -p kvm -p vmware -p hyperv -p xen`` against the same four
   conversions and uploads done one after another with qemu-img, tar and curl.
+* Both run against a local Glance behind a real Keystone, as the same user and project. curl
+  gets its token with a curl POST to Keystone just before (timed separately as token_seconds,
+  not counted; the upload note gives the ratio with it counted); imgpipe authenticates inside
+  its timed run.
+* size: the same data in a 20 GiB virtual disk (``--big-size-mib``), ``convert -p kvm`` and
+  ``-p vmware`` against bare qemu-img, beside the same on the --size-mib disk: cost follows
+  the data, not the virtual size.
 * peak RSS of imgpipe's own Python process (VmHWM polled from /proc), and the largest single
   process of each command's tree (wait4 rusage: this includes qemu-img children).
 
@@ -28,7 +35,8 @@ qemu-img does not: the fsync a durable baseline would need is timed separately (
 Usage::
 
     .venv/bin/python scripts/bench.py [--reps 3] [--quick] [--size-mib 2048 --data-mib 200]
-                                      [--only convert|upload|publish] [--profile P]
+                                      [--only convert|size|upload|publish] [--profile P]
+                                      [--big-size-mib 20480]
                                       [--upload-reps N] [--no-warmup] [--json PATH]
 
 Results: a table on stdout and JSON in .bench/results.json (and --json PATH). The source is
@@ -247,6 +255,8 @@ class Row:
     note: str = ""
     # rss rows take their values from other rows
     rss_values: tuple[float | None, float | None] | None = None
+    # size rows: the same measurement on the small disk, and big / small per side
+    scaling: dict[str, Any] | None = None
 
     def _values(self, samples: list[Sample]) -> list[float]:
         good = [s.seconds for s in samples if s.ok]
@@ -283,7 +293,7 @@ class Row:
             "target": None if self.target is None else {"op": self.target[0],
                                                         "value": self.target[1]},
             "met": meets(self.judged(), self.target), "payload_bytes": self.payload_bytes,
-            "note": self.note, "errors": self.errors(),
+            "note": self.note, "errors": self.errors(), "scaling": self.scaling,
             "imgpipe_samples": [dataclasses.asdict(s) for s in self.imgpipe],
             "baseline_samples": [dataclasses.asdict(s) for s in self.baseline],
         }
@@ -329,14 +339,82 @@ def root_window(imgpipe: Path, src: Path) -> tuple[int, int]:
 # Glance (setup and cleanup calls are untimed; timed calls go through curl)
 # --------------------------------------------------------------------------
 
+@dataclasses.dataclass
+class Keystone:
+    """Where the bench and curl get tokens: the user and project of imgpipe's cloud.
+
+    The password-auth request lives in a 0600 file (`curl -d @file`), never on an argv.
+    """
+
+    url: str  # the v3 root, as in clouds.yaml
+    request: Path
+
+    @classmethod
+    def of(cls, clouds_yaml: Path, cloud: str, folder: Path) -> Keystone:
+        import yaml
+
+        auth = yaml.safe_load(clouds_yaml.read_text())["clouds"][cloud]["auth"]
+        body = {"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": auth["username"], "password": auth["password"],
+                "domain": {"name": auth["user_domain_name"]}}}},
+            "scope": {"project": {"name": auth["project_name"],
+                                  "domain": {"name": auth["project_domain_name"]}}},
+        }}
+        request = folder / "token-request.json"
+        write_private(request, json.dumps(body))
+        return cls(auth["auth_url"].rstrip("/"), request)
+
+    def token(self) -> str:
+        """Untimed, for the bench's own setup and cleanup calls."""
+        req = urllib.request.Request(f"{self.url}/auth/tokens", data=self.request.read_bytes(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return str(resp.headers["X-Subject-Token"])
+
+    def curl_token(self, header_file: Path) -> Proc:
+        """The hand-made way, timed: curl POSTs the password and the token goes to a 0600
+        header file that the next curls read with `-H @file`."""
+        dump = header_file.with_suffix(".dump")
+        proc = run(["curl", "-sS", "-f", "-o", "/dev/null", "-D", dump, "-X", "POST",
+                    "-H", "Content-Type: application/json", "-d", f"@{self.request}",
+                    f"{self.url}/auth/tokens"])
+        if proc.ok:
+            token = next((line.split(":", 1)[1].strip() for line in dump.read_text().splitlines()
+                          if line.lower().startswith("x-subject-token:")), "")
+            write_private(header_file, f"X-Auth-Token: {token}\n")
+        dump.unlink(missing_ok=True)
+        return proc
+
+
+def write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 class Glance:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, keystone: Keystone | None = None) -> None:
         self.url = url.rstrip("/")
+        self.keystone = keystone
+        self._token: str | None = None
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            return self._send(method, path, body)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 401 or self.keystone is None:
+                raise
+            self._token = None  # expired during a long bench: once more with a new one
+            return self._send(method, path, body)
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if self.keystone is not None:
+            self._token = self._token or self.keystone.token()
+            headers["X-Auth-Token"] = self._token
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=60) as resp:
             text = resp.read()
         return json.loads(text) if text else None
@@ -368,17 +446,21 @@ class Glance:
 
 
 def curl_upload(glance: Glance, path: Path, name: str, disk_format: str,
-                container_format: str) -> tuple[list[Proc], str | None]:
-    """The hand-made upload: create with a curl POST, then stream the file with curl -T."""
+                container_format: str, auth: Path) -> tuple[list[Proc], str | None]:
+    """The hand-made upload: create with a curl POST, then stream the file with curl -T.
+
+    auth: the header file holding the Keystone token (Keystone.curl_token).
+    """
+    token = ["-H", f"@{auth}"]
     body = json.dumps({"name": name, "disk_format": disk_format,
                        "container_format": container_format})
     create = run(["curl", "-sS", "-f", "-X", "POST", "-H", "Content-Type: application/json",
-                  "-d", body, f"{glance.url}/v2/images"])
+                  *token, "-d", body, f"{glance.url}/v2/images"])
     if not create.ok:
         return [create], None
     image_id = json.loads(create.stdout)["id"]
     put = run(["curl", "-sS", "-f", "-T", path, "-X", "PUT",
-               "-H", "Content-Type: application/octet-stream",
+               "-H", "Content-Type: application/octet-stream", *token,
                f"{glance.url}/v2/images/{image_id}/file"])
     return [create, put], image_id
 
@@ -403,6 +485,7 @@ class Env:
     work: Path
     child_env: dict[str, str]
     glance: Glance | None = None
+    keystone: Keystone | None = None
     window: tuple[int, int] | None = None
     raw: Path | None = None  # the source as raw, made untimed: vmdk-convert reads only raw or vmdk
 
@@ -569,6 +652,60 @@ def bench_convert(env: Env, reps: int, warmup: bool, profiles: set[str] | None) 
     return list(rows.values())
 
 
+SIZE_CASES = ("convert-kvm", "convert-vmware-native")
+
+
+def bench_size(env: Env, reps: int, big_mib: int, small_mib: int, data_mib: int) -> list[Row]:
+    """The same files in a much bigger virtual disk: imgpipe and qemu-img read and write only
+    allocated data, so both should take about what they take on the small disk."""
+    sizes = {small_mib: env, big_mib: dataclasses.replace(env, src=ensure_source(big_mib, data_mib))}
+    for sized in sizes.values():
+        warm(sized.src)
+    cases = [c for c in CONVERT_CASES if c.key in SIZE_CASES]
+    got: dict[tuple[str, int], tuple[list[Sample], list[Sample]]] = {
+        (c.key, m): ([], []) for c in cases for m in sizes}
+    for rep in range(reps):
+        for case in cases:
+            for mib, sized in sizes.items():
+                say(f"bench: size {case.profile} {mib} MiB disk rep {rep + 1}/{reps}")
+                mine, base = got[(case.key, mib)]
+                if rep % 2:
+                    base.append(bare_convert(sized, case.baseline))
+                mine.append(imgpipe_convert(sized, case))
+                if not rep % 2:
+                    base.append(bare_convert(sized, case.baseline))
+    return [size_row(case, got, big_mib, small_mib) for case in cases]
+
+
+def size_row(case: ConvertCase, got: dict[tuple[str, int], tuple[list[Sample], list[Sample]]],
+             big_mib: int, small_mib: int) -> Row:
+    """The big disk's imgpipe vs qemu-img, with the small disk's medians and big / small."""
+    title = f"{case.title.split(',')[0]}, {big_mib // 1024} GiB virtual disk"
+    row = Row(f"size-{case.profile}", title, "time", None)
+    row.imgpipe, row.baseline = got[(case.key, big_mib)]
+    small = Row("", "", "time", None)
+    small.imgpipe, small.baseline = got[(case.key, small_mib)]
+    (big_mine, big_base), (small_mine, small_base) = row.medians(), small.medians()
+    row.scaling = {"small_mib": small_mib, "big_mib": big_mib,
+                   "small_imgpipe_median": small_mine, "small_baseline_median": small_base,
+                   "imgpipe_big_over_small": ratio(big_mine, small_mine),
+                   "baseline_big_over_small": ratio(big_base, small_base)}
+    if None not in (small_mine, small_base, row.scaling["imgpipe_big_over_small"],
+                    row.scaling["baseline_big_over_small"]):
+        row.note = (f"same data on the {small_mib} MiB disk: imgpipe {small_mine:.2f} s, qemu-img "
+                    f"{small_base:.2f} s; {big_mib} / {small_mib} MiB: imgpipe "
+                    f"{row.scaling['imgpipe_big_over_small']:.2f}x, qemu-img "
+                    f"{row.scaling['baseline_big_over_small']:.2f}x")
+    return row
+
+
+def warm(path: Path) -> None:
+    """Untimed: read the source once so neither side pays for the first read from disk."""
+    with path.open("rb") as f:
+        while f.read(8 * MIB):
+            pass
+
+
 def bench_upload(env: Env, reps: int, warmup: bool) -> list[Row]:
     """One qcow2 (kvm output, made once by qemu-img, untimed) through imgpipe and curl.
 
@@ -583,13 +720,15 @@ def bench_upload(env: Env, reps: int, warmup: bool) -> list[Row]:
         raise SystemExit(f"bench: making the upload file failed: {made.failure()}")
     size = payload.stat().st_size
     say(f"bench: upload file {payload.name} is {size / MB:.0f} MB")
-    cli = Row("upload-cli", f"upload kvm qcow2 {size / MB:.0f} MB, whole CLI", "throughput",
+    cli = Row("upload-cli", f"upload kvm qcow2 {size / MB:.0f} MB, whole CLI, Keystone", "throughput",
               UPLOAD_TARGET, payload_bytes=size,
-              note="imgpipe: inspect + sha256 + create + PUT (md5/sha256/sha512) + verify; "
-                   "curl: POST + PUT")
+              note="imgpipe: start + inspect + Keystone token + create + PUT (md5/sha256/sha512 "
+                   "while sending) + PATCH that verifies; curl: create POST + PUT with a token "
+                   "curl got from Keystone just before, timed separately, not counted")
     inner = Row("upload-inner", "upload, imgpipe's upload() time only (--json seconds)",
                 "throughput", UPLOAD_TARGET, payload_bytes=size,
-                note="excludes interpreter start, inspect and the sha256 pre-pass")
+                note="excludes interpreter start, inspection and authentication")
+    auth = folder / "token.header"
     for rep in range(-1 if warmup else 0, reps):
         label = "warm-up" if rep < 0 else f"rep {rep + 1}/{reps}"
         say(f"bench: upload {label}")
@@ -609,12 +748,8 @@ def bench_upload(env: Env, reps: int, warmup: bool) -> list[Row]:
                     sample.extra = {"upload_seconds": images[0]["seconds"],
                                     "image_id": images[0]["image_id"]}
             else:
-                procs, image_id = curl_upload(env.glance, payload, f"bench-curl-{rep}",
-                                              "qcow2", "bare")
-                sample = sample_of(procs)
-                sample.extra = {"create_seconds": procs[0].seconds,
-                                "put_seconds": procs[1].seconds if len(procs) > 1 else None}
-                check_active(env.glance, image_id, sample)
+                sample = curl_side(env, payload, f"bench-curl-{rep}", auth)
+
             got[side] = sample
         if rep < 0:
             continue
@@ -626,7 +761,30 @@ def bench_upload(env: Env, reps: int, warmup: bool) -> list[Row]:
         inner.baseline.append(got["curl"])
     env.glance.delete_all()
     shutil.rmtree(folder, ignore_errors=True)
+    cli.note += token_counted(cli)
     return [cli, inner]
+
+
+def curl_side(env: Env, payload: Path, name: str, auth: Path) -> Sample:
+    """A fresh Keystone token (as imgpipe gets one per run), then create + PUT with curl."""
+    assert env.glance is not None and env.keystone is not None
+    token = env.keystone.curl_token(auth)
+    if not token.ok:
+        return sample_of([token])
+    procs, image_id = curl_upload(env.glance, payload, name, "qcow2", "bare", auth)
+    sample = sample_of(procs)
+    sample.extra = {"token_seconds": token.seconds, "create_seconds": procs[0].seconds,
+                    "put_seconds": procs[1].seconds if len(procs) > 1 else None}
+    check_active(env.glance, image_id, sample)
+    return sample
+
+
+def token_counted(row: Row) -> str:
+    """The ratio if curl's token request counted too (imgpipe's own always does)."""
+    with_token = [Sample(s.seconds + s.extra.get("token_seconds", 0.0)) for s in row.baseline if s.ok]
+    counted = dataclasses.replace(row, baseline=with_token)
+    r = counted.ratio()
+    return "" if r is None else f"; ratio {r:.2f} with curl's token request counted"
 
 
 PUBLISH_STEPS = {  # profile -> (baseline conversion kind, disk_format, container_format)
@@ -638,9 +796,16 @@ PUBLISH_STEPS = {  # profile -> (baseline conversion kind, disk_format, containe
 
 
 def bare_publish(env: Env, rep: int) -> Sample:
-    """Each profile by hand, one after another: convert (+ tar), curl create, curl PUT."""
-    assert env.glance is not None
+    """Each profile by hand, one after another: convert (+ tar), curl create, curl PUT.
+
+    curl's Keystone token is fetched first, timed separately (extra token_seconds), not counted.
+    """
+    assert env.glance is not None and env.keystone is not None
     out = fresh_dir(env.work / "baseline-publish")
+    auth = out / "token.header"
+    token = env.keystone.curl_token(auth)
+    if not token.ok:
+        return sample_of([token])
     procs: list[Proc] = []
     ids: list[str | None] = []
     settle()
@@ -656,13 +821,14 @@ def bare_publish(env: Env, rep: int) -> Sample:
         if not procs[-1].ok:
             break
         uploaded, image_id = curl_upload(env.glance, outputs[0], f"bench-pub-curl-{rep}-{profile}",
-                                         disk_format, container_format)
+                                         disk_format, container_format, auth)
         procs += uploaded
         ids.append(image_id)
         if not procs[-1].ok:
             break
     seconds = time.perf_counter() - started
     sample = sample_of(procs, seconds)
+    sample.extra = {"token_seconds": token.seconds}
     for image_id in ids:
         check_active(env.glance, image_id, sample)
     shutil.rmtree(out, ignore_errors=True)
@@ -691,7 +857,8 @@ def bench_publish(env: Env, reps: int, warmup: bool) -> list[Row]:
     assert env.glance is not None
     row = Row("publish", f"publish {'+'.join(PUBLISH_PROFILES)} vs sequential bare steps",
               "time", PUBLISH_TARGET,
-              note="baseline: qemu-img (streamOptimized by qemu-img) + tar czf + curl, in turn")
+              note="baseline: qemu-img (streamOptimized by qemu-img) + tar czf + curl, in turn, "
+                   "with a Keystone token curl got just before (timed separately, not counted)")
     for rep in range(-1 if warmup else 0, reps):
         label = "warm-up" if rep < 0 else f"rep {rep + 1}/{reps}"
         imgpipe_first = rep % 2 == 0
@@ -716,6 +883,7 @@ def rss_rows(rows: list[Row]) -> list[Row]:
     """Peak memory per command kind: imgpipe's own Python process vs the baseline's biggest
     process; the imgpipe tree's biggest process (qemu-img included) goes to the JSON."""
     groups = {"convert": "peak RSS, imgpipe convert (max over profiles)",
+              "size": "peak RSS, imgpipe convert of the big virtual disk",
               "upload": "peak RSS, imgpipe upload", "publish": "peak RSS, imgpipe publish"}
     out = []
     for prefix, title in groups.items():
@@ -814,6 +982,9 @@ def find_imgpipe() -> Path:
     return Path(found)
 
 
+SECTIONS = ("convert", "size", "upload", "publish")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, help="timed repetitions (default 3; 1 with --quick)")
@@ -821,8 +992,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="smoke run: 512 MiB source with 64 MiB of files, one repetition")
     parser.add_argument("--size-mib", type=int, help="source disk size (default 2048)")
     parser.add_argument("--data-mib", type=int, help="real files in the root fs (default 200)")
-    parser.add_argument("--only", action="append", choices=["convert", "upload", "publish"],
+    parser.add_argument("--only", action="append", choices=list(SECTIONS),
                         help="run only these sections (repeatable)")
+    parser.add_argument("--big-size-mib", type=int,
+                        help="size section: the big disk with the same data (default 20480; 5120 with --quick)")
     parser.add_argument("--profile", action="append",
                         help="convert section: only these profiles (repeatable)")
     parser.add_argument("--upload-reps", type=int,
@@ -835,6 +1008,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.upload_reps = args.upload_reps or 2 * args.reps
     args.size_mib = args.size_mib or (512 if args.quick else 2048)
     args.data_mib = args.data_mib or (64 if args.quick else 200)
+    args.big_size_mib = args.big_size_mib or (5120 if args.quick else 20480)
     if args.reps < 1 or args.data_mib >= args.size_mib - sample_disk.EFI_MIB:
         parser.error("need --reps >= 1 and --data-mib well below --size-mib")
     return args
@@ -842,7 +1016,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sections = set(args.only or ["convert", "upload", "publish"])
+    sections = set(args.only or SECTIONS)
     # Everything talks to 127.0.0.1: never through a proxy (curl and urllib read these too).
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
     BENCH_DIR.mkdir(exist_ok=True)
@@ -862,21 +1036,25 @@ def main(argv: list[str] | None = None) -> int:
                    "file_bytes": src.stat().st_size},
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    cloud_dir = BENCH_DIR / "cloud"
+    cloud_dir = BENCH_DIR / "cloud-keystone"
     rows: list[Row] = []
     started_cloud = False
     try:
         if sections & {"upload", "publish"}:
-            say("bench: starting a local Glance (noauth) on 127.0.0.1")
-            cloud = localcloud.start(cloud_dir, name=CLOUD_NAME)
+            say("bench: starting a local Glance behind Keystone on 127.0.0.1")
+            cloud = localcloud.start(cloud_dir, name=CLOUD_NAME, keystone=True)
             started_cloud = True
-            env.glance = Glance(cloud.glance_url)
+            env.keystone = Keystone.of(cloud.clouds_yaml, CLOUD_NAME, cloud_dir)
+            env.glance = Glance(cloud.glance_url, env.keystone)
             env.child_env = child_env(cloud.clouds_yaml)
             meta["glance_url"] = cloud.glance_url
+            meta["keystone_url"] = cloud.keystone_url
             env.glance.delete_all()
         if "convert" in sections:
             profiles = set(args.profile) if args.profile else None
             rows += bench_convert(env, args.reps, args.warmup, profiles)
+        if "size" in sections:  # cheap by design: at most two repetitions
+            rows += bench_size(env, min(args.reps, 2), args.big_size_mib, args.size_mib, args.data_mib)
         if "upload" in sections:
             rows += bench_upload(env, args.upload_reps, args.warmup)
         if "publish" in sections:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -44,3 +45,38 @@ def test_baseline_commands_mirror_imgpipe_options(tmp_path: Path) -> None:
 def test_source_cache_is_keyed_by_parameters() -> None:
     a, b = bench.source_path(512, 64), bench.source_path(2048, 200)
     assert a != b and "512M-64M" in a.name and a.parent == bench.BENCH_DIR
+
+
+def test_keystone_request_comes_from_clouds_yaml_and_stays_private(tmp_path: Path) -> None:
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text('clouds:\n  bench:\n    auth:\n      auth_url: "http://127.0.0.1:5000/v3/"\n'
+                      '      username: "member"\n      password: "s3cret"\n      project_name: "demo"\n'
+                      '      user_domain_name: "Default"\n      project_domain_name: "Default"\n')
+    keystone = bench.Keystone.of(clouds, "bench", tmp_path)
+    assert keystone.url == "http://127.0.0.1:5000/v3"
+    assert keystone.request.stat().st_mode & 0o777 == 0o600
+    auth = json.loads(keystone.request.read_text())["auth"]
+    assert auth["identity"]["password"]["user"] == {"name": "member", "password": "s3cret",
+                                                    "domain": {"name": "Default"}}
+    assert auth["scope"]["project"] == {"name": "demo", "domain": {"name": "Default"}}
+
+
+def test_token_time_is_reported_not_counted() -> None:
+    row = bench.Row("upload-cli", "upload", "throughput", (">=", 0.9), payload_bytes=100_000_000)
+    row.imgpipe = [bench.Sample(2.0)]
+    row.baseline = [bench.Sample(1.5, extra={"token_seconds": 0.5})]
+    assert row.ratio() == 0.75
+    assert bench.token_counted(row) == "; ratio 1.00 with curl's token request counted"
+
+
+def test_size_row_compares_the_big_disk_and_scales_by_the_small_one() -> None:
+    case = next(c for c in bench.CONVERT_CASES if c.key == "convert-kvm")
+    got = {(case.key, 20480): ([bench.Sample(1.1)], [bench.Sample(0.6)]),
+           (case.key, 2048): ([bench.Sample(1.0)], [bench.Sample(0.5)])}
+    row = bench.size_row(case, got, 20480, 2048)
+    assert row.key == "size-kvm" and "20 GiB" in row.title
+    assert round(row.ratio(), 3) == round(1.1 / 0.6, 3)
+    assert row.scaling is not None
+    assert round(row.scaling["imgpipe_big_over_small"], 3) == 1.1
+    assert round(row.scaling["baseline_big_over_small"], 3) == 1.2
+    assert "imgpipe 1.10x, qemu-img 1.20x" in row.note
