@@ -93,15 +93,14 @@ class Export:
 @contextlib.contextmanager
 def export(src: qemu.Source, label: str) -> Iterator[Export]:
     """Serve src (a partition window or a whole image) read-only for the block's duration."""
-    with _serve(src, label, 1) as (conn,):
-        size = _handshake(conn, label)
-        yield Export(conn, size, label)
+    with _serve(src, label) as conn:
+        yield Export(conn, _handshake(conn, label), label)
 
 
 @dataclass
 class SharedReader:
-    """Thread-safe reads for a pool of workers: one connection each, so qemu-nbd inflates
-    several clusters at once; no cache (every byte is read once)."""
+    """Thread-safe reads for a pool of workers, each read on whichever server is idle; no
+    cache (every byte is read once)."""
 
     size: int
     _idle: queue.SimpleQueue[Export]
@@ -116,37 +115,39 @@ class SharedReader:
 
 
 @contextlib.contextmanager
-def shared(src: qemu.Source, label: str, connections: int) -> Iterator[SharedReader]:
-    with _serve(src, label, connections) as conns:
-        exports = [Export(conn, _handshake(conn, label), label) for conn in conns]
+def shared(src: qemu.Source, label: str, servers: int) -> Iterator[SharedReader]:
+    """One qemu-nbd per worker: a single server inflates compressed clusters on about one
+    core whatever the number of connections (measured: 2 servers read the 2 GiB sample's
+    169 MiB in 0.72-0.81 s, 1 server with 2 connections in 0.90-1.16 s)."""
+    with contextlib.ExitStack() as stack:
         idle: queue.SimpleQueue[Export] = queue.SimpleQueue()
+        exports = [stack.enter_context(export(src, label)) for _ in range(servers)]
         for each in exports:
             idle.put(each)
         yield SharedReader(exports[0].size, idle)
 
 
 @contextlib.contextmanager
-def _serve(src: qemu.Source, label: str, connections: int) -> Iterator[tuple[socket.socket, ...]]:
-    """qemu-nbd for the block's duration, and `connections` connected sockets to it.
+def _serve(src: qemu.Source, label: str) -> Iterator[socket.socket]:
+    """qemu-nbd for the block's duration, and a socket connected to it.
 
     The socket lives in a fresh private temp dir: unix socket paths are limited to 108 bytes,
     and nobody else may connect. Whatever way the block is left, the server is killed."""
     with tempfile.TemporaryDirectory(prefix="imgpipe-nbd-") as private, tempfile.TemporaryFile() as log:
         sock_path = Path(private) / "sock"
-        argv = [QEMU_NBD, "--read-only", f"--shared={connections}", f"--socket={sock_path}", *src.args()]
-        with spawn(argv, output=log, limits=qemu.IO_LIMITS) as proc, contextlib.ExitStack() as stack:
-            conns = tuple(stack.enter_context(_connect(sock_path, proc, log, label)) for _ in range(connections))
+        argv = [QEMU_NBD, "--read-only", "--shared=1", f"--socket={sock_path}", *src.args()]
+        with spawn(argv, output=log, limits=qemu.IO_LIMITS) as proc, \
+                _connect(sock_path, proc, log, label) as conn:
             try:
-                yield conns
+                yield conn
             except (OSError, NbdError) as exc:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=2)  # it closed on us: its log says why
                 if proc.returncode is not None:
                     raise _failed(proc, log, label) from exc
                 raise
-            for conn in conns:
-                with contextlib.suppress(OSError):
-                    conn.sendall(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_DISC, 0, 0, 0))
+            with contextlib.suppress(OSError):
+                conn.sendall(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_DISC, 0, 0, 0))
 
 
 def _connect(path: Path, proc: subprocess.Popen[bytes], log: IO[bytes], label: str) -> socket.socket:

@@ -146,6 +146,14 @@ def test_native_stream_optimized_is_default_and_identical(sample_qcow2: Path, tm
     assert [p.name for p in tmp_path.iterdir()] == [out.path.name]
 
 
+def test_native_stream_optimized_from_raw_reads_it_directly(sample_raw: Path, tmp_path: Path) -> None:
+    """A whole raw source skips qemu-nbd (holes by SEEK_HOLE): the same bytes come out."""
+    [out] = convert_source(sample_raw, profiles.select(["vmware"], profiles.load_all()),
+                           Options(out_dir=tmp_path))
+    assert out.engine == "native"
+    qemu_img("compare", "-f", "raw", "-F", "vmdk", str(sample_raw), str(out.path))
+
+
 def test_converted_size_checks_the_file_against_its_profile(all_outputs: dict[str, Path], sample_qcow2: Path,
                                                            tmp_path: Path) -> None:
     from imgpipe.conversion.convert import converted_size

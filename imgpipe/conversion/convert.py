@@ -8,10 +8,11 @@ with the source, and only renamed into place once every output of the run succee
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from imgpipe.source.inspect import (DEFAULT_MAX_VIRTUAL_SIZE, QEMU_DRIVER, Image
 from imgpipe.source.unpack import unpacked
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
-from imgpipe.conversion.vmdk_stream import Disk, write_stream_optimized
+from imgpipe.conversion.vmdk_stream import Disk, raw_disk, write_stream_optimized
 from imgpipe.guest import derive, gate
 from imgpipe.guest.facts import GuestFacts
 
@@ -367,16 +368,26 @@ def _use_native(profile: Profile, engine: str) -> bool:
 def _native_stream_optimized(window: qemu.Source, dest: Path, final_name: str, adapter: str,
                              jobs: int | None, report: Callable[[float], None] | None) -> None:
     """qemu-nbd inflates the source while imgpipe deflates grains on every core: no raw copy
-    first, so reading and writing overlap and nothing the size of the disk is written twice."""
+    first, so reading and writing overlap and nothing the size of the disk is written twice.
+    A whole raw source is read directly, its holes skipped by SEEK_HOLE."""
     workers = jobs or os.cpu_count() or 1
-    extents = qemu.data_extents(window)
     try:
-        with nbd.shared(window, str(window.path), workers) as reader, dest.open("wb") as f:
-            disk = Disk(reader.size, lambda: iter(extents), reader.read, str(window.path))
+        with _disk(window, workers) as disk, dest.open("wb") as f:
             write_stream_optimized(disk, f, adapter_type=adapter, jobs=workers, extent_name=final_name,
                                    on_progress=report)
     except nbd.NbdError as exc:
         raise ConversionError(f"{window.path}: reading it for the streamOptimized writer failed: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _disk(window: qemu.Source, workers: int) -> Iterator[Disk]:
+    if window.format == "raw" and window.offset is None:
+        with raw_disk(window.path) as disk:
+            yield disk
+        return
+    extents = qemu.data_extents(window)
+    with nbd.shared(window, str(window.path), workers) as reader:
+        yield Disk(reader.size, lambda: iter(extents), reader.read, str(window.path))
 
 
 def _reinspect(path: Path, out_format: str, virtual_size: int, label: str) -> None:
