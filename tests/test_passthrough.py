@@ -118,17 +118,6 @@ def test_output_table_says_passthrough(sample_qcow2: Path, tmp_path: Path) -> No
     assert (tmp_path / "out.vmdk").read_bytes() == src.read_bytes()
 
 
-def _patch_vhd_original_size(path: Path, size: int) -> None:
-    """Both footer copies claim another original size (the one Glance's inspector reports)."""
-    data = bytearray(path.read_bytes())
-    footer = bytearray(data[:512])
-    struct.pack_into(">Q", footer, 40, size)
-    struct.pack_into(">I", footer, 64, 0)
-    struct.pack_into(">I", footer, 64, ~sum(footer) & 0xFFFFFFFF)
-    data[:512] = data[-512:] = footer
-    path.write_bytes(data)
-
-
 def _assert_converted(src: Path, src_format: str, profile: str, out_dir: Path) -> None:
     """Converted, not copied, and the guest still sees the source's disk."""
     out_dir.mkdir()
