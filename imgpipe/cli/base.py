@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
-from oslo_utils import strutils
 
 from imgpipe import errors, profiles, render
 
@@ -85,6 +84,8 @@ def _size(value: str) -> int:
         return int(text)
     if text[-1:].upper() in "KMGTP":
         text += "iB"
+    from oslo_utils import strutils  # 60-90 ms of regex compiling: only when a unit is given
+
     try:
         return int(strutils.string_to_bytes(text, return_int=True))
     except ValueError as exc:

@@ -7,46 +7,18 @@ messages that never contain a secret.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from keystoneauth1 import adapter
+from keystoneauth1 import exceptions as ksa_exc
+from keystoneauth1 import session as ksa_session
+from openstack import config as os_config
+from openstack import exceptions as os_exc
 
-def _openstack_without_connection() -> None:
-    """Let `openstack.config` load without openstack/__init__, which imports openstack.connection
-    and every service's proxy (0.1-0.2 s of each command's start) for openstack.connect().
-
-    The package module is created but not run; the first attribute it lacks (connect, ...)
-    runs its __init__ after all, so other users of openstack see the whole package.
-    """
-    spec = importlib.util.find_spec("openstack")
-    if "openstack" in sys.modules or spec is None or spec.loader is None:
-        return
-    package = importlib.util.module_from_spec(spec)
-
-    def complete(name: str) -> Any:
-        if importlib.util.find_spec(f"openstack.{name}") is not None:
-            raise AttributeError(name)  # `from openstack import config`: the import system loads it
-        del package.__dict__["__getattr__"]
-        spec.loader.exec_module(package)  # type: ignore[union-attr]
-        return getattr(package, name)
-
-    package.__dict__["__getattr__"] = complete
-    sys.modules["openstack"] = package
-
-
-_openstack_without_connection()
-
-from keystoneauth1 import adapter  # noqa: E402
-from keystoneauth1 import exceptions as ksa_exc  # noqa: E402
-from keystoneauth1 import session as ksa_session  # noqa: E402
-from openstack import config as os_config  # noqa: E402
-from openstack import exceptions as os_exc  # noqa: E402
-
-from imgpipe import retry, settings  # noqa: E402
-from imgpipe.errors import AuthError, CloudConfigError  # noqa: E402
+from imgpipe import retry, settings
+from imgpipe.errors import AuthError, CloudConfigError
 
 DEFAULT_TIMEOUT = settings.REQUEST_TIMEOUT
 
