@@ -209,3 +209,11 @@ def test_convert_states_what_inspection_derived(tmp_path: Path) -> None:
     system = root.find(f"./{OVF}VirtualSystem")
     assert system.find(f"./{OVF}OperatingSystemSection").get(f"{VMW}osType") == "debian12_64Guest"
     assert system.find(f"./{OVF}VirtualHardwareSection/{VMW}Config").get(f"{VMW}value") == "efi"
+
+
+def test_descriptor_escapes_names_and_os_types() -> None:
+    odd = 'a "quoted" <name> & \'more\''
+    root = ET.fromstring(ova.descriptor(odd, odd + ".vmdk", 1, 1 << 20, {"vmware_ostype": odd}))
+    ns = {"ovf": "http://schemas.dmtf.org/ovf/envelope/1"}
+    assert root.find("ovf:VirtualSystem/ovf:Name", ns).text == odd  # type: ignore[union-attr]
+    assert root.find("ovf:References/ovf:File", ns).get(f"{{{ns['ovf']}}}href") == odd + ".vmdk"  # type: ignore[union-attr]

@@ -15,7 +15,7 @@ import io
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
-from xml.sax.saxutils import escape, quoteattr
+from html import escape
 
 from imgpipe.errors import UnsafeImageError
 from imgpipe.source import ova as source_ova
@@ -49,16 +49,16 @@ def descriptor(name: str, disk_name: str, disk_size: int, capacity: int, propert
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
   <References>
-    <File ovf:href={quoteattr(disk_name)} ovf:id="file1" ovf:size="{disk_size}"/>
+    <File ovf:href="{escape(disk_name)}" ovf:id="file1" ovf:size="{disk_size}"/>
   </References>
   <DiskSection>
     <Info>Virtual disk information</Info>
     <Disk ovf:capacity="{capacity}" ovf:capacityAllocationUnits="byte" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="{STREAM_FORMAT}"/>
   </DiskSection>
-  <VirtualSystem ovf:id={quoteattr(name)}>
+  <VirtualSystem ovf:id="{escape(name)}">
     <Info>A virtual machine</Info>
     <Name>{escape(name)}</Name>
-    <OperatingSystemSection ovf:id="102" vmw:osType={quoteattr(ostype)}>
+    <OperatingSystemSection ovf:id="102" vmw:osType="{escape(ostype)}">
       <Info>The guest operating system</Info>
     </OperatingSystemSection>
     <VirtualHardwareSection>
