@@ -9,13 +9,12 @@ import re
 import shlex
 from pathlib import Path
 
-from imgpipe import nbd, qemu
+from imgpipe import nbd
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest import esp, ntfs, reader, signatures, tree
 from imgpipe.guest.ext_blocks import ExtBlocks, Unsupported
 from imgpipe.guest.extfs import ExtTree
 from imgpipe.guest.facts import Fact, GuestFacts
-from imgpipe.runner import CommandFailed
 from imgpipe.source import partitions
 from imgpipe.source.inspect import ImageInfo
 from imgpipe.source.partitions import Partition
@@ -39,14 +38,9 @@ _MODULE = re.compile(r"^(.+?)\.ko(\.xz|\.zst|\.gz)?$")
 def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
     """Every fact about the guest, read without mounting or running anything from it."""
     facts = GuestFacts()
-    try:
-        head = qemu.read_head(info.source(), work / "guest-head.raw",
-                              min(partitions.HEAD_BYTES, info.virtual_size))
-    except CommandFailed as exc:
-        raise GuestInspectionError(f"{info.path}: cannot read the boot sector: {exc}") from exc
     parts: list[Partition | None] = list(info.partitions) if info.table else [None]
     found = {p.number if p else 0: _probe(info, p, work) for p in parts}
-    facts.bios = _bios(head, info)
+    facts.bios = _bios(info.head, info)
     for part in parts:
         if part is not None and part.kind == "efi" and found[part.number] == "vfat":
             image = reader.extract(info, part, work / f"part{part.number}.raw")

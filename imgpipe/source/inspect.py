@@ -54,12 +54,15 @@ class ImageInfo:
     checks: list[str] = field(default_factory=list)
     # qemu-img info's format-specific data: what passthrough decides on.
     format_specific: dict[str, Any] = field(default_factory=dict)
+    # The guest-visible first HEAD_BYTES: the partition table here, the boot code for guest inspection.
+    head: bytes = field(default=b"", repr=False)
 
     def source(self) -> qemu.Source:
         return qemu.Source(self.path, self.format)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["head"]
         data["path"] = str(self.path)
         data["safe"] = True
         return data
@@ -187,6 +190,7 @@ def _read_partitions(info: ImageInfo) -> None:
                                   min(partitions.HEAD_BYTES, info.virtual_size))
         except CommandFailed as exc:
             raise UnsafeImageError(f"{info.path}: cannot read the partition table: {exc}") from exc
+    info.head = head
     try:
         info.table, info.partitions = partitions.parse(head, info.virtual_size)
     except partitions.PartitionTableError as exc:
