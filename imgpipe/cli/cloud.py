@@ -103,6 +103,9 @@ def upload_cmd(
     from imgpipe.hashing import sha256_file
     from imgpipe.cloud.upload import UploadRequest, upload
 
+    where = placement(import_method, store, all_stores, allow_partial_stores)
+    props = {**chosen.properties, **_properties(prop)}
+    size = file.stat().st_size
     targets = _connect(cloud, insecure, os_cacert, timeout)
     limits = _limits(retries)
     # The lookup needs the anchor before any upload (once for every cloud); --force looks
@@ -112,10 +115,7 @@ def upload_cmd(
     with render.progress(quiet=as_json) as report:
         for target in targets:
             req = UploadRequest(file, name, chosen.name, chosen.disk_format, chosen.container_format,
-                                virtual_size, sha,
-                                {**chosen.properties, **_properties(prop)}, tag or [], visibility.value, force,
-                                placement(import_method, store, all_stores, allow_partial_stores), source_url)
-            size = file.stat().st_size
+                                virtual_size, sha, props, tag or [], visibility.value, force, where, source_url)
             on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1))) \
                 if report else None
             results.append(upload(target, req, limits, on_bytes))
@@ -161,14 +161,15 @@ def publish_cmd(
     _warn(selected)
     from imgpipe.cloud.publish import BootCheck, PublishRequest, publish
 
-    checks = BootCheck(work_dir or Path(tempfile.gettempdir()), boot_expect, boot_timeout) if boot else None
+    work = work_dir or Path(tempfile.gettempdir())
+    checks = BootCheck(work, boot_expect, boot_timeout) if boot else None
     req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility.value, force,
                          profile_properties=_profile_properties(profile_prop, selected), boot_check=checks,
                          placement=placement(import_method, store, all_stores, allow_partial_stores),
                          guest_properties=guest_properties)
     targets = _connect(cloud, insecure, os_cacert, timeout)
     limits = _limits(retries)
-    opts = Options(out_dir=work_dir or Path(tempfile.gettempdir()), verify=verify, engine=engine.value,
+    opts = Options(out_dir=work, verify=verify, engine=engine.value,
                    force_boot=force_boot)
     with render.progress(quiet=as_json) as report:
         result = publish(req, targets, opts, limits, report)
