@@ -60,12 +60,9 @@ class Export:
     _chunks: dict[int, bytes] = field(default_factory=dict)
 
     def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise NbdError(f"{self.label}: read of {length} bytes at {offset} is outside "
-                                       f"the {self.size}-byte partition")
         if length > MAX_REQUEST:
-            return b"".join(self.read(start, min(MAX_REQUEST, offset + length - start))
-                            for start in range(offset, offset + length, MAX_REQUEST))
+            return self.read_uncached(offset, length)
+        self._check(offset, length)
         first, last = offset // CHUNK, (offset + length - 1) // CHUNK if length else offset // CHUNK
         missing = [c for c in range(first, last + 1) if c not in self._chunks]
         if missing:
@@ -78,6 +75,17 @@ class Export:
         data = b"".join(self._chunks[c] for c in range(first, last + 1))
         skip = offset - first * CHUNK
         return data[skip:skip + length]
+
+    def read_uncached(self, offset: int, length: int) -> bytes:
+        """For bytes read once (a conversion's data), in requests qemu-nbd accepts."""
+        self._check(offset, length)
+        return b"".join(self._read(start, min(MAX_REQUEST, offset + length - start))
+                        for start in range(offset, offset + length, MAX_REQUEST))
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise NbdError(f"{self.label}: read of {length} bytes at {offset} is outside "
+                           f"the {self.size}-byte partition")
 
     def _read(self, offset: int, length: int) -> bytes:
         self._handle += 1
@@ -108,8 +116,7 @@ class SharedReader:
     def read(self, offset: int, length: int) -> bytes:
         export = self._idle.get()
         try:
-            return b"".join(export._read(start, min(MAX_REQUEST, offset + length - start))
-                            for start in range(offset, offset + length, MAX_REQUEST))
+            return export.read_uncached(offset, length)
         finally:
             self._idle.put(export)
 
