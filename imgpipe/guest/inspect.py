@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import re
@@ -62,6 +61,8 @@ def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
 
 
 def _probe(info: ImageInfo, part: Partition | None, work: Path) -> str | None:
+    if part is None and len(info.head) >= signatures.PROBE_BYTES:  # a bare filesystem: its start is the head
+        return signatures.filesystem(info.head[:signatures.PROBE_BYTES])
     name = f"probe{part.number if part else 0}.raw"
     return signatures.filesystem(reader.probe(info, part, work / name, signatures.PROBE_BYTES))
 
@@ -120,7 +121,7 @@ def _read_ext(info: ImageInfo, part: Partition | None, work: Path, label: str, f
     name = f"{info.path}: {label}"
     try:
         with nbd.export(reader.window(info, part), name) as disk:
-            found = copy.deepcopy(facts)
+            found = dataclasses.replace(facts, unchecked=list(facts.unchecked))  # the only list it extends
             _read_linux(ExtBlocks(disk.read, disk.size, name), label, found)
     except nbd.NbdError as exc:
         raise GuestInspectionError(str(exc)) from exc
@@ -129,8 +130,7 @@ def _read_ext(info: ImageInfo, part: Partition | None, work: Path, label: str, f
         image = reader.extract(info, part, work / f"root{part.number if part else 0}.raw")
         _read_linux(ExtTree(image, name), label, facts)
         return
-    for each in dataclasses.fields(facts):
-        setattr(facts, each.name, getattr(found, each.name))
+    vars(facts).update(vars(found))
 
 
 def _read_linux(guest: tree.Tree, label: str, facts: GuestFacts) -> None:

@@ -7,6 +7,8 @@ partition's data, never the disk's virtual size, and memory stays qemu-img's.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from imgpipe import qemu
@@ -15,7 +17,6 @@ from imgpipe.runner import CommandFailed, run
 from imgpipe.source.inspect import ImageInfo
 from imgpipe.source.partitions import Partition
 
-_BLOCK = 65536
 # For the userspace tools that parse the guest's filesystems: nova's limits for untrusted images.
 TOOL_LIMITS = qemu.INFO_LIMITS
 
@@ -29,25 +30,23 @@ def window(info: ImageInfo, part: Partition | None) -> qemu.Source:
 
 def probe(info: ImageInfo, part: Partition | None, dest: Path, length: int) -> bytes:
     """The first `length` bytes of a partition, for signature checks."""
-    src = window(info, part)
-    spec = ["--image-opts", f"if={src.image_opts()}"] if src.offset is not None else \
-        ["-f", src.format, f"if={src.path}"]
-    _run([qemu.QEMU_IMG, "dd", *spec, "-O", "raw", f"bs={_BLOCK}", f"count={-(-length // _BLOCK)}",
-          f"of={dest}"], info)
-    return dest.read_bytes()[:length]
+    with _translated(info, dest):
+        return qemu.read_head(window(info, part), dest, length)
 
 
 def extract(info: ImageInfo, part: Partition | None, dest: Path) -> Path:
     """A sparse raw copy of one partition, for debugfs/mtools/ntfs-3g to read."""
-    _run([qemu.QEMU_IMG, "convert", *window(info, part).args(), "-O", "raw", str(dest)], info)
+    with _translated(info, dest):
+        run([qemu.QEMU_IMG, "convert", *window(info, part).args(), "-O", "raw", str(dest)], limits=qemu.IO_LIMITS)
     return dest
 
 
-def _run(argv: list[str], info: ImageInfo) -> None:
+@contextlib.contextmanager
+def _translated(info: ImageInfo, dest: Path) -> Iterator[None]:
     try:
-        run(argv, limits=qemu.IO_LIMITS)
+        yield
     except CommandFailed as exc:
         if "No space left on device" in exc.result.stderr:
-            raise NoSpaceError(f"{argv[-1]}: no space to copy a partition for guest inspection "
+            raise NoSpaceError(f"{dest}: no space to copy a partition for guest inspection "
                                "(it needs the partition's data size)") from exc
         raise GuestInspectionError(f"{info.path}: cannot read a partition: {exc}") from exc
