@@ -246,9 +246,9 @@ class Catalog(BaseModel):
 
     def placement(self, image: Image, cloud: str) -> Placement:
         """How image goes to cloud: the cloud's stores, the image's or else the cloud's method."""
-        settings = self.clouds.get(cloud, CloudSettings())
-        return Placement(image.import_method or settings.import_method, tuple(settings.stores),
-                         settings.all_stores, settings.allow_partial_stores)
+        cfg = self.clouds.get(cloud, CloudSettings())
+        return Placement(image.import_method or cfg.import_method, tuple(cfg.stores),
+                         cfg.all_stores, cfg.allow_partial_stores)
 
     @model_validator(mode="before")
     @classmethod

@@ -189,7 +189,7 @@ def _missing_stores(seen: Survey, image: Image, cloud: str, found: dict[str, Any
             return []
     else:
         wanted = list(asked.stores)
-    have = set(filter(None, str(found.get("stores") or "").split(",")))
+    have = set(glance.csv_list(found.get("stores")))
     return [s for s in wanted if s not in have]
 
 

@@ -44,10 +44,6 @@ class Facts:
     def store_ids(self) -> list[str]:
         return [s.id for s in self.stores]
 
-    @property
-    def default_store(self) -> str | None:
-        return next((s.id for s in self.stores if s.default), None)
-
     def rbd_stores(self) -> list[str]:
         return [s.id for s in self.stores if s.type == "rbd"]
 

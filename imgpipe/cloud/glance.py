@@ -69,6 +69,11 @@ def _detail(resp: requests.Response) -> str:
     return " ".join(text.split())[:300] or resp.reason
 
 
+def csv_list(value: Any) -> list[str]:
+    """Glance's comma-separated image fields (stores, os_glance_importing_to_stores, ...)."""
+    return [s for s in str(value or "").split(",") if s]
+
+
 def create_image(cloud: Cloud, fields: dict[str, Any]) -> dict[str, Any]:
     resp = request(cloud, "POST", "/v2/images", f"create image {fields.get('name')}", ok=(201,),
                    json=fields)

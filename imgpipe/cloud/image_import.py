@@ -142,9 +142,9 @@ def wait(cloud: Cloud, image_id: str, where: Targets, limits: retry.RetryLimits,
                            lambda: glance.get_image(cloud, image_id), limits)
         if image is None:
             raise ImportFailedError(f"cloud {cloud.name}: image {image_id} vanished during its import")
-        importing = _ids(image.get("os_glance_importing_to_stores"))
-        failed = _ids(image.get("os_glance_failed_import"))
-        state = (image["status"], importing, failed, _ids(image.get("stores")))
+        importing = glance.csv_list(image.get("os_glance_importing_to_stores"))
+        failed = glance.csv_list(image.get("os_glance_failed_import"))
+        state = (image["status"], importing, failed, glance.csv_list(image.get("stores")))
         if state != last:
             LOG.info("cloud %s: image %s %s; importing to %s; in stores %s; failed %s", cloud.name,
                      image_id, state[0], ",".join(importing) or "-", ",".join(state[3]) or "-",
@@ -174,7 +174,7 @@ def copy_to(cloud: Cloud, image: dict[str, Any], where: Targets,
 
     The image itself is never deleted here: it is a good image in the stores it has.
     """
-    missing = [s for s in where.stores if s not in _ids(image.get("stores"))]
+    missing = [s for s in where.stores if s not in glance.csv_list(image.get("stores"))]
     if not missing:
         return None
     offered = discovery.facts(cloud, limits).import_methods
@@ -206,8 +206,6 @@ def converted(cloud: Cloud, image: dict[str, Any], req: UploadRequest) -> bool:
     return True
 
 
-def _ids(value: Any) -> list[str]:
-    return [s for s in str(value or "").split(",") if s]
 
 
 def _task(cloud: Cloud, image_id: str) -> tuple[str, str]:

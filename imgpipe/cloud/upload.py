@@ -142,7 +142,7 @@ def _result(cloud: Cloud, profile: str, image: dict[str, Any], status: str,
     return UploadResult(cloud.name, image["name"], profile, image["id"], status, image["disk_format"],
                         image["container_format"], int(image.get("size") or 0),
                         time.monotonic() - started, image.get("checksum") or "", props,
-                        stores=[s for s in str(image.get("stores") or "").split(",") if s])
+                        stores=glance.csv_list(image.get("stores")))
 
 
 def _find(cloud: Cloud, wanted: dict[str, str], limits: retry.RetryLimits,
