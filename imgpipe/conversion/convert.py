@@ -263,7 +263,7 @@ def _window(info: ImageInfo, profile: Profile, number: int | None) -> qemu.Sourc
     except partitions.PartitionTableError as exc:
         raise UnsafeImageError(f"{info.path}: {exc} (profile {profile.name} needs one; "
                                "pick it with --partition)") from exc
-    return qemu.Source(info.path, info.format, part.start, part.size)
+    return info.window(part)
 
 
 def _check_space(bases: list[_Base], directory: Path) -> None:

@@ -120,7 +120,7 @@ def _read_ext(info: ImageInfo, part: Partition | None, work: Path, label: str, f
     for a filesystem ext_blocks does not parse (facts found before it gave up are dropped)."""
     name = f"{info.path}: {label}"
     try:
-        with nbd.export(reader.window(info, part), name) as disk:
+        with nbd.export(info.window(part), name) as disk:
             found = dataclasses.replace(facts, unchecked=list(facts.unchecked))  # the only list it extends
             _read_linux(ExtBlocks(disk.read, disk.size, name), label, found)
     except nbd.NbdError as exc:

@@ -21,23 +21,16 @@ from imgpipe.source.partitions import Partition
 TOOL_LIMITS = qemu.INFO_LIMITS
 
 
-def window(info: ImageInfo, part: Partition | None) -> qemu.Source:
-    """The partition's bytes (None: the whole disk holds one filesystem)."""
-    if part is None:
-        return info.source()
-    return qemu.Source(info.path, info.format, part.start, part.size)
-
-
 def probe(info: ImageInfo, part: Partition | None, dest: Path, length: int) -> bytes:
     """The first `length` bytes of a partition, for signature checks."""
     with _translated(info, dest):
-        return qemu.read_head(window(info, part), dest, length)
+        return qemu.read_head(info.window(part), dest, length)
 
 
 def extract(info: ImageInfo, part: Partition | None, dest: Path) -> Path:
     """A sparse raw copy of one partition, for debugfs/mtools/ntfs-3g to read."""
     with _translated(info, dest):
-        run([qemu.QEMU_IMG, "convert", *window(info, part).args(), "-O", "raw", str(dest)], limits=qemu.IO_LIMITS)
+        run([qemu.QEMU_IMG, "convert", *info.window(part).args(), "-O", "raw", str(dest)], limits=qemu.IO_LIMITS)
     return dest
 
 

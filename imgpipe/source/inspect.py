@@ -60,6 +60,10 @@ class ImageInfo:
     def source(self) -> qemu.Source:
         return qemu.Source(self.path, self.format)
 
+    def window(self, part: partitions.Partition | None) -> qemu.Source:
+        """One partition's bytes (None: the whole disk holds one filesystem)."""
+        return self.source() if part is None else qemu.Source(self.path, self.format, part.start, part.size)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         del data["head"]
