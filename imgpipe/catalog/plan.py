@@ -109,9 +109,9 @@ class Survey:
 
 
 def survey(work: Scope, connect: Connect, checksums: Checksums, limits: retry.RetryLimits,
-           placement: Callable[[Image, str], Placement] | None = None) -> Survey:
+           placement: Callable[[Image, str], Placement]) -> Survey:
     """Connect, resolve checksums and list images; a cloud that fails is left out and reported."""
-    seen = Survey(placement=placement) if placement else Survey()
+    seen = Survey(placement=placement)
     for image, version in work.versions:
         try:
             seen.shas.setdefault(image.name, {})[version.version] = checksums.expected(version)

@@ -115,7 +115,7 @@ def _complete_stores(cloud: Cloud, req: UploadRequest, existing: UploadResult,
                      limits: retry.RetryLimits, started: float) -> UploadResult:
     """An identical image missing some wanted store is copied there, not uploaded again."""
     where = image_import.targets(cloud, req, limits)
-    if not where.stores:
+    if not [s for s in where.stores if s not in existing.stores]:  # the listing already showed its stores
         return existing
     image = retry.call(f"cloud {cloud.name}: get image {existing.image_id}",
                        lambda: glance.get_image(cloud, existing.image_id), limits)

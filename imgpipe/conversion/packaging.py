@@ -7,8 +7,6 @@ import tarfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from isal import igzip
-
 from imgpipe.errors import UnsafeImageError
 
 XEN_MEMBER = "0.vhd"
@@ -19,6 +17,8 @@ VHD_FOOTER = 512
 
 def write_xen_tgz(vhd: Path, dest: BinaryIO) -> None:
     """XenAPI expects a gzip'd tar whose 0.vhd is the base of the VHD chain."""
+    from isal import igzip  # only when a tgz is written: not on every start
+
     with igzip.IGzipFile(fileobj=dest, mode="wb", compresslevel=GZIP_LEVEL) as gz, \
             tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         tar.add(vhd, arcname=XEN_MEMBER)
