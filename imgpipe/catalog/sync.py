@@ -92,8 +92,8 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
         report.notes.append(f"shard {opts.shard}: rotation is left to `imgpipe catalog rotate` after all shards")
     with locks.clouds(opts.cache_dir, [c for i in work.images for c in i.clouds], report.shard):
         seen = survey(work, connect, sources.Checksums(opts.limits), opts.limits, catalog.placement)
-        report.failures += seen.failures
         actions = plan(work.todo, seen, rotate=[])
+        report.failures += seen.failures  # after plan(): it records clouds whose stores it cannot read
         report.images = [a for a in actions if a.action == "unchanged"]
         report.images += [_copy(a, seen, opts, report) for a in actions if a.action == "copy"]
         _publish_all(work.todo, actions, seen, opts, report, progress)
