@@ -163,7 +163,7 @@ def test_publish_uploads_only_what_boots(glance, debian_guest: dict[str, Path], 
     The kernel's banner is the marker: it proves firmware, loader and kernel in a third of a boot."""
     from imgpipe.cloud import clouds
     from imgpipe.cloud import glance as glance_api
-    from imgpipe.cloud.publish import BootCheck, PublishRequest, publish
+    from imgpipe.pipeline.publish import BootCheck, PublishRequest, publish
     from imgpipe.conversion.convert import Options
 
     cloud = clouds.connect("test")

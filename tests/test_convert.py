@@ -12,7 +12,8 @@ from conftest import qemu_img, qemu_info
 from sample_disk import docker_archive
 
 from imgpipe import profiles
-from imgpipe.conversion.convert import Options, convert_source
+from imgpipe.conversion.convert import Options
+from imgpipe.pipeline.convert import convert_source
 from imgpipe.errors import ConversionError, ProfileError, UnsafeImageError
 from imgpipe.source.inspect import inspect_image
 

@@ -11,7 +11,8 @@ from test_cli import imgpipe
 
 from imgpipe import errors, profiles
 from imgpipe.cli.base import EXIT_CODES
-from imgpipe.conversion.convert import Options, convert_source
+from imgpipe.conversion.convert import Options
+from imgpipe.pipeline.convert import convert_source
 from imgpipe.source import decompress
 
 COMPRESSORS = {"xz": ["xz", "-T0", "-c"], "gz": ["gzip", "-c"], "bz2": ["bzip2", "-c"],

@@ -18,7 +18,8 @@ from test_cli import imgpipe
 from imgpipe import errors, profiles
 from imgpipe.cli.base import EXIT_CODES
 from imgpipe.conversion import ova
-from imgpipe.conversion.convert import Options, convert_source, converted_size
+from imgpipe.conversion.convert import Options, converted_size
+from imgpipe.pipeline.convert import convert_source
 
 OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
 RASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"

@@ -15,9 +15,10 @@ from imgpipe import profiles
 from imgpipe.cli import app
 from imgpipe.cloud import clouds
 from imgpipe.cloud import glance as glance_api
-from imgpipe.cloud.publish import PublishRequest, publish
+from imgpipe.pipeline.publish import PublishRequest, publish
 from imgpipe.conversion import passthrough
-from imgpipe.conversion.convert import Options, convert_source
+from imgpipe.conversion.convert import Options
+from imgpipe.pipeline.convert import convert_source
 from imgpipe.errors import UnsafeImageError
 
 

@@ -12,7 +12,7 @@ from test_ova import OVF, VMW, _nova_read
 from imgpipe import profiles
 from imgpipe.cloud import clouds
 from imgpipe.cloud import glance as glance_api
-from imgpipe.cloud.publish import PublishRequest, publish
+from imgpipe.pipeline.publish import PublishRequest, publish
 from imgpipe.cloud.upload import SOURCE_KEY
 from imgpipe.conversion.convert import Options
 from imgpipe.hashing import sha256_file

@@ -14,7 +14,7 @@ from imgpipe.cloud import glance as glance_api
 from imgpipe.conversion.convert import Options
 from imgpipe.errors import GlanceRefusedError
 from imgpipe.hashing import sha256_file
-from imgpipe.cloud.publish import PublishRequest, publish
+from imgpipe.pipeline.publish import PublishRequest, publish
 from imgpipe.cloud.upload import SOURCE_KEY, UploadRequest, upload
 
 pytestmark = pytest.mark.slow

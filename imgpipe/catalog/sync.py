@@ -28,7 +28,7 @@ from imgpipe.conversion.convert import Options
 from imgpipe.errors import ImgpipeError
 from imgpipe.profiles import Profile
 from imgpipe.cloud import glance, image_import
-from imgpipe.cloud.publish import PublishRequest, publish
+from imgpipe.pipeline.publish import PublishRequest, publish
 from imgpipe.retry import DEFAULT_LIMITS, RetryLimits
 from imgpipe.catalog.rotation import Action
 

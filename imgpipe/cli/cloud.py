@@ -159,7 +159,7 @@ def publish_cmd(
     STATE.json = as_json
     selected = profiles.select(profile, profiles.load_all(STATE.profile_dirs))
     _warn(selected)
-    from imgpipe.cloud.publish import BootCheck, PublishRequest, publish
+    from imgpipe.pipeline.publish import BootCheck, PublishRequest, publish
 
     work = work_dir or Path(tempfile.gettempdir())
     checks = BootCheck(work, boot_expect, boot_timeout) if boot else None

@@ -12,7 +12,8 @@ from imgpipe import __version__, profiles, render
 from imgpipe.cli.base import STATE, _size, _warn, app, handled
 from imgpipe.cli.options import (MAX_VIRTUAL_SIZE, Engine, EngineOpt, ForceBootOpt, JsonOpt, MaxVirtualSizeOpt, ProfileOpt,
                                  SourceFormatOpt, VerifyOpt)
-from imgpipe.conversion.convert import Options, convert_source
+from imgpipe.conversion.convert import Options
+from imgpipe.pipeline.convert import convert_source
 from imgpipe.guest import derive
 from imgpipe.guest.facts import GuestFacts
 from imgpipe.guest.inspect import inspect_guest

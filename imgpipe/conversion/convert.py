@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,11 @@ from imgpipe.conversion import ova, packaging, passthrough
 from imgpipe.source import partitions
 from imgpipe import nbd, qemu
 from imgpipe.errors import ConversionError, FormatMismatchError, NoSpaceError, ProfileError, UnsafeImageError
-from imgpipe.source.inspect import (DEFAULT_MAX_VIRTUAL_SIZE, QEMU_DRIVER, ImageInfo, detect_format, inspect_image,
+from imgpipe.source.inspect import (QEMU_DRIVER, ImageInfo, detect_format, inspect_image,
                                    open_source)
-from imgpipe.source.unpack import unpacked
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
 from imgpipe.conversion.vmdk_stream import Disk, raw_disk, write_stream_optimized
-from imgpipe.guest import derive, gate
-from imgpipe.guest.facts import GuestFacts
 
 Progress = Callable[[str, float], None]
 EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
@@ -89,52 +86,6 @@ class _Base:
     @property
     def is_output(self) -> bool:
         return any(p.package is None for p, _ in self.outputs)
-
-
-def convert_source(src: Path, profiles: list[Profile], opts: Options,
-                   progress: Progress | None = None) -> list[Output]:
-    """Entry point: validates a docker archive, or unpacks (compressed, OVA), inspects and converts
-    a disk image; the unpacked copy lives beside the outputs only while it is converted."""
-    if any(p.package == "docker-archive" for p in profiles):
-        source_info(src, profiles, opts)  # a docker archive, or ProfileError for a mix
-        return [docker_output(src, profiles)]
-    open_source(src)
-    if opts.out_file and opts.out_file.resolve() == src.resolve():
-        raise ProfileError(f"{src}: output would overwrite the source")
-    work = opts.out_file.parent if opts.out_file else opts.out_dir
-    with unpacked(src, work, opts.max_virtual_size or DEFAULT_MAX_VIRTUAL_SIZE) as disk:
-        info = source_info(disk, profiles, opts)
-        assert info is not None
-        facts = gate.examine(info, profiles, lambda p: p.properties, opts.force_boot)
-        return convert_image(info, profiles, with_derived(with_root(opts, facts), facts, profiles), progress)
-
-
-def with_root(opts: Options, facts: GuestFacts) -> Options:
-    """lxc/uml extract the root partition inspection found (by type, else by signature)."""
-    if opts.partition is None and facts.root is not None and facts.root.value["partition"]:
-        return replace(opts, partition=facts.root.value["partition"])
-    return opts
-
-
-def with_derived(opts: Options, facts: GuestFacts, profiles: list[Profile]) -> Options:
-    """What inspection derived (firmware, guest OS) reaches descriptors written now, the OVA's;
-    profile and given properties win over it, as they do on the image."""
-    return replace(opts, properties={p.name: {**{k: str(f.value) for k, f in derive.properties(facts, p).items()},
-                                              **p.properties, **opts.properties.get(p.name, {})}
-                                     for p in profiles})
-
-
-def source_info(src: Path, profiles: list[Profile], opts: Options) -> ImageInfo | None:
-    """Inspect a disk image source once (None: the profiles take a docker archive)."""
-    open_source(src)
-    docker = [p for p in profiles if p.package == "docker-archive"]
-    if docker and len(docker) != len(profiles):
-        raise ProfileError("the docker profile takes a docker save archive, the others a disk image: "
-                           "run them separately")
-    if docker:
-        return None
-    kwargs = {"max_virtual_size": opts.max_virtual_size} if opts.max_virtual_size else {}
-    return inspect_image(src, opts.claimed_format, **kwargs)
 
 
 def docker_output(src: Path, profiles: list[Profile]) -> Output:

@@ -19,8 +19,7 @@ from pathlib import Path
 from imgpipe import owner, retry, settings
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
-from imgpipe.conversion.convert import (Options, Output, conversion_groups, convert_image, docker_output, source_info,
-                                        with_root)
+from imgpipe.conversion.convert import Options, Output, conversion_groups, convert_image, docker_output
 from imgpipe.guest import derive, gate
 from imgpipe.errors import ImgpipeError
 from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult, boot_check
@@ -29,8 +28,9 @@ from imgpipe.profiles import Profile
 from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
 from imgpipe.source.unpack import named_as, unpack
 from imgpipe.cloud.upload import UploadRequest, UploadResult, find_unchanged, upload
+from imgpipe.pipeline.convert import source_info, with_root
 
-LOG = logging.getLogger("imgpipe.cloud.publish")
+LOG = logging.getLogger("imgpipe.pipeline.publish")
 DEFAULT_TEMPLATE = settings.NAME_TEMPLATE
 WORK_PREFIX = "imgpipe-publish-"
 
