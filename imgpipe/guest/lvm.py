@@ -34,8 +34,8 @@ _INITIAL_CRC = 0xF597A6CF
 _RAW_LOCN_IGNORED = 0x1
 _NUMBER = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?")
 _TOKEN = re.compile(r'(?P<skip>[ \t\r\n]+|#[^\n]*)|(?P<string>"(?:[^"\\]|\\.)*")|(?P<punct>[{}\[\]=,])'
-                    r'|(?P<word>[^\s{}\[\]=,"#]+)', re.S)
-_ESCAPE = re.compile(r"\\(.)", re.S)
+                    r'|(?P<word>[^\s{}\[\]=,"#]+)', re.DOTALL)
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 Scalar = int | float | str
 Value = Scalar | list[Scalar] | dict[str, "Value"]
