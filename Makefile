@@ -26,11 +26,11 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
 demo: venv
-	$(PY) scripts/demo.py
+	$(PY) -m imgpipe_dev.demo
 
 bench: venv
-	$(PY) scripts/bench.py
+	$(PY) -m imgpipe_dev.bench
 
 clean:
-	-$(PY) scripts/localcloud.py stop --state-dir .demo/cloud 2>/dev/null
+	-$(PY) -m imgpipe_dev.localcloud stop --state-dir .demo/cloud 2>/dev/null
 	rm -rf .demo .bench .pytest_cache

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-
-import sample_disk  # noqa: E402
+from imgpipe_dev import sample_disk
 
 
 def qemu_img(*args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
@@ -42,7 +37,7 @@ def sample_raw(tmp_path_factory: pytest.TempPathFactory, sample_qcow2: Path) -> 
 @pytest.fixture(scope="session")
 def glance_server(tmp_path_factory: pytest.TempPathFactory):
     """A real Glance (noauth, sqlite, file store) on loopback for the whole session."""
-    import localcloud
+    from imgpipe_dev import localcloud
 
     state = tmp_path_factory.mktemp("glance")
     cloud = localcloud.start(state, name="test")

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sample_disk
+from imgpipe_dev import sample_disk
 
 MIB = 1 << 20
 MS_BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"

@@ -20,7 +20,7 @@ IMGPIPE = [sys.executable, "-m", "imgpipe.cli"]
 
 @pytest.fixture(scope="module")
 def keystone(tmp_path_factory: pytest.TempPathFactory):
-    import localcloud
+    from imgpipe_dev import localcloud
 
     state = tmp_path_factory.mktemp("keystone")
     cloud = localcloud.start(state, keystone=True, name="ks")

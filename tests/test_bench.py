@@ -1,14 +1,11 @@
-"""Smoke tests of scripts/bench.py's pure helpers (the benchmark itself only reports, never asserts)."""
+"""Smoke tests of imgpipe_dev.bench's pure helpers (the benchmark itself only reports, never asserts)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import bench  # noqa: E402
+from imgpipe_dev import bench
 
 
 def test_targets_are_judged_in_their_direction() -> None:

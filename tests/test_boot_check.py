@@ -1,6 +1,6 @@
 """boot-check: which machine each profile's properties ask for, and real boots of a Debian guest.
 
-The real boots use a Debian 12 guest built once by scripts/debian_guest.py (cached under the
+The real boots use a Debian 12 guest built once by imgpipe_dev.debian_guest (cached under the
 imgpipe cache dir) in a BIOS+UEFI hybrid and a UEFI-only layout, converted by `imgpipe convert`
 and booted under TCG, two at a time (one per core).
 """
@@ -92,7 +92,7 @@ def debian_guest() -> dict[str, Path]:
     """Both layouts of the cached Debian 12 guest (built on first use, about 2 minutes)."""
     if os.geteuid() != 0 or not shutil.which("mmdebstrap"):
         pytest.skip("building the Debian guest needs root and mmdebstrap (make deps)")
-    import debian_guest as builder
+    from imgpipe_dev import debian_guest as builder
 
     return {layout: builder.cached(layout) for layout in builder.LAYOUTS}
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import localcloud
 import pytest
-import sample_disk
 import yaml
 from conftest import qemu_img
+from imgpipe_dev import localcloud, sample_disk
 from rangeserver import Server, serving
 from typer.testing import CliRunner
 

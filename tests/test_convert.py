@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import qemu_img, qemu_info
-from sample_disk import docker_archive
+from imgpipe_dev.sample_disk import docker_archive
 
 from imgpipe import profiles
 from imgpipe.conversion.convert import Options

@@ -87,7 +87,7 @@ def test_gives_up_with_clear_error_and_no_leftover(proxy: FaultProxy, sample_qco
 
 
 def test_glance_killed_mid_upload_and_restarted(glance, proxy: FaultProxy, sample_qcow2: Path) -> None:
-    import localcloud
+    from imgpipe_dev import localcloud
 
     def crash_and_restart() -> None:
         localcloud.kill(glance.state_dir)

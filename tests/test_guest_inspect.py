@@ -8,7 +8,7 @@ from pathlib import Path
 
 import guest_disks as gd
 import pytest
-import sample_disk
+from imgpipe_dev import sample_disk
 from typer.testing import CliRunner
 
 from imgpipe import errors

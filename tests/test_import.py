@@ -44,7 +44,7 @@ def web(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def multistore(web, tmp_path_factory: pytest.TempPathFactory):
-    import localcloud
+    from imgpipe_dev import localcloud
 
     state = tmp_path_factory.mktemp("multistore")
     cloud = localcloud.start(state, name="multi", stores=("fast", "slow"),
@@ -55,7 +55,7 @@ def multistore(web, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def converting(tmp_path_factory: pytest.TempPathFactory):
-    import localcloud
+    from imgpipe_dev import localcloud
 
     state = tmp_path_factory.mktemp("converting")
     cloud = localcloud.start(state, name="conv", convert_to="raw")

@@ -1,4 +1,4 @@
-"""scripts/localcloud.py brings up a real Glance (and Keystone) that the
+"""imgpipe_dev.localcloud brings up a real Glance (and Keystone) that the
 clients imgpipe uses can talk to through the clouds.yaml it writes.
 
 Slow: the first run installs the server venv (about 40 s); later runs start
@@ -6,7 +6,6 @@ Glance in about 3 s and Glance + Keystone in about 13 s.
 """
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -14,32 +13,13 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
-from types import ModuleType
 
 import openstack.config
 import pytest
 from glanceclient import Client
+from imgpipe_dev import localcloud
 
 pytestmark = pytest.mark.slow
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "localcloud.py"
-
-
-def _load_localcloud() -> ModuleType:
-    """The script as a module, loaded from its path; the already imported one
-    if conftest got there first, so there is a single LocalCloud class."""
-    loaded = sys.modules.get("localcloud")
-    if loaded is not None and Path(loaded.__file__).resolve() == SCRIPT:
-        return loaded
-    spec = importlib.util.spec_from_file_location("localcloud", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-localcloud = _load_localcloud()
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +93,7 @@ def test_start_again_reports_the_running_instance(noauth_cloud):
     again = localcloud.start(noauth_cloud.state_dir)
     assert again == noauth_cloud
 
-    cli = subprocess.run([sys.executable, str(SCRIPT), "status",
+    cli = subprocess.run([sys.executable, "-m", "imgpipe_dev.localcloud", "status",
                           "--state-dir", str(noauth_cloud.state_dir)],
                          check=False, capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr

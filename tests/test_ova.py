@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import qemu_img, qemu_info
-from sample_disk import docker_archive
+from imgpipe_dev.sample_disk import docker_archive
 from test_cli import imgpipe
 
 from imgpipe import errors, profiles

@@ -123,7 +123,7 @@ def test_concurrent_publishes_leave_one_image(glance, sample_qcow2: Path) -> Non
 
 
 def test_docker_archive_published_as_repo_tag(glance, tmp_path: Path) -> None:
-    from sample_disk import docker_archive
+    from imgpipe_dev.sample_disk import docker_archive
 
     archive = docker_archive(tmp_path / "img.tar", ["library/hello:1.0"])
     cloud = clouds.connect("test")

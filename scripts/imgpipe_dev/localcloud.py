@@ -4,13 +4,13 @@
 Why: imgpipe's demo and tests must talk to the same server code users upload
 to, not a mock: Glance's upload inspection, status machine and error codes
 are what imgpipe has to cope with. This module is stdlib only, so it runs with
-a bare ``python3`` and tests can import it from its path.
+a bare ``python3`` too (``cd scripts && python3 -m imgpipe_dev.localcloud ...``).
 
 CLI::
 
-    python3 scripts/localcloud.py start [--keystone] [--port P] [--state-dir DIR] [--name NAME]
+    python3 -m imgpipe_dev.localcloud start [--keystone] [--port P] [--state-dir DIR] [--name NAME]
         [--store NAME ...] [--web-download-port P] [--convert-to raw|qcow2|vmdk]
-    python3 scripts/localcloud.py stop|kill|status [--state-dir DIR]
+    python3 -m imgpipe_dev.localcloud stop|kill|status [--state-dir DIR]
 
 Python API (for tests)::
 
@@ -77,7 +77,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SCRIPTS_DIR = Path(__file__).resolve().parent
+SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 REQUIREMENTS = SCRIPTS_DIR / "requirements-cloud.txt"
 DEFAULT_STATE_DIR = SCRIPTS_DIR.parent / ".localcloud"
 DEFAULT_NAME = "local"
@@ -703,7 +703,7 @@ def _clouds(name: str, glance_url: str, keystone_url: str | None,
 
 
 def _write_clouds_yaml(path: Path, clouds: dict[str, Any]) -> None:
-    header = "# Written by scripts/localcloud.py on every start; edits are overwritten.\n"
+    header = "# Written by imgpipe_dev.localcloud on every start; edits are overwritten.\n"
     _write_private(path, header + _yaml({"clouds": clouds}))
 
 

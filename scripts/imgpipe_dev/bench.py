@@ -34,10 +34,10 @@ qemu-img does not: the fsync a durable baseline would need is timed separately (
 
 Usage::
 
-    .venv/bin/python scripts/bench.py [--reps 3] [--quick] [--size-mib 2048 --data-mib 200]
-                                      [--only convert|size|upload|publish] [--profile P]
-                                      [--big-size-mib 20480]
-                                      [--upload-reps N] [--no-warmup] [--json PATH]
+    .venv/bin/python -m imgpipe_dev.bench [--reps 3] [--quick] [--size-mib 2048 --data-mib 200]
+                                              [--only convert|size|upload|publish] [--profile P]
+                                              [--big-size-mib 20480]
+                                              [--upload-reps N] [--no-warmup] [--json PATH]
 
 Results: a table on stdout and JSON in .bench/results.json (and --json PATH). The source is
 cached in .bench/ keyed by its parameters and by sample_disk.py's content.
@@ -63,13 +63,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-BENCH_DIR = REPO / ".bench"
-sys.path.insert(0, str(SCRIPTS))
+from imgpipe_dev import localcloud, sample_disk
 
-import localcloud  # noqa: E402
-import sample_disk  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+BENCH_DIR = REPO / ".bench"
 
 MB = 1_000_000
 MIB = 1 << 20

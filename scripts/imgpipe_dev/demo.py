@@ -15,11 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from imgpipe_dev import localcloud, sample_disk
 
-import localcloud  # noqa: E402
-import sample_disk  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 DEMO = ROOT / ".demo"
 IMGPIPE = [sys.executable, "-m", "imgpipe.cli"]
