@@ -1,37 +1,143 @@
-"""NTFS, listed with ntfs-3g's ntfsls (userspace, no mount): is there a Windows installation."""
+"""NTFS read with ntfs-3g's userspace tools (ntfsls, ntfsinfo, ntfscat): no mount, no kernel
+driver, the guest's bytes parsed by separate processes under resource limits.
+
+NTFS names are case-insensitive, the tools' paths are not: every component is mapped to its
+stored spelling through the parent's listing, so a guest's `WINDOWS/system32` is found.
+"""
 
 from __future__ import annotations
 
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest.facts import Fact
 from imgpipe.guest.reader import TOOL_LIMITS
-from imgpipe.runner import run
+from imgpipe.guest.tree import Node
+from imgpipe.runner import CommandFailed, run, stream
+
+_TOOLS = ("ntfsls", "ntfsinfo", "ntfscat", "prlimit")
+_ATTRIBUTES = re.compile(r"File attributes:.*\(0x([0-9a-fA-F]+)\)")
+_REPARSE_POINT = 0x400  # junctions, symlinks, deduplicated and cloud files: their $DATA is not the content
+_CHUNK = 1 << 20
+
+
+class _Enough(Exception):
+    """Raised inside runner.stream to stop ntfscat once `limit` bytes are read (stream kills it)."""
+
+
+class NtfsTree:
+    """tree.Tree over an NTFS image file."""
+
+    def __init__(self, image: Path, label: str) -> None:
+        self.image = image
+        self.label = label
+        self._dirs: dict[str, _Listing] = {}
+        self._kinds: dict[str, str] = {}
+        self._listing("/")  # fail once, clearly, on a volume ntfs-3g cannot open
+
+    def lstat(self, path: str) -> Node | None:
+        real = self.real(path)
+        if real is None:
+            return None
+        if real not in self._kinds:
+            self._kinds[real] = self._kind(real)
+        return Node(self._kinds[real])
+
+    def listdir(self, path: str) -> list[str]:
+        real = self.real(path)
+        if real is None or self.lstat(real) != Node("dir"):
+            return []
+        return list(self._listing(real).kinds)
+
+    def read(self, path: str, limit: int) -> bytes:
+        """The first `limit` bytes of the file's unnamed $DATA; ntfscat is killed once they are read."""
+        real = self.real(path)
+        if real is None:
+            return b""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            with stream(_limited(["ntfscat", "-f", str(self.image), real])) as out:
+                while size < limit and (chunk := out.read(min(_CHUNK, limit - size))):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                if size >= limit:
+                    raise _Enough
+        except _Enough:
+            pass
+        except CommandFailed as exc:
+            raise self._corrupt(exc.result.stderr, exc.result.returncode) from exc
+        return b"".join(chunks)
+
+    def real(self, path: str) -> str | None:
+        """`path` as stored (each component's spelling taken from its directory), None if missing."""
+        real = "/"
+        for name in [c for c in path.split("/") if c not in ("", ".")]:
+            listing = self._listing(real)
+            stored = name if name in listing.kinds else listing.folded.get(_fold(name))
+            if stored is None:
+                return None
+            real = real.rstrip("/") + "/" + stored
+        return real
+
+    def _kind(self, real: str) -> str:
+        parent, _, name = real.rpartition("/")
+        if real == "/" or self._listing(parent or "/").kinds.get(name):
+            return "dir"
+        result = run(["ntfsinfo", "-f", "-F", real, str(self.image)], limits=TOOL_LIMITS, ok_codes=range(256))
+        attributes = _ATTRIBUTES.search(result.stdout)
+        if result.returncode or attributes is None:
+            raise self._corrupt(result.stderr, result.returncode)
+        return "other" if int(attributes.group(1), 16) & _REPARSE_POINT else "file"
+
+    def _listing(self, real: str) -> _Listing:
+        """A directory's entries, listed with -F so that a directory shows a trailing slash."""
+        if real not in self._dirs:
+            result = run(["ntfsls", "-f", "-F", "-p", real, str(self.image)], limits=TOOL_LIMITS,
+                         ok_codes=range(256))
+            if result.returncode:
+                raise self._corrupt(result.stderr, result.returncode)
+            listing = _Listing({}, {})
+            for line in result.stdout.splitlines():
+                name = line.removesuffix("/")
+                if name not in ("", ".", ".."):
+                    listing.kinds[name] = line.endswith("/")
+                    listing.folded.setdefault(_fold(name), name)
+            self._dirs[real] = listing
+        return self._dirs[real]
+
+    def _corrupt(self, stderr: str, returncode: int) -> GuestInspectionError:
+        why = (stderr.strip().splitlines() or [f"exit code {returncode}"])[-1].strip()
+        return GuestInspectionError(f"{self.label}: corrupt NTFS filesystem: {why}")
+
+
+@dataclass
+class _Listing:
+    kinds: dict[str, bool]  # stored name -> is a directory
+    folded: dict[str, str]  # case-folded name -> stored name (the first, if a POSIX-namespace twin exists)
 
 
 def available() -> bool:
-    return shutil.which("ntfsls") is not None
+    return all(shutil.which(tool) for tool in _TOOLS)
 
 
 def windows(image: Path, label: str) -> Fact | None:
     """os_type=windows when the volume has Windows/System32 (where every Windows keeps its kernel)."""
-    top = _ls(image, "/", label)
-    windir = next((n for n in top if n.lower() == "windows"), None)
-    if windir is None:
+    guest = NtfsTree(image, label)
+    system32 = guest.real("/Windows/System32")
+    if system32 is None or guest.lstat(system32) != Node("dir"):
         return None
-    system32 = next((n for n in _ls(image, f"/{windir}", label) if n.lower() == "system32"), None)
-    if system32 is None:
-        return None
-    return Fact("windows", f"{label} /{windir}/{system32}")
+    return Fact("windows", f"{label} {system32}")
 
 
-def _ls(image: Path, path: str, label: str) -> list[str]:
-    result = run(["ntfsls", "-f", "-p", path, str(image)], limits=TOOL_LIMITS, ok_codes=range(256))
-    if result.returncode:
-        if "not found" in result.stderr.lower() or "Failed to find" in result.stderr:
-            return []
-        why = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-        raise GuestInspectionError(f"{label}: corrupt NTFS filesystem: {why}")
-    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+def _fold(name: str) -> str:
+    """NTFS compares names through its $UpCase table, one UTF-16 unit at a time: no 'ß' -> 'SS'."""
+    return "".join(up if len(up := c.upper()) == 1 else c for c in name)
+
+
+def _limited(argv: list[str]) -> list[str]:
+    """argv under prlimit: runner.stream (the only streaming runner) takes no Limits."""
+    return ["prlimit", f"--cpu={TOOL_LIMITS.cpu_seconds}", f"--as={TOOL_LIMITS.address_space}", "--", *argv]
