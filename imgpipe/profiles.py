@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imgpipe.errors import ProfileError
+from imgpipe.packages import KINDS, Kind
 
 def _builtin_dir() -> Path:
     """profiles/ beside the package in a checkout (editable install), else the wheel's copy."""
@@ -135,6 +136,16 @@ class Profile(BaseModel):
             self.package,
         )
 
+    @property
+    def kind(self) -> Kind | None:
+        """The package kind this profile uploads (None: the converted disk itself)."""
+        return KINDS[self.package] if self.package else None
+
+    @property
+    def converts(self) -> bool:
+        """False for a profile that publishes its source as it is (a docker archive)."""
+        return self.kind is None or self.kind.converts
+
     def advisories(self) -> list[str]:
         notes = [self.warning] if self.warning else []
         if self.properties.get("hypervisor_type") == "vmware" and "os_distro" in self.properties:
@@ -157,26 +168,24 @@ def _property_problems(props: dict[str, str]) -> Iterable[str]:
 
 def _contradictions(p: Profile) -> Iterable[str]:
     props = p.properties
-    if p.package == "docker-archive":
-        if p.container_format != "docker" or p.output is not None:
-            yield "package: docker-archive needs container_format docker and no output section"
+    kind = p.kind
+    if kind is not None and not kind.converts:
+        if p.container_format != kind.container_format or p.output is not None:
+            yield f"package: {kind.name} needs container_format {kind.container_format} and no output section"
         return
-    if p.container_format == "docker":
-        yield "container_format: docker is only for package: docker-archive"
     if p.output is None:
         yield "output: required (qemu-img output format and options)"
         return
     if GLANCE_FORMAT[p.output.format] != p.disk_format:
         yield f"disk_format: {p.disk_format} disagrees with output.format {p.output.format} (Glance would refuse the upload)"
-    if p.package == "xen-ovf-tgz" and (p.disk_format, p.container_format) != ("vhd", "ovf"):
-        yield "package: xen-ovf-tgz needs disk_format vhd and container_format ovf"
-    if p.container_format == "ovf" and p.package != "xen-ovf-tgz":
-        yield "container_format: ovf is only produced by package: xen-ovf-tgz"
-    if p.package == "vmware-ova" and ((p.disk_format, p.container_format) != ("vmdk", "ova")
-                                      or p.output.options.get("subformat") != "streamOptimized"):
-        yield "package: vmware-ova needs disk_format vmdk, container_format ova and a streamOptimized vmdk"
-    if p.container_format == "ova" and p.package != "vmware-ova":
-        yield "container_format: ova is only produced by package: vmware-ova"
+    if kind is not None and ((p.disk_format, p.container_format) != (kind.disk_format, kind.container_format)
+                             or (kind.subformat and p.output.options.get("subformat") != kind.subformat)):
+        yield (f"package: {kind.name} needs disk_format {kind.disk_format}, container_format "
+               f"{kind.container_format}" + (f" and a {kind.subformat} vmdk" if kind.subformat else ""))
+    owner = next((k for k in KINDS.values() if k.container_format == p.container_format), None)
+    if owner is not None and kind is not owner:
+        what = "for" if not owner.converts else "produced by"
+        yield f"container_format: {p.container_format} is only {what} package: {owner.name}"
     if p.extract and p.output.format != "raw" and p.output.format != "qcow2":
         yield "extract: a root-partition filesystem image must be raw or qcow2"
     opts = p.output.options
@@ -259,7 +268,7 @@ def select(names: Iterable[str], available: dict[str, Profile]) -> list[Profile]
 
     'all' means every disk-image profile: docker takes a different kind of source.
     """
-    disk_images = sorted(n for n, p in available.items() if p.package != "docker-archive")
+    disk_images = sorted(n for n, p in available.items() if p.converts)
     wanted: list[str] = []
     for name in names:
         for one in (disk_images if name == "all" else [name]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +12,7 @@ from imgpipe import errors, profiles, render
 from imgpipe.cli.base import STATE, app, handled
 from imgpipe.cli.cloud import _properties
 from imgpipe.cli.options import GuestPropertiesOpt, JsonOpt, PropertyOpt, regex
-from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, boot_check, derived_properties
+from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT
 from imgpipe.guest.qemu_system import Firmware
 
 ExpectOpt = Annotated[str, typer.Option("--expect", callback=regex, help="Regex on the serial console that means booted.")]
@@ -36,10 +37,14 @@ def boot_check_cmd(
     properties imply; pass when the serial console shows --expect within --timeout."""
     STATE.json = as_json
     chosen = profiles.select([profile], profiles.load_all(STATE.profile_dirs))[0]
-    derived = derived_properties(file, chosen) if guest_properties else {}
+    from imgpipe.pipeline.boot import boot_file
+    from imgpipe.pipeline.prepared import Preparation
+
+    how = Preparation(work_dir=file.parent if file.parent.is_dir() else Path(tempfile.gettempdir()),
+                      guest_properties=guest_properties)
     try:
-        result = boot_check(file, chosen, {**derived, **chosen.properties, **_properties(prop)}, expect=expect,
-                            timeout=timeout, log=log, firmware=firmware)
+        result = boot_file(file, chosen, _properties(prop), how, expect=expect, timeout=timeout, log=log,
+                           firmware=firmware)
     except errors.BootCheckError as exc:
         if not as_json:
             render.err.print(exc.tail, highlight=False, markup=False)

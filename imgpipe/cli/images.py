@@ -14,11 +14,7 @@ from imgpipe.cli.options import (MAX_VIRTUAL_SIZE, Engine, EngineOpt, ForceBootO
                                  SourceFormatOpt, VerifyOpt)
 from imgpipe.conversion.convert import Options
 from imgpipe.pipeline.convert import convert_source
-from imgpipe.guest import derive
 from imgpipe.guest.facts import GuestFacts
-from imgpipe.guest.inspect import inspect_guest
-from imgpipe.source.inspect import inspect_image
-from imgpipe.source.unpack import unpacked
 
 profiles_app = typer.Typer(no_args_is_help=True, help="List, show and validate target profiles.")
 app.add_typer(profiles_app, name="profiles")
@@ -89,15 +85,14 @@ def inspect_cmd(
 ) -> None:
     """Detect the format from content, sizes, partition table and the safety verdict."""
     STATE.json = as_json
-    limit = _size(max_virtual_size)
-    with unpacked(src, Path(tempfile.gettempdir()), limit) as disk:  # a compressed file or OVA: its disk
-        info = inspect_image(disk, source_format, limit)
-        with tempfile.TemporaryDirectory(prefix="imgpipe-inspect-") as work:
-            facts = inspect_guest(info, Path(work))
-    info.path = src
-    derived = {name: derive.to_dict(derive.properties(facts, p))
-               for name, p in profiles.load_all(STATE.profile_dirs).items()}
-    data = info.to_dict() | {"guest": facts.to_dict(), "derived_properties": derived}
+    from imgpipe.pipeline.inspect import inspect_source
+    from imgpipe.pipeline.prepared import Preparation
+
+    how = Preparation(work_dir=Path(tempfile.gettempdir()), claimed_format=source_format,
+                      max_virtual_size=_size(max_virtual_size))
+    prepared, data = inspect_source(src, how, profiles.load_all(STATE.profile_dirs))
+    info, facts = prepared.info, prepared.facts
+    assert info is not None and facts is not None
     if as_json:
         render.emit_json(data)
         return

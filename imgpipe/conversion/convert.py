@@ -20,7 +20,8 @@ from typing import Any
 from oslo_utils.imageutils import format_inspector
 
 from imgpipe.conversion import atomic
-from imgpipe.conversion import ova, packaging, passthrough
+from imgpipe.conversion import packaging, passthrough
+from imgpipe.conversion.packages import PACKAGERS
 from imgpipe.source import partitions
 from imgpipe import nbd, qemu
 from imgpipe.errors import ConversionError, FormatMismatchError, NoSpaceError, ProfileError, UnsafeImageError
@@ -32,7 +33,6 @@ from imgpipe.conversion.vmdk_stream import Disk, raw_disk, write_stream_optimize
 
 Progress = Callable[[str, float], None]
 EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
-PACKAGE_EXTENSION = {"xen-ovf-tgz": "vhd.tgz", "vmware-ova": "ova"}
 SOURCE_SUFFIXES = {".qcow2", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".vdi", ".tar"}
 SPACE_MARGIN = 64 << 20
 
@@ -99,12 +99,8 @@ def docker_output(src: Path, profiles: list[Profile]) -> Output:
 def converted_size(path: Path, profile: Profile) -> int:
     """Check that an already converted file is what the profile uploads; its virtual size."""
     open_source(path)
-    if profile.package == "docker-archive":
-        return docker_output(path, [profile]).virtual_size
-    if profile.package == "xen-ovf-tgz":
-        return packaging.xen_virtual_size(path)
-    if profile.package == "vmware-ova":
-        return ova.virtual_size(path)
+    if profile.package:
+        return PACKAGERS[profile.package].virtual_size(path)
     info = inspect_image(path)
     assert profile.output is not None
     if info.format != profile.output.format:
@@ -185,7 +181,7 @@ def _file_name(stem: str, profile: Profile, taken: set[str]) -> str:
         parts.append(profile.output.options.get("subformat", "monolithicSparse"))
     if profile.output.compress:
         parts.append("compressed")
-    ext = PACKAGE_EXTENSION.get(profile.package or "") or EXTENSION[profile.output.format]
+    ext = profile.kind.extension if profile.kind else EXTENSION[profile.output.format]
     name = f"{'-'.join(parts)}.{ext}"
     if name in taken:
         name = f"{stem}-{profile.name}.{ext}"
@@ -255,7 +251,8 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
     label = first.path.name
     report = (lambda pct: progress(label, pct)) if progress else None
     # The vmdk's descriptor names its file: inside an OVA that is the member, not the .ova.
-    disk_name = ova.member_names(first.path)[1] if base.outputs[0][0].package == "vmware-ova" else first.path.name
+    package = base.outputs[0][0].package
+    disk_name = PACKAGERS[package].disk_name(first.path) if package else first.path.name
     engine = _convert_one(base.window, tmp, disk_name, profile, opts, report)
     _reinspect(tmp, profile.output.format, first.virtual_size, label)
     verified = False
@@ -263,17 +260,12 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
         _compare(base.window, qemu.Source(tmp, profile.output.format), label)
         verified = True
     for p, out in base.outputs:
-        if p.package == "xen-ovf-tgz":
-            tgz = atomic.temp_beside(out.path)
-            pairs.append((tgz, out.path))
-            with tgz.open("wb") as f:
-                packaging.write_xen_tgz(tmp, f)
-        elif p.package == "vmware-ova":
+        write = PACKAGERS[p.package].write if p.package else None
+        if write is not None:
             packed = atomic.temp_beside(out.path)
             pairs.append((packed, out.path))
             with packed.open("wb") as f:
-                ova.write_ova(tmp, f, out.path, out.virtual_size,
-                              {**p.properties, **opts.properties.get(p.name, {})})
+                write(tmp, f, out.path, out.virtual_size, opts.properties.get(p.name, p.properties))
         else:
             scratch.remove(tmp)
             pairs.append((tmp, out.path))

@@ -18,8 +18,6 @@ from pathlib import Path
 
 from imgpipe import runner
 from imgpipe.errors import BootCheckError
-from imgpipe.guest import derive
-from imgpipe.guest.inspect import inspect_guest
 from imgpipe.guest.qemu_system import Firmware, Machine, machine_for, private_vars
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import inspect_image
@@ -28,9 +26,6 @@ DEFAULT_EXPECT = r"login:"
 DEFAULT_TIMEOUT = 300.0
 TAIL_LINES = 15
 POLL_SECONDS = 0.5
-# What is not a whole disk qemu can boot, and why (reported, then skipped).
-NOT_BOOTABLE = {"xen-ovf-tgz": "a tgz for XenAPI: not applicable",
-                "docker-archive": "a docker archive: not applicable"}
 
 
 @dataclass(frozen=True)
@@ -55,27 +50,18 @@ class BootResult:
 
 def skip_reason(profile: Profile) -> str:
     """Why qemu cannot boot this profile's output, or "" when it can."""
-    if profile.package in NOT_BOOTABLE:
-        return NOT_BOOTABLE[profile.package]
+    if profile.kind is not None and profile.kind.not_bootable:
+        return profile.kind.not_bootable
     if profile.extract:
         return "a bare root filesystem (no firmware boots it): not bootable under QEMU"
     return ""
 
 
-def derived_properties(path: Path, profile: Profile) -> dict[str, str]:
-    """What publish would derive from the guest for this profile (hw_firmware_type=uefi for a
-    UEFI-only disk), so a file is booted as it would be published."""
-    if skip_reason(profile):
-        return {}
-    with tempfile.TemporaryDirectory(prefix="imgpipe-boot-") as tmp:
-        facts = inspect_guest(inspect_image(path), Path(tmp))
-    return {key: fact.value for key, fact in derive.properties(facts, profile).items()}
-
-
 def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | None = None, *,
                expect: str = DEFAULT_EXPECT, timeout: float = DEFAULT_TIMEOUT, log: Path | None = None,
                firmware: Firmware = Firmware.auto, stop: threading.Event | None = None) -> BootResult:
-    """Boot `path` read-only with the machine `properties` (default: the profile's) imply.
+    """Boot `path` (a disk image qemu reads, not a package) read-only with the machine
+    `properties` (default: the profile's) imply.
 
     Raises BootCheckError when `expect` does not appear on the serial console within `timeout`
     seconds or qemu stops first; the serial log is kept (at `log`, else beside the image).

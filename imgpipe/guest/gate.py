@@ -1,4 +1,4 @@
-"""Inspect a source once for all its profiles and stop the ones that cannot boot it."""
+"""Inspect a source once for all its profiles, and stop the ones that cannot boot it."""
 
 from __future__ import annotations
 
@@ -17,17 +17,23 @@ from imgpipe.source.inspect import ImageInfo
 LOG = logging.getLogger("imgpipe.guest")
 
 
-def examine(info: ImageInfo, profiles: list[Profile], properties_of: Callable[[Profile], dict[str, str]],
-            force_boot: bool, work_parent: Path | None = None) -> GuestFacts:
-    """Facts for derivation; raises GuestRefusedError (all refusals, one line) unless forced.
+def inspect(info: ImageInfo, work_parent: Path | None = None) -> GuestFacts:
+    """Facts for derivation and refusal; what could not be checked is logged once.
 
     The copied partitions go to work_parent (default $TMPDIR), not beside the outputs, so the
     output directory's space check still comes first."""
     with tempfile.TemporaryDirectory(prefix="imgpipe-guest-", dir=work_parent) as work:
         facts = inspect_guest(info, Path(work))
-    refusals = []
     for note in facts.unchecked:
         LOG.warning("%s: %s", info.path.name, note)
+    return facts
+
+
+def refuse_unbootable(info: ImageInfo, facts: GuestFacts, profiles: list[Profile],
+                      properties_of: Callable[[Profile], dict[str, str]], force_boot: bool) -> None:
+    """Raises GuestRefusedError (all refusals, one line) unless forced; properties_of gives
+    each profile's image properties exactly as they will be published."""
+    refusals = []
     for profile in profiles:
         verdict = refuse.check(info.path, facts, profile, properties_of(profile))
         for warning in verdict.warnings:
@@ -37,4 +43,3 @@ def examine(info: ImageInfo, profiles: list[Profile], properties_of: Callable[[P
         raise GuestRefusedError("; ".join(refusals))
     for refusal in refusals:
         LOG.warning("forced (--force-boot): %s", refusal)
-    return facts

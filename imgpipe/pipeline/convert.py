@@ -1,5 +1,4 @@
-"""The convert command's story: unpack (compressed, OVA), inspect, refuse what cannot boot,
-then convert once per distinct output."""
+"""The convert command's story: prepare the source, then convert once per distinct output."""
 
 from __future__ import annotations
 
@@ -8,54 +7,42 @@ from pathlib import Path
 
 from imgpipe.conversion.convert import Options, Output, Progress, convert_image, docker_output
 from imgpipe.errors import ProfileError
-from imgpipe.guest import derive, gate
-from imgpipe.guest.facts import GuestFacts
+from imgpipe.pipeline.prepared import Given, Preparation, PreparedSource, prepare
 from imgpipe.profiles import Profile
-from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE, ImageInfo, inspect_image, open_source
-from imgpipe.source.unpack import unpacked
+from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
+
+
+def preparation(opts: Options, work_dir: Path, **overrides: object) -> Preparation:
+    """What the run's options say about preparing its source."""
+    fields: dict[str, object] = {"work_dir": work_dir, "claimed_format": opts.claimed_format,
+                                 "max_virtual_size": opts.max_virtual_size or DEFAULT_MAX_VIRTUAL_SIZE,
+                                 "force_boot": opts.force_boot}
+    return Preparation(**(fields | overrides))  # type: ignore[arg-type]
+
+
+def conversion_options(prepared: PreparedSource, profiles: list[Profile], opts: Options,
+                       given: Given | None = None) -> Options:
+    """lxc/uml extract the root inspection found; descriptors written now (the OVA's) state the
+    properties each image will carry (given: the user's; default: opts.properties)."""
+    if given is None:
+        given = _given_in(opts)
+    partition = opts.partition if opts.partition is not None else prepared.root_partition
+    return replace(opts, partition=partition,
+                   properties={p.name: prepared.properties_for(p, given(p)) for p in profiles})
+
+
+def _given_in(opts: Options) -> Given:
+    return lambda profile: opts.properties.get(profile.name, {})
 
 
 def convert_source(src: Path, profiles: list[Profile], opts: Options,
                    progress: Progress | None = None) -> list[Output]:
-    """Entry point: validates a docker archive, or unpacks (compressed, OVA), inspects and converts
-    a disk image; the unpacked copy lives beside the outputs only while it is converted."""
-    if any(p.package == "docker-archive" for p in profiles):
-        source_info(src, profiles, opts)  # a docker archive, or ProfileError for a mix
-        return [docker_output(src, profiles)]
-    open_source(src)
+    """Validate a docker archive, or prepare a disk image and convert it; an unpacked copy lives
+    beside the outputs only while it is converted."""
     if opts.out_file and opts.out_file.resolve() == src.resolve():
         raise ProfileError(f"{src}: output would overwrite the source")
     work = opts.out_file.parent if opts.out_file else opts.out_dir
-    with unpacked(src, work, opts.max_virtual_size or DEFAULT_MAX_VIRTUAL_SIZE) as disk:
-        info = source_info(disk, profiles, opts)
-        assert info is not None
-        facts = gate.examine(info, profiles, lambda p: p.properties, opts.force_boot)
-        return convert_image(info, profiles, with_derived(with_root(opts, facts), facts, profiles), progress)
-
-
-def with_root(opts: Options, facts: GuestFacts) -> Options:
-    """lxc/uml extract the root partition inspection found (by type, else by signature)."""
-    if opts.partition is None and facts.root is not None and facts.root.value["partition"]:
-        return replace(opts, partition=facts.root.value["partition"])
-    return opts
-
-
-def with_derived(opts: Options, facts: GuestFacts, profiles: list[Profile]) -> Options:
-    """What inspection derived (firmware, guest OS) reaches descriptors written now, the OVA's;
-    profile and given properties win over it, as they do on the image."""
-    return replace(opts, properties={p.name: {**{k: str(f.value) for k, f in derive.properties(facts, p).items()},
-                                              **p.properties, **opts.properties.get(p.name, {})}
-                                     for p in profiles})
-
-
-def source_info(src: Path, profiles: list[Profile], opts: Options) -> ImageInfo | None:
-    """Inspect a disk image source once (None: the profiles take a docker archive)."""
-    open_source(src)
-    docker = [p for p in profiles if p.package == "docker-archive"]
-    if docker and len(docker) != len(profiles):
-        raise ProfileError("the docker profile takes a docker save archive, the others a disk image: "
-                           "run them separately")
-    if docker:
-        return None
-    kwargs = {"max_virtual_size": opts.max_virtual_size} if opts.max_virtual_size else {}
-    return inspect_image(src, opts.claimed_format, **kwargs)
+    with prepare(src, profiles, preparation(opts, work), _given_in(opts)) as prepared:
+        if prepared.info is None:
+            return [docker_output(src, profiles)]
+        return convert_image(prepared.info, profiles, conversion_options(prepared, profiles, opts), progress)

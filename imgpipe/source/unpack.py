@@ -14,9 +14,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from imgpipe import locks
 from imgpipe.errors import ConversionError, ImgpipeError
 from imgpipe.source import decompress, ova
 from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
+
+
+CACHED_PREFIX = "unpacked-"
 
 
 def needs_unpacking(src: Path) -> bool:
@@ -56,6 +60,25 @@ def unpacked(src: Path, work_dir: Path, max_virtual_size: int = DEFAULT_MAX_VIRT
         disk = unpack(src, Path(tmp), max_virtual_size)
         with named_as(src, disk):
             yield disk
+
+
+def cached(src: Path, sha256: str, cache_dir: Path, max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE) -> Path:
+    """src itself if it is a disk image, else its disk kept in cache_dir/sources/SHA256/.
+
+    Keyed by the sha256 of the file the distribution published (checked before this runs),
+    so a rerun after a failed upload, or another image built from the same source, reuses
+    the decompressed disk; the catalog's prune removes it together with the download.
+    """
+    if not needs_unpacking(src):
+        return src
+    entry = cache_dir / "sources" / sha256
+    entry.mkdir(parents=True, exist_ok=True)
+    with locks.held(entry / ".lock", what=f"unpacking {src.name}"):
+        done = sorted(entry.glob(f"{CACHED_PREFIX}*"))
+        if done:
+            os.utime(done[0])  # last use, for prune()
+            return done[0]
+        return unpack(src, entry, max_virtual_size, prefix=CACHED_PREFIX)
 
 
 @contextlib.contextmanager
