@@ -22,25 +22,32 @@ def properties(facts: GuestFacts, profile: Profile) -> dict[str, Fact]:
         derived["architecture"] = facts.architecture
     if facts.os_type:
         derived["os_type"] = facts.os_type
-    release = facts.os_release.value if facts.os_release else {}
-    os_id, version = release.get("ID", ""), release.get("VERSION_ID", "")
+    windows = facts.os_type if facts.os_type and facts.os_type.value == "windows" else None
     if hypervisor == "vmware":
-        guest_id = (osinfo.WINDOWS_VMWARE if facts.os_type and facts.os_type.value == "windows"
-                    else osinfo.vmware_guest_id(os_id, version) if facts.os_release else None)
-        if guest_id:
-            evidence = facts.os_release.evidence if facts.os_release else facts.os_type.evidence  # type: ignore[union-attr]
-            derived["vmware_ostype"] = Fact(guest_id, f"{evidence} (ID={os_id or 'windows'} "
-                                            f"VERSION_ID={version or '?'})")
-    else:
-        short = osinfo.short_id(os_id, version)
-        if short and facts.os_release:
-            derived["os_distro"] = Fact(short, f"{facts.os_release.evidence} (ID={os_id})")
-            derived["os_version"] = Fact(version, f"{facts.os_release.evidence} (VERSION_ID)")
-        elif facts.os_type and facts.os_type.value == "windows":
-            derived["os_distro"] = Fact("windows", facts.os_type.evidence)
+        derived.update(_vmware(facts, windows))
+    elif facts.os_release:
+        derived.update(_os_distro(facts.os_release))
+    elif windows:
+        derived["os_distro"] = Fact("windows", windows.evidence)
     if hypervisor in QEMU_HYPERVISORS and facts.guest_agent:
         derived["hw_qemu_guest_agent"] = Fact("yes", facts.guest_agent.evidence)
     return derived
+
+
+def _os_distro(os_release: Fact) -> dict[str, Fact]:
+    """os_distro/os_version in Glance's vocabulary; never on vmware, where nova would send os_distro
+    to vCenter as the guestId instead of vmware_ostype, and vCenter rejects names like "ubuntu"."""
+    found = {"os_distro": osinfo.os_distro(os_release.value), "os_version": osinfo.os_version(os_release.value)}
+    return {key: Fact(got.value, f"{os_release.evidence} ({got.why})") for key, got in found.items() if got}
+
+
+def _vmware(facts: GuestFacts, windows: Fact | None) -> dict[str, Fact]:
+    if windows:
+        return {"vmware_ostype": Fact(osinfo.WINDOWS_VMWARE, f"{windows.evidence} (Windows, version not read)")}
+    if facts.os_release:
+        got = osinfo.vmware_guest_id(facts.os_release.value)
+        return {"vmware_ostype": Fact(got.value, f"{facts.os_release.evidence} ({got.why})")}
+    return {}
 
 
 def to_dict(derived: dict[str, Fact]) -> dict[str, dict[str, str]]:
