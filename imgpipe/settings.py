@@ -9,3 +9,4 @@ NAME_TEMPLATE = "{name}-{profile}"
 REQUEST_TIMEOUT = 120.0
 RETRY_ATTEMPTS = 6
 SYNC_JOBS = 2
+DEFAULT_MAX_VIRTUAL_SIZE = 1 << 40  # 1 TiB, Glance's default image_size_cap

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from imgpipe.cloud.import_method import ImportMethod, Placement
-from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
+from imgpipe.settings import DEFAULT_MAX_VIRTUAL_SIZE
 
 
 class Engine(str, enum.Enum):

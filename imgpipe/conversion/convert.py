@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oslo_utils.imageutils import format_inspector
-
 from imgpipe.conversion import atomic
 from imgpipe.conversion import packaging, passthrough
 from imgpipe.conversion.packages import PACKAGERS
@@ -335,6 +333,8 @@ def _disk(window: qemu.Source, workers: int) -> Iterator[Disk]:
 
 def _reinspect(path: Path, out_format: str, virtual_size: int, label: str) -> None:
     """Check the output the way Glance will: content format, safety checks, virtual size."""
+    from oslo_utils.imageutils import format_inspector
+
     try:
         inspector = detect_format(path)
     except format_inspector.ImageFormatError as exc:

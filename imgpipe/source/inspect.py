@@ -11,10 +11,9 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from oslo_utils.imageutils import format_inspector
-
+from imgpipe.settings import DEFAULT_MAX_VIRTUAL_SIZE
 from imgpipe.source import partitions
 from imgpipe.source.decompress import CODECS
 from imgpipe import qemu
@@ -26,7 +25,11 @@ from imgpipe.errors import (
 )
 from imgpipe.runner import CommandFailed
 
-DEFAULT_MAX_VIRTUAL_SIZE = 1 << 40  # 1 TiB, Glance's default image_size_cap
+if TYPE_CHECKING:
+    from oslo_utils.imageutils import format_inspector
+
+__all__ = ["DEFAULT_MAX_VIRTUAL_SIZE", "ImageInfo", "detect_format", "inspect_image", "open_source"]
+
 # format_inspector name -> qemu-img driver name, for the formats imgpipe accepts as sources.
 QEMU_DRIVER = {"raw": "raw", "gpt": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhd": "vpc",
                "vhdx": "vhdx", "vdi": "vdi"}
@@ -139,6 +142,10 @@ def detect_format(path: Path, expected: str | None = None) -> format_inspector.F
     detect_file_format reads 4 KiB at a time, which costs seconds on formats whose
     metadata sits at the end (a streamOptimized vmdk's footer).
     """
+    # oslo_utils.imageutils's __init__ compiles oslo strutils' regexes (45-90 ms): only when a
+    # file is really inspected, not on every start of the CLI.
+    from oslo_utils.imageutils import format_inspector
+
     with path.open("rb") as f:
         wrapper = format_inspector.InspectWrapper(f, expected_format=expected)
         try:
@@ -151,6 +158,8 @@ def detect_format(path: Path, expected: str | None = None) -> format_inspector.F
 
 
 def _detect(path: Path) -> str:
+    from oslo_utils.imageutils import format_inspector
+
     try:
         inspector = detect_format(path)
     except format_inspector.ImageFormatError as exc:
