@@ -153,7 +153,7 @@ def _os_release(guest: tree.Tree, label: str, facts: GuestFacts) -> None:
         fields: dict[str, str] = {}
         for line in got[1].decode(errors="replace").splitlines():
             key, sep, value = line.partition("=")
-            if sep and key.strip() in ("ID", "VERSION_ID", "PRETTY_NAME"):
+            if sep and key.strip() in ("ID", "ID_LIKE", "VERSION_ID", "PRETTY_NAME"):
                 words = shlex.split(value, posix=True) if value.strip() else [""]
                 fields[key.strip()] = words[0] if words else ""
         evidence = f"{label} {path}" + (f" -> {got[0]}" if got[0] != path else "")
