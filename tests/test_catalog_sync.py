@@ -4,6 +4,7 @@ shards. Each test uses its own catalog image names, so they share the two clouds
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -303,8 +304,8 @@ def test_an_unreachable_cloud_delays_rotation_until_a_rerun(two_clouds: Clouds, 
 
     def run(numbers: list[int]) -> sync.SyncReport:
         write_catalog(path, [{"name": "delta", "profiles": ["kvm", "qemu"], "versions": versions(mirror, numbers)}])
-        opts = sync.SyncOptions(tmp_path / "cache", known, limits=QUICK)
-        return sync.run(catalog_model.load(path, known), path, clouds.connect, opts)
+        opts = sync.SyncOptions(cache_dir=tmp_path / "cache", profiles=known, limits=QUICK)
+        return sync.run(catalog_model.load(path, known), path, functools.partial(clouds.connect, limits=QUICK), opts)
 
     assert run([1]).failures == []
     localcloud.stop(two_clouds.dirs["b"])

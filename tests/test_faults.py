@@ -40,8 +40,8 @@ def proxy(glance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def _req(path: Path, name: str) -> UploadRequest:
     kvm = profiles.load_all()["kvm"]
-    return UploadRequest(path, name, "kvm", "qcow2", "bare", 128 << 20, sha256_file(path),
-                         dict(kvm.properties))
+    return UploadRequest(path=path, name=name, profile="kvm", disk_format="qcow2", container_format="bare",
+                         virtual_size=128 << 20, source_sha256=sha256_file(path), properties=dict(kvm.properties))
 
 
 def _assert_one_active(name: str, image_id: str | None) -> None:
@@ -57,7 +57,7 @@ def _assert_one_active(name: str, image_id: str | None) -> None:
 @pytest.mark.parametrize("offset", [0, 1 << 20, 5 << 20])
 def test_connection_reset_mid_upload(proxy: FaultProxy, sample_qcow2: Path, offset: int) -> None:
     proxy.faults.append(Fault(PUT, "reset", after=offset, times=2))
-    result = upload(clouds.connect("proxied"), _req(sample_qcow2, f"reset-{offset}"), FAST)
+    result = upload(clouds.connect("proxied", limits=FAST), _req(sample_qcow2, f"reset-{offset}"))
     assert result.status == "created" and proxy.faults[0].fired == 2
     _assert_one_active(f"reset-{offset}", result.image_id)
 
@@ -65,15 +65,15 @@ def test_connection_reset_mid_upload(proxy: FaultProxy, sample_qcow2: Path, offs
 def test_503_burst_with_retry_after(proxy: FaultProxy, sample_qcow2: Path) -> None:
     proxy.faults += [Fault(r"^POST /v2/images", "503", times=2, seconds=1),
                      Fault(PUT, "503", times=2, seconds=1)]
-    result = upload(clouds.connect("proxied"), _req(sample_qcow2, "burst"), FAST)
+    result = upload(clouds.connect("proxied", limits=FAST), _req(sample_qcow2, "burst"))
     assert [f.fired for f in proxy.faults] == [2, 2]
     _assert_one_active("burst", result.image_id)
 
 
 def test_stall_past_timeout(proxy: FaultProxy, sample_qcow2: Path) -> None:
     proxy.faults.append(Fault(PUT, "stall", seconds=6))
-    cloud = clouds.connect("proxied", timeout=2.0)
-    result = upload(cloud, _req(sample_qcow2, "stalled"), FAST)
+    cloud = clouds.connect("proxied", timeout=2.0, limits=FAST)
+    result = upload(cloud, _req(sample_qcow2, "stalled"))
     assert proxy.faults[0].fired == 1
     _assert_one_active("stalled", result.image_id)
 
@@ -82,7 +82,7 @@ def test_gives_up_with_clear_error_and_no_leftover(proxy: FaultProxy, sample_qco
     proxy.faults.append(Fault(PUT, "503", times=100, seconds=0))
     limits = RetryLimits(attempts=3, initial=0.1, maximum=0.2, total=30.0)
     with pytest.raises(UploadError, match=r"publish doomed: gave up after 3 attempts: .*HTTP 503"):
-        upload(clouds.connect("proxied"), _req(sample_qcow2, "doomed"), limits)
+        upload(clouds.connect("proxied", limits=limits), _req(sample_qcow2, "doomed"))
     _assert_one_active("doomed", None)
 
 
@@ -96,7 +96,7 @@ def test_glance_killed_mid_upload_and_restarted(glance, proxy: FaultProxy, sampl
 
     proxy.faults.append(Fault(PUT, "hook", after=2 << 20, hook=crash_and_restart))
     limits = RetryLimits(attempts=10, initial=0.5, maximum=3.0, total=180.0)
-    result = upload(clouds.connect("proxied"), _req(sample_qcow2, "crashed"), limits)
+    result = upload(clouds.connect("proxied", limits=limits), _req(sample_qcow2, "crashed"))
     assert proxy.faults[0].fired == 1
     _assert_one_active("crashed", result.image_id)
 

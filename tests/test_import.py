@@ -71,8 +71,10 @@ def multi(multistore, monkeypatch: pytest.MonkeyPatch) -> clouds.Cloud:
 
 def _req(path: Path, name: str, profile: str = "kvm", **kw: object) -> UploadRequest:
     p = profiles.load_all()[profile]
-    return UploadRequest(path, name, p.name, p.disk_format, p.container_format, 128 << 20,
-                         sha256_file(path), dict(p.properties), **kw)  # type: ignore[arg-type]
+    return UploadRequest(path=path, name=name, profile=p.name, disk_format=p.disk_format,
+                         container_format=p.container_format, virtual_size=128 << 20,
+                         source_sha256=sha256_file(path), properties=dict(p.properties),
+                         **kw)  # type: ignore[arg-type]
 
 
 def _images(cloud: clouds.Cloud, name: str) -> list[dict]:
@@ -149,8 +151,8 @@ def test_glance_direct_reset_mid_stage_is_retried(multistore, multi: clouds.Clou
     config.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
     try:
-        result = upload(clouds.connect("proxied"),
-                        _req(sample_qcow2, "reset-stage", placement=Placement(ImportMethod.glance_direct)), FAST)
+        result = upload(clouds.connect("proxied", limits=FAST),
+                        _req(sample_qcow2, "reset-stage", placement=Placement(ImportMethod.glance_direct)))
     finally:
         fp.close()
     assert fp.faults[0].fired == 1
@@ -178,7 +180,8 @@ def test_web_download_with_wrong_checksum_leaves_nothing(multi: clouds.Cloud, we
         f.write(bytes([byte[0] ^ 0xFF]))
     shutil.copyfile(other, root / "tampered.qcow2")
     with pytest.raises(UploadError, match="failed verification: md5 checksum differs"):
-        upload(multi, _req(sample_qcow2, "web-bad", source_url=server.url("tampered.qcow2")), FAST)
+        upload(clouds.connect("multi", limits=FAST), _req(sample_qcow2, "web-bad",
+                                                        source_url=server.url("tampered.qcow2")))
     assert _images(multi, "web-bad") == []
 
 

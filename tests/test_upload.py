@@ -27,7 +27,8 @@ def _images(cloud: clouds.Cloud, name: str) -> list[dict]:
 def _request(path: Path, name: str, profile: str = "kvm", **kw: object) -> UploadRequest:
     p = profiles.load_all()[profile]
     kw.setdefault("source_sha256", sha256_file(path))
-    return UploadRequest(path, name, p.name, p.disk_format, p.container_format, 128 << 20,
+    return UploadRequest(path=path, name=name, profile=p.name, disk_format=p.disk_format,
+                         container_format=p.container_format, virtual_size=128 << 20,
                          properties=dict(p.properties), **kw)  # type: ignore[arg-type]
 
 
@@ -36,7 +37,7 @@ def published(glance_server, sample_qcow2: Path, tmp_path_factory: pytest.TempPa
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OS_CLIENT_CONFIG_FILE", str(glance_server.clouds_yaml))
         cloud = clouds.connect("test")
-    req = PublishRequest(sample_qcow2, profiles.select(["all"], profiles.load_all()), "guest",
+    req = PublishRequest(source=sample_qcow2, profiles=profiles.select(["all"], profiles.load_all()), name="guest",
                          tags=["imgpipe-test"])
     report = publish(req, [cloud], Options(out_dir=tmp_path_factory.mktemp("work"), verify=True))
     assert report.failures == []
@@ -75,7 +76,7 @@ def test_hashes_equal_the_uploaded_bytes(published, tmp_path: Path) -> None:
 
 def test_republish_is_a_no_op(published, sample_qcow2: Path, tmp_path: Path) -> None:
     cloud, first = published
-    req = PublishRequest(sample_qcow2, profiles.select(["kvm", "vmware"], profiles.load_all()), "guest")
+    req = PublishRequest(source=sample_qcow2, profiles=profiles.select(["kvm", "vmware"], profiles.load_all()), name="guest")
     report = publish(req, [cloud], Options(out_dir=tmp_path))
     assert {r.status for r in report.results} == {"unchanged"}
     assert list(tmp_path.iterdir()) == []  # nothing was even converted
@@ -127,7 +128,7 @@ def test_docker_archive_published_as_repo_tag(glance, tmp_path: Path) -> None:
 
     archive = docker_archive(tmp_path / "img.tar", ["library/hello:1.0"])
     cloud = clouds.connect("test")
-    req = PublishRequest(archive, profiles.select(["docker"], profiles.load_all()), "ignored")
+    req = PublishRequest(source=archive, profiles=profiles.select(["docker"], profiles.load_all()), name="ignored")
     [result] = publish(req, [cloud], Options(out_dir=tmp_path)).results
     image = glance_api.get_image(cloud, result.image_id)
     assert image["name"] == "library/hello:1.0" and image["container_format"] == "docker"
@@ -197,7 +198,7 @@ def _slow_put(real):
 def test_profile_properties_apply_to_their_profile_only(glance, sample_qcow2: Path, tmp_path: Path) -> None:
     """os_distro would override vmware_ostype on vCenter: it must reach kvm but not vmware."""
     cloud = clouds.connect("test")
-    req = PublishRequest(sample_qcow2, profiles.select(["kvm", "vmware"], profiles.load_all()), "scoped",
+    req = PublishRequest(source=sample_qcow2, profiles=profiles.select(["kvm", "vmware"], profiles.load_all()), name="scoped",
                          properties={"os_version": "24.04"},
                          profile_properties={"kvm": {"os_distro": "ubuntu"},
                                              "vmware": {"vmware_ostype": "ubuntu64Guest"}})

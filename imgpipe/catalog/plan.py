@@ -108,7 +108,7 @@ class Survey:
     placement: Callable[[Image, str], Placement] = lambda image, cloud: Placement()
 
 
-def survey(work: Scope, connect: Connect, checksums: Checksums, limits: retry.RetryLimits,
+def survey(work: Scope, connect: Connect, checksums: Checksums,
            placement: Callable[[Image, str], Placement]) -> Survey:
     """Connect, resolve checksums and list images; a cloud that fails is left out and reported."""
     seen = Survey(placement=placement)
@@ -122,18 +122,18 @@ def survey(work: Scope, connect: Connect, checksums: Checksums, limits: retry.Re
             seen.clouds[name] = connect(name)
         except ImgpipeError as exc:
             seen.failures.append(str(exc))  # names the cloud
-    look(seen, work.images, limits)
+    look(seen, work.images)
     return seen
 
 
-def look(seen: Survey, images: list[Image], limits: retry.RetryLimits) -> None:
+def look(seen: Survey, images: list[Image]) -> None:
     """(Re)list every image's images on every reachable cloud; drop clouds that do not answer."""
     seen.states = {}
     for name, cloud in list(seen.clouds.items()):
         try:
             for image in images:
                 if name in image.clouds:
-                    seen.states.setdefault(image.name, {})[name] = rotation.owned(cloud, image, limits)
+                    seen.states.setdefault(image.name, {})[name] = rotation.owned(cloud, image)
         except ImgpipeError as exc:
             seen.failures.append(str(exc))  # names the cloud
             del seen.clouds[name]
@@ -197,5 +197,5 @@ def preview(catalog: Catalog, connect: Connect, shard: Shard | None = None, rota
             limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> tuple[list[Action], list[str]]:
     """The plan of a sync (or of one shard), with what could not be looked at; changes nothing."""
     work = scope(catalog, shard, rotate=rotate)
-    seen = survey(work, connect, Checksums(limits), limits, catalog.placement)
+    seen = survey(work, connect, Checksums(limits), catalog.placement)
     return plan(work.todo, seen, rotate=work.images if work.rotate else []), seen.failures

@@ -9,11 +9,11 @@ keeps its name and is hidden, so a rerun still recognises it and boots by id kee
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from imgpipe import retry
 from imgpipe.cloud import glance
 from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Image
 from imgpipe.cloud.clouds import Cloud
@@ -45,14 +45,13 @@ class Action:
         return asdict(self)
 
 
-def owned(cloud: Cloud, image: Image, limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> list[dict[str, Any]]:
+def owned(cloud: Cloud, image: Image) -> list[dict[str, Any]]:
     """This catalog image's images on one cloud, hidden ones included (Glance omits them unless
     asked), and in-progress ones: under the cloud lock those are leftovers of a run that died."""
     found: dict[str, dict[str, Any]] = {}
     for extra in ({}, {"os_hidden": "true"}):
-        listed = retry.call(f"cloud {cloud.name}: list images of {image.name}",
-                            lambda extra=extra: glance.list_images(cloud, {IMAGE_KEY: image.name, **extra}),
-                            limits)
+        listed = cloud.call(f"list images of {image.name}",
+                            functools.partial(glance.list_images, cloud, {IMAGE_KEY: image.name, **extra}))
         found.update((i["id"], i) for i in listed)
     return [i for i in found.values() if _is_ours(i, image)]
 
@@ -128,12 +127,11 @@ def not_ready(image: Image, states: dict[str, list[dict[str, Any]]], shas: dict[
     return None
 
 
-def apply(cloud: Cloud, actions: list[Action], limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> None:
+def apply(cloud: Cloud, actions: list[Action]) -> None:
     """Carry out the actions in a safe order; a failure is recorded on its action, the rest go on."""
     for action in sorted(actions, key=lambda a: ORDER[a.action]):
         try:
-            retry.call(f"cloud {cloud.name}: {action.action} {action.name} ({action.image_id})",
-                       lambda action=action: _do(cloud, action), limits)
+            cloud.call(f"{action.action} {action.name} ({action.image_id})", functools.partial(_do, cloud, action))
         except ImgpipeError as exc:
             action.error = str(exc)
 

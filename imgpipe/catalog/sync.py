@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from imgpipe import locks, settings
-from imgpipe.catalog import rotation, unpacked
+from imgpipe.catalog import rotation
 from imgpipe.catalog import download as sources
 from imgpipe.catalog.plan import Connect, Shard, Survey, Unit, look, plan, scope, survey
 from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image
@@ -41,7 +41,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgpipe"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SyncOptions:
     cache_dir: Path
     profiles: dict[str, Profile]
@@ -91,7 +91,7 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
     if opts.shard:
         report.notes.append(f"shard {opts.shard}: rotation is left to `imgpipe catalog rotate` after all shards")
     with locks.clouds(opts.cache_dir, [c for i in work.images for c in i.clouds], report.shard):
-        seen = survey(work, connect, sources.Checksums(opts.limits), opts.limits, catalog.placement)
+        seen = survey(work, connect, sources.Checksums(opts.limits), catalog.placement)
         actions = plan(work.todo, seen, rotate=[])
         report.failures += seen.failures  # after plan(): it records clouds whose stores it cannot read
         report.images = [a for a in actions if a.action == "unchanged"]
@@ -111,7 +111,7 @@ def _copy(action: Action, seen: Survey, opts: SyncOptions, report: SyncReport) -
     try:
         image = glance.get_image(cloud, action.image_id)
         if image is not None:
-            image_import.copy_to(cloud, image, image_import.Targets(action.stores), opts.limits)
+            image_import.copy_to(cloud, image, image_import.Targets(action.stores))
     except ImgpipeError as exc:
         report.failures.append(f"copy {action.name} to {', '.join(action.stores)}: {exc}")
         return replace(action, action="failed", error=str(exc))
@@ -145,12 +145,11 @@ def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOpt
     uploaded = 0
     try:
         source = sources.fetch(unit.version, sha, opts.cache_dir, opts.limits)
-        source = unpacked.disk_of(source, sha, opts.cache_dir, convert.max_virtual_size)
     except ImgpipeError as exc:
         return [replace(a, action="failed") for a in creates], [], 0, [f"{unit.key}: {exc}"]
     discards = [a for a in actions if a.action == "discard"]
     for cloud in {a.cloud for a in discards}:
-        rotation.apply(seen.clouds[cloud], [a for a in discards if a.cloud == cloud], opts.limits)
+        rotation.apply(seen.clouds[cloud], [a for a in discards if a.cloud == cloud])
     failures = [f"discard {a.name}: {a.error}" for a in discards if a.error]
     targets: dict[tuple[str, ...], list[str]] = {}
     for profile in image.profiles:
@@ -158,15 +157,16 @@ def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOpt
         if clouds:
             targets.setdefault(clouds, []).append(profile)
     for clouds, profile_names in targets.items():
-        req = PublishRequest(source, [opts.profiles[p] for p in profile_names], image.name,
-                             image.name_template.replace("{version}", label),
-                             {**image.properties, IMAGE_KEY: image.name, VERSION_KEY: label},
-                             list(image.tags), image.visibility, source_sha256=sha,
+        req = PublishRequest(source=source, profiles=[opts.profiles[p] for p in profile_names], name=image.name,
+                             name_template=image.name_template.replace("{version}", label),
+                             properties={**image.properties, IMAGE_KEY: image.name, VERSION_KEY: label},
+                             tags=list(image.tags), visibility=image.visibility, source_sha256=sha,
+                             unpack_cache=opts.cache_dir,
                              profile_properties=image.profile_properties,
                              guest_properties=image.guest_properties,
                              cloud_placements={c: seen.placement(image, c) for c in clouds})
         try:
-            result = publish(req, [seen.clouds[c] for c in clouds], convert, opts.limits, progress)
+            result = publish(req, [seen.clouds[c] for c in clouds], convert, progress)
         except ImgpipeError as exc:
             failures.append(f"{unit.key}: {exc}")
             continue
@@ -182,7 +182,7 @@ def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOpt
 def _rotate(images: list[Image], seen: Survey, opts: SyncOptions, report: SyncReport) -> None:
     """Rotate from a fresh look, and only images whose newest version is active everywhere."""
     already = len(seen.failures)
-    look(seen, images, opts.limits)
+    look(seen, images)
     report.failures += seen.failures[already:]
     for image in images:
         reason = rotation.not_ready(image, seen.states.get(image.name, {}), seen.shas.get(image.name, {}))
@@ -191,6 +191,6 @@ def _rotate(images: list[Image], seen: Survey, opts: SyncOptions, report: SyncRe
             continue
         actions = plan([], seen, rotate=[image])
         for cloud in image.clouds:
-            rotation.apply(seen.clouds[cloud], [a for a in actions if a.cloud == cloud], opts.limits)
+            rotation.apply(seen.clouds[cloud], [a for a in actions if a.cloud == cloud])
         report.changes += actions
         report.failures += [f"{a.action} {a.name}: {a.error}" for a in actions if a.error]

@@ -39,10 +39,11 @@ def _shard(text: str | None) -> catalog.Shard | None:
         raise typer.BadParameter(str(exc), param_hint="--shard") from exc
 
 
-def _connector(insecure: bool, cacert: str | None, timeout: float) -> catalog.Connect:
+def _connector(insecure: bool, cacert: str | None, timeout: float, retries: int) -> catalog.Connect:
     from imgpipe.cloud import clouds
 
-    return functools.partial(clouds.connect, insecure=insecure, cacert=cacert, timeout=timeout)
+    return functools.partial(clouds.connect, insecure=insecure, cacert=cacert, timeout=timeout,
+                             limits=_limits(retries))
 
 
 @catalog_app.command("validate")
@@ -72,8 +73,8 @@ def catalog_plan(file: Path, shard: ShardOpt = None, retries: RetriesOpt = setti
     from imgpipe.catalog import plan as catalog
 
     STATE.json = as_json
-    actions, failures = catalog.preview(_catalog(file), _connector(insecure, os_cacert, timeout), _shard(shard),
-                                        limits=_limits(retries))
+    connect = _connector(insecure, os_cacert, timeout, retries)
+    actions, failures = catalog.preview(_catalog(file), connect, _shard(shard), limits=_limits(retries))
     _show_plan(file, actions, failures)
 
 
@@ -110,12 +111,13 @@ def catalog_sync(
 
     STATE.json = as_json
     loaded, where = _catalog(file), _shard(shard)
-    connect = _connector(insecure, os_cacert, timeout)
+    connect = _connector(insecure, os_cacert, timeout, retries)
     if dry_run:
         _show_plan(file, *catalog.preview(loaded, connect, where, rotate, _limits(retries)))
         return
-    opts = sync.SyncOptions(cache_dir or sync.default_cache_dir(), profiles.load_all(STATE.profile_dirs),
-                            jobs, where, rotate, _limits(retries))
+    opts = sync.SyncOptions(cache_dir=cache_dir or sync.default_cache_dir(),
+                            profiles=profiles.load_all(STATE.profile_dirs), jobs=jobs, shard=where, rotate=rotate,
+                            limits=_limits(retries))
     with render.progress(quiet=as_json) as progress:
         result = sync.run(loaded, file, connect, opts, progress=progress)
     _show_sync(result, metrics_file, report)
@@ -131,9 +133,10 @@ def catalog_rotate(file: Path, cache_dir: CacheDirOpt = None, metrics_file: Metr
     from imgpipe.catalog import sync
 
     STATE.json = as_json
-    opts = sync.SyncOptions(cache_dir or sync.default_cache_dir(), profiles.load_all(STATE.profile_dirs),
-                            limits=_limits(retries))
-    result = sync.run(_catalog(file), file, _connector(insecure, os_cacert, timeout), opts, publish_units=False)
+    opts = sync.SyncOptions(cache_dir=cache_dir or sync.default_cache_dir(),
+                            profiles=profiles.load_all(STATE.profile_dirs), limits=_limits(retries))
+    result = sync.run(_catalog(file), file, _connector(insecure, os_cacert, timeout, retries), opts,
+                      publish_units=False)
     _show_sync(result, metrics_file, report)
 
 

@@ -2,14 +2,18 @@
 
 openstack.config does the loading (and TLS settings: verify, cacert, --insecure); imgpipe
 only turns its result into a keystoneauth session with retries off, and its errors into
-messages that never contain a secret.
+messages that never contain a secret. A Cloud is the client every Glance call goes through:
+it carries the retry limits, labels retried calls with the cloud's name, and holds what a
+run learns about the cloud, so nothing about a cloud lives in a module global.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from keystoneauth1 import adapter
 from keystoneauth1 import exceptions as ksa_exc
@@ -18,9 +22,10 @@ from openstack import config as os_config
 from openstack import exceptions as os_exc
 
 from imgpipe import retry, settings
-from imgpipe.errors import AuthError, CloudConfigError
+from imgpipe.errors import AuthError, CloudConfigError, ImgpipeError, UploadError
 
 DEFAULT_TIMEOUT = settings.REQUEST_TIMEOUT
+T = TypeVar("T")
 
 
 @dataclass
@@ -31,13 +36,30 @@ class Cloud:
     endpoint: str
     # openstacksdk's per-cloud image hints from clouds.yaml / vendor profiles.
     hints: dict[str, Any] = field(default_factory=dict)
+    limits: retry.RetryLimits = retry.DEFAULT_LIMITS
+    # Learnt when a PUT /file is refused with 403: the rest of the run imports instead.
+    put_forbidden: bool = False
+    _learnt: dict[str, Any] = field(default_factory=dict, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def call(self, what: str, fn: Callable[[], T], give_up: type[ImgpipeError] = UploadError) -> T:
+        """fn retried within this cloud's limits; log lines and errors say "cloud NAME: what"."""
+        return retry.call(f"cloud {self.name}: {what}", fn, self.limits, give_up)
+
+    def learn(self, fact: str, read: Callable[[], T]) -> T:
+        """A fact about the cloud, read once per run by whichever thread asks first and shared."""
+        with self._lock:
+            if fact not in self._learnt:
+                self._learnt[fact] = read()
+            value: T = self._learnt[fact]
+            return value
 
 
 HINT_KEYS = ("image_format", "image_api_use_tasks")
 
 
 def connect(name: str | None = None, *, insecure: bool = False, cacert: str | None = None,
-            timeout: float = DEFAULT_TIMEOUT) -> Cloud:
+            timeout: float = DEFAULT_TIMEOUT, limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> Cloud:
     """Authenticate to one cloud and locate its image service."""
     cloud_name = name or os.environ.get("OS_CLOUD") or None
     kwargs: dict[str, object] = {}
@@ -56,7 +78,7 @@ def connect(name: str | None = None, *, insecure: bool = False, cacert: str | No
     image = adapter.Adapter(session, service_type="image", endpoint_override=endpoint,
                             connect_retries=0, status_code_retries=0)
     hints = {k: region.config[k] for k in HINT_KEYS if region.config.get(k) is not None}
-    return Cloud(cloud_name or "envvars", session, image, endpoint, hints)
+    return Cloud(cloud_name or "envvars", session, image, endpoint, hints, limits)
 
 
 def _image_endpoint(label: str, region: os_config.cloud_region.CloudRegion,

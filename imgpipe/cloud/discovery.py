@@ -8,11 +8,9 @@ upload chooses PUT, import and stores from the same ones.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from imgpipe import retry
 from imgpipe.cloud import glance
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.errors import GlanceRefusedError
@@ -38,7 +36,7 @@ class Facts:
     stores_detail: str = "n/a"  # "ok", NEEDS_ADMIN, or "n/a" (single-store Glance)
     usage: dict[str, Any] = field(default_factory=dict)
     hints: dict[str, Any] = field(default_factory=dict)
-    put_forbidden: bool = False  # learnt when a PUT /file is refused with 403
+    put_forbidden: bool = False  # learnt when a PUT /file is refused with 403 (Cloud.put_forbidden)
 
     @property
     def store_ids(self) -> list[str]:
@@ -51,45 +49,27 @@ class Facts:
         return asdict(self)
 
 
-_CACHE: dict[tuple[str, str], Facts] = {}
-_LOCK = threading.Lock()
+def facts(cloud: Cloud) -> Facts:
+    """The cloud's facts, asked once per run and shared by every upload to it."""
+    return cloud.learn("facts", lambda: _discover(cloud))
 
 
-def facts(cloud: Cloud, limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> Facts:
-    """The cloud's facts, asked once per process (a run) and shared by every upload to it."""
-    key = (cloud.name, cloud.endpoint)
-    with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = _discover(cloud, limits)
-        return _CACHE[key]
-
-
-def put_forbidden(cloud: Cloud) -> bool:
-    """Whether a PUT was refused on this cloud in this run; asks Glance nothing, since a PUT
-    needs none of the facts (their four GETs would precede every plain upload)."""
-    with _LOCK:
-        known = _CACHE.get((cloud.name, cloud.endpoint))
-    return known is not None and known.put_forbidden
-
-
-def _get(cloud: Cloud, path: str, limits: retry.RetryLimits) -> tuple[int, dict[str, Any]]:
+def _get(cloud: Cloud, path: str) -> tuple[int, dict[str, Any]]:
     """(status, body); 403/404 are answers here (not exposed, or not allowed), not errors."""
-    resp = retry.call(f"cloud {cloud.name}: GET {path}",
-                      lambda: glance.request(cloud, "GET", path, f"read {path}", ok=(200, 403, 404)),
-                      limits)
+    resp = cloud.call(f"GET {path}", lambda: glance.request(cloud, "GET", path, f"read {path}", ok=(200, 403, 404)))
     return resp.status_code, (resp.json() if resp.status_code == 200 else {})
 
 
-def _discover(cloud: Cloud, limits: retry.RetryLimits) -> Facts:
-    found = Facts(cloud.name, hints=dict(cloud.hints))
-    code, body = _get(cloud, "/v2/info/import", limits)
+def _discover(cloud: Cloud) -> Facts:
+    found = Facts(cloud.name, hints=dict(cloud.hints), put_forbidden=cloud.put_forbidden)
+    code, body = _get(cloud, "/v2/info/import")
     if code == 200:
         found.import_methods = list(body.get("import-methods", {}).get("value", []))
-    code, body = _get(cloud, "/v2/info/stores", limits)
+    code, body = _get(cloud, "/v2/info/stores")
     if code == 200:
         found.stores = [Store(s["id"], str(s.get("default", "")).lower() == "true",
                               description=s.get("description", "")) for s in body.get("stores", [])]
-        code, detail = _get(cloud, "/v2/info/stores/detail", limits)
+        code, detail = _get(cloud, "/v2/info/stores/detail")
         if code == 200:
             found.stores_detail = "ok"
             types = {s["id"]: s.get("type") for s in detail.get("stores", [])}
@@ -97,16 +77,15 @@ def _discover(cloud: Cloud, limits: retry.RetryLimits) -> Facts:
                 store.type = types.get(store.id)
         elif code == 403:
             found.stores_detail = NEEDS_ADMIN
-    code, body = _get(cloud, "/v2/info/usage", limits)
+    code, body = _get(cloud, "/v2/info/usage")
     if code == 200:
         found.usage = dict(body.get("usage", {}))
     return found
 
 
-def wanted_stores(cloud: Cloud, stores: list[str], all_stores: bool,
-                  limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> list[str]:
+def wanted_stores(cloud: Cloud, stores: list[str], all_stores: bool) -> list[str]:
     """The stores an image must end up in ([] = Glance's default), checked against the cloud's."""
-    known = facts(cloud, limits).store_ids
+    known = facts(cloud).store_ids
     if all_stores:
         if not known:
             raise GlanceRefusedError(f"cloud {cloud.name}: --all-stores, but Glance lists no stores")

@@ -13,17 +13,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from imgpipe import retry
 from imgpipe.cloud import discovery, glance
 from imgpipe.cloud.clouds import Cloud
-from imgpipe.cloud.import_method import ImportMethod
+from imgpipe.cloud.import_method import ImportMethod, Placement
 from imgpipe.errors import GlanceRefusedError, ImgpipeError, ImportFailedError
 from imgpipe.hashing import Digests, HashingBody
-
-if TYPE_CHECKING:
-    from imgpipe.cloud.upload import UploadRequest
 
 LOG = logging.getLogger("imgpipe.cloud.image_import")
 POLL = 0.5
@@ -32,6 +30,17 @@ IMPORT_WAIT = 30 * 60.0
 # Disk formats a conversion plugin makes useless: vCenter needs the vmdk it was given.
 MUST_NOT_CONVERT = frozenset({"vmdk"})
 RUNNING = frozenset({"pending", "processing"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Payload:
+    """What filling an image needs of an upload: the bytes, their format, and where they go."""
+
+    path: Path
+    name: str
+    disk_format: str
+    placement: Placement
+    source_url: str | None = None  # for web-download: Glance fetches this; path is our copy
 
 
 @dataclass
@@ -50,20 +59,19 @@ class Targets:
         return {}
 
 
-def targets(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits) -> Targets:
-    asked = req.placement
-    wanted = discovery.wanted_stores(cloud, list(asked.stores), asked.all_stores, limits) \
+def targets(cloud: Cloud, asked: Placement) -> Targets:
+    wanted = discovery.wanted_stores(cloud, list(asked.stores), asked.all_stores) \
         if (asked.stores or asked.all_stores) else []
     return Targets(wanted, asked.all_stores, not asked.allow_partial_stores)
 
 
-def choose(cloud: Cloud, req: UploadRequest, where: Targets, limits: retry.RetryLimits) -> ImportMethod:
+def choose(cloud: Cloud, req: Payload, where: Targets) -> ImportMethod:
     """auto: PUT unless stores are asked for or the cloud refused a PUT; import otherwise."""
     method = req.placement.method
     if method == ImportMethod.auto:
         if req.source_url:
             method = ImportMethod.web_download
-        elif where.stores or discovery.put_forbidden(cloud):
+        elif where.stores or cloud.put_forbidden:
             method = ImportMethod.glance_direct
         else:
             return ImportMethod.put
@@ -74,18 +82,17 @@ def choose(cloud: Cloud, req: UploadRequest, where: Targets, limits: retry.Retry
         return method
     if method == ImportMethod.web_download and not req.source_url:
         raise GlanceRefusedError(f"cloud {cloud.name}: {req.name}: web-download needs the source's URL")
-    offered = discovery.facts(cloud, limits).import_methods
+    offered = discovery.facts(cloud).import_methods
     if method.value not in offered:
         raise GlanceRefusedError(f"cloud {cloud.name}: Glance does not offer the {method.value} import "
                                  f"(it offers: {', '.join(offered) or 'none'})")
     return method
 
 
-def fill(cloud: Cloud, image_id: str, req: UploadRequest, limits: retry.RetryLimits,
-         on_bytes: Callable[[int], None] | None) -> Digests:
+def fill(cloud: Cloud, image_id: str, req: Payload, on_bytes: Callable[[int], None] | None) -> Digests:
     """Put the bytes into the image by the chosen method; return the digests of what was sent."""
-    where = targets(cloud, req, limits)
-    method = choose(cloud, req, where, limits)
+    where = targets(cloud, req.placement)
+    method = choose(cloud, req, where)
     body = HashingBody(req.path, on_bytes)
     if method == ImportMethod.put:
         if glance.put_data(cloud, image_id, body, req.disk_format, where.stores[0] if where.stores else None,
@@ -93,24 +100,23 @@ def fill(cloud: Cloud, image_id: str, req: UploadRequest, limits: retry.RetryLim
             assert body.digests is not None
             return body.digests
         # PUT forbidden by policy: remember it for this run, and stage instead.
-        discovery.facts(cloud, limits).put_forbidden = True
+        cloud.put_forbidden = True
         LOG.warning("cloud %s: direct upload forbidden (HTTP 403); using glance-direct import", cloud.name)
-        method = choose(cloud, req, where, limits)
+        method = choose(cloud, req, where)
         body = HashingBody(req.path, on_bytes)
     if method == ImportMethod.glance_direct:
         glance.stage_data(cloud, image_id, body)
-        start(cloud, image_id, {"name": "glance-direct"}, where, limits)
+        start(cloud, image_id, {"name": "glance-direct"}, where)
     else:
-        start(cloud, image_id, {"name": "web-download", "uri": req.source_url}, where, limits)
+        start(cloud, image_id, {"name": "web-download", "uri": req.source_url}, where)
         for _ in body:  # the digests of the local copy, to compare with what Glance fetched
             pass
-    wait(cloud, image_id, where, limits)
+    wait(cloud, image_id, where)
     assert body.digests is not None
     return body.digests
 
 
-def start(cloud: Cloud, image_id: str, method: dict[str, Any], where: Targets,
-          limits: retry.RetryLimits) -> None:
+def start(cloud: Cloud, image_id: str, method: dict[str, Any], where: Targets) -> None:
     """POST the import; a 409 on a retry means the first POST got through."""
     what = f"{method['name']} import of image {image_id}"
     payload = {"method": method, **where.import_fields()}
@@ -127,19 +133,17 @@ def start(cloud: Cloud, image_id: str, method: dict[str, Any], where: Targets,
             first = False
 
     try:
-        retry.call(f"cloud {cloud.name}: {what}", post, limits, give_up=ImportFailedError)
+        cloud.call(what, post, give_up=ImportFailedError)
     except GlanceRefusedError as exc:
         raise ImportFailedError(str(exc)) from exc
 
 
-def wait(cloud: Cloud, image_id: str, where: Targets, limits: retry.RetryLimits,
-         timeout: float = IMPORT_WAIT) -> dict[str, Any]:
+def wait(cloud: Cloud, image_id: str, where: Targets, timeout: float = IMPORT_WAIT) -> dict[str, Any]:
     """Poll until the image is active in every wanted store; log each change of progress."""
     deadline = time.monotonic() + timeout
     last: tuple[Any, ...] | None = None
     while True:
-        image = retry.call(f"cloud {cloud.name}: get image {image_id}",
-                           lambda: glance.get_image(cloud, image_id), limits)
+        image = cloud.call(f"get image {image_id}", lambda: glance.get_image(cloud, image_id))
         if image is None:
             raise ImportFailedError(f"cloud {cloud.name}: image {image_id} vanished during its import")
         importing = glance.csv_list(image.get("os_glance_importing_to_stores"))
@@ -168,8 +172,7 @@ def wait(cloud: Cloud, image_id: str, where: Targets, limits: retry.RetryLimits,
         time.sleep(POLL)
 
 
-def copy_to(cloud: Cloud, image: dict[str, Any], where: Targets,
-            limits: retry.RetryLimits) -> dict[str, Any] | None:
+def copy_to(cloud: Cloud, image: dict[str, Any], where: Targets) -> dict[str, Any] | None:
     """Complete an existing active image with copy-image into the stores it misses, if any.
 
     The image itself is never deleted here: it is a good image in the stores it has.
@@ -177,17 +180,17 @@ def copy_to(cloud: Cloud, image: dict[str, Any], where: Targets,
     missing = [s for s in where.stores if s not in glance.csv_list(image.get("stores"))]
     if not missing:
         return None
-    offered = discovery.facts(cloud, limits).import_methods
+    offered = discovery.facts(cloud).import_methods
     if "copy-image" not in offered:
         raise GlanceRefusedError(f"cloud {cloud.name}: image {image['id']} misses store(s) "
                                  f"{', '.join(missing)} and Glance does not offer copy-image")
     LOG.info("cloud %s: copying image %s into %s", cloud.name, image["id"], ", ".join(missing))
     copy = Targets(missing, False, where.must_succeed)
-    start(cloud, image["id"], {"name": "copy-image"}, copy, limits)
-    return wait(cloud, image["id"], copy, limits)
+    start(cloud, image["id"], {"name": "copy-image"}, copy)
+    return wait(cloud, image["id"], copy)
 
 
-def converted(cloud: Cloud, image: dict[str, Any], req: UploadRequest) -> bool:
+def converted(cloud: Cloud, image: dict[str, Any], req: Payload) -> bool:
     """Whether Glance rewrote the image on import (the image_conversion plugin).
 
     For a vmdk that is an error (vCenter cannot use the raw or qcow2 it becomes): raised,
@@ -204,8 +207,6 @@ def converted(cloud: Cloud, image: dict[str, Any], req: UploadRequest) -> bool:
     LOG.warning("cloud %s: %s: Glance converted the image on import (%s, image_conversion plugin); "
                 "kept, but its hashes are of Glance's conversion", cloud.name, req.name, change)
     return True
-
-
 
 
 def _task(cloud: Cloud, image_id: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from imgpipe import __version__, retry
+from imgpipe import __version__
 from imgpipe.cloud import glance, image_import
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
@@ -49,7 +49,7 @@ MAX_SLOTS = 64
 ID_NAMESPACE = uuid.UUID("5b8f3c2e-6f0e-4d8a-9a57-3b1f0c6a7e21")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class UploadRequest:
     path: Path
     name: str
@@ -66,6 +66,10 @@ class UploadRequest:
     force: bool = False
     placement: Placement = field(default_factory=Placement)
     source_url: str | None = None  # for web-download: Glance fetches this; path is our copy
+
+    def payload(self) -> image_import.Payload:
+        return image_import.Payload(path=self.path, name=self.name, disk_format=self.disk_format,
+                                    placement=self.placement, source_url=self.source_url)
 
 
 def anchor(name: str, profile: str, source_sha256: str) -> dict[str, str]:
@@ -93,46 +97,40 @@ class UploadResult:
         return dict(self.__dict__)
 
 
-def upload(cloud: Cloud, req: UploadRequest, limits: retry.RetryLimits = retry.DEFAULT_LIMITS,
-           on_bytes: Callable[[int], None] | None = None) -> UploadResult:
+def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | None = None) -> UploadResult:
     started = time.monotonic()
     if not req.force:
         sha = req.source_sha256 or sha256_file(req.path)  # the lookup and the image ids need it now
         req = replace(req, source_sha256=sha)
-        existing = find_unchanged(cloud, req.name, req.profile, sha, limits)
+        existing = find_unchanged(cloud, req.name, req.profile, sha)
         if existing:
-            return _complete_stores(cloud, req, existing, limits, started)
+            return _complete_stores(cloud, req, existing, started)
     run_id = uuid.uuid4().hex
     took_over: list[str] = []
-    image, status = retry.call(f"cloud {cloud.name}: publish {req.name}",
-                               lambda: _attempt(cloud, req, run_id, limits, on_bytes, took_over), limits)
+    image, status = cloud.call(f"publish {req.name}", lambda: _attempt(cloud, req, run_id, on_bytes, took_over))
     result = _result(cloud, req.profile, image, status, started)
     result.took_over_from = took_over
     return result
 
 
-def _complete_stores(cloud: Cloud, req: UploadRequest, existing: UploadResult,
-                     limits: retry.RetryLimits, started: float) -> UploadResult:
+def _complete_stores(cloud: Cloud, req: UploadRequest, existing: UploadResult, started: float) -> UploadResult:
     """An identical image missing some wanted store is copied there, not uploaded again."""
-    where = image_import.targets(cloud, req, limits)
+    where = image_import.targets(cloud, req.placement)
     if not [s for s in where.stores if s not in existing.stores]:  # the listing already showed its stores
         return existing
-    image = retry.call(f"cloud {cloud.name}: get image {existing.image_id}",
-                       lambda: glance.get_image(cloud, existing.image_id), limits)
-    copied = image_import.copy_to(cloud, image, where, limits) if image else None
+    image = cloud.call(f"get image {existing.image_id}", lambda: glance.get_image(cloud, existing.image_id))
+    copied = image_import.copy_to(cloud, image, where) if image else None
     return _result(cloud, req.profile, copied, "copied", started) if copied else existing
 
 
-def find_unchanged(cloud: Cloud, name: str, profile: str, source_sha256: str,
-                   limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> UploadResult | None:
+def find_unchanged(cloud: Cloud, name: str, profile: str, source_sha256: str) -> UploadResult | None:
     """The active image an earlier run published from this same source, if any.
 
     Hidden images count (a rollback to an older, hidden version must not upload a copy);
     Glance lists them only when asked for them alone.
     """
     wanted = anchor(name, profile, source_sha256)
-    found = _find(cloud, wanted, limits, {glance.ACTIVE}) or \
-        _find(cloud, wanted, limits, {glance.ACTIVE}, hidden=True)
+    found = _find(cloud, wanted, {glance.ACTIVE}) or _find(cloud, wanted, {glance.ACTIVE}, hidden=True)
     return _result(cloud, profile, found[0], "unchanged", time.monotonic()) if found else None
 
 
@@ -145,35 +143,33 @@ def _result(cloud: Cloud, profile: str, image: dict[str, Any], status: str,
                         stores=glance.csv_list(image.get("stores")))
 
 
-def _find(cloud: Cloud, wanted: dict[str, str], limits: retry.RetryLimits,
-          statuses: set[str], hidden: bool = False) -> list[dict[str, Any]]:
+def _find(cloud: Cloud, wanted: dict[str, str], statuses: set[str], hidden: bool = False) -> list[dict[str, Any]]:
     """Images with this anchor (hidden ones only, with hidden=True), oldest first."""
     filters = {**wanted, "os_hidden": "true"} if hidden else wanted
-    images = retry.call(f"cloud {cloud.name}: list images",
-                        lambda: glance.list_images(cloud, filters), limits)
+    images = cloud.call("list images", lambda: glance.list_images(cloud, filters))
     found = [i for i in images
              if all(i.get(k) == v for k, v in wanted.items()) and i.get("status") in statuses]
     return sorted(found, key=lambda i: (i.get("created_at", ""), i["id"]))
 
 
-def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryLimits,
-             on_bytes: Callable[[int], None] | None, took_over: list[str]) -> tuple[dict[str, Any], str]:
+def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, on_bytes: Callable[[int], None] | None,
+             took_over: list[str]) -> tuple[dict[str, Any], str]:
     """Claim a fresh image and fill it; whatever fails, that image is deleted before leaving."""
-    image, peer = _claim(cloud, req, run_id, limits, took_over)
+    image, peer = _claim(cloud, req, run_id, took_over)
     if peer is not None:
         return peer, "unchanged"
     assert image is not None
     done = False
     try:
         with _heartbeat(cloud, image):
-            digests = image_import.fill(cloud, image["id"], req, limits, on_bytes)
+            digests = image_import.fill(cloud, image["id"], req.payload(), on_bytes)
         # One PATCH labels the image and answers with what verification reads: no extra GET.
         verified = _verify(cloud, glance.update_properties(cloud, image, _labels(req, digests)), digests, req)
         done = True
         return verified, "created"
     finally:
         if not done:
-            _delete(cloud, image["id"], limits)
+            _delete(cloud, image["id"])
 
 
 def _labels(req: UploadRequest, digests: Digests) -> dict[str, str]:
@@ -199,7 +195,7 @@ def _slot_id(req: UploadRequest, slot: int) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, key))
 
 
-def _claim(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryLimits,
+def _claim(cloud: Cloud, req: UploadRequest, run_id: str,
            took_over: list[str]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Return (our new image, None), or (None, a peer's active image with the same content)."""
     fields = _fields(req, run_id)
@@ -208,23 +204,21 @@ def _claim(cloud: Cloud, req: UploadRequest, run_id: str, limits: retry.RetryLim
         try:
             return glance.create_image(cloud, {**fields, "id": image_id}), None
         except glance.Conflict:
-            peer = _settle_peer(cloud, image_id, run_id, limits, took_over)
+            peer = _settle_peer(cloud, image_id, run_id, took_over)
             if peer is not None:
                 return None, peer
     raise UploadError(f"cloud {cloud.name}: {req.name}: {MAX_SLOTS} image ids for this content "
                       "are used up by deleted images; run 'glance-manage db purge' or use --force")
 
 
-def _settle_peer(cloud: Cloud, image_id: str, run_id: str, limits: retry.RetryLimits,
-                 took_over: list[str]) -> dict[str, Any] | None:
+def _settle_peer(cloud: Cloud, image_id: str, run_id: str, took_over: list[str]) -> dict[str, Any] | None:
     """The id is taken: wait for a live peer's upload, or clear the way to the next id.
 
     A peer is gone when it is this run, its owner died on this host, or its heartbeat stopped.
     """
     deadline = time.monotonic() + WAIT_FOR_PEER
     while True:
-        peer = retry.call(f"cloud {cloud.name}: get image {image_id}",
-                          lambda: glance.get_image(cloud, image_id), limits)
+        peer = cloud.call(f"get image {image_id}", lambda: glance.get_image(cloud, image_id))
         if peer is None or peer["status"] not in {glance.ACTIVE, *glance.IN_PROGRESS}:
             return None  # deleted or failed: that id is spent
         if peer["status"] == glance.ACTIVE:
@@ -233,12 +227,12 @@ def _settle_peer(cloud: Cloud, image_id: str, run_id: str, limits: retry.RetryLi
         if dead is not None and dead.is_dead_here():
             LOG.warning("cloud %s: taking over image id %s from dead owner %s", cloud.name, image_id, dead)
             took_over.append(str(dead))
-            _delete(cloud, image_id, limits)
+            _delete(cloud, image_id)
             return None
         if peer.get(RUN_KEY) == run_id or time.time() - _last_sign_of_life(peer) > STALE_AFTER:
             LOG.warning("cloud %s: deleting leftover image %s (%s since %s)", cloud.name,
                         image_id, peer["status"], peer.get("updated_at"))
-            _delete(cloud, image_id, limits)
+            _delete(cloud, image_id)
             return None
         if time.monotonic() > deadline:
             raise UploadError(f"cloud {cloud.name}: concurrent upload {image_id} did not finish in time")
@@ -307,7 +301,7 @@ def _verify(cloud: Cloud, image: dict[str, Any], ours: Digests, req: UploadReque
     problems = []
     if image.get("status") != glance.ACTIVE:
         problems.append(f"status {image.get('status')}")
-    if not problems and image_import.converted(cloud, image, req):
+    if not problems and image_import.converted(cloud, image, req.payload()):
         return image  # Glance's conversion holds other bytes than the ones sent
     if int(image.get("size") or -1) != ours.size:
         problems.append(f"size {image.get('size')} != {ours.size}")
@@ -321,18 +315,16 @@ def _verify(cloud: Cloud, image: dict[str, Any], ours: Digests, req: UploadReque
     return image
 
 
-def _delete(cloud: Cloud, image_id: str, limits: retry.RetryLimits) -> None:
+def _delete(cloud: Cloud, image_id: str) -> None:
     """Best effort, with retries: a server restarting after a crash comes back within them.
 
     A delete answered with a 5xx may still have happened; Glance then refuses the retry
     (400 "deleted to deleted"), so a refusal is checked against the image's actual state.
     """
     try:
-        retry.call(f"cloud {cloud.name}: delete image {image_id}",
-                   lambda: glance.delete_image(cloud, image_id), limits)
+        cloud.call(f"delete image {image_id}", lambda: glance.delete_image(cloud, image_id))
     except GlanceRefusedError:
-        if retry.call(f"cloud {cloud.name}: get image {image_id}",
-                      lambda: glance.get_image(cloud, image_id), limits) is not None:
+        if cloud.call(f"get image {image_id}", lambda: glance.get_image(cloud, image_id)) is not None:
             LOG.error("cloud %s: could not delete image %s", cloud.name, image_id)
     except Exception as exc:  # cleanup must not hide the error that caused it
         LOG.error("cloud %s: could not delete image %s: %s", cloud.name, image_id, exc)
