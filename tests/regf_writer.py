@@ -171,3 +171,21 @@ def _typed(value: str | bytes | Expand) -> tuple[int, bytes]:
     if isinstance(value, str):
         return REG_SZ, (value + "\0").encode("utf-16-le")
     return REG_BINARY, value
+
+
+def append_cells(hive: bytes, payloads: list[bytes]) -> tuple[bytes, list[int]]:
+    """`hive` with one more hbin holding `payloads` as allocated cells, and their offsets."""
+    start = len(hive) - BASE_BLOCK
+    heap = _Heap()
+    offsets = [start + heap.cell(payload) for payload in payloads]
+    hbin = bytearray(heap.finish())
+    struct.pack_into("<I", hbin, 4, start)
+    block = bytearray(hive[:BASE_BLOCK])
+    struct.pack_into("<I", block, 40, start + len(hbin))
+    struct.pack_into("<I", block, 508, checksum(bytes(block)))
+    return bytes(block) + hive[BASE_BLOCK:] + bytes(hbin), offsets
+
+
+def nk_field(nk: int, name: str) -> int:
+    """File offset of a field of the nk cell at `nk`, for tests that damage a key."""
+    return BASE_BLOCK + nk + 4 + {"subkey_count": 20, "subkeys_list_offset": 28, "values_count": 36}[name]

@@ -110,7 +110,10 @@ class NtfsTree:
         return self._dirs[real]
 
     def _corrupt(self, stderr: str, returncode: int) -> GuestInspectionError:
-        why = (stderr.strip().splitlines() or [f"exit code {returncode}"])[-1].strip()
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        # ntfs-3g ends with chkdsk advice; its first "Failed to ..." names what was unreadable
+        why = next((line for line in lines if line.startswith("Failed to") and "mount" not in line),
+                   lines[0] if lines else f"exit code {returncode}")
         return GuestInspectionError(f"{self.label}: corrupt NTFS filesystem: {why}")
 
 
