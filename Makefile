@@ -28,8 +28,9 @@ test-fast: venv
 demo: venv
 	$(PY) -m imgpipe_dev.demo
 
+# BENCH_ARGS: e.g. "--only startup" (start-up alone, a few seconds) or "--quick".
 bench: venv
-	$(PY) -m imgpipe_dev.bench
+	$(PY) -m imgpipe_dev.bench $(BENCH_ARGS)
 
 clean:
 	-$(PY) -m imgpipe_dev.localcloud stop --state-dir .demo/cloud 2>/dev/null

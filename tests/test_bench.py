@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from imgpipe_dev import bench
+import pytest
+from imgpipe_dev import bench, localcloud
+
+from imgpipe.cloud import glance as glance_api
 
 
 def test_targets_are_judged_in_their_direction() -> None:
@@ -77,3 +81,23 @@ def test_size_row_compares_the_big_disk_and_scales_by_the_small_one() -> None:
     assert round(row.scaling["imgpipe_big_over_small"], 3) == 1.1
     assert round(row.scaling["baseline_big_over_small"], 3) == 1.2
     assert "imgpipe 1.10x, qemu-img 1.20x" in row.note
+
+
+@pytest.mark.slow
+def test_bench_glance_goes_through_imgpipes_client(tmp_path: Path) -> None:
+    """The bench's untimed calls on a real Glance of its own (emptying it would disturb the
+    session's): what it checks and deletes is what imgpipe's client sees."""
+    state = tmp_path / "cloud"
+    cloud = localcloud.start(state, name="bench-test")
+    try:
+        environ = dict(os.environ)
+        client = bench.Glance.connect(cloud.glance_url + "/", cloud.clouds_yaml, "bench-test")
+        assert dict(os.environ) == environ and client.url == cloud.glance_url
+        ids = [glance_api.create_image(client.cloud, {"name": f"bench-{i}", "disk_format": "raw",
+                                                      "container_format": "bare"})["id"] for i in range(3)]
+        assert [client.status(i) for i in ids] == ["queued"] * 3
+        assert client.delete_all() == 3
+        assert [client.status(i) for i in ids] == [None] * 3
+        assert client.delete_all() == 0
+    finally:
+        localcloud.stop(state)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark imgpipe against the bare tools it wraps, side by side, on a real local Glance.
 
 Why: imgpipe's promise is "no slower than doing it by hand" (and much faster where it has a
@@ -17,10 +16,15 @@ What it measures (each imgpipe run is the real CLI as a subprocess, never in-pro
 * Both run against a local Glance behind a real Keystone, as the same user and project. curl
   gets its token with a curl POST to Keystone just before (timed separately as token_seconds,
   not counted; the upload note gives the ratio with it counted); imgpipe authenticates inside
-  its timed run.
+  its timed run. The bench's own untimed calls (emptying Glance, checking curl's uploads) go
+  through imgpipe's client.
 * size: the same data in a 20 GiB virtual disk (``--big-size-mib``), ``convert -p kvm`` and
   ``-p vmware`` against bare qemu-img, beside the same on the --size-mib disk: cost follows
   the data, not the virtual size.
+* start-up: ``imgpipe --help`` and ``imgpipe convert --help``, fresh processes (median of
+  ``--startup-reps``, 5), against the same interpreter running ``-c pass``: what every command
+  pays before it does anything, printed before and after a refactor by ``make bench``
+  (alone: ``make bench BENCH_ARGS="--only startup"``).
 * peak RSS of imgpipe's own Python process (VmHWM polled from /proc), and the largest single
   process of each command's tree (wait4 rusage: this includes qemu-img children).
 
@@ -35,8 +39,8 @@ qemu-img does not: the fsync a durable baseline would need is timed separately (
 Usage::
 
     .venv/bin/python -m imgpipe_dev.bench [--reps 3] [--quick] [--size-mib 2048 --data-mib 200]
-                                              [--only convert|size|upload|publish] [--profile P]
-                                              [--big-size-mib 20480]
+                                              [--only startup|convert|size|upload|publish] [--profile P]
+                                              [--big-size-mib 20480] [--startup-reps 5]
                                               [--upload-reps N] [--no-warmup] [--json PATH]
 
 Results: a table on stdout and JSON in .bench/results.json (and --json PATH). The source is
@@ -57,12 +61,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from imgpipe.cloud import clouds
+from imgpipe.cloud import glance as glance_api
 from imgpipe_dev import localcloud, sample_disk
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,13 +127,13 @@ def _vm_hwm(pid: int) -> int | None:
     return None
 
 
-def run(argv: Sequence[str], env: dict[str, str] | None = None, poll: float = 0.02) -> Proc:
+def run(command: Sequence[str | Path], env: dict[str, str] | None = None, poll: float = 0.02) -> Proc:
     """Run argv to completion; time it exactly (blocking wait4) while a thread polls VmHWM.
 
     VmHWM can only be read while the process lives, so the last <poll seconds of growth can
     be missed; wait4's ru_maxrss is exact but is the max over the process and its children.
     """
-    argv = [str(a) for a in argv]
+    argv = [str(a) for a in command]
     out_path = BENCH_DIR / f".run-{os.getpid()}.out"
     err_path = BENCH_DIR / f".run-{os.getpid()}.err"
     with open(out_path, "w+b") as out, open(err_path, "w+b") as err:
@@ -333,12 +337,13 @@ def root_window(imgpipe: Path, src: Path) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------
-# Glance (setup and cleanup calls are untimed; timed calls go through curl)
+# Glance: untimed setup and cleanup through imgpipe's own client; the baseline's
+# timed calls go through curl
 # --------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Keystone:
-    """Where the bench and curl get tokens: the user and project of imgpipe's cloud.
+    """Where curl gets its tokens: the user and project of imgpipe's cloud.
 
     The password-auth request lives in a 0600 file (`curl -d @file`), never on an argv.
     """
@@ -362,13 +367,6 @@ class Keystone:
         write_private(request, json.dumps(body))
         return cls(auth["auth_url"].rstrip("/"), request)
 
-    def token(self) -> str:
-        """Untimed, for the bench's own setup and cleanup calls."""
-        req = urllib.request.Request(f"{self.url}/auth/tokens", data=self.request.read_bytes(),
-                                     method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return str(resp.headers["X-Subject-Token"])
-
     def curl_token(self, header_file: Path) -> Proc:
         """The hand-made way, timed: curl POSTs the password and the token goes to a 0600
         header file that the next curls read with `-H @file`."""
@@ -390,56 +388,39 @@ def write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+@dataclasses.dataclass
 class Glance:
-    def __init__(self, url: str, keystone: Keystone | None = None) -> None:
-        self.url = url.rstrip("/")
-        self.keystone = keystone
-        self._token: str | None = None
+    """The bench's own Glance calls (emptying the store, checking curl's uploads), made with
+    imgpipe's client: the only place the bench uses imgpipe's Python API, so a change of that
+    API is adapted here. curl talks to `url`, the endpoint localcloud reports."""
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    url: str
+    cloud: clouds.Cloud
+
+    @classmethod
+    def connect(cls, url: str, clouds_yaml: Path, name: str) -> Glance:
+        """As `imgpipe --cloud NAME` connects in the bench's child environment (this clouds.yaml,
+        no other OS_*), which is the bench's own only while connecting."""
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(child_env(clouds_yaml))
         try:
-            return self._send(method, path, body)
-        except urllib.error.HTTPError as exc:
-            if exc.code != 401 or self.keystone is None:
-                raise
-            self._token = None  # expired during a long bench: once more with a new one
-            return self._send(method, path, body)
+            cloud = clouds.connect(name)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        return cls(url.rstrip("/"), cloud)
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
-        headers = {"Content-Type": "application/json"}
-        if self.keystone is not None:
-            self._token = self._token or self.keystone.token()
-            headers["X-Auth-Token"] = self._token
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            text = resp.read()
-        return json.loads(text) if text else None
-
-    def images(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        path: str | None = "/v2/images?limit=1000"
-        while path:
-            body = self._call("GET", path)
-            found += body.get("images", [])
-            path = body.get("next")
-        return found
-
-    def image(self, image_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/v2/images/{image_id}")
-        return result
+    def status(self, image_id: str) -> str | None:
+        image = glance_api.get_image(self.cloud, image_id)
+        return None if image is None else str(image.get("status"))
 
     def delete_all(self) -> int:
         """Empty the store between repetitions so it never fills the disk."""
-        count = 0
-        for image in self.images():
-            try:
-                self._call("DELETE", f"/v2/images/{image['id']}")
-                count += 1
-            except urllib.error.HTTPError as exc:
-                if exc.code != 404:
-                    raise
-        return count
+        images = glance_api.list_images(self.cloud, {})
+        for image in images:
+            glance_api.delete_image(self.cloud, image["id"])
+        return len(images)
 
 
 def curl_upload(glance: Glance, path: Path, name: str, disk_format: str,
@@ -466,7 +447,7 @@ def check_active(glance: Glance, image_id: str | None, sample: Sample) -> None:
     """Untimed: a baseline upload only counts if Glance accepted the bytes."""
     if not sample.ok or image_id is None:
         return
-    status = glance.image(image_id).get("status")
+    status = glance.status(image_id)
     if status != "active":
         sample.ok, sample.error = False, f"curl upload left image {image_id} {status}"
 
@@ -883,6 +864,31 @@ def bench_publish(env: Env, reps: int, warmup: bool) -> list[Row]:
     return [row]
 
 
+STARTUP_COMMANDS = (("startup-help", "imgpipe --help", ("--help",)),
+                    ("startup-convert-help", "imgpipe convert --help", ("convert", "--help")))
+
+
+def bench_startup(imgpipe: Path, reps: int, warmup: bool) -> list[Row]:
+    """What every command pays before it does anything: a fresh process printing help, against
+    the same interpreter doing nothing (`python -c pass`), so a refactor's start-up shows."""
+    rows = [Row(key, f"start-up, {title} (fresh process, median of {reps})", "time", None,
+                note="baseline: the same interpreter doing nothing (python -c pass)")
+            for key, title, _ in STARTUP_COMMANDS]
+    bare = [sys.executable, "-c", "pass"]
+    for rep in range(-1 if warmup else 0, reps):
+        say(f"bench: start-up {'warm-up' if rep < 0 else f'rep {rep + 1}/{reps}'}")
+        base = None if rep % 2 == 0 else run(bare)  # which side starts first alternates
+        mine = [run([imgpipe, *args]) for _, _, args in STARTUP_COMMANDS]
+        if base is None:
+            base = run(bare)
+        if rep < 0:
+            continue
+        for row, proc in zip(rows, mine):
+            row.imgpipe.append(sample_of([proc]))
+            row.baseline.append(sample_of([base]))
+    return rows
+
+
 def rss_rows(rows: list[Row]) -> list[Row]:
     """Peak memory per command kind: imgpipe's own Python process vs the baseline's biggest
     process; the imgpipe tree's biggest process (qemu-img included) goes to the JSON."""
@@ -922,10 +928,11 @@ def print_table(rows: list[Row], meta: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"imgpipe vs bare tools, median of {meta['reps']} "
-                        f"(uploads {meta['upload_reps']}) "
-                        f"(source {meta['source']['size_mib']} MiB disk, "
-                        f"{meta['source']['data_mib']} MiB data)",
+    source = meta["source"]
+    title = "imgpipe vs bare tools" + (f", median of {meta['reps']} (uploads {meta['upload_reps']}) (source "
+                                       f"{source['size_mib']} MiB disk, {source['data_mib']} MiB data)"
+                                       if "path" in source else "")
+    table = Table(title=title,
                   caption=f"load average before {meta['load_before']}, after "
                           f"{meta['load_after']} on {meta['cpus']} CPUs: timings are noisy")
     for column in ("measurement", "imgpipe median", "baseline median", "ratio", "target", "met?"):
@@ -986,7 +993,7 @@ def find_imgpipe() -> Path:
     return Path(found)
 
 
-SECTIONS = ("convert", "size", "upload", "publish")
+SECTIONS = ("startup", "convert", "size", "upload", "publish")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1002,6 +1009,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="size section: the big disk with the same data (default 20480; 5120 with --quick)")
     parser.add_argument("--profile", action="append",
                         help="convert section: only these profiles (repeatable)")
+    parser.add_argument("--startup-reps", type=int, default=5,
+                        help="start-up section: fresh processes per command (default 5)")
     parser.add_argument("--upload-reps", type=int,
                         help="upload repetitions (default: twice --reps; uploads are noisy)")
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
@@ -1013,33 +1022,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.size_mib = args.size_mib or (512 if args.quick else 2048)
     args.data_mib = args.data_mib or (64 if args.quick else 200)
     args.big_size_mib = args.big_size_mib or (5120 if args.quick else 20480)
-    if args.reps < 1 or args.data_mib >= args.size_mib - sample_disk.EFI_MIB:
-        parser.error("need --reps >= 1 and --data-mib well below --size-mib")
+    if args.reps < 1 or args.startup_reps < 1 or args.data_mib >= args.size_mib - sample_disk.EFI_MIB:
+        parser.error("need --reps >= 1, --startup-reps >= 1 and --data-mib well below --size-mib")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sections = set(args.only or SECTIONS)
-    # Everything talks to 127.0.0.1: never through a proxy (curl and urllib read these too).
+    # Everything talks to 127.0.0.1: never through a proxy (curl and requests read these too).
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
     BENCH_DIR.mkdir(exist_ok=True)
     began = time.monotonic()
     imgpipe = find_imgpipe()
-    src = ensure_source(args.size_mib, args.data_mib)
-    work = fresh_dir(BENCH_DIR / "work")
-    env = Env(imgpipe, src, work, child_env(None))
-    env.window = root_window(imgpipe, src)
     meta: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
         "cpus": os.cpu_count(), "python": platform.python_version(),
-        "qemu_img": subprocess.run(["qemu-img", "--version"], capture_output=True,
+        "qemu_img": subprocess.run(["qemu-img", "--version"], check=True, capture_output=True,
                                    text=True).stdout.splitlines()[0],
-        "reps": args.reps, "upload_reps": args.upload_reps, "warmup": args.warmup,
-        "source": {"path": str(src), "size_mib": args.size_mib, "data_mib": args.data_mib,
-                   "file_bytes": src.stat().st_size},
+        "reps": args.reps, "upload_reps": args.upload_reps, "startup_reps": args.startup_reps,
+        "warmup": args.warmup, "source": {"size_mib": args.size_mib, "data_mib": args.data_mib},
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
+    rows = bench_startup(imgpipe, args.startup_reps, args.warmup) if "startup" in sections else []
+    if sections - {"startup"}:
+        rows += bench_images(args, sections, imgpipe, meta)
+    rows += rss_rows(rows)
+    meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["seconds"] = round(time.monotonic() - began, 1)
+    result = {"meta": meta, "rows": [r.to_dict() for r in rows]}
+    text = json.dumps(result, indent=2) + "\n"
+    (BENCH_DIR / "results.json").write_text(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text)
+    print_table(rows, meta)
+    say(f"bench: done in {meta['seconds']:.0f} s; JSON in {BENCH_DIR / 'results.json'}")
+    return 0
+
+
+def bench_images(args: argparse.Namespace, sections: set[str], imgpipe: Path,
+                 meta: dict[str, Any]) -> list[Row]:
+    """The sections that need the sample source (and upload and publish, the local cloud)."""
+    src = ensure_source(args.size_mib, args.data_mib)
+    meta["source"].update({"path": str(src), "file_bytes": src.stat().st_size})
+    work = fresh_dir(BENCH_DIR / "work")
+    env = Env(imgpipe, src, work, child_env(None))
+    env.window = root_window(imgpipe, src)
     cloud_dir = BENCH_DIR / "cloud-keystone"
     rows: list[Row] = []
     started_cloud = False
@@ -1049,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
             cloud = localcloud.start(cloud_dir, name=CLOUD_NAME, keystone=True)
             started_cloud = True
             env.keystone = Keystone.of(cloud.clouds_yaml, CLOUD_NAME, cloud_dir)
-            env.glance = Glance(cloud.glance_url, env.keystone)
+            env.glance = Glance.connect(cloud.glance_url, cloud.clouds_yaml, CLOUD_NAME)
             env.child_env = child_env(cloud.clouds_yaml)
             meta["glance_url"] = cloud.glance_url
             meta["keystone_url"] = cloud.keystone_url
@@ -1070,22 +1099,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if env.glance is not None:
                     env.glance.delete_all()
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - the cloud must still stop, the results still print
                 say(f"bench: could not empty Glance: {exc}")
             localcloud.stop(cloud_dir)
         shutil.rmtree(work, ignore_errors=True)
-    rows += rss_rows(rows)
-    meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    meta["seconds"] = round(time.monotonic() - began, 1)
-    result = {"meta": meta, "rows": [r.to_dict() for r in rows]}
-    text = json.dumps(result, indent=2) + "\n"
-    (BENCH_DIR / "results.json").write_text(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
-    print_table(rows, meta)
-    say(f"bench: done in {meta['seconds']:.0f} s; JSON in {BENCH_DIR / 'results.json'}")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
