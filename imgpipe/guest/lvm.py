@@ -15,7 +15,7 @@ import bisect
 import re
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imgpipe.errors import GuestInspectionError
@@ -316,16 +316,18 @@ class _Parser:
 
     def __init__(self, text: str, corrupt: Callable[[str], GuestInspectionError]) -> None:
         self._corrupt = corrupt
-        self._tokens: list[tuple[str, str]] = []
+        self._tokens = self._tokenize(text)
+
+    def _tokenize(self, text: str) -> Iterator[tuple[str, str]]:
+        """(kind, text) tokens one at a time, so memory stays near the text's own size."""
         pos = 0
         while pos < len(text):
             match = _TOKEN.match(text, pos)
             if match is None:
-                raise corrupt(f"unparsable metadata text at character {pos}")
+                raise self._corrupt(f"unparsable metadata text at character {pos}")
             pos = match.end()
             if match.lastgroup != "skip":
-                self._tokens.append((str(match.lastgroup), match.group()))
-        self._pos = 0
+                yield str(match.lastgroup), match.group()
 
     def parse(self) -> dict[str, Value]:
         return self._section(0)
@@ -376,12 +378,12 @@ class _Parser:
         raise self._corrupt(f"bad value {text[:40]!r} in metadata")
 
     def _next(self, allow_end: bool = False) -> tuple[str, str]:
-        if self._pos == len(self._tokens):
+        token = next(self._tokens, None)
+        if token is None:
             if allow_end:
                 return "end", ""
             raise self._corrupt("metadata text ends early")
-        self._pos += 1
-        return self._tokens[self._pos - 1]
+        return token
 
 
 def _section(parent: dict[str, Value], key: str, where: str,
