@@ -42,8 +42,23 @@ def _guest(root: Path, files: dict[str, str | bytes]) -> Path:
     return root
 
 
+# Debian's stock 05_logging.cfg shares its handler text through anchors and aliases like these.
+LOGGING_CFG = """\
+_log:
+ - &log_base |
+   [loggers]
+   keys=root
+ - &log_file |
+   [handler_cloudLogHandler]
+   class=FileHandler
+log_cfgs:
+ - [ *log_base, *log_file ]
+"""
+
+
 def _installed(extra: dict[str, str | bytes] | None = None) -> dict[str, str | bytes]:
     return {"/usr/bin/cloud-init": "#!/usr/bin/python3\n",
+            "/etc/cloud/cloud.cfg.d/05_logging.cfg": LOGGING_CFG,
             "/usr/lib/python3/dist-packages/cloudinit/version.py": '__VERSION__ = "24.1.3"\n_PACKAGED_VERSION = "x"\n',
             "/etc/cloud/cloud.cfg": DEBIAN_CFG} | (extra or {})
 
@@ -197,7 +212,7 @@ def test_hostile_yaml_ends_in_notes_quickly(tmp_path: Path) -> None:
     unread = "\n".join(ci.unread)
     assert "root /etc/cloud/cloud.cfg.d/10-huge.cfg is larger than 64 KiB" in unread
     assert "root /etc/cloud/cloud.cfg.d/20-deep.cfg has nested deeper than 32 levels" in unread
-    assert "root /etc/cloud/cloud.cfg.d/30-laughs.cfg has YAML anchors/aliases" in unread
+    assert "root /etc/cloud/cloud.cfg.d/30-laughs.cfg has aliases expanding to more than 100000 nodes" in unread
     assert ci.datasource_list == Fact(["Ec2", "None"], "root /etc/cloud/cloud.cfg.d/40-ec2.cfg")
     outcome = verdict(ci, "kvm")
     assert outcome.refusal is None and outcome.warning is not None and "10-huge.cfg" in outcome.warning

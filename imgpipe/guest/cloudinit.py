@@ -2,7 +2,7 @@
 
 A guest whose datasource_list asks neither OpenStack nor ConfigDrive boots on OpenStack without
 its SSH key, and nothing in the image upload says so. The configuration is the guest's, hence
-untrusted: every file is bounded, YAML aliases and deep nesting are refused, and a file this
+untrusted: every file is bounded, alias expansion and nesting are bounded, and a file this
 cannot read safely makes the verdict a warning instead of a guess.
 
 cloud-init's merge (cloudinit.util.read_conf_with_confd + mergemanydict, default mergers): the
@@ -22,12 +22,13 @@ from typing import Any
 import yaml
 
 from imgpipe.guest import tree
-from imgpipe.guest.facts import Fact
+from imgpipe.guest.facts import CloudInit, Fact
 from imgpipe.guest.tree import Tree
 
 MAX_FILE = 64 << 10
 MAX_FILES = 64
 MAX_DEPTH = 32
+MAX_NODES = 100_000  # after alias expansion
 MAX_CMDLINE_FILE = 1 << 20  # grub.cfg with many kernels outgrows 64 KiB; it is only scanned, never parsed
 CLOUD_CFG = "/etc/cloud/cloud.cfg"
 ENTRY_POINTS = ("/usr/bin/cloud-init", "/usr/local/bin/cloud-init")
@@ -64,17 +65,6 @@ _DIST = re.compile(r"cloud_init-([0-9][^-]*?)(?:-py[0-9.]+)?\.(?:dist|egg)-info"
 
 
 @dataclass
-class CloudInit:
-    installed: Fact | None = None  # None: no entry point and no cloudinit package
-    version: Fact | None = None
-    datasource_list: Fact | None = None  # value None: not set, cloud-init probes its built-in default
-    disabled: Fact | None = None
-    default_user: Fact | None = None
-    notes: list[str] = field(default_factory=list)
-    unread: list[str] = field(default_factory=list)  # files cloud-init reads that this did not
-
-
-@dataclass
 class Outcome:
     derived: dict[str, Fact] = field(default_factory=dict)
     refusal: str | None = None
@@ -86,24 +76,37 @@ class _Refused(yaml.YAMLError):
 
 
 class _UntrustedLoader(yaml.SafeLoader):
-    """SafeLoader without anchors or aliases (a few KiB of them expand to gigabytes) and with
-    bounded nesting (the composer recurses once per level)."""
+    """SafeLoader with bounded nesting (the composer recurses once per level) and bounded alias
+    expansion: stock files use anchors (Debian's 05_logging.cfg), but a few KiB of nested aliases
+    stand for billions of nodes to anything that walks the result."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._sizes: dict[int, int] = {}
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _Refused(f"YAML anchors/aliases (line {event.start_mark.line + 1})")
         if self._depth >= MAX_DEPTH:
             raise _Refused(f"nested deeper than {MAX_DEPTH} levels (line {event.start_mark.line + 1})")
         self._depth += 1
         try:
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        if node is not None and id(node) not in self._sizes:
+            self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1) for child in _children(node))
+            if self._sizes[id(node)] > MAX_NODES:
+                raise _Refused(f"aliases expanding to more than {MAX_NODES} nodes (line {event.start_mark.line + 1})")
+        return node
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def read_cloud_init(root: Tree, label: str, boot: Tree | None = None, boot_label: str = "") -> CloudInit:
@@ -277,8 +280,8 @@ def _lookup(sources: list[tuple[str, Any]], *path: str) -> tuple[Any, str] | Non
 def _datasource_list(sources: list[tuple[str, dict[str, Any]]], label: str) -> Fact:
     found = _lookup(sources, "datasource_list")
     if found is None:
-        read = ", ".join(where.removeprefix(f"{label} ") for where, _ in sources) or "no configuration file"
-        return Fact(None, f"{label} no datasource_list in {read}: cloud-init's built-in list")
+        read = ", ".join(where.removeprefix(f"{label} ") for where, _ in reversed(sources)) or "no configuration file"
+        return Fact(None, f"no datasource_list in {label} {read}: cloud-init's built-in list")
     value, where = found
     return Fact(_names(value), where)
 
