@@ -284,6 +284,7 @@ def _hostile(text: str) -> list[tuple[str, str, str]]:
     return [
         ("truncated", text[:len(text) // 2], "unbalanced braces|ends early|unparsable"),
         ("deep nesting", "vg2 {\n" + "a {\n" * 100000, "nests deeper than 16"),
+        ("long list", "x = [" + "1, " * 200000 + "]\n" + text, "longer than 1024"),
         ("over 1 MiB", "x = [" + "1, " * 400000 + "]\n" + text, "is outside its"),
         ("huge number", text.replace("extent_size = 2048", "extent_size = 99999999999999999999"),
          "extent_size = 99999999999999999999"),
@@ -302,7 +303,7 @@ def _hostile(text: str) -> list[tuple[str, str, str]]:
     ]
 
 
-@pytest.mark.parametrize("case", range(14))
+@pytest.mark.parametrize("case", range(15))
 def test_hostile_metadata_text_fails_quickly(split: dict, case: int) -> None:
     image = _Image(split)
     name, text, expected = _hostile(image.text)[case]

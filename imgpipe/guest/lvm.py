@@ -29,6 +29,7 @@ MDA_HEADER_SIZE = 512
 MAX_METADATA = 1 << 20  # a VG with thousands of LVs still fits; more is not a guest's root disk
 MAX_DEPTH = 16  # the format nests four deep (VG, logical_volumes, LV, segment)
 MAX_STRIPES = 128  # lvm's own limit
+MAX_LIST = 1024  # the longest list lvm writes is a segment's stripes or raid images: two entries each
 MAX_EXTENTS = (1 << 32) - 1  # lvm counts extents in 32 bits
 _INITIAL_CRC = 0xF597A6CF
 _RAW_LOCN_IGNORED = 0x1
@@ -364,6 +365,8 @@ class _Parser:
             if (kind, text) == ("punct", "]"):
                 return items
             items.append(self._scalar(kind, text))
+            if len(items) > MAX_LIST:
+                raise self._corrupt(f"a metadata list is longer than {MAX_LIST}")
             kind, text = self._next()
             if (kind, text) == ("punct", "]"):
                 return items
