@@ -104,10 +104,10 @@ def test_corrupt_filesystem_is_exit_20_one_line(disks: dict[str, Path]) -> None:
     assert "Traceback" not in result.output
 
 
-def test_xfs_and_ntfs_say_what_was_not_checked(tmp_path: Path) -> None:
+def test_empty_xfs_and_bare_ntfs_say_what_was_not_found(tmp_path: Path) -> None:
     xfs = inspect(gd.build(tmp_path / "xfs.qcow2", gd.Guest(fs="xfs")))[1]["guest"]
     assert xfs["root"]["value"]["filesystem"] == "xfs" and xfs["os_release"] is None
-    assert any("xfs" in note and "not checked" in note for note in xfs["unchecked"])
+    assert any("no filesystem holds /etc/os-release" in note for note in xfs["unchecked"])
     ntfs = inspect(gd.build(tmp_path / "ntfs.qcow2", gd.Guest(fs="ntfs", root_type=gd.MS_BASIC_DATA)))[1]["guest"]
     assert ntfs["root"] is None and ntfs["os_type"] is None  # NTFS without Windows/System32
 

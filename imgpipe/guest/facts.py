@@ -15,6 +15,19 @@ class Fact:
 
 
 @dataclass
+class CloudInit:
+    """cloud-init as guest.cloudinit read it."""
+
+    installed: Fact | None = None  # None: no entry point and no cloudinit package
+    version: Fact | None = None
+    datasource_list: Fact | None = None  # value None: not set, cloud-init probes its built-in default
+    disabled: Fact | None = None
+    default_user: Fact | None = None
+    notes: list[str] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)  # files cloud-init reads that this did not
+
+
+@dataclass
 class GuestFacts:
     uefi_loaders: list[Fact] = field(default_factory=list)
     bios: Fact | None = None
@@ -25,6 +38,12 @@ class GuestFacts:
     init: Fact | None = None
     guest_agent: Fact | None = None
     drivers: Fact | None = None  # None: no kernel module tree was found, driver checks cannot be made
+    boot: Fact | None = None  # a separate /boot filesystem
+    kernel: Fact | None = None  # the kernel version that boots, whose modules `drivers` lists
+    cloud_init: CloudInit | None = None
+    windows: Fact | None = None  # SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion values
+    windows_drivers: Fact | None = None  # SYSTEM services: name -> start, enabled, image path
+    cloudbase_init: Fact | None = None
     unchecked: list[str] = field(default_factory=list)
 
     @property

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from imgpipe import nbd
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest import esp, ntfs, reader, signatures, tree
+from imgpipe.guest import btrfs_blocks, cloudinit, esp, lvm, ntfs, reader, signatures, tree, windows
 from imgpipe.guest.ext_blocks import ExtBlocks, Unsupported
 from imgpipe.guest.extfs import ExtTree
 from imgpipe.guest.facts import Fact, GuestFacts
+from imgpipe.guest.xfs_blocks import XfsBlocks
 from imgpipe.source import partitions
 from imgpipe.source.inspect import ImageInfo
 from imgpipe.source.partitions import Partition
 
 LOG = logging.getLogger("imgpipe.guest")
 BOOT_CODE = 440
-LINUX_FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x03: "i686", 0xF3: "riscv64", 0x28: "armv7l",
                 0x16: "s390x", 0x15: "ppc64le"}
 INIT_PATHS = ("/sbin/init", "/usr/lib/systemd/systemd", "/lib/systemd/systemd")
@@ -32,6 +35,40 @@ DRIVERS = {"virtio_blk": "drivers/block", "virtio_scsi": "drivers/scsi", "vmw_pv
            "mptspi": "drivers/message/fusion", "mptsas": "drivers/message/fusion",
            "ahci": "drivers/ata", "ata_piix": "drivers/ata"}
 _MODULE = re.compile(r"^(.+?)\.ko(\.xz|\.zst|\.gz)?$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Volume:
+    """A Linux filesystem on a partition, or on an LVM logical volume inside one."""
+
+    label: str  # "partition 3", "partition 4 LV rl/root"
+    fs: str
+    part: Partition | None
+    read: Callable[[int, int], bytes]
+    size: int
+    lv: str = ""  # "vg/lv" when on LVM
+    typed: bool = False  # the partition's type says Linux root / Linux data
+
+
+def _ext(read: Callable[[int, int], bytes], size: int, label: str) -> tuple[tree.Tree, str]:
+    return ExtBlocks(read, size, label), ""
+
+
+def _xfs(read: Callable[[int, int], bytes], size: int, label: str) -> tuple[tree.Tree, str]:
+    return XfsBlocks(read, size, label), ""
+
+
+def _btrfs(read: Callable[[int, int], bytes], size: int, label: str) -> tuple[tree.Tree, str]:
+    return btrfs_blocks.root_tree(btrfs_blocks.Btrfs(read, size, label))
+
+
+# Filesystem -> its in-process reader: (tree of what is mounted at /, which subvolume and why).
+# A new filesystem family is one entry here.
+READERS: dict[str, Callable[[Callable[[int, int], bytes], int, str], tuple[tree.Tree, str]]] = {
+    "ext2": _ext, "ext3": _ext, "ext4": _ext, "xfs": _xfs, "btrfs": _btrfs,
+}
+LINUX_FILESYSTEMS = tuple(READERS)
+OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
 
 
 def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
@@ -47,13 +84,15 @@ def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
     loader_arch = {f.value["architecture"] for f in facts.uefi_loaders}
     if loader_arch:
         facts.architecture = Fact(min(loader_arch), facts.uefi_loaders[0].evidence)
-    root = _root(parts, found)
-    if root is not None:
-        _read_root(info, root, found[root.number], work, facts)
-    elif not info.table and found[0] in LINUX_FILESYSTEMS:  # a bare filesystem (lxc/uml input)
-        _read_root(info, None, found[0], work, facts)
-    elif info.table:
-        facts.unchecked.append("no Linux root filesystem (ext2/3/4, xfs, btrfs) found")
+    try:
+        with contextlib.ExitStack() as exports:
+            volumes = _volumes(info, parts, found, exports, facts)
+            if volumes:
+                _read_root(info, volumes, work, facts)
+            elif info.table and not any(found.values()) or any(f in ("lvm", *LINUX_FILESYSTEMS) for f in found.values()):
+                facts.unchecked.append("no Linux root filesystem (ext2/3/4, xfs, btrfs, on LVM or not) found")
+    except nbd.NbdError as exc:
+        raise GuestInspectionError(str(exc)) from exc
     for part in parts:
         if found[part.number if part else 0] == "ntfs":
             _read_ntfs(info, part, work, facts)
@@ -62,9 +101,11 @@ def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
 
 def _probe(info: ImageInfo, part: Partition | None, work: Path) -> str | None:
     if part is None and len(info.head) >= signatures.PROBE_BYTES:  # a bare filesystem: its start is the head
-        return signatures.filesystem(info.head[:signatures.PROBE_BYTES])
-    name = f"probe{part.number if part else 0}.raw"
-    return signatures.filesystem(reader.probe(info, part, work / name, signatures.PROBE_BYTES))
+        head = info.head[:signatures.PROBE_BYTES]
+    else:
+        name = f"probe{part.number if part else 0}.raw"
+        head = reader.probe(info, part, work / name, signatures.PROBE_BYTES)
+    return "lvm" if lvm.is_physical_volume(head[:2048]) else signatures.filesystem(head)
 
 
 def _label(part: Partition | None) -> str:
@@ -89,57 +130,110 @@ def _bios(head: bytes, info: ImageInfo) -> Fact | None:
     return Fact(loader.lower(), where + tail)
 
 
-def _root(parts: list[Partition | None], found: dict[int, str | None]) -> Partition | None:
-    """Typed root first, then Linux-typed, then any partition whose signature is a Linux fs."""
-    linux = [p for p in parts if p is not None and found[p.number] in LINUX_FILESYSTEMS]
-    for tier in ([p for p in linux if p.type in partitions.ROOT_TYPES],
-                 [p for p in linux if p.kind == "linux"], linux):
-        if tier:
-            return max(tier, key=lambda p: p.size)
-    return None
+def _volumes(info: ImageInfo, parts: list[Partition | None], found: dict[int, str | None],
+             exports: contextlib.ExitStack, facts: GuestFacts) -> list[Volume]:
+    """Every Linux filesystem, on a partition or an LVM volume, in the order a root is looked
+    for: typed root partitions, Linux-typed ones, any other, then logical volumes; the largest first."""
+    plain: list[Volume] = []
+    on_lvm: list[Volume] = []
+    for part in parts:
+        fs = found[part.number if part else 0]
+        if fs not in READERS and fs != "lvm":
+            continue
+        label = _label(part)
+        disk = exports.enter_context(nbd.export(info.window(part), f"{info.path}: {label}"))
+        if fs != "lvm":
+            typed = part is not None and (part.type in partitions.ROOT_TYPES or part.kind == "linux")
+            plain.append(Volume(label=label, fs=str(fs), part=part, read=disk.read, size=disk.size, typed=typed))
+            continue
+        lvs, skipped = lvm.logical_volumes(disk.read, disk.size, label)
+        facts.unchecked += [f"{label}: {note}" for note in skipped]
+        for lv in lvs:
+            lv_fs = signatures.filesystem(lv.read(0, min(signatures.PROBE_BYTES, lv.size)))
+            if lv_fs in READERS:
+                on_lvm.append(Volume(label=f"{label} LV {lv.vg}/{lv.name}", fs=str(lv_fs), part=part,
+                                     read=lv.read, size=lv.size, lv=f"{lv.vg}/{lv.name}"))
+    rank = {id(v): (0 if v.part is not None and v.part.type in partitions.ROOT_TYPES else 1 if v.typed else 2)
+            for v in plain}
+    return sorted(plain, key=lambda v: (rank[id(v)], -v.size)) + sorted(on_lvm, key=lambda v: -v.size)
 
 
-def _read_root(info: ImageInfo, part: Partition | None, fs: str | None, work: Path,
-               facts: GuestFacts) -> None:
-    label = _label(part)
-    typed = part is not None and part.kind != "other"
-    how = (f"type {part.kind} ({part.type})" if typed and part else
-           f"type {part.type} says nothing; found by its signature" if part else
-           "no partition table; found by its signature")
-    facts.root = Fact({"partition": part.number if part else 0, "filesystem": fs,
-                       "found_by": "type" if typed else "signature"}, f"{label} ({how}, {fs})")
-    if fs not in ("ext2", "ext3", "ext4"):
-        facts.unchecked.append(f"{label} is {fs}: no userspace reader is used for it, so os-release, "
-                               "init, guest agent and kernel drivers were not checked")
-        return
-    _read_ext(info, part, work, label, facts)
-
-
-def _read_ext(info: ImageInfo, part: Partition | None, work: Path, label: str, facts: GuestFacts) -> None:
-    """Over NBD, only the blocks the lookups need; debugfs on a full copy of the partition
-    for a filesystem ext_blocks does not parse (facts found before it gave up are dropped)."""
-    name = f"{info.path}: {label}"
+def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestFacts) -> None:
+    """The root is the filesystem holding os-release (not the largest partition: RHEL-family
+    images keep /boot apart); a separate /boot is the one holding kernels or a boot loader."""
+    opened: list[tuple[Volume, tree.Tree, str]] = []
+    root: tuple[Volume, tree.Tree, str] | None = None
+    for volume in volumes:
+        got = _open(info, volume, work, facts)
+        if got is None:
+            continue
+        opened.append((volume, *got))
+        if root is None and any(tree.read(got[0], path, 1) is not None for path in OS_RELEASE):
+            root = opened[-1]
+    if root is None:
+        root = opened[0] if opened else None
+        if root is None:
+            return
+        facts.unchecked.append(f"no filesystem holds /etc/os-release; {root[0].label} taken as the root")
+    volume, guest, subvolume = root
+    found_by = "os-release" if len(opened) > 1 and volume is not volumes[0] else \
+        ("type" if volume.typed else "signature")
+    value: dict[str, object] = {"partition": volume.part.number if volume.part else 0, "filesystem": volume.fs,
+                                "found_by": found_by}
+    if volume.lv:
+        value["volume"] = volume.lv
+    if subvolume:
+        value["subvolume"] = subvolume
+    how = f"{volume.fs}" + (f", LVM {volume.lv}" if volume.lv else "") + (f", btrfs {subvolume}" if subvolume else "")
+    facts.root = Fact(value, f"{volume.label} ({how}; root found by {found_by})")
+    boot = next(((v, t) for v, t, _ in opened if v is not volume and _is_boot(t)), None)
+    if boot is not None:
+        facts.boot = Fact({"partition": boot[0].part.number if boot[0].part else 0, "filesystem": boot[0].fs},
+                          f"{boot[0].label} holds kernels or a boot loader at its top: /boot")
+    found = dataclasses.replace(facts, unchecked=list(facts.unchecked))  # the only list it extends
     try:
-        with nbd.export(info.window(part), name) as disk:
-            found = dataclasses.replace(facts, unchecked=list(facts.unchecked))  # the only list it extends
-            _read_linux(ExtBlocks(disk.read, disk.size, name), label, found)
-    except nbd.NbdError as exc:
-        raise GuestInspectionError(str(exc)) from exc
-    except Unsupported as exc:
-        LOG.info("%s: %s: reading it with debugfs from a full copy", name, exc)
-        image = reader.extract(info, part, work / f"root{part.number if part else 0}.raw")
-        _read_linux(ExtTree(image, name), label, facts)
-        return
+        _read_linux(guest, volume.label, found, boot[1] if boot else None, boot[0].label if boot else "")
+    except Unsupported as exc:  # met on the way (an inline_data inode): start over with debugfs
+        if not volume.fs.startswith("ext") or volume.lv:
+            raise GuestInspectionError(f"{info.path}: {volume.label}: {exc}") from exc
+        LOG.info("%s: %s: %s: reading it with debugfs from a full copy", info.path, volume.label, exc)
+        image = reader.extract(info, volume.part, work / f"root{volume.part.number if volume.part else 0}.raw")
+        found = dataclasses.replace(facts, unchecked=list(facts.unchecked))
+        _read_linux(ExtTree(image, f"{info.path}: {volume.label}"), volume.label, found,
+                    boot[1] if boot else None, boot[0].label if boot else "")
     vars(facts).update(vars(found))
 
 
-def _read_linux(guest: tree.Tree, label: str, facts: GuestFacts) -> None:
+def _open(info: ImageInfo, volume: Volume, work: Path,
+          facts: GuestFacts) -> tuple[tree.Tree, str] | None:
+    """The volume's tree; ext that ext_blocks does not parse is read by debugfs from a full copy."""
+    try:
+        return READERS[volume.fs](volume.read, volume.size, f"{info.path}: {volume.label}")
+    except Unsupported as exc:
+        if volume.fs.startswith("ext") and not volume.lv:
+            LOG.info("%s: %s: %s: reading it with debugfs from a full copy", info.path, volume.label, exc)
+            image = reader.extract(info, volume.part, work / f"root{volume.part.number if volume.part else 0}.raw")
+            return ExtTree(image, f"{info.path}: {volume.label}"), ""
+        facts.unchecked.append(f"{volume.label} is {volume.fs} with {exc}: not read")
+        return None
+
+
+def _is_boot(guest: tree.Tree) -> bool:
+    names = guest.listdir("/") if guest.lstat("/") is not None else []
+    return any(n.startswith("vmlinuz-") for n in names) or any(n in ("grub", "grub2", "loader") for n in names) \
+        and "etc" not in names
+
+
+def _read_linux(guest: tree.Tree, label: str, facts: GuestFacts, boot: tree.Tree | None = None,
+                boot_label: str = "") -> None:
     _os_release(guest, label, facts)
     facts.init = _first_file(guest, INIT_PATHS, label)
     facts.guest_agent = _first_file(guest, AGENT_PATHS, label)
     if facts.architecture is None:
         facts.architecture = _elf_arch(guest, label)
-    facts.drivers = _drivers(guest, label)
+    facts.kernel = _kernel(guest, label, boot, boot_label)
+    facts.drivers = _drivers(guest, label, facts.kernel.value if facts.kernel else None)
+    facts.cloud_init = cloudinit.read_cloud_init(guest, label, boot, boot_label)
     if facts.drivers is None:
         facts.unchecked.append(f"{label}: no kernel module tree under /lib/modules; disk driver checks "
                                "not made")
@@ -182,12 +276,30 @@ def _elf_arch(guest: tree.Tree, label: str) -> Fact | None:
     return None
 
 
-def _drivers(guest: tree.Tree, label: str) -> Fact | None:
-    """Storage drivers of the newest kernel: built in (modules.builtin) or as a .ko module."""
+def _kernel(guest: tree.Tree, label: str, boot: tree.Tree | None, boot_label: str) -> Fact | None:
+    """The newest kernel in /boot (or the separate /boot) that has a module tree; else the
+    newest module tree (a guest booting a kernel from outside, e.g. lxc)."""
+    modules = tree.listdir(guest, "/lib/modules")
+    have = set(modules[1]) if modules else set()
+    for where, boot_tree, prefix in ((boot_label, boot, "/"), (label, guest, "/boot/")):
+        listing = tree.listdir(boot_tree, prefix) if boot_tree is not None else None
+        kernels = [n.removeprefix("vmlinuz-") for n in (listing[1] if listing else []) if n.startswith("vmlinuz-")]
+        usable = [k for k in kernels if k in have]
+        if usable:
+            newest = max(usable, key=_version_key)
+            return Fact(newest, f"{where} {prefix}vmlinuz-{newest}; modules in {label} /lib/modules/{newest}")
+    if have:
+        newest = max(have, key=_version_key)
+        return Fact(newest, f"{label} /lib/modules/{newest} (newest module tree; no matching kernel in /boot)")
+    return None
+
+
+def _drivers(guest: tree.Tree, label: str, kernel: str | None) -> Fact | None:
+    """Storage drivers of the kernel that boots: built in (modules.builtin) or as a .ko module."""
     listing = tree.listdir(guest, "/lib/modules")
-    if listing is None or not listing[1]:
+    if listing is None or not listing[1] or kernel is None:
         return None
-    base = f"{listing[0]}/{max(listing[1], key=_version_key)}"
+    base = f"{listing[0]}/{kernel}"
     have: dict[str, str] = {}
     builtin = tree.read(guest, f"{base}/modules.builtin", 1 << 20)
     if builtin:
@@ -216,8 +328,11 @@ def _read_ntfs(info: ImageInfo, part: Partition | None, work: Path, facts: Guest
                                "installation was not checked")
         return
     image = reader.extract(info, part, work / f"ntfs{part.number if part else 0}.raw")
-    found = ntfs.windows(image, f"{info.path}: {label}")
-    if found is not None and facts.os_type is None:
-        facts.os_type = found
-        facts.unchecked.append(f"{label}: Windows version not read (no registry reader); "
-                               "os_distro=windows without os_version")
+    volume = ntfs.NtfsTree(image, f"{info.path}: {label}")
+    found = windows.read_windows(volume, label, work)
+    if found is None or facts.os_type is not None:
+        return
+    facts.os_type = Fact("windows", found.version.evidence)
+    facts.windows = found.version
+    facts.windows_drivers = found.drivers
+    facts.cloudbase_init = windows.cloudbase_init(volume, label)
