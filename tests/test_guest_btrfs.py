@@ -97,6 +97,28 @@ def test_fedora_layout_through_a_qcow2_partition_window(fedora: tuple[Path, Path
         assert _walk(fs.tree(257), host / "home") == 2
 
 
+def test_a_default_subvolume_and_nested_subvolumes(fedora: tuple[Path, Path], tmp_path: Path) -> None:
+    """set-default writes the root tree's "default" entry; a subvolume inside a directory of
+    another has its path through that directory's INODE_REFs."""
+    image = tmp_path / "fs.raw"
+    subprocess.run(["cp", "--sparse=always", str(fedora[0]), str(image)], check=True)
+    with bf.mounted(image, tmp_path / "mnt", "subvolid=5") as mnt:
+        subprocess.run(["btrfs", "subvolume", "create", str(mnt / "home/fedora/nested")], check=True)
+        (mnt / "home/fedora/nested/deep").mkdir()
+        subprocess.run(["btrfs", "subvolume", "create", str(mnt / "home/fedora/nested/deep/er")], check=True)
+        subprocess.run(["btrfs", "subvolume", "set-default", "256", str(mnt)], check=True)
+    with nbd.export(qemu.Source(image, "raw"), "fs") as disk:
+        fs = Btrfs(disk.read, disk.size, "fs")
+        assert fs.subvolumes() == [Subvolume(256, "root"), Subvolume(257, "home"),
+                                   Subvolume(258, "home/fedora/nested"), Subvolume(259, "home/fedora/nested/deep/er")]
+        assert fs.default_subvolume() == 256
+        guest, evidence = root_tree(fs)
+        assert evidence == "default subvolume 256 (root) holds os-release"
+        assert guest.listdir("/") == fs.tree(256).listdir("/")
+        assert fs.tree(257).lstat("/fedora/nested") == tree.Node("dir")
+        assert fs.tree(258).listdir("/deep") == ["er"]
+
+
 def test_every_byte_matches_btrfs_restore(fedora: tuple[Path, Path], tmp_path: Path) -> None:
     image, host = fedora
     restored = bf.restore(image, 256, tmp_path / "restored")
@@ -116,9 +138,9 @@ def test_dump_tree_shows_the_compressed_extents_read(fedora: tuple[Path, Path]) 
         if key and key[2] == "INODE_REF":
             names[key[1]] = re.findall(r"name: (\S+)", item)[0]
         elif key and key[2] == "EXTENT_DATA":
-            kind, algorithm = re.search(r"type \d \((\w+)\)", item), re.search(r"compression \d \((\w+)\)", item)
+            kind, packed = re.search(r"type \d \((\w+)\)", item), re.search(r"compression \d \((\w+)\)", item)
             assert kind, item
-            extents.add((key[1], kind[1], algorithm[1] if algorithm else "none"))  # prealloc names none
+            extents.add((key[1], kind[1], packed[1] if packed else "none"))  # prealloc names none
     found = {(names[ino], kind, algorithm) for ino, kind, algorithm in extents}
     for algorithm in bf.ALGORITHMS:
         assert {("small.txt", "inline", algorithm), ("big.txt", "regular", algorithm)} <= found
@@ -190,7 +212,7 @@ def _first_extent(fs: Btrfs, path: str) -> tuple[int, int]:
     guest = fs.tree(256)
     entry = guest._lookup(path)
     assert entry is not None
-    key, item = next(guest.items((entry.ino, 108, 0), (entry.ino, 108, 0)))
+    _, item = next(guest.items((entry.ino, 108, 0), (entry.ino, 108, 0)))
     disk, disk_bytes = struct.unpack_from("<QQ", item, 21)
     return _physical(fs, disk), disk_bytes
 
@@ -200,7 +222,7 @@ def _lzo_bomb(disk_bytes: int) -> bytes:
     return struct.pack("<II", disk_bytes, len(segment)) + segment
 
 
-def _mutations(fs: Btrfs, image: Path) -> dict[str, tuple[int, bytes, str]]:
+def _mutations(fs: Btrfs) -> dict[str, tuple[int, bytes, str]]:
     """name: (offset, bytes written there, the error it must cause)."""
     subvol = fs.tree(256)
     root_node = _physical(fs, subvol.root[0])
@@ -234,13 +256,13 @@ def test_hostile_filesystems_are_corrupt_quickly(fedora: tuple[Path, Path], tmp_
     image = tmp_path / "fs.raw"
     subprocess.run(["cp", "--sparse=always", str(fedora[0]), str(image)], check=True)
     with nbd.export(qemu.Source(image, "raw"), "fs") as disk:
-        offset, data, message = _mutations(Btrfs(disk.read, disk.size, "fs"), image)[name]
+        offset, data, message = _mutations(Btrfs(disk.read, disk.size, "fs"))[name]
     _poke(image, offset, data)
     started = time.monotonic()
-    with nbd.export(qemu.Source(image, "raw"), "fs") as disk:
-        with pytest.raises(errors.GuestInspectionError, match=f"^fs: corrupt btrfs filesystem: .*{message}"):
-            fs = Btrfs(disk.read, disk.size, "fs")
-            _walk(root_tree(fs)[0], fedora[1] / "root")
+    with (nbd.export(qemu.Source(image, "raw"), "fs") as disk,
+          pytest.raises(errors.GuestInspectionError, match=f"^fs: corrupt btrfs filesystem: .*{message}")):
+        fs = Btrfs(disk.read, disk.size, "fs")
+        _walk(root_tree(fs)[0], fedora[1] / "root")
     assert time.monotonic() - started < 30
 
 

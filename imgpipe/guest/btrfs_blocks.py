@@ -14,6 +14,7 @@ ext_blocks.Unsupported.
 from __future__ import annotations
 
 import bisect
+import itertools
 import posixpath
 import struct
 import zlib
@@ -136,7 +137,7 @@ class Btrfs:
         self._cache: dict[int, _Node] = {}
         chunks = {c.logical: c for c in self._sys_chunks(sb[0x32B:0x32B + sys_array_size])}
         self._set_chunks(chunks)
-        for key, data in self._items((chunk_root, chunk_level), (_CHUNK_OWNER, _CHUNK_ITEM, 0),
+        for key, data in self.items((chunk_root, chunk_level), (_CHUNK_OWNER, _CHUNK_ITEM, 0),
                                      (_CHUNK_OWNER, _CHUNK_ITEM, _MAX_KEY)):
             chunks[key[2]] = self._chunk(key[2], data)
         self._set_chunks(chunks)
@@ -145,7 +146,7 @@ class Btrfs:
     def subvolumes(self) -> list[Subvolume]:
         """Every subvolume below the top level with its path, as `btrfs subvolume list` shows them."""
         parents: dict[int, tuple[int, int, str]] = {}
-        for key, data in self._items(self._root, (_FIRST_FREE, 0, 0), (_LAST_FREE, 255, _MAX_KEY)):
+        for key, data in self.items(self._root, (_FIRST_FREE, 0, 0), (_LAST_FREE, 255, _MAX_KEY)):
             if key[1] == _ROOT_BACKREF and key[0] not in parents:
                 dirid, name = self._root_ref(data)
                 parents[key[0]] = (key[2], dirid, name)
@@ -163,14 +164,14 @@ class Btrfs:
 
     def default_subvolume(self) -> int:
         """The subvolume a mount without subvol= shows: the root tree directory's "default" entry."""
-        for _, data in self._items(self._root, (_ROOT_TREE_DIR, _DIR_ITEM, 0), (_ROOT_TREE_DIR, _DIR_ITEM, _MAX_KEY)):
-            for name, location, _ in self._dir_items(data):
+        for _, data in self.items(self._root, (_ROOT_TREE_DIR, _DIR_ITEM, 0), (_ROOT_TREE_DIR, _DIR_ITEM, _MAX_KEY)):
+            for name, location, _ in self.dir_items(data):
                 if name == b"default":
                     return location[0]
         return TOP_LEVEL
 
     def tree(self, subvol: int) -> FsTree:
-        for _, data in self._items(self._root, (subvol, _ROOT_ITEM, 0), (subvol, _ROOT_ITEM, _MAX_KEY)):
+        for _, data in self.items(self._root, (subvol, _ROOT_ITEM, 0), (subvol, _ROOT_ITEM, _MAX_KEY)):
             if len(data) < 239:
                 raise self.corrupt(f"subvolume {subvol}'s root item is {len(data)} bytes")
             (dirid,) = struct.unpack_from("<Q", data, 168)
@@ -202,9 +203,6 @@ class Btrfs:
 
     def items(self, root: tuple[int, int], lo: Key, hi: Key) -> Iterator[tuple[Key, bytes]]:
         """(key, data) of every item lo <= key <= hi of the tree rooted at (logical, level)."""
-        return self._items(root, lo, hi)
-
-    def _items(self, root: tuple[int, int], lo: Key, hi: Key) -> Iterator[tuple[Key, bytes]]:
         budget = [_MAX_WALK_NODES]
         yield from self._walk(root[0], root[1], lo, hi, (0, 0, 0), None, budget)
 
@@ -268,7 +266,7 @@ class Btrfs:
                 raise self.corrupt(f"item {len(refs)} of tree node at {logical} lies outside the node")
             refs.append(start)
             sizes.append(size)
-        if any(a >= b for a, b in zip(keys, keys[1:])):
+        if any(a >= b for a, b in itertools.pairwise(keys)):
             raise self.corrupt(f"tree node at {logical} holds keys out of order")
         return _Node(level, keys, refs, sizes, raw)
 
@@ -304,7 +302,7 @@ class Btrfs:
     def _set_chunks(self, chunks: dict[int, _Chunk]) -> None:
         self._chunks = sorted(chunks.values(), key=lambda c: c.logical)
         self._starts = [c.logical for c in self._chunks]
-        for a, b in zip(self._chunks, self._chunks[1:]):
+        for a, b in itertools.pairwise(self._chunks):
             if a.logical + a.length > b.logical:
                 raise self.corrupt(f"chunks at {a.logical} and {b.logical} overlap")
 
@@ -331,7 +329,7 @@ class Btrfs:
             dirid = ref[0][2]
         return "/".join(reversed(names))
 
-    def _dir_items(self, data: bytes) -> Iterator[tuple[bytes, Key, int]]:
+    def dir_items(self, data: bytes) -> Iterator[tuple[bytes, Key, int]]:
         """(name, location key, file type) of the entries packed in one DIR_ITEM/DIR_INDEX item."""
         pos = 0
         while pos < len(data):
@@ -374,7 +372,7 @@ class FsTree:
             return []
         return [name.decode(errors="surrogateescape") for _, data in
                 self.items((entry.ino, _DIR_INDEX, 0), (entry.ino, _DIR_INDEX, _MAX_KEY))
-                for name, _, _ in self.fs._dir_items(data)]
+                for name, _, _ in self.fs.dir_items(data)]
 
     def items(self, lo: Key, hi: Key) -> Iterator[tuple[Key, bytes]]:
         return self.fs.items(self.root, lo, hi)
@@ -388,7 +386,7 @@ class FsTree:
             name = part.encode(errors="surrogateescape")
             found = None
             for _, data in self.items((entry.ino, _DIR_ITEM, name_hash(name)), (entry.ino, _DIR_ITEM, name_hash(name))):
-                found = next(((loc, kind) for n, loc, kind in self.fs._dir_items(data) if n == name), None)
+                found = next(((loc, kind) for n, loc, kind in self.fs.dir_items(data) if n == name), None)
             if found is None:
                 return None
             (ino, key_type, _), kind = found
@@ -407,6 +405,9 @@ class FsTree:
         out = bytearray(want)
         if not want:
             return b""
+        # partial overwrites leave extents that use a few KiB of 128 KiB inflated; more than
+        # that is a filesystem making a small read inflate without end
+        allowed = budget = 64 * want + 4 * _MAX_COMPRESSED
         for key, item in self.items((ino, _EXTENT_DATA, 0), (ino, _EXTENT_DATA, want - 1)):
             start = key[2]
             if len(item) < 21:
@@ -429,6 +430,9 @@ class FsTree:
                     if disk_bytes > _MAX_COMPRESSED or offset + count > ram:
                         raise self.fs.corrupt(f"inode {ino}: compressed extent at {start} claims {disk_bytes} "
                                               f"bytes on disk, {ram} in memory")
+                    budget -= ram
+                    if budget < 0:
+                        raise self.fs.corrupt(f"inode {ino}: reading {want} bytes inflates more than {allowed}")
                     plain = self._inflate(compression, self.fs.read_logical(disk, disk_bytes), ram, ino)
                     data = plain[offset:offset + count]
             else:

@@ -62,7 +62,7 @@ def decompress(data: bytes, limit: int) -> bytes:
     if first > 17:
         count = first - 17
         literals(count)
-        state = count if count < 4 else 4
+        state = min(count, 4)
     else:
         pos = 0
     while True:
