@@ -94,11 +94,11 @@ def listing(raw: Path, path: str) -> list[str]:
     return names
 
 
-def bmap_blocks(raw: Path, ino: int) -> list[tuple[int, int, int]]:
-    """(file block, filesystem block, count) of each data extent, per xfs_db bmap."""
+def bmap(raw: Path, ino: int) -> list[tuple[int, int, int, bool]]:
+    """(file block, filesystem block, count, unwritten) of each data extent, per xfs_db bmap."""
     found = []
     for line in db(raw, f"inode {ino}", "bmap").splitlines():
-        m = re.match(r"data offset (\d+) startblock (\d+) \(\d+/\d+\) count (\d+)", line)
+        m = re.match(r"data offset (\d+) startblock (\d+) \(\d+/\d+\) count (\d+) flag (\d)", line)
         if m:
-            found.append((int(m[1]), int(m[2]), int(m[3])))
+            found.append((int(m[1]), int(m[2]), int(m[3]), m[4] == "1"))
     return found

@@ -224,15 +224,15 @@ class XfsBlocks:
             raise self._corrupt(f"symlink inode {inode.number} claims {inode.size} bytes")
         if inode.format == _FMT_LOCAL or self.version == 4:
             return self._data(inode, inode.size)
-        per = self.block_size - _SYMLINK_HEADER  # v5 remote blocks start with a header
-        count = -(-inode.size // per)
-        raw = self._gather(self._map(inode, count), 0, count)
+        per = self.block_size - _SYMLINK_HEADER
+        count = -(-inode.size // per)  # the blocks the kernel gives a target this long
         target = b""
-        for at in range(0, len(raw), self.block_size):
-            magic, _, length = struct.unpack_from(">4sII", raw, at)
-            if magic != _SYMLINK_MAGIC or length > per:
+        for extent in self._map(inode, count):  # v5: one header per extent, read as one buffer
+            raw = self._blocks(extent.block, min(extent.count, count - extent.offset))
+            magic, _, length = struct.unpack_from(">4sII", raw)
+            if extent.unwritten or magic != _SYMLINK_MAGIC or length > len(raw) - _SYMLINK_HEADER:
                 raise self._corrupt(f"symlink inode {inode.number}: bad remote block")
-            target += raw[at + _SYMLINK_HEADER:at + _SYMLINK_HEADER + length]
+            target += raw[_SYMLINK_HEADER:_SYMLINK_HEADER + length]
         if len(target) != inode.size:
             raise self._corrupt(f"symlink inode {inode.number}: {len(target)} of {inode.size} bytes")
         return target
@@ -260,23 +260,22 @@ class XfsBlocks:
 
     def _map(self, inode: Inode, want: int) -> list[Extent]:
         """The data fork's extents that start below file block `want`, checked and in order."""
+        found: list[Extent] = []
         if inode.format == _FMT_EXTENTS:
             if inode.extents * 16 > len(inode.fork):
                 raise self._corrupt(f"inode {inode.number} claims {inode.extents} extents "
                                     f"in a {len(inode.fork)}-byte fork")
             found = [self._extent(inode.fork, 16 * i, inode.number) for i in range(inode.extents)]
-            self._check_order(found, inode.number)
-            return [e for e in found if e.offset < want]
-        if inode.format != _FMT_BTREE:
+        elif inode.format == _FMT_BTREE:
+            level, records = struct.unpack_from(">HH", inode.fork)
+            most = (len(inode.fork) - 4) // 16
+            if not 1 <= level <= MAX_BMBT_LEVELS or not 1 <= records <= most:
+                raise self._corrupt(f"inode {inode.number}: bmap btree root of level {level} with {records} records")
+            keys = struct.unpack_from(f">{records}Q", inode.fork, 4)
+            pointers = struct.unpack_from(f">{records}Q", inode.fork, 4 + 8 * most)
+            self._walk(inode, keys, pointers, level - 1, want, found, set())
+        else:
             raise self._corrupt(f"inode {inode.number} has data fork format {inode.format}")
-        level, records = struct.unpack_from(">HH", inode.fork)
-        most = (len(inode.fork) - 4) // 16
-        if not 1 <= level <= MAX_BMBT_LEVELS or not 1 <= records <= most:
-            raise self._corrupt(f"inode {inode.number}: bmap btree root of level {level} with {records} records")
-        keys = struct.unpack_from(f">{records}Q", inode.fork, 4)
-        pointers = struct.unpack_from(f">{records}Q", inode.fork, 4 + 8 * most)
-        found: list[Extent] = []
-        self._walk(inode, keys, pointers, level - 1, want, found, set())
         self._check_order(found, inode.number)
         return [e for e in found if e.offset < want]
 
