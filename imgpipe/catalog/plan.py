@@ -131,9 +131,8 @@ def look(seen: Survey, images: list[Image]) -> None:
     seen.states = {}
     for name, cloud in list(seen.clouds.items()):
         try:
-            for image in images:
-                if name in image.clouds:
-                    seen.states.setdefault(image.name, {})[name] = rotation.owned(cloud, image)
+            for image, mine in rotation.owned(cloud, [i for i in images if name in i.clouds]).items():
+                seen.states.setdefault(image, {})[name] = mine
         except ImgpipeError as exc:
             seen.failures.append(str(exc))  # names the cloud
             del seen.clouds[name]

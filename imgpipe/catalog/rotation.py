@@ -45,15 +45,21 @@ class Action:
         return asdict(self)
 
 
-def owned(cloud: Cloud, image: Image) -> list[dict[str, Any]]:
-    """This catalog image's images on one cloud, hidden ones included (Glance omits them unless
-    asked), and in-progress ones: under the cloud lock those are leftovers of a run that died."""
+def owned(cloud: Cloud, images: list[Image]) -> dict[str, list[dict[str, Any]]]:
+    """Each catalog image's images on one cloud, hidden ones included (Glance omits them unless
+    asked), and in-progress ones: under the cloud lock those are leftovers of a run that died.
+
+    Glance filters custom properties on one exact value only, so the cloud is listed once per
+    profile (twice: visible, hidden) and the images are told apart here: the cost of a look
+    does not grow with the number of catalog images.
+    """
     found: dict[str, dict[str, Any]] = {}
-    for extra in ({}, {"os_hidden": "true"}):
-        listed = cloud.call(f"list images of {image.name}",
-                            functools.partial(glance.list_images, cloud, {IMAGE_KEY: image.name, **extra}))
-        found.update((i["id"], i) for i in listed)
-    return [i for i in found.values() if _is_ours(i, image)]
+    for profile in sorted({p for image in images for p in image.profiles}):
+        for extra in ({}, {"os_hidden": "true"}):
+            listed = cloud.call(f"list images of profile {profile}",
+                                functools.partial(glance.list_images, cloud, {PROFILE_KEY: profile, **extra}))
+            found.update((i["id"], i) for i in listed)
+    return {image.name: [i for i in found.values() if _is_ours(i, image)] for image in images}
 
 
 def _is_ours(found: dict[str, Any], image: Image) -> bool:
