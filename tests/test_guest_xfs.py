@@ -29,6 +29,7 @@ LONG_TARGET = "usr/share/" + "a-long-directory-name/" * 44 + "target"  # 984 byt
 FS_SIZE = 512 << 20  # mkfs.xfs wants 300 MB; the file stays sparse
 VARIANTS = {  # mkfs options, and the fork format mkfs -p gives the 3000-entry directory
     "v5": ((), "btree"),
+    "v5-nrext64": (("-i", "nrext64=1"), "btree"),  # 64-bit extent counters in files the kernel writes
     "v5-2k-blocks-1k-inodes-8k-dirs": (("-b", "size=2048", "-i", "size=1024", "-n", "size=8192"), "extents"),
     "v4": (("-m", "crc=0"), "btree"),
     "v4-no-ftype": (("-m", "crc=0", "-n", "ftype=0"), "btree"),
@@ -167,7 +168,9 @@ def test_every_entry_and_byte_matches_the_source_tree(tmp_path: Path, options: t
     assert xf.fork_format(raw, xf.inode_number(raw, "/bin")) == xf.FORMATS["local"]
     assert xf.fork_format(raw, xf.inode_number(raw, "/slow")) == xf.FORMATS["extents"]  # a remote symlink
     if v5:
-        assert xf.fork_format(raw, xf.inode_number(raw, "/usr/fragmented.bin")) == xf.FORMATS["btree"]
+        fragmented = xf.inode_number(raw, "/usr/fragmented.bin")
+        assert xf.fork_format(raw, fragmented) == xf.FORMATS["btree"]
+        assert xf.field(raw, fragmented, "v3.nrext64") == ("1" if "nrext64=1" in options else "0")
         assert any(unwritten for *_, unwritten in xf.bmap(raw, xf.inode_number(raw, "/usr/unwritten.bin")))
     with _window(_partitioned_qcow2(raw, tmp_path / "disk.qcow2")) as guest:
         assert _walk(guest, host) >= 3000 + 200 + 40 + 10
@@ -237,6 +240,12 @@ def test_a_directory_block_beyond_the_end_is_corrupt(plain: Path) -> None:
     ino = xf.inode_number(plain, "/usr/share/medium")
     xf.db(plain, f"inode {ino}", "write u3.bmx[0].startblock 4000000000", expert=True)
     _fails(plain, lambda guest: guest.listdir("/usr/share/medium"), "block 4000000000 is outside the filesystem")
+
+
+def test_a_directory_over_the_size_bound_is_corrupt(plain: Path) -> None:
+    ino = xf.inode_number(plain, "/usr/share/crowded")
+    xf.db(plain, f"inode {ino}", f"write core.size {1 << 40}", expert=True)
+    _fails(plain, lambda guest: guest.lstat("/usr/share/crowded/x"), f"directory inode {ino} claims {1 << 40} bytes")
 
 
 def test_an_absurd_extent_count_is_corrupt(plain: Path) -> None:
