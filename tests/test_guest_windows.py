@@ -131,9 +131,10 @@ def test_version_and_drivers_match_what_was_written(guests: dict[str, Path], nam
     found = windows.read_windows(guest, LABEL, tmp_path)
     assert found is not None
     assert found.version.value == {
-        "product_name": w.product_name, "edition_id": w.edition_id, "installation_type": w.installation_type,
-        "build": int(w.build), "ubr": w.ubr, "major": 6 if w.legacy_version else 10,
-        "minor": 3 if w.legacy_version else 0, "display_version": w.display_version, "release_id": w.release_id}
+        "ProductName": w.product_name, "EditionID": w.edition_id, "InstallationType": w.installation_type,
+        "CurrentBuildNumber": int(w.build), "UBR": w.ubr, "CurrentMajorVersionNumber": 6 if w.legacy_version else 10,
+        "CurrentMinorVersionNumber": 3 if w.legacy_version else 0, "DisplayVersion": w.display_version,
+        "ReleaseId": w.release_id}
     config = "/Windows/System32/config"  # as asked: 2016's is stored as WINDOWS/system32/CONFIG
     assert found.version.evidence == f"{LABEL} {config}/SOFTWARE \\Microsoft\\Windows NT\\CurrentVersion"
     assert found.drivers.evidence == f"{LABEL} {config}/SYSTEM \\ControlSet00{w.current}\\Services"
@@ -143,8 +144,8 @@ def test_version_and_drivers_match_what_was_written(guests: dict[str, Path], nam
     assert list(tmp_path.iterdir()) == []  # the hive copies are gone
     software = guest.read(f"{config}/SOFTWARE", windows.HIVE_LIMIT)
     version = r"\Microsoft\Windows NT\CurrentVersion"
-    assert hivexget(software, tmp_path, version, "ProductName") == found.version.value["product_name"]
-    assert hivexget(software, tmp_path, version, "CurrentBuildNumber") == str(found.version.value["build"])
+    assert hivexget(software, tmp_path, version, "ProductName") == found.version.value["ProductName"]
+    assert hivexget(software, tmp_path, version, "CurrentBuildNumber") == str(found.version.value["CurrentBuildNumber"])
 
 
 def test_server_2022_has_virtio_and_a_disabled_vioscsi(guests: dict[str, Path]) -> None:
@@ -265,7 +266,7 @@ def test_two_gib_volume_inspection_cost(tmp_path: Path) -> None:
     script = ("import sys, time\nfrom pathlib import Path\nfrom imgpipe.guest import windows\n"
               "from imgpipe.guest.ntfs import NtfsTree\nt = time.monotonic()\n"
               "f = windows.read_windows(NtfsTree(Path(sys.argv[1]), 'p'), 'p', Path(sys.argv[2]))\n"
-              "assert f is not None and f.version.value['build'] == 20348\n"
+              "assert f is not None and f.version.value['CurrentBuildNumber'] == 20348\n"
               # VmHWM, not ru_maxrss: Linux carries the forking pytest's peak across exec into ru_maxrss
               "peak = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]\n"
               "print(f'{time.monotonic() - t:.2f} s, peak RSS {int(peak) >> 10} MiB')\n")

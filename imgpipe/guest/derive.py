@@ -2,18 +2,64 @@
 
 from __future__ import annotations
 
-from imgpipe.guest import osinfo
+from dataclasses import dataclass
+
+from imgpipe.guest import cloudinit, osinfo
 from imgpipe.guest.facts import Fact, GuestFacts
 from imgpipe.profiles import Profile
 
 QEMU_HYPERVISORS = ("kvm", "qemu")
 
 
+@dataclass(frozen=True)
+class Controller:
+    value: str  # the property's value, as nova documents it
+    linux: str  # the guest kernel module that drives it
+    windows: str  # the Windows service that drives it ("" : Windows has it inbox)
+
+
+# hypervisor_type -> (property, its controllers; the first is what the target uses when the
+# property is unset). Where the guest lacks the driver of the profile's controller but has one
+# of another, the one it can boot from is derived.
+CONTROLLERS: dict[str, tuple[str, tuple[Controller, ...]]] = {
+    "vmware": ("vmware_adaptertype", (Controller("lsiLogic", "mptspi", "LSI_SCSI"),
+                                      Controller("paraVirtual", "vmw_pvscsi", "pvscsi"),
+                                      Controller("lsiLogicsas", "mptsas", "LSI_SAS"))),
+    "kvm": ("hw_disk_bus", (Controller("virtio", "virtio_blk", "viostor"), Controller("sata", "ahci", ""))),
+    "qemu": ("hw_disk_bus", (Controller("virtio", "virtio_blk", "viostor"), Controller("sata", "ahci", ""))),
+}
+# A Windows guest without netkvm has no driver for nova's default virtio NIC on kvm/qemu;
+# e1000 it drives inbox.
+WINDOWS_NIC = ("hw_vif_model", "netkvm", "e1000")
+# Derived values that replace the profile's own (a controller the guest can boot from beats the
+# profile's default); what the user gives still wins over them (pipeline.prepared).
+OVER_PROFILE = frozenset({"vmware_adaptertype", "hw_disk_bus", "hw_vif_model"})
+
+
+def hypervisor_of(profile: Profile) -> str:
+    """nova's hypervisor for the profile: its hypervisor_type, or ironic for a whole-disk image."""
+    hypervisor = profile.properties.get("hypervisor_type", "").lower()
+    if not hypervisor and profile.properties.get("img_type") in ("whole-disk", "partition"):
+        return "ironic"
+    return hypervisor
+
+
+def drivers_of(facts: GuestFacts) -> tuple[set[str], str] | None:
+    """The storage/network drivers the guest has (Windows: enabled services), and where that was
+    read; None when it could not be read."""
+    if facts.windows_drivers is not None:
+        return ({name for name, d in facts.windows_drivers.value.items() if d.get("enabled")},
+                facts.windows_drivers.evidence)
+    if facts.drivers is not None:
+        return set(facts.drivers.value), facts.drivers.evidence
+    return None
+
+
 def properties(facts: GuestFacts, profile: Profile) -> dict[str, Fact]:
     """Derived properties; the caller lets profile and user properties override them."""
-    if profile.package == "docker-archive":
+    if not profile.converts:
         return {}
-    hypervisor = profile.properties.get("hypervisor_type", "").lower()
+    hypervisor = hypervisor_of(profile)
     derived: dict[str, Fact] = {}
     if profile.extract != "root-partition" and facts.uefi and facts.bios is None:
         derived["hw_firmware_type"] = Fact("uefi", "boots only with UEFI: "
@@ -28,9 +74,62 @@ def properties(facts: GuestFacts, profile: Profile) -> dict[str, Fact]:
     elif facts.os_release:
         derived.update(_os_distro(facts.os_release))
     elif windows:
-        derived["os_distro"] = Fact("windows", windows.evidence)
+        derived.update(_windows_distro(facts, windows))
     if hypervisor in QEMU_HYPERVISORS and facts.guest_agent:
         derived["hw_qemu_guest_agent"] = Fact("yes", facts.guest_agent.evidence)
+    derived.update(controllers(facts, profile, hypervisor))
+    derived.update(metadata(facts, hypervisor).derived)
+    return derived
+
+
+def controllers(facts: GuestFacts, profile: Profile, hypervisor: str) -> dict[str, Fact]:
+    """The disk controller (and Windows NIC) the guest has drivers for, where the profile's has none."""
+    have = drivers_of(facts)
+    if have is None or hypervisor not in CONTROLLERS:
+        return {}
+    names, evidence = have
+    windows = facts.windows_drivers is not None
+    key, choices = CONTROLLERS[hypervisor]
+    derived: dict[str, Fact] = {}
+    current = profile.properties.get(key, choices[0].value)
+    wanted = next((c for c in choices if c.value.lower() == current.lower()), None)
+    if wanted is not None and not _drives(wanted, names, windows):
+        usable = next((c for c in choices if _drives(c, names, windows)), None)
+        if usable is not None:
+            driver = usable.windows if windows else usable.linux
+            derived[key] = Fact(usable.value, f"the guest has no {wanted.windows if windows else wanted.linux} for "
+                                f"{key}={wanted.value}, but has {driver or 'an inbox driver'} ({evidence})")
+    nic_key, nic_driver, nic_fallback = WINDOWS_NIC
+    if windows and hypervisor in QEMU_HYPERVISORS and nic_key not in profile.properties and nic_driver not in names:
+        derived[nic_key] = Fact(nic_fallback, f"no {nic_driver} (virtio NIC driver) in the guest's services "
+                                f"({evidence})")
+    return derived
+
+
+def _drives(controller: Controller, names: set[str], windows: bool) -> bool:
+    driver = controller.windows if windows else controller.linux
+    return not driver or driver in names
+
+
+def metadata(facts: GuestFacts, hypervisor: str) -> cloudinit.Outcome:
+    """Whether cloud-init (cloudbase-init) reaches this target's metadata; img_config_drive when
+    only a config drive does. Targets nova no longer drives (xen, uml) are not judged."""
+    if hypervisor not in cloudinit.METADATA_PATHS:
+        return cloudinit.Outcome()
+    if facts.cloud_init is not None:
+        return cloudinit.verdict(facts.cloud_init, hypervisor)
+    if facts.windows is not None:
+        return cloudinit.cloudbase_verdict(facts.cloudbase_init, hypervisor)
+    return cloudinit.Outcome()
+
+
+def _windows_distro(facts: GuestFacts, windows: Fact) -> dict[str, Fact]:
+    derived = {"os_distro": Fact("windows", windows.evidence)}
+    if facts.windows is not None:
+        version, _ = osinfo.windows_properties(facts.windows.value)
+        if version:
+            derived["os_version"] = Fact(version, f"{facts.windows.evidence} (CurrentMajorVersionNumber, "
+                                         "CurrentMinorVersionNumber)")
     return derived
 
 
@@ -42,10 +141,15 @@ def _os_distro(os_release: Fact) -> dict[str, Fact]:
 
 
 def _vmware(facts: GuestFacts, windows: Fact | None) -> dict[str, Fact]:
+    if windows and facts.windows is not None:
+        _, guest_id = osinfo.windows_properties(facts.windows.value)
+        v = facts.windows.value
+        return {"vmware_ostype": Fact(guest_id, f"{facts.windows.evidence} (CurrentBuildNumber="
+                                      f"{v.get('CurrentBuildNumber')}, InstallationType={v.get('InstallationType')})")}
     if windows:
         return {"vmware_ostype": Fact(osinfo.WINDOWS_VMWARE, f"{windows.evidence} (Windows, version not read)")}
     if facts.os_release:
-        got = osinfo.vmware_guest_id(facts.os_release.value)
+        got = osinfo.vmware_guest_id(facts.os_release.value, facts.kernel.value if facts.kernel else "")
         return {"vmware_ostype": Fact(got.value, f"{facts.os_release.evidence} ({got.why})")}
     return {}
 

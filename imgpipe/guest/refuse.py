@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgpipe.guest import derive
 from imgpipe.guest.facts import GuestFacts
 from imgpipe.profiles import Profile
 
@@ -16,6 +17,13 @@ BUS_DRIVERS = {("vmware_adaptertype", "paravirtual"): "vmw_pvscsi",
                ("hw_disk_bus", "virtio"): "virtio_blk",
                ("hw_scsi_model", "virtio-scsi"): "virtio_scsi",
                ("hypervisor_type", "hyperv"): "hv_storvsc"}
+# The same, for a Windows guest: its driver services in the SYSTEM hive.
+WINDOWS_BUS_DRIVERS = {("vmware_adaptertype", "paravirtual"): "pvscsi",
+                       ("vmware_adaptertype", "lsilogic"): "LSI_SCSI",
+                       ("vmware_adaptertype", "lsilogicsas"): "LSI_SAS",
+                       ("hw_disk_bus", "virtio"): "viostor",
+                       ("hw_scsi_model", "virtio-scsi"): "vioscsi",
+                       ("hypervisor_type", "hyperv"): "storvsc"}
 
 
 @dataclass
@@ -27,7 +35,7 @@ class Verdict:
 def check(src: Path, facts: GuestFacts, profile: Profile, properties: dict[str, str]) -> Verdict:
     """Refusals (one line each, with what to do instead) and checks that could not be made."""
     verdict = Verdict()
-    if profile.package == "docker-archive":
+    if not profile.converts:
         return verdict
     name = f"{src.name}: profile {profile.name}"
     if profile.extract == "root-partition":
@@ -35,6 +43,7 @@ def check(src: Path, facts: GuestFacts, profile: Profile, properties: dict[str, 
     else:
         _firmware(name, facts, properties, verdict)
     _drivers(name, facts, properties, verdict)
+    _metadata(name, facts, profile, verdict)
     return verdict
 
 
@@ -62,14 +71,26 @@ def _root(name: str, facts: GuestFacts, verdict: Verdict) -> None:
 
 
 def _drivers(name: str, facts: GuestFacts, props: dict[str, str], verdict: Verdict) -> None:
-    needed = [(k, v, d) for (k, v), d in BUS_DRIVERS.items() if props.get(k, "").lower() == v]
+    table = WINDOWS_BUS_DRIVERS if facts.windows_drivers is not None else BUS_DRIVERS
+    needed = [(k, v, d) for (k, v), d in table.items() if props.get(k, "").lower() == v]
     if not needed:
         return
-    if facts.drivers is None:
+    have = derive.drivers_of(facts)
+    if have is None:
         verdict.warnings.append(f"{name}: no guest kernel modules found; cannot check the "
                                 f"{', '.join(d for _, _, d in needed)} driver")
         return
+    names, evidence = have
     for key, value, driver in needed:
-        if driver not in facts.drivers.value:
+        if driver not in names:
             verdict.refusals.append(f"{name} needs the {driver} driver for {key}={props[key]}, but the "
-                                    f"guest kernel lacks it ({facts.drivers.evidence}); {OVERRIDE}")
+                                    f"guest lacks it ({evidence}); {OVERRIDE}")
+
+
+def _metadata(name: str, facts: GuestFacts, profile: Profile, verdict: Verdict) -> None:
+    """An image whose cloud-init never asks OpenStack boots without its SSH key."""
+    outcome = derive.metadata(facts, derive.hypervisor_of(profile))
+    if outcome.refusal:
+        verdict.refusals.append(f"{name}: {outcome.refusal}; {OVERRIDE}")
+    if outcome.warning:
+        verdict.warnings.append(f"{name}: {outcome.warning}")

@@ -43,7 +43,8 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class WindowsFacts:
-    version: Fact  # product_name, edition_id, installation_type, build, ubr, major, minor, display_version, release_id
+    # Named as in the registry (the major/minor of an older CurrentVersion "6.3" as the newer DWORDs).
+    version: Fact
     drivers: Fact  # service name -> {"start": 0-4, "enabled": start < 4, "image_path": str | None}
 
 
@@ -103,10 +104,11 @@ def _version(hive: _Hive) -> Fact:
     if major is None and text["CurrentVersion"]:  # before Windows 10 / Server 2016: "6.3"
         parts = text["CurrentVersion"].split(".")
         major, minor = _number(parts[0]), _number(parts[1]) if len(parts) > 1 else None
-    version = {"product_name": text["ProductName"], "edition_id": text["EditionID"],
-               "installation_type": text["InstallationType"], "build": _number(build),
-               "ubr": _dword(found.get("UBR")), "major": major, "minor": minor,
-               "display_version": text["DisplayVersion"], "release_id": text["ReleaseId"]}
+    version = {"ProductName": text["ProductName"], "EditionID": text["EditionID"],
+               "InstallationType": text["InstallationType"], "CurrentBuildNumber": _number(build),
+               "UBR": _dword(found.get("UBR")), "CurrentMajorVersionNumber": major,
+               "CurrentMinorVersionNumber": minor, "DisplayVersion": text["DisplayVersion"],
+               "ReleaseId": text["ReleaseId"]}
     return Fact(version, f"{hive.where} {CURRENT_VERSION}")
 
 

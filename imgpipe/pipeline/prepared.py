@@ -63,9 +63,11 @@ class PreparedSource:
         return self._derived[profile.name]
 
     def properties_for(self, profile: Profile, given: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The one precedence rule: what the guest says, under the profile, under what the user gave."""
+        """The one precedence rule: what the guest says, under the profile, under what the user gave;
+        except that a controller the guest can boot from replaces the profile's default one."""
         derived = {k: str(f.value) for k, f in self.derived(profile).items()}
-        return {**derived, **profile.properties, **(given or {})}
+        over = {k: v for k, v in derived.items() if k in derive.OVER_PROFILE}
+        return {**derived, **profile.properties, **over, **(given or {})}
 
     @property
     def root_partition(self) -> int | None:
