@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,17 @@ def mounted(image: Path) -> Iterator[Path]:
         try:
             yield Path(mnt)
         finally:
-            subprocess.run(["fusermount", "-u", mnt], check=True, capture_output=True)
+            _unmount(mnt)
+
+
+def _unmount(mnt: str) -> None:
+    """fusermount -u, retried: it fails with EBUSY while ntfs-3g still flushes a large write."""
+    for _ in range(20):
+        done = subprocess.run(["fusermount", "-u", mnt], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"fusermount -u {mnt}: {done.stderr.strip()}")
 
 
 def ntfs_volume(image: Path, files: dict[str, bytes], size: int = 64 << 20) -> Path:
