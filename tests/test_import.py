@@ -219,7 +219,7 @@ def test_times_put_vs_glance_direct_vs_web_download(multi: clouds.Cloud, web, sa
 
 
 def test_catalog_plan_shows_a_missing_store_as_copy(multi: clouds.Cloud, sample_qcow2: Path, tmp_path: Path) -> None:
-    from imgpipe.catalog import model, plan, sync
+    from imgpipe.catalog import metrics, model, plan, sync
 
     sha = sha256_file(sample_qcow2)
     path = tmp_path / "catalog.yaml"
@@ -236,8 +236,94 @@ def test_catalog_plan_shows_a_missing_store_as_copy(multi: clouds.Cloud, sample_
     actions, failures = plan.preview(catalog, lambda name: clouds.connect(name), rotate=False)
     assert failures == []
     assert [(a.action, a.stores, a.image_id) for a in actions] == [("copy", ["slow"], first.image_id)]
-    seen = plan.Survey(clouds={"multi": multi})
-    report = sync.SyncReport(str(path), None)
-    done = sync._copy(actions[0], seen, sync.SyncOptions(profiles=profiles.load_all(), cache_dir=tmp_path), report)
-    assert done.action == "copied" and report.failures == []
+    stale = plan.Survey(clouds={"multi": multi}, states={"cat": {"multi": [glance_api.get_image(multi, first.image_id)]}})
+    synced = sync.run(catalog, path, lambda name: clouds.connect(name),
+                      sync.SyncOptions(profiles=profiles.load_all(), cache_dir=tmp_path / "cache"))
+    assert synced.failures == []
+    assert [(a.action, a.image_id) for a in synced.images] == [("copied", first.image_id)]
+    assert synced.to_dict()["summary"]["copied"] == 1
     assert _stores(glance_api.get_image(multi, first.image_id)) == {"fast", "slow"}
+    metrics.write(tmp_path / "sync.prom", synced)
+    assert 'imgpipe_catalog_copied_images{catalog="catalog.yaml",shard="all"} 1.0' in \
+        (tmp_path / "sync.prom").read_text()
+    report = sync.SyncReport(str(path), None)
+    fresh = plan.Survey(clouds={"multi": multi}, states={"cat": {"multi": [glance_api.get_image(multi, first.image_id)]}})
+    assert sync._copy(actions[0], entry, fresh, report).action == "unchanged"  # nothing left to copy
+    assert sync._copy(actions[0], entry, stale, report).action == "unchanged"  # the image has it by now
+    assert report.failures == []
+
+
+def test_publish_completes_a_missing_store_of_an_unchanged_image(multi: clouds.Cloud, sample_qcow2: Path,
+                                                                 tmp_path: Path) -> None:
+    from imgpipe.conversion.convert import Options
+    from imgpipe.pipeline.publish import PublishRequest, publish
+
+    def run(*stores: str) -> list[tuple[str, str, list[str]]]:
+        req = PublishRequest(source=sample_qcow2, profiles=profiles.select(["kvm"], profiles.load_all()),
+                             name="pub-stores", placement=Placement(stores=stores))
+        return [(r.status, r.image_id, r.stores) for r in publish(req, [multi], Options(out_dir=tmp_path)).results]
+
+    [(status, image_id, stores)] = run("fast")
+    assert (status, stores) == ("created", ["fast"])
+    assert run("fast", "slow") == [("copied", image_id, ["fast", "slow"])]
+    assert _stores(glance_api.get_image(multi, image_id)) == {"fast", "slow"}
+    assert run("fast", "slow") == [("unchanged", image_id, ["fast", "slow"])]
+
+
+def _info_reads(log: Path, offset: int) -> list[str]:
+    time.sleep(1.0)  # gunicorn writes a request's line just after its response
+    with log.open("rb") as f:
+        f.seek(offset)
+        lines = f.read().decode(errors="replace").splitlines()
+    return [line.split('"')[1].split()[1] for line in lines if '"GET /v2/info/' in line]
+
+
+def test_stores_are_discovered_once_per_run_and_only_what_upload_needs(multistore, multi: clouds.Cloud,
+                                                                        sample_qcow2: Path) -> None:
+    """Two uploads into stores on one Cloud: one GET /v2/info/stores and one /v2/info/import, never
+    the store details or the quota, which only doctor shows."""
+    log = multistore.logs["glance"]
+    before = log.stat().st_size
+    for name in ("once-a", "once-b"):
+        upload(multi, _req(sample_qcow2, name, force=True, placement=Placement(stores=("fast", "slow"))))
+    assert sorted(_info_reads(log, before)) == ["/v2/info/import", "/v2/info/stores"]
+
+
+def test_plan_asks_a_failing_discovery_once_per_cloud(multistore, multi: clouds.Cloud, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """--all-stores on a cloud whose /v2/info/stores fails: one retried read and one failure for
+    the whole plan, not one per image and profile."""
+    import subprocess
+
+    from imgpipe.catalog import model, plan
+
+    tiny = tmp_path / "tiny.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tiny), "64M"], check=True)
+    sha = sha256_file(tiny)
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump({
+        "clouds": {"proxied": {"all_stores": True}},
+        "images": [{"name": f"fail{n}", "profiles": ["kvm", "qemu"], "clouds": ["proxied"],
+                    "versions": [{"version": "1", "source": str(tiny), "sha256": sha}]} for n in range(3)]}))
+    catalog = model.load(path, profiles.load_all())
+    for image in catalog.images:
+        for profile in image.profiles:
+            req = _req(tiny, image.image_name(profile, "1"), profile, placement=Placement(stores=("fast",)))
+            req.properties.update({model.IMAGE_KEY: image.name, model.VERSION_KEY: "1"})
+            upload(multi, req)
+    port = int(multistore.glance_url.rsplit(":", 1)[1])
+    fp = FaultProxy(("127.0.0.1", port), [Fault(r"^GET /v2/info/stores", "503", times=1000)])
+    data = yaml.safe_load(Path(multistore.clouds_yaml).read_text())
+    data["clouds"]["proxied"] = {"auth_type": "none", "auth": {"endpoint": fp.url},
+                                 "image_endpoint_override": fp.url, "region_name": "RegionOne"}
+    config = tmp_path / "clouds.yaml"
+    config.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    quick = RetryLimits(attempts=2, initial=0.05, maximum=0.1)
+    try:
+        actions, failures = plan.preview(catalog, lambda name: clouds.connect(name, limits=quick), rotate=False)
+    finally:
+        fp.close()
+    assert [r for r in fp.requests if "/v2/info/stores" in r] == ["GET /v2/info/stores"] * 2
+    assert len(failures) == 1 and "GET /v2/info/stores: gave up after 2 attempts" in failures[0]
+    assert sorted(a.action for a in actions) == ["unchanged"] * 6

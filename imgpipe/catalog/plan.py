@@ -182,9 +182,10 @@ def _missing_stores(seen: Survey, image: Image, cloud: str, found: dict[str, Any
     asked = seen.placement(image, cloud)
     if asked.all_stores:
         try:
-            wanted = discovery.facts(seen.clouds[cloud]).store_ids
-        except ImgpipeError as exc:
-            seen.failures.append(str(exc))
+            wanted = [s.id for s in discovery.stores(seen.clouds[cloud])]
+        except ImgpipeError as exc:  # asked once per cloud and run, so reported once
+            if str(exc) not in seen.failures:
+                seen.failures.append(str(exc))
             return []
     else:
         wanted = list(asked.stores)

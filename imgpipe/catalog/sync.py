@@ -27,7 +27,7 @@ from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image
 from imgpipe.conversion.convert import Options
 from imgpipe.errors import ImgpipeError
 from imgpipe.profiles import Profile
-from imgpipe.cloud import glance, image_import
+from imgpipe.cloud import image_import
 from imgpipe.pipeline.publish import PublishRequest, publish
 from imgpipe.retry import DEFAULT_LIMITS, RetryLimits
 from imgpipe.catalog.rotation import Action
@@ -56,7 +56,7 @@ class SyncOptions:
 class SyncReport:
     catalog: str
     shard: str | None = None
-    images: list[Action] = field(default_factory=list)  # created / unchanged / failed
+    images: list[Action] = field(default_factory=list)  # created / copied / unchanged / failed
     changes: list[Action] = field(default_factory=list)  # discard, unhide, hide, deactivate, delete
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -73,7 +73,7 @@ class SyncReport:
         counts = self.counts()
         return {
             "catalog": self.catalog, "shard": self.shard, "seconds": round(self.seconds, 3),
-            "summary": {"created": counts["created"], "unchanged": counts["unchanged"],
+            "summary": {"created": counts["created"], "copied": counts["copied"], "unchanged": counts["unchanged"],
                         "failed": counts["failed"], "uploaded_bytes": self.uploaded_bytes,
                         "changed": dict(self.changed()), "errors": len(self.failures)},
             "images": [a.to_dict() for a in self.images],
@@ -95,7 +95,8 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
         actions = plan(work.todo, seen, rotate=[])
         report.failures += seen.failures  # after plan(): it records clouds whose stores it cannot read
         report.images = [a for a in actions if a.action == "unchanged"]
-        report.images += [_copy(a, seen, opts, report) for a in actions if a.action == "copy"]
+        images = {i.name: i for i in work.images}
+        report.images += [_copy(a, images[a.image], seen, report) for a in actions if a.action == "copy"]
         _publish_all(work.todo, actions, seen, opts, report, progress)
         if work.rotate:
             _rotate(work.images, seen, opts, report)
@@ -105,17 +106,21 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
     return report
 
 
-def _copy(action: Action, seen: Survey, opts: SyncOptions, report: SyncReport) -> Action:
-    """Complete an identical image into the stores it misses (copy-image): no download, no upload."""
+def _copy(action: Action, image: Image, seen: Survey, report: SyncReport) -> Action:
+    """Complete an identical image into the stores it misses (copy-image): no download, no upload.
+
+    The same store completion upload and publish use: retried, honouring allow_partial_stores,
+    and "copied" only when a store was added.
+    """
     cloud = seen.clouds[action.cloud]
+    listed = next(i for i in seen.states[action.image][action.cloud] if i["id"] == action.image_id)
     try:
-        image = glance.get_image(cloud, action.image_id)
-        if image is not None:
-            image_import.copy_to(cloud, image, image_import.Targets(action.stores))
+        copied = image_import.complete_stores(cloud, listed, action.stores,
+                                              not seen.placement(image, action.cloud).allow_partial_stores)
     except ImgpipeError as exc:
         report.failures.append(f"copy {action.name} to {', '.join(action.stores)}: {exc}")
         return replace(action, action="failed", error=str(exc))
-    return replace(action, action="copied")
+    return replace(action, action="copied" if copied else "unchanged")
 
 
 def _publish_all(todo: list[Unit], actions: list[Action], seen: Survey, opts: SyncOptions,

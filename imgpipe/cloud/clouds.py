@@ -47,12 +47,22 @@ class Cloud:
         return retry.call(f"cloud {self.name}: {what}", fn, self.limits, give_up)
 
     def learn(self, fact: str, read: Callable[[], T]) -> T:
-        """A fact about the cloud, read once per run by whichever thread asks first and shared."""
+        """A fact about the cloud, read once per run by whichever thread asks first and shared.
+
+        A read that failed (after its retries) is not repeated either: every later asker gets
+        the same error at once, instead of one more round of retries per image.
+        """
         with self._lock:
             if fact not in self._learnt:
-                self._learnt[fact] = read()
-            value: T = self._learnt[fact]
-            return value
+                try:
+                    self._learnt[fact] = read()
+                except ImgpipeError as exc:
+                    self._learnt[fact] = exc
+            known = self._learnt[fact]
+        if isinstance(known, ImgpipeError):
+            raise known
+        value: T = known
+        return value
 
 
 HINT_KEYS = ("image_format", "image_api_use_tasks")

@@ -82,7 +82,7 @@ def choose(cloud: Cloud, req: Payload, where: Targets) -> ImportMethod:
         return method
     if method == ImportMethod.web_download and not req.source_url:
         raise GlanceRefusedError(f"cloud {cloud.name}: {req.name}: web-download needs the source's URL")
-    offered = discovery.facts(cloud).import_methods
+    offered = discovery.import_methods(cloud)
     if method.value not in offered:
         raise GlanceRefusedError(f"cloud {cloud.name}: Glance does not offer the {method.value} import "
                                  f"(it offers: {', '.join(offered) or 'none'})")
@@ -172,22 +172,33 @@ def wait(cloud: Cloud, image_id: str, where: Targets, timeout: float = IMPORT_WA
         time.sleep(POLL)
 
 
-def copy_to(cloud: Cloud, image: dict[str, Any], where: Targets) -> dict[str, Any] | None:
-    """Complete an existing active image with copy-image into the stores it misses, if any.
+def complete_stores(cloud: Cloud, image: dict[str, Any], stores: list[str],
+                    must_succeed: bool) -> dict[str, Any] | None:
+    """Copy an existing active image (as listed) into the wanted stores it misses, with copy-image.
 
-    The image itself is never deleted here: it is a good image in the stores it has.
+    Returns the image after the copy, or None when nothing was copied: the listing already
+    showed every wanted store (no request at all), the image is gone, or, with must_succeed
+    False, every copy failed. The image itself is never deleted here: it is a good image in
+    the stores it has.
     """
-    missing = [s for s in where.stores if s not in glance.csv_list(image.get("stores"))]
-    if not missing:
+    if all(s in glance.csv_list(image.get("stores")) for s in stores):
         return None
-    offered = discovery.facts(cloud).import_methods
-    if "copy-image" not in offered:
+    current = cloud.call(f"get image {image['id']}", lambda: glance.get_image(cloud, image["id"]))
+    have = glance.csv_list(current.get("stores")) if current else []
+    missing = [s for s in stores if s not in have]
+    if current is None or not missing:
+        return None
+    if "copy-image" not in discovery.import_methods(cloud):
         raise GlanceRefusedError(f"cloud {cloud.name}: image {image['id']} misses store(s) "
                                  f"{', '.join(missing)} and Glance does not offer copy-image")
     LOG.info("cloud %s: copying image %s into %s", cloud.name, image["id"], ", ".join(missing))
-    copy = Targets(missing, False, where.must_succeed)
+    copy = Targets(missing, False, must_succeed)
     start(cloud, image["id"], {"name": "copy-image"}, copy)
-    return wait(cloud, image["id"], copy)
+    after = wait(cloud, image["id"], copy)
+    if not any(s in glance.csv_list(after.get("stores")) for s in missing):
+        LOG.warning("cloud %s: image %s could not be copied into %s", cloud.name, image["id"], ", ".join(missing))
+        return None
+    return after
 
 
 def converted(cloud: Cloud, image: dict[str, Any], req: Payload) -> bool:

@@ -102,9 +102,9 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
     if not req.force:
         sha = req.source_sha256 or sha256_file(req.path)  # the lookup and the image ids need it now
         req = replace(req, source_sha256=sha)
-        existing = find_unchanged(cloud, req.name, req.profile, sha)
+        existing = find_unchanged(cloud, req.name, req.profile, sha, req.placement)
         if existing:
-            return _complete_stores(cloud, req, existing, started)
+            return existing
     run_id = uuid.uuid4().hex
     took_over: list[str] = []
     image, status = cloud.call(f"publish {req.name}", lambda: _attempt(cloud, req, run_id, on_bytes, took_over))
@@ -113,25 +113,22 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
     return result
 
 
-def _complete_stores(cloud: Cloud, req: UploadRequest, existing: UploadResult, started: float) -> UploadResult:
-    """An identical image missing some wanted store is copied there, not uploaded again."""
-    where = image_import.targets(cloud, req.placement)
-    if not [s for s in where.stores if s not in existing.stores]:  # the listing already showed its stores
-        return existing
-    image = cloud.call(f"get image {existing.image_id}", lambda: glance.get_image(cloud, existing.image_id))
-    copied = image_import.copy_to(cloud, image, where) if image else None
-    return _result(cloud, req.profile, copied, "copied", started) if copied else existing
-
-
-def find_unchanged(cloud: Cloud, name: str, profile: str, source_sha256: str) -> UploadResult | None:
-    """The active image an earlier run published from this same source, if any.
+def find_unchanged(cloud: Cloud, name: str, profile: str, source_sha256: str,
+                   placement: Placement | None = None) -> UploadResult | None:
+    """The active image an earlier run published from this same source, if any; completed with
+    copy-image into the stores of `placement` it misses (status "copied"), never uploaded again.
 
     Hidden images count (a rollback to an older, hidden version must not upload a copy);
     Glance lists them only when asked for them alone.
     """
+    started = time.monotonic()
     wanted = anchor(name, profile, source_sha256)
     found = _find(cloud, wanted, {glance.ACTIVE}) or _find(cloud, wanted, {glance.ACTIVE}, hidden=True)
-    return _result(cloud, profile, found[0], "unchanged", time.monotonic()) if found else None
+    if not found:
+        return None
+    where = image_import.targets(cloud, placement or Placement())
+    copied = image_import.complete_stores(cloud, found[0], where.stores, where.must_succeed)
+    return _result(cloud, profile, copied or found[0], "copied" if copied else "unchanged", started)
 
 
 def _result(cloud: Cloud, profile: str, image: dict[str, Any], status: str,
