@@ -162,7 +162,16 @@ def linux_tree(root: Path, os_release: str, kernel: str, drivers: tuple[str, ...
     for name in ("modules.dep", "modules.alias"):
         _write(modules / name, "")
     _write(modules / "modules.builtin", "kernel/drivers/scsi/sd_mod.ko\nkernel/drivers/ata/libata.ko\n")
+    _crowd(root / "usr" / "bin", "tool-{:04d}", 1500)  # directories as large as a real install's:
+    _crowd(modules / "kernel" / "drivers" / "scsi", "drv_{:03d}.ko.xz", 300)  # xfs block/leaf forms, not
+    _crowd(lib / "firmware", "fw-{:04d}.bin", 800)  # only the shortform a handful of entries gets
     return root
+
+
+def _crowd(folder: Path, pattern: str, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (folder / pattern.format(i)).write_bytes(b"")
 
 
 def rocky(dest: Path, *, drivers: tuple[str, ...] = RHEL9_DRIVERS, datasources: str | None = None,
