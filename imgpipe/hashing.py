@@ -62,7 +62,7 @@ class ParallelDigests:
 
     def close(self) -> None:
         """Stop the threads; safe to call more than once."""
-        for q, t in zip(self._queues.values(), self._threads):
+        for q, t in zip(self._queues.values(), self._threads, strict=True):
             if t.is_alive():
                 q.put(None)
                 t.join()
@@ -114,5 +114,9 @@ class HashingBody:
 
 
 def sha256_file(path: Path) -> str:
+    """hashlib.file_digest is Python 3.11+; the loop keeps 3.10 working."""
+    digest = hashlib.sha256()
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -169,7 +169,7 @@ def _connect(path: Path, proc: subprocess.Popen[bytes], log: IO[bytes], label: s
         except (FileNotFoundError, ConnectionRefusedError):
             conn.close()
             if time.monotonic() > deadline:
-                raise NbdError(f"{label}: qemu-nbd did not listen within {START_TIMEOUT:.0f} s")
+                raise NbdError(f"{label}: qemu-nbd did not listen within {START_TIMEOUT:.0f} s") from None
             time.sleep(0.005)
 
 
@@ -187,6 +187,7 @@ def _handshake(conn: socket.socket, label: str) -> int:
     no_zeroes = bool(server_flags & _FLAG_NO_ZEROES)
     conn.sendall(struct.pack(">I", _FLAG_FIXED_NEWSTYLE | (_FLAG_NO_ZEROES if no_zeroes else 0)))
     conn.sendall(b"IHAVEOPT" + struct.pack(">II", _OPT_EXPORT_NAME, 0))
+    size: int
     size, _flags = struct.unpack(">QH", _recv(conn, 10, label))
     if not no_zeroes:
         _recv(conn, 124, label)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from imgpipe.errors import ProfileError
 from imgpipe.packages import KINDS, Kind
 
+
 def _builtin_dir() -> Path:
     """profiles/ beside the package in a checkout (editable install), else the wheel's copy."""
     checkout = Path(__file__).resolve().parent.parent / "profiles"
@@ -149,7 +150,8 @@ class Profile(BaseModel):
     def advisories(self) -> list[str]:
         notes = [self.warning] if self.warning else []
         if self.properties.get("hypervisor_type") == "vmware" and "os_distro" in self.properties:
-            notes.append("os_distro overrides vmware_ostype as the vCenter guestId; vCenter rejects values like 'ubuntu'")
+            notes.append("os_distro overrides vmware_ostype as the vCenter guestId; "
+                         "vCenter rejects values like 'ubuntu'")
         return notes
 
 
@@ -177,7 +179,8 @@ def _contradictions(p: Profile) -> Iterable[str]:
         yield "output: required (qemu-img output format and options)"
         return
     if GLANCE_FORMAT[p.output.format] != p.disk_format:
-        yield f"disk_format: {p.disk_format} disagrees with output.format {p.output.format} (Glance would refuse the upload)"
+        yield (f"disk_format: {p.disk_format} disagrees with output.format {p.output.format} "
+               "(Glance would refuse the upload)")
     if kind is not None and ((p.disk_format, p.container_format) != (kind.disk_format, kind.container_format)
                              or (kind.subformat and p.output.options.get("subformat") != kind.subformat)):
         yield (f"package: {kind.name} needs disk_format {kind.disk_format}, container_format "
@@ -192,7 +195,8 @@ def _contradictions(p: Profile) -> Iterable[str]:
     if p.output.format == "vmdk":
         yield from _vmdk_contradictions(opts, props)
     if p.output.format == "vpc" and (opts.get("subformat") != "dynamic" or opts.get("force_size") != "on"):
-        yield "output.options: vhd must be subformat=dynamic,force_size=on (Glance detects a fixed vhd as raw and rejects it)"
+        yield ("output.options: vhd must be subformat=dynamic,force_size=on "
+               "(Glance detects a fixed vhd as raw and rejects it)")
     if props.get("hw_machine_type") == "hyperv-gen2" and p.disk_format != "vhdx":
         yield "properties.hw_machine_type: hyperv-gen2 needs disk_format vhdx (Hyper-V refuses Gen2 with vhd)"
 
@@ -200,14 +204,16 @@ def _contradictions(p: Profile) -> Iterable[str]:
 def _vmdk_contradictions(opts: dict[str, str], props: dict[str, str]) -> Iterable[str]:
     adapter = opts.get("adapter_type")
     if adapter is None:
-        yield "output.options.adapter_type: required for vmdk (qemu-img defaults to ide, which must match vmware_adaptertype)"
+        yield ("output.options.adapter_type: required for vmdk "
+               "(qemu-img defaults to ide, which must match vmware_adaptertype)")
     wanted = props.get("vmware_adaptertype")
     if adapter and wanted and DESCRIPTOR_ADAPTER[wanted] != adapter:
         yield (f"output.options.adapter_type: {adapter} disagrees with properties.vmware_adaptertype "
                f"{wanted} (descriptor must be {DESCRIPTOR_ADAPTER[wanted]})")
     subformat = opts.get("subformat", "monolithicSparse")
     if subformat not in VMDK_SUBFORMAT.values():
-        yield f"output.options.subformat: {subformat} is not accepted by Glance (use streamOptimized or monolithicSparse)"
+        yield (f"output.options.subformat: {subformat} is not accepted by Glance "
+               "(use streamOptimized or monolithicSparse)")
     disktype = props.get("vmware_disktype")
     if disktype and VMDK_SUBFORMAT[disktype] != subformat:
         yield f"properties.vmware_disktype: {disktype} disagrees with output.options.subformat {subformat}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import resource
@@ -20,9 +21,10 @@ from imgpipe.errors import ToolMissingError
 LOG = logging.getLogger("imgpipe.run")
 
 # Debian package that provides each external tool, for the "not installed" message.
-PACKAGES = {"qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs",
-            "mdir": "mtools", "mcopy": "mtools", "ntfsls": "ntfs-3g", "xz": "xz-utils",
-            "zstd": "zstd", "lbzip2": "lbzip2", "bzip2": "bzip2", "qemu-system-x86_64": "qemu-system-x86"}
+PACKAGES = {"qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils", "sfdisk": "fdisk",
+            "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs", "mdir": "mtools", "mcopy": "mtools",
+            "ntfsls": "ntfs-3g", "xz": "xz-utils", "zstd": "zstd", "lbzip2": "lbzip2", "bzip2": "bzip2",
+            "qemu-system-x86_64": "qemu-system-x86"}
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
@@ -117,12 +119,12 @@ def _run_once(
         proc = subprocess.run(
             list(argv), capture_output=True, preexec_fn=preexec, check=False, stdin=subprocess.DEVNULL
         )
-        stdout, stderr = proc.stdout, proc.stderr
+        stdout, stderr, returncode = proc.stdout, proc.stderr, proc.returncode
     else:
-        stdout, stderr, proc = _run_with_progress(argv, preexec, on_progress)
+        stdout, stderr, returncode = _run_with_progress(argv, preexec, on_progress)
     result = Result(
         tuple(argv),
-        proc.returncode,
+        returncode,
         stdout.decode(errors="replace"),
         stderr.decode(errors="replace"),
     )
@@ -135,7 +137,7 @@ def _run_with_progress(
     argv: Sequence[str],
     preexec: Callable[[], None] | None,
     on_progress: Callable[[float], None],
-) -> tuple[bytes, bytes, subprocess.Popen[bytes]]:
+) -> tuple[bytes, bytes, int]:
     with subprocess.Popen(
         list(argv),
         stdout=subprocess.PIPE,
@@ -143,7 +145,7 @@ def _run_with_progress(
         stdin=subprocess.DEVNULL,
         preexec_fn=preexec,
     ) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
+        assert isinstance(proc.stdout, io.BufferedReader) and proc.stderr is not None
         seen = b""
         while chunk := proc.stdout.read1(4096):
             seen = (seen + chunk)[-256:]
@@ -153,7 +155,7 @@ def _run_with_progress(
                 seen = b""
         stderr = proc.stderr.read()
         proc.wait()
-    return b"", stderr, proc
+    return b"", stderr, proc.returncode
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 
@@ -47,14 +47,15 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Convert one guest image for every hypervisor and publish it to Glance.")
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def handled(fn: F) -> F:
+def handled(fn: Callable[P, R]) -> Callable[P, R]:
     """The only place errors become one-line messages and exit codes (Ctrl-C is 130)."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except errors.ImgpipeError as exc:
@@ -67,15 +68,17 @@ def handled(fn: F) -> F:
             render.err.print("imgpipe: interrupted; nothing half-written was kept", highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
+@dataclasses.dataclass
 class _State:
-    json = False
-    profile_dirs: list[Path] = []
+    json: bool = False
+    profile_dirs: list[Path] = dataclasses.field(default_factory=list)
 
 
 STATE = _State()
+
 
 def _size(value: str) -> int:
     """Accept 1099511627776, 1TiB, 1T or 500G."""
@@ -95,7 +98,7 @@ def _size(value: str) -> int:
 @app.callback()
 def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every external command.")] = False,
-    profiles_dir: Annotated[Optional[list[Path]], typer.Option(
+    profiles_dir: Annotated[list[Path] | None, typer.Option(
         "--profiles-dir", help=f"Extra profile directory (also ${profiles.ENV_DIRS}); overrides built-ins.")] = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -133,6 +136,6 @@ def _warn(selected: list[profiles.Profile]) -> None:
 def exit_code(exc: BaseException) -> int:
     for cls in type(exc).__mro__:
         if cls in EXIT_CODES:
-            return EXIT_CODES[cls]  # type: ignore[index]
+            return EXIT_CODES[cls]
     return 1
 

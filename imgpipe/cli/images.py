@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from imgpipe import __version__, profiles, render
 from imgpipe.cli.base import STATE, _size, _warn, app, handled
-from imgpipe.cli.options import (MAX_VIRTUAL_SIZE, Engine, EngineOpt, ForceBootOpt, JsonOpt, MaxVirtualSizeOpt, ProfileOpt,
-                                 SourceFormatOpt, VerifyOpt)
+from imgpipe.cli.options import (
+    MAX_VIRTUAL_SIZE,
+    Engine,
+    EngineOpt,
+    ForceBootOpt,
+    JsonOpt,
+    MaxVirtualSizeOpt,
+    ProfileOpt,
+    SourceFormatOpt,
+    VerifyOpt,
+)
 from imgpipe.conversion.convert import Options
-from imgpipe.pipeline.convert import convert_source
 from imgpipe.guest.facts import GuestFacts
+from imgpipe.pipeline.convert import convert_source
 
 profiles_app = typer.Typer(no_args_is_help=True, help="List, show and validate target profiles.")
 app.add_typer(profiles_app, name="profiles")
@@ -57,14 +66,11 @@ def profiles_show(name: str, as_json: JsonOpt = False) -> None:
 
 @profiles_app.command("validate")
 @handled
-def profiles_validate(paths: Annotated[Optional[list[Path]], typer.Argument()] = None,
+def profiles_validate(paths: Annotated[list[Path] | None, typer.Argument()] = None,
                       as_json: JsonOpt = False) -> None:
     """Validate profile files (default: every profile on the search path)."""
     STATE.json = as_json
-    if paths:
-        loaded = [profiles.load_file(p) for p in paths]
-    else:
-        loaded = list(profiles.load_all(STATE.profile_dirs).values())
+    loaded = [profiles.load_file(p) for p in paths] if paths else list(profiles.load_all(STATE.profile_dirs).values())
     if as_json:
         render.emit_json([{"name": p.name, "source": str(p.source), "valid": True,
                            "advisories": p.advisories()} for p in loaded])
@@ -131,14 +137,15 @@ def _guest_rows(facts: GuestFacts) -> list[tuple[str, str]]:
 def convert(
     src: Path,
     profile: ProfileOpt,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (one distinct output only).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Output file (one distinct output only).")] = None,
     output_dir: Annotated[Path, typer.Option(help="Directory for the outputs.")] = Path("."),
     verify: VerifyOpt = False,
     engine: EngineOpt = Engine.auto,
     source_format: SourceFormatOpt = None,
     max_virtual_size: MaxVirtualSizeOpt = MAX_VIRTUAL_SIZE,
-    partition: Annotated[Optional[int], typer.Option(help="Partition number for lxc/uml (default: root).")] = None,
-    jobs: Annotated[Optional[int], typer.Option(help="Compression threads for the native writer.")] = None,
+    partition: Annotated[int | None, typer.Option(help="Partition number for lxc/uml (default: root).")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Compression threads for the native writer.")] = None,
     force_boot: ForceBootOpt = False,
     as_json: JsonOpt = False,
 ) -> None:

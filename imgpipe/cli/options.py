@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -30,23 +30,23 @@ class Visibility(str, enum.Enum):
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 ProfileOpt = Annotated[list[str], typer.Option("--profile", "-p", help="Target profile (repeatable, 'all').")]
-SourceFormatOpt = Annotated[Optional[str], typer.Option(help="Fail unless the content is this format.")]
+SourceFormatOpt = Annotated[str | None, typer.Option(help="Fail unless the content is this format.")]
 MaxVirtualSizeOpt = Annotated[str, typer.Option(help="Refuse larger virtual sizes.")]
 MAX_VIRTUAL_SIZE = str(DEFAULT_MAX_VIRTUAL_SIZE)
 EngineOpt = Annotated[Engine, typer.Option(help="streamOptimized writer.")]
 VerifyOpt = Annotated[bool, typer.Option(help="qemu-img compare each output with the source.")]
-CloudOpt = Annotated[Optional[list[str]], typer.Option(
+CloudOpt = Annotated[list[str] | None, typer.Option(
     "--cloud", help="Cloud in clouds.yaml (repeatable; default $OS_CLOUD or OS_* variables).")]
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Do not verify TLS certificates.")]
-CacertOpt = Annotated[Optional[str], typer.Option("--os-cacert", help="CA bundle for TLS.")]
-PropertyOpt = Annotated[Optional[list[str]], typer.Option("--property", help="Extra property k=v (repeatable).")]
-ProfilePropertyOpt = Annotated[Optional[list[str]], typer.Option(
+CacertOpt = Annotated[str | None, typer.Option("--os-cacert", help="CA bundle for TLS.")]
+PropertyOpt = Annotated[list[str] | None, typer.Option("--property", help="Extra property k=v (repeatable).")]
+ProfilePropertyOpt = Annotated[list[str] | None, typer.Option(
     "--profile-property", help="Property for one profile's image only: PROFILE:k=v (repeatable).")]
-TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", help="Image tag (repeatable).")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Image tag (repeatable).")]
 VisibilityOpt = Annotated[Visibility, typer.Option(help="Image visibility.")]
 ImportMethodOpt = Annotated[ImportMethod, typer.Option(
     help="auto: PUT, or glance-direct import when stores are asked for or the cloud forbids PUT.")]
-StoreOpt = Annotated[Optional[list[str]], typer.Option(
+StoreOpt = Annotated[list[str] | None, typer.Option(
     "--store", help="Glance store to import into (repeatable); an identical image missing one is "
                     "completed with copy-image.")]
 AllStoresOpt = Annotated[bool, typer.Option("--all-stores", help="Import into every store of the cloud.")]
@@ -63,13 +63,14 @@ def placement(method: ImportMethod, stores: list[str] | None, all_stores: bool, 
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Upload even if an identical image is active.")]
 RetriesOpt = Annotated[int, typer.Option("--retries", min=1, help="Attempts per request/upload.")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds without progress before a request is retried.")]
-ShardOpt = Annotated[Optional[str], typer.Option(
+TimeoutOpt = Annotated[float, typer.Option(
+    "--timeout", min=1, help="Seconds without progress before a request is retried.")]
+ShardOpt = Annotated[str | None, typer.Option(
     "--shard", help="I/N: part I (0-based) of N; default $JOB_COMPLETION_INDEX/$JOB_COMPLETIONS.")]
-CacheDirOpt = Annotated[Optional[Path], typer.Option(
+CacheDirOpt = Annotated[Path | None, typer.Option(
     "--cache-dir", envvar="IMGPIPE_CACHE_DIR", help="Downloads, locks, conversions (default ~/.cache/imgpipe).")]
-MetricsOpt = Annotated[Optional[Path], typer.Option("--metrics-file", help="Write Prometheus textfile metrics.")]
-ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write the JSON report to this file.")]
+MetricsOpt = Annotated[Path | None, typer.Option("--metrics-file", help="Write Prometheus textfile metrics.")]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="Also write the JSON report to this file.")]
 ForceBootOpt = Annotated[bool, typer.Option("--force-boot", help="Convert/publish even where the guest "
                                             "looks unbootable for a profile (exit 19 otherwise).")]
 GuestPropertiesOpt = Annotated[bool, typer.Option("--guest-properties/--no-guest-properties", help=

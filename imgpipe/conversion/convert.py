@@ -17,17 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgpipe.conversion import atomic
-from imgpipe.conversion import packaging, passthrough
-from imgpipe.conversion.packages import PACKAGERS
-from imgpipe.source import partitions
 from imgpipe import nbd, qemu
+from imgpipe.conversion import atomic, packaging, passthrough
+from imgpipe.conversion.packages import PACKAGERS
+from imgpipe.conversion.vmdk_stream import Disk, raw_disk, write_stream_optimized
 from imgpipe.errors import ConversionError, FormatMismatchError, NoSpaceError, ProfileError, UnsafeImageError
-from imgpipe.source.inspect import (QEMU_DRIVER, ImageInfo, detect_format, inspect_image,
-                                   open_source)
 from imgpipe.profiles import Profile
 from imgpipe.runner import CommandFailed
-from imgpipe.conversion.vmdk_stream import Disk, raw_disk, write_stream_optimized
+from imgpipe.source import partitions
+from imgpipe.source.inspect import QEMU_DRIVER, ImageInfo, detect_format, inspect_image, open_source
 
 Progress = Callable[[str, float], None]
 EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
@@ -340,10 +338,10 @@ def _reinspect(path: Path, out_format: str, virtual_size: int, label: str) -> No
     except format_inspector.ImageFormatError as exc:
         raise ConversionError(f"{label}: output is ambiguous: {exc}") from exc
     detected = str(inspector) if inspector else "unknown"
-    if QEMU_DRIVER.get(detected) != out_format:
+    if inspector is None or QEMU_DRIVER.get(detected) != out_format:
         raise ConversionError(f"{label}: output detected as {detected}, expected {out_format}")
     try:
-        inspector.safety_check()  # type: ignore[union-attr]
+        inspector.safety_check()
     except format_inspector.SafetyCheckFailed as exc:
         raise ConversionError(f"{label}: output fails safety checks: {exc}") from exc
     actual = int(qemu.info(path, out_format)["virtual-size"])

@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from html import escape
 from pathlib import Path
 from typing import BinaryIO
-from html import escape
 
 from imgpipe.errors import UnsafeImageError
 from imgpipe.source import ova as source_ova
@@ -24,6 +24,17 @@ VMX_VERSION = "vmx-14"  # ESXi 6.7 and later; what open-vmdk's templates use
 DEFAULT_OSTYPE = "otherGuest64"
 CPUS, MEMORY_MIB = 1, 1024  # nova sizes the instance from its flavor; the vApp only carries the disk
 STREAM_FORMAT = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
+NAMESPACES = " ".join(f'{name}="{uri}"' for name, uri in (
+    ("xmlns", "http://schemas.dmtf.org/ovf/envelope/1"),
+    ("xmlns:cim", "http://schemas.dmtf.org/wbem/wscim/1/common"),
+    ("xmlns:ovf", "http://schemas.dmtf.org/ovf/envelope/1"),
+    ("xmlns:rasd", "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"),
+    ("xmlns:vmw", "http://www.vmware.com/schema/ovf"),
+    ("xmlns:vssd", "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"),
+    ("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance"),
+))
+DISK_ATTRIBUTES = f'ovf:capacityAllocationUnits="byte" ovf:diskId="vmdisk1" ovf:fileRef="file1" ' \
+                  f'ovf:format="{STREAM_FORMAT}"'
 # vmware_adaptertype -> (rasd ResourceType, ResourceSubType, description); ide has no subtype.
 CONTROLLERS = {
     "lsiLogic": (6, "lsilogic", "SCSI Controller"),
@@ -47,13 +58,13 @@ def descriptor(name: str, disk_name: str, disk_size: int, capacity: int, propert
     firmware = "efi" if properties.get("hw_firmware_type") == "uefi" else "bios"
     sub = f"\n        <rasd:ResourceSubType>{subtype}</rasd:ResourceSubType>" if subtype else ""
     return f"""<?xml version="1.0" encoding="UTF-8"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+<Envelope {NAMESPACES}>
   <References>
     <File ovf:href="{escape(disk_name)}" ovf:id="file1" ovf:size="{disk_size}"/>
   </References>
   <DiskSection>
     <Info>Virtual disk information</Info>
-    <Disk ovf:capacity="{capacity}" ovf:capacityAllocationUnits="byte" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="{STREAM_FORMAT}"/>
+    <Disk ovf:capacity="{capacity}" {DISK_ATTRIBUTES}/>
   </DiskSection>
   <VirtualSystem ovf:id="{escape(name)}">
     <Info>A virtual machine</Info>
@@ -135,7 +146,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 class _Hashing(io.RawIOBase):
     """A read-only view of a file that hashes what tarfile reads from it."""
 
-    def __init__(self, f: BinaryIO, hasher: "hashlib._Hash") -> None:
+    def __init__(self, f: BinaryIO, hasher: hashlib._Hash) -> None:
         self._f, self._hasher = f, hasher
 
     def readable(self) -> bool:

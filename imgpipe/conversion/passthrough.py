@@ -195,7 +195,8 @@ def vhdx_file_flags(path: Path) -> int | None:
 
 def _count(table: bytes, offset: int, fmt: str) -> int:
     """An entry count, capped at what one 64 KiB table holds (the format's limit is 2047)."""
-    return min(struct.unpack_from(fmt, table, offset)[0], 2047)
+    count: int = struct.unpack_from(fmt, table, offset)[0]
+    return min(count, 2047)
 
 
 def _table_entry(table: bytes, first: int, count: int, guid: uuid.UUID) -> bytes | None:

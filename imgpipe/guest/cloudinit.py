@@ -86,7 +86,7 @@ class _UntrustedLoader(yaml.SafeLoader):
         self._sizes: dict[int, int] = {}
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # types-PyYAML leaves it unannotated
         if self._depth >= MAX_DEPTH:
             raise _Refused(f"nested deeper than {MAX_DEPTH} levels (line {event.start_mark.line + 1})")
         self._depth += 1
@@ -193,7 +193,8 @@ def _installed(root: Tree, label: str) -> tuple[Fact | None, Fact | None]:
 def _package_dirs(root: Tree) -> list[str]:
     """/usr/lib/python3*/{site,dist}-packages/cloudinit; Debian's /usr/lib/python3 comes first."""
     pythons = sorted(n for n in (tree.listdir(root, "/usr/lib") or ("", []))[1] if n.startswith("python3"))
-    return [f"/usr/lib/{py}/{kind}/cloudinit" for py in pythons[:MAX_FILES] for kind in ("dist-packages", "site-packages")]
+    return [f"/usr/lib/{py}/{kind}/cloudinit"
+            for py in pythons[:MAX_FILES] for kind in ("dist-packages", "site-packages")]
 
 
 def _kind(root: Tree, path: str) -> str | None:

@@ -53,6 +53,15 @@ class Inode:
 class ExtBlocks:
     """Tree (guest.tree) over one ext2/3/4 filesystem, given a bounded random read."""
 
+    # Superblock fields: struct.unpack hands them over untyped.
+    inodes_count: int
+    first_data_block: int
+    blocks_per_group: int
+    inodes_per_group: int
+    blocks_count: int
+    inode_size: int
+    desc_size: int
+
     def __init__(self, read: Callable[[int, int], bytes], size: int, label: str) -> None:
         self._read = read
         self.label = label

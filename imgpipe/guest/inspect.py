@@ -89,7 +89,8 @@ def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
             volumes = _volumes(info, parts, found, exports, facts)
             if volumes:
                 _read_root(info, volumes, work, facts)
-            elif info.table and not any(found.values()) or any(f in ("lvm", *LINUX_FILESYSTEMS) for f in found.values()):
+            elif (info.table and not any(found.values())) \
+                    or any(f in ("lvm", *LINUX_FILESYSTEMS) for f in found.values()):
                 facts.unchecked.append("no Linux root filesystem (ext2/3/4, xfs, btrfs, on LVM or not) found")
     except nbd.NbdError as exc:
         raise GuestInspectionError(str(exc)) from exc
@@ -220,8 +221,8 @@ def _open(info: ImageInfo, volume: Volume, work: Path,
 
 def _is_boot(guest: tree.Tree) -> bool:
     names = guest.listdir("/") if guest.lstat("/") is not None else []
-    return any(n.startswith("vmlinuz-") for n in names) or any(n in ("grub", "grub2", "loader") for n in names) \
-        and "etc" not in names
+    return any(n.startswith("vmlinuz-") for n in names) \
+        or (any(n in ("grub", "grub2", "loader") for n in names) and "etc" not in names)
 
 
 def _read_linux(guest: tree.Tree, label: str, facts: GuestFacts, boot: tree.Tree | None = None,

@@ -260,7 +260,7 @@ class _Layout:
         if not isinstance(pairs, list) or len(pairs) != 2 * stripes:
             raise self._corrupt(f"{where}: bad stripes list")
         areas, others = [], []
-        for pv, pe in zip(pairs[::2], pairs[1::2]):
+        for pv, pe in zip(pairs[::2], pairs[1::2], strict=True):
             if not isinstance(pv, str) or not isinstance(pe, int):
                 raise self._corrupt(f"{where}: bad stripes list")
             if pv != self.pv:
@@ -407,4 +407,4 @@ def _int(parent: dict[str, Value], key: str, where: str, corrupt: Callable[[str]
 
 def _dashed(uuid: str) -> str:
     """The uuid as lvm prints it (6-4-4-4-4-4-6), as a user would search for it."""
-    return "-".join(uuid[a:b] for a, b in zip((0, 6, 10, 14, 18, 22, 26), (6, 10, 14, 18, 22, 26, 32)))
+    return "-".join(uuid[a:b] for a, b in zip((0, 6, 10, 14, 18, 22, 26), (6, 10, 14, 18, 22, 26, 32), strict=True))

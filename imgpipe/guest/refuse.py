@@ -81,7 +81,7 @@ def _drivers(name: str, facts: GuestFacts, props: dict[str, str], verdict: Verdi
                                 f"{', '.join(d for _, _, d in needed)} driver")
         return
     names, evidence = have
-    for key, value, driver in needed:
+    for key, _, driver in needed:
         if driver not in names:
             verdict.refusals.append(f"{name} needs the {driver} driver for {key}={props[key]}, but the "
                                     f"guest lacks it ({evidence}); {OVERRIDE}")

@@ -199,6 +199,7 @@ class _Hive:
         if not parent.subkey_count:
             return None
         seen = 0
+        sub: NKRecord
         for sub in parent.iter_subkeys():
             self._spend()
             seen += 1

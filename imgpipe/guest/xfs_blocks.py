@@ -70,6 +70,16 @@ class Extent:
 class XfsBlocks:
     """Tree (guest.tree) over one XFS filesystem, given a bounded random read."""
 
+    # Superblock fields: struct.unpack hands them over untyped.
+    block_size: int
+    dblocks: int
+    root: int
+    ag_blocks: int
+    ag_count: int
+    inode_size: int
+    inopblog: int
+    agblklog: int
+
     def __init__(self, read: Callable[[int, int], bytes], size: int, label: str) -> None:
         self._read_at = read
         self._size = size
@@ -287,7 +297,7 @@ class XfsBlocks:
         block read leads to a record below `want`: the walk reads at most depth x want blocks."""
         header = _BMBT_HEADER[self.version]
         most = (self.block_size - header) // 16
-        for key, pointer in zip(keys, pointers):
+        for key, pointer in zip(keys, pointers, strict=True):
             if key >= want:
                 return True
             if pointer in seen:

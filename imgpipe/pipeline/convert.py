@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from imgpipe.conversion.convert import Options, Output, Progress, convert_image, docker_output
 from imgpipe.errors import ProfileError
@@ -12,12 +13,11 @@ from imgpipe.profiles import Profile
 from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
 
 
-def preparation(opts: Options, work_dir: Path, **overrides: object) -> Preparation:
+def preparation(opts: Options, work_dir: Path, **overrides: Any) -> Preparation:
     """What the run's options say about preparing its source."""
-    fields: dict[str, object] = {"work_dir": work_dir, "claimed_format": opts.claimed_format,
-                                 "max_virtual_size": opts.max_virtual_size or DEFAULT_MAX_VIRTUAL_SIZE,
-                                 "force_boot": opts.force_boot}
-    return Preparation(**(fields | overrides))  # type: ignore[arg-type]
+    how = Preparation(work_dir=work_dir, claimed_format=opts.claimed_format,
+                      max_virtual_size=opts.max_virtual_size or DEFAULT_MAX_VIRTUAL_SIZE, force_boot=opts.force_boot)
+    return replace(how, **overrides)
 
 
 def conversion_options(prepared: PreparedSource, profiles: list[Profile], opts: Options,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from imgpipe.guest import derive
 from imgpipe.pipeline.prepared import Preparation, PreparedSource, prepare
 from imgpipe.profiles import Profile
-from pathlib import Path
 
 
 def inspect_source(src: Path, how: Preparation, known: dict[str, Profile]) -> tuple[PreparedSource, dict[str, Any]]:

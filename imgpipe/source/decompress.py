@@ -70,11 +70,11 @@ def decompress(src: Path, codec: Codec, dest: Path, max_virtual_size: int) -> No
     """Decompress src into dest (a temp file the caller named); on any failure dest is removed."""
     limit = output_limit(max_virtual_size)
     corrupt = f"corrupt {codec.name} data"
-    with removed_on_failure(dest, src, "decompress it", corrupt, (OSError, EOFError, runner.CommandFailed)):
-        with _reader(src, codec) as stream, dest.open("wb") as out:
-            copy_bounded(stream, out, src, limit)
-            out.flush()
-            os.fsync(out.fileno())
+    with (removed_on_failure(dest, src, "decompress it", corrupt, (OSError, EOFError, runner.CommandFailed)),
+          _reader(src, codec) as stream, dest.open("wb") as out):
+        copy_bounded(stream, out, src, limit)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 @contextlib.contextmanager
@@ -83,7 +83,7 @@ def _reader(src: Path, codec: Codec) -> Iterator[IO[bytes]]:
         from isal import igzip  # only when a gzip is really decompressed: inspect imports CODECS
 
         with igzip.open(src, "rb") as f:
-            yield f  # type: ignore[misc]
+            yield f
         return
     argv = next((c for c in codec.commands if shutil.which(c[0])), codec.commands[-1])
     with runner.stream([*argv, "--", str(src)]) as out:

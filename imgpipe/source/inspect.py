@@ -13,9 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgpipe.settings import DEFAULT_MAX_VIRTUAL_SIZE
-from imgpipe.source import partitions
-from imgpipe.source.decompress import CODECS
 from imgpipe import qemu
 from imgpipe.errors import (
     FormatMismatchError,
@@ -24,6 +21,10 @@ from imgpipe.errors import (
     UnsafeImageError,
 )
 from imgpipe.runner import CommandFailed
+from imgpipe.settings import DEFAULT_MAX_VIRTUAL_SIZE
+from imgpipe.source import partitions
+from imgpipe.source.decompress import CODECS
+from imgpipe.source.partitions import Partition
 
 if TYPE_CHECKING:
     from oslo_utils.imageutils import format_inspector
@@ -53,7 +54,7 @@ class ImageInfo:
     virtual_size: int
     actual_size: int
     table: str | None = None
-    partitions: list[partitions.Partition] = field(default_factory=list)
+    partitions: list[Partition] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
     # qemu-img info's format-specific data: what passthrough decides on.
     format_specific: dict[str, Any] = field(default_factory=dict)
@@ -63,7 +64,7 @@ class ImageInfo:
     def source(self) -> qemu.Source:
         return qemu.Source(self.path, self.format)
 
-    def window(self, part: partitions.Partition | None) -> qemu.Source:
+    def window(self, part: Partition | None) -> qemu.Source:
         """One partition's bytes (None: the whole disk holds one filesystem)."""
         return self.source() if part is None else qemu.Source(self.path, self.format, part.start, part.size)
 

@@ -88,31 +88,31 @@ def parse_manifest(text: str) -> dict[str, tuple[str, str]]:
 
 def extract_disk(src: Path, dest: Path, limit: int) -> Descriptor:
     """Copy the OVA's disk into dest (a temp file the caller named), verified; removed on failure."""
-    with removed_on_failure(dest, src, "extract its disk", "not a readable OVA", (tarfile.TarError, OSError)):
-        with tarfile.open(src, mode="r:") as tar:
-            members = {_plain(m.name): m for m in tar.getmembers()}
-            desc, text = _descriptor_of(tar, src)
-            disk = members.get(desc.disk_href)
-            if disk is None or not disk.isfile():
-                raise UnsafeImageError(f"{src}: OVA has no regular file {desc.disk_href} (named by {desc.ovf_name})")
-            if disk.size > limit:
-                raise ImageTooLargeError(f"{src}: {desc.disk_href} is {disk.size} bytes, beyond --max-virtual-size")
-            free = shutil.disk_usage(dest.parent).free
-            if disk.size + FREE_MARGIN > free:
-                raise NoSpaceError(f"{src}: extracting {desc.disk_href} needs {disk.size >> 20} MiB, "
-                                   f"{dest.parent} has {free >> 20} MiB free")
-            mf = next((m for n, m in members.items() if n.lower().endswith(".mf") and m.isfile()), None)
-            sums = parse_manifest(_member_bytes(tar, mf, src, MAX_DESCRIPTOR).decode(errors="replace")) if mf else {}
-            ovf_hash = _hasher(src, desc.ovf_name, sums)
-            if ovf_hash:
-                ovf_hash.update(text)
-            _check(src, desc.ovf_name, sums, ovf_hash)
-            disk_hash = _hasher(src, desc.disk_href, sums)
-            fileobj = tar.extractfile(disk)
-            assert fileobj is not None
-            with dest.open("wb") as out:
-                _copy(fileobj, out, disk_hash)
-            _check(src, desc.disk_href, sums, disk_hash)
+    with (removed_on_failure(dest, src, "extract its disk", "not a readable OVA", (tarfile.TarError, OSError)),
+          tarfile.open(src, mode="r:") as tar):
+        members = {_plain(m.name): m for m in tar.getmembers()}
+        desc, text = _descriptor_of(tar, src)
+        disk = members.get(desc.disk_href)
+        if disk is None or not disk.isfile():
+            raise UnsafeImageError(f"{src}: OVA has no regular file {desc.disk_href} (named by {desc.ovf_name})")
+        if disk.size > limit:
+            raise ImageTooLargeError(f"{src}: {desc.disk_href} is {disk.size} bytes, beyond --max-virtual-size")
+        free = shutil.disk_usage(dest.parent).free
+        if disk.size + FREE_MARGIN > free:
+            raise NoSpaceError(f"{src}: extracting {desc.disk_href} needs {disk.size >> 20} MiB, "
+                               f"{dest.parent} has {free >> 20} MiB free")
+        mf = next((m for n, m in members.items() if n.lower().endswith(".mf") and m.isfile()), None)
+        sums = parse_manifest(_member_bytes(tar, mf, src, MAX_DESCRIPTOR).decode(errors="replace")) if mf else {}
+        ovf_hash = _hasher(src, desc.ovf_name, sums)
+        if ovf_hash:
+            ovf_hash.update(text)
+        _check(src, desc.ovf_name, sums, ovf_hash)
+        disk_hash = _hasher(src, desc.disk_href, sums)
+        fileobj = tar.extractfile(disk)
+        assert fileobj is not None
+        with dest.open("wb") as out:
+            _copy(fileobj, out, disk_hash)
+        _check(src, desc.disk_href, sums, disk_hash)
     return desc
 
 

@@ -19,7 +19,6 @@ from imgpipe.errors import ConversionError, ImgpipeError
 from imgpipe.source import decompress, ova
 from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
 
-
 CACHED_PREFIX = "unpacked-"
 
 

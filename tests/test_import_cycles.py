@@ -1,0 +1,100 @@
+"""Imports flow one way: no cycle among imgpipe's modules, counting imports inside functions and
+under TYPE_CHECKING (a lazy import hides a cycle from start-up, not from the design), and the
+cloud layer knows nothing of conversion, guest inspection or the pipeline that drives it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import imgpipe
+
+PACKAGE = Path(imgpipe.__file__).parent
+CLOUD_MUST_NOT_IMPORT = ("imgpipe.conversion", "imgpipe.guest", "imgpipe.pipeline")
+
+
+def _modules(root: Path) -> dict[str, Path]:
+    """Dotted name -> file for every module of the package at `root` (a package is its __init__)."""
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = (root.name, *path.relative_to(root).with_suffix("").parts)
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules that this module imports anywhere in its body."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                targets.add(sub if sub in known else base)
+    return {t for t in targets if t in known and t != name}
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    modules = _modules(root)
+    return {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as a path that ends where it starts, or None (iterative depth-first search)."""
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start in done:
+            continue
+        path, on_path = [start], {start}
+        pending = [iter(sorted(graph[start]))]
+        while pending:
+            nxt = next(pending[-1], None)
+            if nxt is None:
+                pending.pop()
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
+            elif nxt in on_path:
+                return [*path[path.index(nxt):], nxt]
+            elif nxt not in done:
+                path.append(nxt)
+                on_path.add(nxt)
+                pending.append(iter(sorted(graph[nxt])))
+    return None
+
+
+def test_imgpipe_has_no_import_cycle() -> None:
+    graph = import_graph(PACKAGE)
+    assert len(graph) > 50 and sum(map(len, graph.values())) > 100  # the walk really saw the package
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_cloud_imports_nothing_from_conversion_guest_or_pipeline() -> None:
+    graph = import_graph(PACKAGE)
+    wrong = sorted(f"{m} -> {t}" for m, targets in graph.items() if m.startswith("imgpipe.cloud")
+                   for t in targets if any(t == p or t.startswith(p + ".") for p in CLOUD_MUST_NOT_IMPORT))
+    assert not wrong, "imgpipe.cloud reaches up the pipeline: " + "; ".join(wrong)
+
+
+def test_a_cycle_through_a_lazy_or_type_checking_import_is_found(tmp_path: Path) -> None:
+    """The checker itself: a relative import, one inside a function and one under TYPE_CHECKING."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from pkg.sub import c\n")
+    (pkg / "sub" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .. import a\n")
+    graph = import_graph(pkg)
+    assert graph == {"pkg": set(), "pkg.sub": set(), "pkg.a": {"pkg.sub.b"}, "pkg.sub.b": {"pkg.sub.c"},
+                     "pkg.sub.c": {"pkg.a"}}
+    assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.sub.c", "pkg.a"]
+    (pkg / "sub" / "c.py").write_text("import pkg.sub\n")
+    assert find_cycle(import_graph(pkg)) is None
