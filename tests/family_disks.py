@@ -16,6 +16,7 @@ import btrfs_fixture as bf
 import lvm_disks as ld
 import windows_fixture as wf
 import xfs_fixtures as xf
+
 from imgpipe_dev import sample_disk
 
 MIB = 1 << 20
@@ -69,7 +70,7 @@ def disk(dest: Path, parts: list[Part], bios: bool = True) -> Path:
     if bios:
         with raw.open("r+b") as f:
             f.write(sample_disk.GRUB_LIKE_MBR)
-    for part, where in zip(parts, layout):
+    for part, where in zip(parts, layout, strict=True):
         if part.image is not None:
             assert part.image.stat().st_size <= where.size, part
             sample_disk._copy_into(part.image, raw, where.offset)
@@ -225,7 +226,7 @@ def fedora(dest: Path) -> Path:
     work = dest.parent / (dest.stem + ".d")
     work.mkdir()
     host = bf.fedora_tree(work / "host")
-    linux_tree(host / "root", bf.OS_RELEASE, FEDORA_KERNEL, RHEL9_DRIVERS + ("mptspi", "mptsas"), agent=True)
+    linux_tree(host / "root", bf.OS_RELEASE, FEDORA_KERNEL, (*RHEL9_DRIVERS, "mptspi", "mptsas"), agent=True)
     root = bf.fedora(work / "root.img", host, 1200 * MIB)
     boot = ext4(work / "boot.img", boot_tree(work / "boot", FEDORA_KERNEL), 600)
     return disk(dest, [Part("biosboot", ld.BIOS_TYPE, 1), Part("efi", ld.ESP_TYPE, 100, esp(work / "esp.img")),

@@ -30,12 +30,16 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for
                                 reason="needs root (loop devices, mounts) and xfsprogs, btrfs-progs, lvm2, mtools")
 needs_ntfs = pytest.mark.skipif(not (ntfs.available() and shutil.which("mkntfs") and os.path.exists("/dev/fuse")),
                                 reason="needs ntfs-3g and /dev/fuse")
-SERVER_2022 = dict(product_name="Windows Server 2022 Datacenter", edition_id="ServerDatacenter",
-                   installation_type="Server", build="20348", display_version="21H2")
+
 CLOUDBASE = "cloudbaseinit.metadata.services"
 # family -> (wall seconds, peak RSS KiB of the largest process, peak sampled RSS KiB of the whole
 # process tree: imgpipe with its qemu-nbd/qemu-img/ntfs-3g children) of `imgpipe inspect --json`
 COST: dict[str, tuple[float, int, int]] = {}
+
+
+def server_2022(drivers: dict[str, int]) -> wf.Windows:
+    return wf.Windows("Windows Server 2022 Datacenter", "ServerDatacenter", "Server", "20348", "21H2",
+                      drivers=drivers)
 
 
 def imgpipe(*args: str) -> subprocess.CompletedProcess[str]:
@@ -86,7 +90,8 @@ def inspect(disk: Path, family: str | None = None) -> dict[str, Any]:
     assert child.returncode == 0, err
     if family:
         COST[family] = (wall, int(re.findall(r"maxrss=(\d+)", err)[-1]), peak[0])
-    return json.loads(out)
+    report: dict[str, Any] = json.loads(out)
+    return report
 
 
 def props(report: dict[str, Any], profile: str) -> dict[str, str]:
@@ -94,7 +99,7 @@ def props(report: dict[str, Any], profile: str) -> dict[str, str]:
 
 
 def why(report: dict[str, Any], profile: str, key: str) -> str:
-    return report["derived_properties"][profile][key]["evidence"]
+    return str(report["derived_properties"][profile][key]["evidence"])
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +163,7 @@ def test_rocky_converts_for_vmware_with_the_controller_it_has(rocky: tuple[Path,
 
 
 @pytest.mark.slow
-def test_an_explicit_controller_without_its_driver_is_refused(glance, rocky: tuple[Path, dict[str, Any]],
+def test_an_explicit_controller_without_its_driver_is_refused(glance: object, rocky: tuple[Path, dict[str, Any]],
                                                               tmp_path: Path) -> None:
     for flag, value in (("--property", "vmware_adaptertype=lsiLogic"),
                         ("--profile-property", "vmware:vmware_adaptertype=lsiLogic")):
@@ -226,9 +231,9 @@ def test_ubuntu_and_debian_get_bare_distribution_names(base: Path) -> None:
 @pytest.fixture(scope="module")
 def windows(base: Path) -> dict[str, Path]:
     variants = {
-        "2022-virtio": (wf.Windows(**SERVER_2022, drivers={"viostor": 0, "vioscsi": 0, "netkvm": 3}),
+        "2022-virtio": (server_2022({"viostor": 0, "vioscsi": 0, "netkvm": 3}),
                         [f"{CLOUDBASE}.httpservice.HttpService", f"{CLOUDBASE}.configdrive.ConfigDriveService"]),
-        "2022-bare": (wf.Windows(**SERVER_2022, drivers={"LSI_SAS": 0, "E1G60": 3}), None),
+        "2022-bare": (server_2022({"LSI_SAS": 0, "E1G60": 3}), None),
         "11-ec2": (wf.Windows("Windows 10 Pro", "Professional", "Client", "22631", "23H2", drivers={"netkvm": 3}),
                    [f"{CLOUDBASE}.ec2service.EC2Service"]),
     }
@@ -273,7 +278,7 @@ def test_windows_without_virtio_drivers_gets_sata_and_e1000(windows: dict[str, P
 
 @pytest.mark.slow
 @needs_ntfs
-def test_windows_explicit_virtio_bus_without_viostor_is_refused(glance, windows: dict[str, Path],
+def test_windows_explicit_virtio_bus_without_viostor_is_refused(glance: object, windows: dict[str, Path],
                                                                  tmp_path: Path) -> None:
     line = refused(imgpipe("publish", str(windows["2022-bare"]), "-p", "kvm", "--name", "win", "--cloud", "test",
                            "--property", "hw_disk_bus=virtio", "--work-dir", str(tmp_path)), 19)
