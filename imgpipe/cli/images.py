@@ -111,25 +111,49 @@ def inspect_cmd(
           for p in info.partitions],
         ("verdict", "safe: " + "; ".join(info.checks)),
         *_guest_rows(facts),
+        *_derived_rows(data["derived_properties"]),
     ])
 
 
 def _guest_rows(facts: GuestFacts) -> list[tuple[str, str]]:
-    """One row per guest fact: the value, then where it was read."""
+    """One row per guest fact: the value, then where it was read. Facts not found for this
+    family (a Windows guest has no os-release) are left out, not shown as missing."""
     rows = [("boot paths", ", ".join(facts.to_dict()["boot_paths"]) or "none")]
     rows += [("uefi loader", f"{f.value['path']} ({f.value['architecture']}, from {f.evidence})")
              for f in facts.uefi_loaders]
-    for label, fact in (("bios boot", facts.bios), ("architecture", facts.architecture),
-                        ("root filesystem", facts.root), ("os-release", facts.os_release),
-                        ("os type", facts.os_type), ("init", facts.init), ("guest agent", facts.guest_agent),
-                        ("storage drivers", facts.drivers)):
+    ci = facts.cloud_init
+    windows = facts.windows is not None
+    shown = (("bios boot", facts.bios, True), ("architecture", facts.architecture, True),
+             ("root filesystem", facts.root, not windows), ("separate /boot", facts.boot, False),
+             ("os-release", facts.os_release, not windows), ("os type", facts.os_type, True),
+             ("windows version", facts.windows, False), ("init", facts.init, not windows),
+             ("guest agent", facts.guest_agent, not windows), ("kernel", facts.kernel, False),
+             ("storage drivers", facts.drivers, not windows), ("windows drivers", facts.windows_drivers, False),
+             ("cloud-init", ci.installed if ci else None, not windows),
+             ("cloud-init version", ci.version if ci else None, False),
+             ("cloud-init datasource_list", ci.datasource_list if ci and ci.installed else None, False),
+             ("cloud-init disabled", ci.disabled if ci else None, False),
+             ("cloud-init default user", ci.default_user if ci else None, False),
+             ("cloudbase-init", facts.cloudbase_init, windows))
+    for label, fact, always in shown:
+        if fact is None and not always:
+            continue
         value = fact.value if fact else None
         if isinstance(value, dict):
-            value = (", ".join(value) or "none of the known ones") if label == "storage drivers" \
-                else " ".join(f"{k}={v}" for k, v in value.items())
+            value = (", ".join(value) or "none of the known ones") if label.endswith("drivers") \
+                else " ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+        elif value is None and fact is not None and label == "cloud-init datasource_list":
+            value = "not set (cloud-init's built-in list)"
         rows.append((label, f"{value} (from {fact.evidence})" if fact else "not found"))
+    rows += [("cloud-init note", note) for note in (ci.notes + ci.unread if ci else [])]
     rows += [("not checked", note) for note in facts.unchecked]
     return rows
+
+
+def _derived_rows(derived: dict[str, dict[str, dict[str, str]]]) -> list[tuple[str, str]]:
+    """Per profile, each derived property with its evidence."""
+    return [(f"derived for {name}", f"{key}={d['value']} ({d['evidence']})")
+            for name, props in derived.items() for key, d in props.items()]
 
 
 @app.command()
