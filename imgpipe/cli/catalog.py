@@ -158,8 +158,9 @@ def _show_sync(result: sync.SyncReport, metrics_file: Path | None, report: Path 
             render.table("changes", ["cloud", "action", "name", "version", "id", "error"],
                          [(a.cloud, a.action, a.name, a.version, a.image_id, a.error) for a in result.changes])
         summary = data["summary"]
-        render.err.print(f"created {summary['created']}, unchanged {summary['unchanged']}, failed "
-                         f"{summary['failed']}, {render.human_size(result.uploaded_bytes)} uploaded in "
+        render.err.print(f"created {summary['created']}, copied {summary['copied']}, unchanged "
+                         f"{summary['unchanged']}, failed {summary['failed']}, "
+                         f"{render.human_size(result.uploaded_bytes)} uploaded in "
                          f"{result.seconds:.1f} s", highlight=False, soft_wrap=True)
         for note in result.notes:
             render.err.print(f"note: {note}", highlight=False, soft_wrap=True)
