@@ -29,6 +29,9 @@ def boot_check_cmd(
     log: Annotated[Optional[Path], typer.Option("--log", help="Serial log (default FILE.boot.log).")] = None,
     firmware: Annotated[Firmware, typer.Option(help="auto: from the properties (hw_firmware_type, "
                                                     "hw_machine_type).")] = Firmware.auto,
+    config_drive: Annotated[bool, typer.Option(
+        "--config-drive", help="Attach a config drive as nova does for the profile; pass only when its user "
+                               "data prints a random marker on the serial console (replaces --expect).")] = False,
     prop: PropertyOpt = None,
     guest_properties: GuestPropertiesOpt = True,
     as_json: JsonOpt = False,
@@ -44,7 +47,7 @@ def boot_check_cmd(
                       guest_properties=guest_properties)
     try:
         result = boot_file(file, chosen, _properties(prop), how, expect=expect, timeout=timeout, log=log,
-                           firmware=firmware)
+                           firmware=firmware, config_drive=config_drive)
     except errors.BootCheckError as exc:
         if not as_json:
             render.err.print(exc.tail, highlight=False, markup=False)
@@ -54,6 +57,7 @@ def boot_check_cmd(
     elif result.skipped:
         render.err.print(f"skipped: {file} ({chosen.name}) is {result.skipped}", highlight=False)
     else:
+        took = f"; user data from the config drive ran ({result.config_drive})" if result.config_drive else ""
         render.out.print(f"booted {file} as {chosen.name} in {result.seconds:.0f} s ({result.firmware}, "
-                         f"{result.controller}: {result.why}, {result.accel}); serial log {result.log}",
+                         f"{result.controller}: {result.why}, {result.accel}){took}; serial log {result.log}",
                          highlight=False, soft_wrap=True)

@@ -3,21 +3,25 @@ serial console for a login prompt, and stop it.
 
 A guest that does not boot rarely says so (SeaBIOS on a UEFI-only disk just prints "Booting
 from Hard Disk..." and waits), so the check is a marker on ttyS0 within a timeout, and the
-serial log is kept for the failure message.
+serial log is kept for the failure message. With a config drive the marker is one that only the
+drive's user data prints: booting is not enough, cloud-init must have taken the drive.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgpipe import runner
 from imgpipe.errors import BootCheckError
+from imgpipe.guest.config_drive import build_config_drive, marker_user_data
 from imgpipe.guest.qemu_system import Firmware, Machine, machine_for, private_vars
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import inspect_image
@@ -26,6 +30,10 @@ DEFAULT_EXPECT = r"login:"
 DEFAULT_TIMEOUT = 300.0
 TAIL_LINES = 15
 POLL_SECONDS = 0.5
+CONFIG_DRIVE_HOSTNAME = "imgpipe-boot-check"
+# Made once with ssh-keygen; its private half was thrown away: nobody logs in, the guest only takes it.
+THROWAWAY_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL2fpQttEf4UE6ByM2IAzb+zb85vmlnkiHygXDwb1kmH "
+                 "imgpipe-boot-check")
 
 
 @dataclass(frozen=True)
@@ -40,12 +48,13 @@ class BootResult:
     why: str = ""
     accel: str = ""
     skipped: str = ""
+    config_drive: str = ""  # where it was attached, when the check used one
 
     def to_dict(self) -> dict[str, object]:
         return {"path": str(self.path), "profile": self.profile, "booted": self.booted,
                 "seconds": round(self.seconds, 1), "log": str(self.log) if self.log else None,
                 "firmware": self.firmware, "controller": self.controller, "why": self.why,
-                "accel": self.accel, "skipped": self.skipped or None}
+                "accel": self.accel, "skipped": self.skipped or None, "config_drive": self.config_drive or None}
 
 
 def skip_reason(profile: Profile) -> str:
@@ -59,13 +68,15 @@ def skip_reason(profile: Profile) -> str:
 
 def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | None = None, *,
                expect: str = DEFAULT_EXPECT, timeout: float = DEFAULT_TIMEOUT, log: Path | None = None,
-               firmware: Firmware = Firmware.auto, stop: threading.Event | None = None) -> BootResult:
+               firmware: Firmware = Firmware.auto, stop: threading.Event | None = None,
+               config_drive: bool = False) -> BootResult:
     """Boot `path` (a disk image qemu reads, not a package) read-only with the machine
     `properties` (default: the profile's) imply.
 
     Raises BootCheckError when `expect` does not appear on the serial console within `timeout`
     seconds or qemu stops first; the serial log is kept (at `log`, else beside the image).
-    Setting `stop` (from another thread) ends the boot as failed.
+    Setting `stop` (from another thread) ends the boot as failed. `config_drive` attaches a
+    nova-style config drive whose user data prints a random marker, and that marker replaces `expect`.
     """
     props = dict(profile.properties if properties is None else properties)
     if reason := skip_reason(profile):
@@ -74,15 +85,21 @@ def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | Non
     machine = machine_for(props, firmware)
     serial = log or path.with_name(path.name + ".boot.log")
     firmware_log = serial.with_name(serial.name + ".firmware")
-    pattern = re.compile(expect)
+    marker = f"imgpipe-{secrets.token_hex(8)}" if config_drive else ""
+    pattern = re.compile(re.escape(marker) if marker else expect)
     with tempfile.TemporaryDirectory(prefix="imgpipe-boot-") as tmp:
         vars_copy = private_vars(Path(tmp)) if machine.firmware is Firmware.uefi else None
-        argv = machine.argv(path, fmt, serial, vars_copy, firmware_log)
+        iso = boot_config_drive(Path(tmp) / "config-2.iso", marker) if marker else None
+        argv = machine.argv(path, fmt, serial, vars_copy, firmware_log, iso)
         serial.unlink(missing_ok=True)
         seconds, outcome = _watch(argv, Path(tmp) / "qemu.out", serial, pattern, timeout,
                                   stop or threading.Event())
+    if marker and outcome.startswith("no match"):
+        outcome = (f"the config drive's user data never ran ({marker} not on the serial console within "
+                   f"{timeout:g} s; does cloud-init ask ConfigDrive?)")
     result = BootResult(path, profile.name, outcome == "", seconds, serial, machine.firmware.value,
-                        machine.controller.name, machine.why, "kvm" if machine.kvm else "tcg")
+                        machine.controller.name, machine.why, "kvm" if machine.kvm else "tcg",
+                        config_drive=machine.config_drive.why if marker else "")
     if outcome:
         shown = serial if tail(serial) else firmware_log  # nothing on ttyS0: the firmware's last words
         raise BootCheckError(f"{path}: did not boot as {profile.name} ({_describe(machine)}): {outcome}; "
@@ -107,6 +124,12 @@ def _watch(argv: list[str], qemu_out: Path, serial: Path, pattern: re.Pattern[st
                 return elapsed, f"no match for {pattern.pattern!r} within {timeout:g} s"
             if stop.wait(POLL_SECONDS):
                 return elapsed, "stopped: the run was interrupted"
+
+
+def boot_config_drive(dest: Path, marker: str) -> Path:
+    """A drive as nova builds one for a new server: random uuid, a key, user data printing `marker`."""
+    return build_config_drive(dest, uuid=str(uuid.uuid4()), hostname=CONFIG_DRIVE_HOSTNAME,
+                              public_key=THROWAWAY_KEY, user_data=marker_user_data(marker))
 
 
 def _describe(machine: Machine) -> str:

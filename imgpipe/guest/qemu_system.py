@@ -84,6 +84,71 @@ def controller_for(properties: Mapping[str, str], firmware: Firmware) -> tuple[C
     return VIRTIO_BLK, "default: virtio-blk"
 
 
+@dataclass(frozen=True)
+class ConfigDriveSlot:
+    """Where nova puts a server's config drive on this target: controllers to add, the -device
+    for drive cd0, and whether it is a cdrom (read-only media) or a disk (kept unwritten by a snapshot)."""
+
+    bus: tuple[str, ...]
+    device: str
+    cdrom: bool
+    why: str
+
+    def argv(self, iso: Path) -> list[str]:
+        media = "media=cdrom,readonly=on" if self.cdrom else "snapshot=on"
+        args = [a for dev in self.bus for a in ("-device", dev)]
+        return ["-drive", f"file={iso},format=raw,if=none,id=cd0,{media}", *args, "-device", self.device]
+
+
+_CDROM_ON = {
+    "ide": ((), "ide-cd,drive=cd0,bus=ide.0,unit={unit}"),
+    "sata": (("ahci,id=ahci1",), "ide-cd,drive=cd0,bus=ahci1.0"),
+    "scsi": (("virtio-scsi-pci,id=scsi1",), "scsi-cd,drive=cd0,bus=scsi1.0"),
+}
+# a disk beside the root disk, on the root's controller (Hyper-V Gen1: IDE controller 1, slot 0)
+_SECOND_DISK = {
+    VIRTIO_BLK.name: "virtio-blk-pci,drive=cd0",
+    VIRTIO_SCSI.name: "scsi-hd,drive=cd0,bus=scsi0.0",
+    IDE.name: "ide-hd,drive=cd0,bus=ide.1,unit=0",
+    AHCI.name: "ide-hd,drive=cd0,bus=ahci0.1",
+    LSI.name: "scsi-hd,drive=cd0,bus=scsi0.0",
+    PVSCSI.name: "scsi-hd,drive=cd0,bus=scsi0.0",
+}
+
+
+def config_drive_slot(properties: Mapping[str, str], controller: Controller) -> ConfigDriveSlot:
+    """Follows each nova driver (checked in nova's source):
+
+    libvirt kvm/qemu: config_drive_format=iso9660 (the default) makes it a cdrom, on hw_cdrom_bus
+    if the image sets one, else sata for a q35 machine and ide for pc, nova's x86 default
+    (blockinfo.get_disk_bus_for_device_type); it takes the next free IDE slot after the root disk.
+    VMware: always a CD-ROM on an IDE controller (vmops._attach_cdrom_to_vm).
+    Hyper-V (driver removed in nova 2024.1): config_drive_cdrom defaults to False, so the ISO is
+    converted to a VHD and attached as a disk: Gen1 on IDE controller 1, Gen2 on its SCSI
+    controller, for which AHCI stands in here as for the root disk.
+    Ironic: the agent writes the drive into a partition of the node's disk; a second disk on the
+    root's controller stands in, since the guest finds the drive by its label either way.
+    """
+    hypervisor = properties.get("hypervisor_type", "").lower()
+    root_on_ide0 = controller is IDE
+    if hypervisor == "vmware":
+        return ConfigDriveSlot((), _CDROM_ON["ide"][1].format(unit=int(root_on_ide0)), True,
+                               "VMware: a CD-ROM on IDE")
+    if hypervisor == "hyperv":
+        return ConfigDriveSlot((), _SECOND_DISK[controller.name], False,
+                               f"Hyper-V: a disk (config_drive_cdrom=False) on {controller.name}")
+    if not hypervisor and "img_type" in properties:
+        return ConfigDriveSlot((), _SECOND_DISK[controller.name], False,
+                               f"Ironic: a disk holding the drive, on {controller.name}")
+    machine = properties.get("hw_machine_type", "").lower()
+    bus = properties.get("hw_cdrom_bus", "").lower() or ("sata" if "q35" in machine else "ide")
+    why = f"libvirt: a cdrom on {bus}"
+    if bus not in _CDROM_ON:
+        bus, why = "ide", f"libvirt: hw_cdrom_bus={bus} has no qemu stand-in; a cdrom on ide"
+    extra, device = _CDROM_ON[bus]
+    return ConfigDriveSlot(extra, device.format(unit=int(root_on_ide0)), True, why)
+
+
 def kvm_works() -> bool:
     return Path("/dev/kvm").exists() and any(m.exists() for m in KVM_MODULES)
 
@@ -94,13 +159,16 @@ class Machine:
     controller: Controller
     why: str
     kvm: bool
+    config_drive: ConfigDriveSlot
 
     def argv(self, image: Path, fmt: str, serial_log: Path, vars_copy: Path | None,
-             firmware_log: Path | None = None) -> list[str]:
+             firmware_log: Path | None = None, config_drive: Path | None = None) -> list[str]:
         """Never writes the image (snapshot=on); no display, no network, stop instead of reboot.
 
         SeaBIOS writes its messages ("Booting from Hard Disk...") to the debug port, not ttyS0:
-        firmware_log keeps them for a guest that never reaches its kernel.
+        firmware_log keeps them for a guest that never reaches its kernel. `config_drive` (an ISO)
+        is attached where nova attaches it on this target. No network: cloud-init then has only
+        the config drive, and nothing waits for a DHCP lease.
         """
         accel = ["-enable-kvm", "-cpu", "host"] if self.kvm else ["-accel", "tcg", "-cpu", "max"]
         firmware: list[str] = []
@@ -113,6 +181,7 @@ class Machine:
                 "-serial", f"file:{serial_log}", "-monitor", "none", *firmware,
                 "-drive", f"file={image},format={fmt},if=none,id=d0,snapshot=on",
                 *self.controller.argv(),
+                *(self.config_drive.argv(config_drive) if config_drive else []),
                 *(["-debugcon", f"file:{firmware_log}", "-global", "isa-debugcon.iobase=0x402"]
                   if firmware_log else [])]
 
@@ -120,7 +189,7 @@ class Machine:
 def machine_for(properties: Mapping[str, str], firmware: Firmware = Firmware.auto) -> Machine:
     chosen = firmware_for(properties) if firmware is Firmware.auto else firmware
     controller, why = controller_for(properties, chosen)
-    return Machine(chosen, controller, why, kvm_works())
+    return Machine(chosen, controller, why, kvm_works(), config_drive_slot(properties, controller))
 
 
 def private_vars(directory: Path) -> Path:
