@@ -12,8 +12,8 @@ EFI/BOOT/BOOTX64.EFI, and for BIOS boot.img into the MBR plus core.img into the 
 partition with its blocklist patched, which is what grub-bios-setup would do (it refuses a plain
 file on bookworm: "guessing the root device failed"). Both loaders carry their own grub.cfg that
 finds the root by UUID and boots with console=ttyS0, so the serial console shows the login
-prompt. Needs root (mmdebstrap's chroot mode), mmdebstrap, sgdisk, mtools, mkfs.vfat, mkfs.ext4
-and qemu-img.
+prompt. Needs root (mmdebstrap's chroot mode), mmdebstrap, sgdisk, mtools, mkfs.vfat, mkfs.ext4,
+qemu-img and (for with_files) debugfs.
 
 `cached(layout)` builds once per content of this file under the imgpipe cache dir.
 """
@@ -41,7 +41,8 @@ ESP_MIB = 32
 ROOT_UUID = "5c0f2a64-1d3e-4b7a-9a61-2f8e0c1d9b01"
 ESP_SERIAL = "1EB0074A"
 LAYOUTS = ("hybrid", "uefi")
-PACKAGES = ("systemd-sysv", "linux-image-amd64", "grub-efi-amd64-bin", "grub-pc-bin")
+# cloud-init for boot-check --config-drive: it proves that user data from a nova-style config drive runs.
+PACKAGES = ("systemd-sysv", "linux-image-amd64", "grub-efi-amd64-bin", "grub-pc-bin", "cloud-init")
 # Documentation, manuals and translations are a third of a minimal system and never read here.
 EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
             "/usr/share/lintian/*")
@@ -49,9 +50,11 @@ EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/s
 UNUSED_MODULES = ("drivers/gpu", "drivers/media", "drivers/net/wireless", "sound", "drivers/infiniband",
                   "drivers/iio", "drivers/staging", "drivers/comedi", "net/wireless", "net/mac80211")
 # The initramfs carries only the storage drivers of the controllers a boot check imitates (and
-# the ones guest inspection looks for): smaller, so it unpacks faster under TCG.
+# the ones guest inspection looks for): smaller, so it unpacks faster under TCG. sr_mod: cloud-init's
+# ds-identify runs as a systemd generator, before udev, and finds a config drive only if the
+# initramfs already made its cdrom a block device.
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "ata_piix", "ata_generic",
-                     "sym53c8xx", "mptspi", "mptsas", "vmw_pvscsi", "hv_vmbus", "hv_storvsc", "ext4")
+                     "sym53c8xx", "mptspi", "mptsas", "vmw_pvscsi", "hv_vmbus", "hv_storvsc", "ext4", "sr_mod")
 # GRUB's i386-pc diskboot.img: its blocklist (start LBA u64, sector count u16, load segment u16)
 # sits in the last 12 bytes of core.img's first sector; boot.img holds core.img's LBA at 0x5c.
 BLOCKLIST_OFFSET = SECTOR - 12
@@ -199,6 +202,25 @@ def _starts(raw: Path) -> dict[int, int]:
         if len(fields) > 2 and fields[0].isdigit() and fields[1].isdigit():
             starts[int(fields[0])] = int(fields[1])
     return starts
+
+
+def with_files(source: Path, dest: Path, files: dict[str, bytes]) -> Path:
+    """A raw copy of the guest `source` with `files` (absolute paths in existing directories)
+    written into its root filesystem: a variant that differs in a few configuration files costs a
+    copy, not a second bootstrap. debugfs writes the ext4 partition in place, so no mount is needed."""
+    _run("qemu-img", "convert", "-f", "qcow2", "-O", "raw", source, dest)
+    starts = _starts(dest)
+    with tempfile.TemporaryDirectory(prefix="debian-guest-files-") as tmp:
+        commands = []
+        for number, (path, data) in enumerate(files.items()):
+            host = Path(tmp) / str(number)
+            host.write_bytes(data)
+            parent, name = path.rsplit("/", 1)
+            commands += [f"cd {parent or '/'}", f"rm {name}", f"write {host} {name}"]
+        script = Path(tmp) / "commands"
+        script.write_text("\n".join(commands) + "\n")
+        _run("debugfs", "-w", "-f", script, f"{dest}?offset={starts[max(starts)] * SECTOR}")
+    return dest
 
 
 def _place(raw: Path, image: Path, start_sector: int) -> None:
