@@ -151,6 +151,8 @@ def publish_cmd(
     boot_expect: Annotated[str, typer.Option(callback=regex, help="With --boot-check: regex on the serial "
                                                                   "console.")] = DEFAULT_EXPECT,
     boot_timeout: Annotated[float, typer.Option(min=1, help="With --boot-check: seconds per boot.")] = DEFAULT_TIMEOUT,
+    boot_config_drive: Annotated[bool, typer.Option("--config-drive", help="With --boot-check: attach a config "
+                                                    "drive as nova does; pass only when its user data runs.")] = False,
     force_boot: ForceBootOpt = False,
     guest_properties: GuestPropertiesOpt = True,
     as_json: JsonOpt = False,
@@ -162,7 +164,7 @@ def publish_cmd(
     from imgpipe.pipeline.publish import BootCheck, PublishRequest, publish
 
     work = work_dir or Path(tempfile.gettempdir())
-    checks = BootCheck(work, boot_expect, boot_timeout) if boot else None
+    checks = BootCheck(work, boot_expect, boot_timeout, config_drive=boot_config_drive) if boot else None
     req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility.value, force,
                          profile_properties=_profile_properties(profile_prop, selected), boot_check=checks,
                          placement=placement(import_method, store, all_stores, allow_partial_stores),

@@ -74,6 +74,7 @@ class BootCheck:
     expect: str = DEFAULT_EXPECT
     timeout: float = DEFAULT_TIMEOUT
     parallel: int = 2  # TCG guests: one per core on the machines this runs on
+    config_drive: bool = False  # pass only when user data from a nova-style config drive runs
 
 
 @dataclass
@@ -154,7 +155,7 @@ def _boot(check: BootCheck, up: UploadRequest, profile: Profile, stop: threading
     """Boot with exactly the properties the image will carry; the log outlives the work dir."""
     log = check.log_dir / (up.name.replace("/", "_") + ".boot.log")
     result = boot_check(up.path, profile, up.properties, expect=check.expect, timeout=check.timeout, log=log,
-                        stop=stop)
+                        stop=stop, config_drive=check.config_drive)
     if result.skipped:
         LOG.warning("%s: boot check skipped: %s", up.name, result.skipped)
     return result
