@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 from imgpipe import profiles
 from imgpipe.guest import qemu_system
-from imgpipe.guest.boot_check import skip_reason
+from imgpipe.guest.boot_check import boot_config_drive, skip_reason, tail
 from imgpipe.guest.qemu_system import Firmware, machine_for
 
 IMGPIPE = [sys.executable, "-m", "imgpipe.cli"]
@@ -54,6 +56,83 @@ def test_argv_never_writes_the_image(tmp_path: Path) -> None:
     assert f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_system.OVMF_CODE}" in argv
     assert f"if=pflash,format=raw,unit=1,file={vars_copy}" in argv
     assert "-no-reboot" in argv and f"file:{tmp_path / 'serial.log'}" in argv
+
+
+# (profile, extra properties, extra -device args, the config drive's -device, cdrom) as nova attaches it
+CONFIG_DRIVE_SLOTS = [
+    ("kvm", {}, (), "ide-cd,drive=cd0,bus=ide.0,unit=0", True),
+    ("kvm", {"hw_disk_bus": "ide"}, (), "ide-cd,drive=cd0,bus=ide.0,unit=1", True),
+    ("kvm", {"hw_machine_type": "pc-q35-7.2"}, ("ahci,id=ahci1",), "ide-cd,drive=cd0,bus=ahci1.0", True),
+    ("kvm", {"hw_cdrom_bus": "scsi"}, ("virtio-scsi-pci,id=scsi1",), "scsi-cd,drive=cd0,bus=scsi1.0", True),
+    ("vmware", {}, (), "ide-cd,drive=cd0,bus=ide.0,unit=0", True),
+    ("vmware", {"vmware_adaptertype": "ide"}, (), "ide-cd,drive=cd0,bus=ide.0,unit=1", True),
+    ("hyperv", {}, (), "ide-hd,drive=cd0,bus=ahci0.1", False),
+    ("hyperv-gen1", {}, (), "ide-hd,drive=cd0,bus=ide.1,unit=0", False),
+    ("ironic", {}, (), "virtio-blk-pci,drive=cd0", False),
+]
+
+
+def _config_drive_argv(tmp: Path, profile: str, extra: dict[str, str]) -> tuple[list[str], Path]:
+    machine = machine_for({**BUILTIN[profile].properties, **extra})
+    disk, iso = tmp / "disk.raw", tmp / "config-2.iso"
+    disk.write_bytes(b"\0" * (1 << 20))
+    iso.write_bytes(b"\0" * (1 << 20))
+    vars_copy = qemu_system.private_vars(tmp) if machine.firmware is Firmware.uefi else None
+    return machine.argv(disk, "raw", tmp / "serial.log", vars_copy, config_drive=iso), iso
+
+
+@pytest.mark.parametrize(("profile", "extra", "bus", "device", "cdrom"), CONFIG_DRIVE_SLOTS)
+def test_config_drive_argv_attaches_it_as_nova_does(tmp_path: Path, profile: str, extra: dict[str, str],
+                                                    bus: tuple[str, ...], device: str, cdrom: bool) -> None:
+    """libvirt: a cdrom on ide (sata for q35, hw_cdrom_bus wins); VMware: an IDE CD-ROM; Hyper-V: a
+    disk; ironic: a disk. Never written: read-only media, or a snapshot for a disk."""
+    argv, iso = _config_drive_argv(tmp_path, profile, extra)
+    media = "media=cdrom,readonly=on" if cdrom else "snapshot=on"
+    at = argv.index(f"file={iso},format=raw,if=none,id=cd0,{media}")
+    assert argv[at - 1] == "-drive"
+    assert argv[at + 1:at + 1 + 2 * len(bus) + 2] == [*(a for d in bus for a in ("-device", d)), "-device", device]
+    assert machine_for({}).argv(tmp_path / "disk.raw", "raw", tmp_path / "s.log", None).count("-drive") == 1
+
+
+@pytest.mark.skipif(not shutil.which(qemu_system.QEMU), reason="qemu-system-x86_64 not installed")
+@pytest.mark.parametrize(("profile", "extra", "bus", "device", "cdrom"), CONFIG_DRIVE_SLOTS)
+def test_config_drive_argv_is_a_machine_qemu_starts(tmp_path: Path, profile: str, extra: dict[str, str],
+                                                    bus: tuple[str, ...], device: str, cdrom: bool) -> None:
+    """qemu itself checks the buses, units and read-only media (-S: it builds the machine, then waits)."""
+    argv, _ = _config_drive_argv(tmp_path, profile, extra)
+    proc = subprocess.Popen([*argv, "-S"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1.5)
+        exited = proc.poll()
+    finally:
+        proc.kill()
+        output = proc.communicate()[0]
+    assert exited is None, output
+
+
+def test_config_drive_for_a_boot_is_nova_shaped_and_prints_the_marker(tmp_path: Path) -> None:
+    """Label config-2 (isoinfo), the key ssh-keygen reads, and user data that prints the marker when
+    a shell runs it (the console devices swapped for a file)."""
+    marker = "imgpipe-0123456789abcdef"
+    iso = boot_config_drive(tmp_path / "config-2.iso", marker)
+    described = subprocess.run(["isoinfo", "-d", "-i", str(iso)], check=True, capture_output=True, text=True).stdout
+    assert "Volume id: config-2" in described
+    meta = json.loads(_isoinfo(iso, "/openstack/latest/meta_data.json"))
+    assert meta["hostname"] == "imgpipe-boot-check"
+    (tmp_path / "key.pub").write_text(meta["public_keys"]["default"] + "\n")
+    if shutil.which("ssh-keygen"):
+        subprocess.run(["ssh-keygen", "-l", "-f", str(tmp_path / "key.pub")], check=True, capture_output=True)
+    user_data = _isoinfo(iso, "/openstack/latest/user_data")
+    assert user_data.startswith(b"#cloud-config\n") and marker.encode() not in user_data
+    command = yaml.safe_load(user_data)["runcmd"][0]
+    console = tmp_path / "console"
+    script = command[2].replace("/dev/ttyS0", str(console)).replace("/dev/console", str(console))
+    subprocess.run([*command[:2], script], check=True)
+    assert console.read_text() == marker + "\n"
+
+
+def _isoinfo(iso: Path, path: str) -> bytes:
+    return subprocess.run(["isoinfo", "-R", "-x", path, "-i", str(iso)], check=True, capture_output=True).stdout
 
 
 def test_kvm_only_with_a_hardware_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -177,3 +256,57 @@ def test_publish_uploads_only_what_boots(glance, debian_guest: dict[str, Path], 
     assert len(report.failures) == 1 and "did not boot as qemu (bios" in report.failures[0]
     assert glance_api.list_images(cloud, {"name": "bootcheck-qemu"}) == []
     assert (tmp_path / "bootcheck-qemu.boot.log").exists()
+
+
+# --- config drive: cloud-init in the guest takes user data from a nova-style drive ----------------
+
+EC2_ONLY = b"datasource_list: [ Ec2, None ]\n"  # what an image-build element once wrote
+# Twice what the stock guest takes to print the marker here; by then the Ec2-only guest's
+# cloud-init is polling 169.254.169.254 (it would for 120 s, then fall back to DataSourceNone).
+EC2_TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def cloud_init_outputs(debian_guest: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """kvm outputs of the hybrid guest (cloud-init with Debian's datasource list) and of a copy whose
+    cloud.cfg.d/99-ec2.cfg keeps only Ec2, which convert refuses unless --force-boot."""
+    from imgpipe_dev import debian_guest as builder
+
+    out = tmp_path_factory.mktemp("cloud-init-outputs")
+    ec2 = builder.with_files(debian_guest["hybrid"], out / "ec2.raw", {"/etc/cloud/cloud.cfg.d/99-ec2.cfg": EC2_ONLY})
+    refused = _imgpipe("convert", str(ec2), "-p", "kvm", "--output-dir", str(out))
+    assert refused.returncode == 19 and "[Ec2, None]" in refused.stderr, refused.stderr
+    files = {}
+    for name, source, extra in (("stock", debian_guest["hybrid"], ()), ("ec2", ec2, ("--force-boot",))):
+        (out / name).mkdir()
+        proc = _imgpipe("convert", str(source), "-p", "kvm", "--output-dir", str(out / name), "--json", *extra)
+        assert proc.returncode == 0, proc.stderr
+        files[name] = Path(json.loads(proc.stdout)[0]["path"])
+    ec2.unlink()
+    return files
+
+
+@pytest.mark.slow
+def test_config_drive_user_data_runs_on_a_cloud_init_guest(cloud_init_outputs: dict[str, Path]) -> None:
+    """The marker only the drive's user data prints is on the console, after cloud-init's final
+    stage (where runcmd runs) started; the drive was an IDE cdrom, nova's libvirt default on pc."""
+    proc, seconds = _boot(cloud_init_outputs["stock"], "kvm", "--config-drive")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["booted"] and result["config_drive"] == "libvirt: a cdrom on ide"
+    log = tail(Path(result["log"]), 10_000)
+    marker = re.search(r"imgpipe-[0-9a-f]{16}\b", log)
+    assert marker and log.index("running 'modules:final'") < marker.start()
+    print(f"kvm with a config drive: {result['seconds']:.0f} s to the marker, {seconds:.0f} s in all")
+
+
+@pytest.mark.slow
+def test_config_drive_fails_when_cloud_init_asks_only_ec2(cloud_init_outputs: dict[str, Path]) -> None:
+    """Same guest, datasource_list [ Ec2, None ]: it boots, cloud-init runs, the drive is ignored: exit 21."""
+    file = cloud_init_outputs["ec2"]
+    proc, seconds = _boot(file, "kvm", "--config-drive", "--timeout", str(EC2_TIMEOUT))
+    assert proc.returncode == 21, proc.stderr
+    assert "the config drive's user data never ran" in proc.stderr
+    log = tail(Path(f"{file}.kvm.log"), 10_000)
+    assert "169.254.169.254" in log and "DataSourceConfigDrive" not in log
+    print(f"kvm, Ec2 only, with a config drive: failed after {seconds:.0f} s")
