@@ -71,7 +71,7 @@ def test_opt_out_parses_from_yaml(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_publish_uploads_the_source_itself(glance, sample_qcow2: Path, tmp_path: Path) -> None:
     cloud = clouds.connect("test")
-    req = PublishRequest(sample_qcow2, _kvm(), "passthrough", tags=["imgpipe-test"])
+    req = PublishRequest(source=sample_qcow2, profiles=_kvm(), name="passthrough", tags=["imgpipe-test"])
     report = publish(req, [cloud], Options(out_dir=tmp_path, verify=True))
     assert report.failures == []
     (result,) = report.results

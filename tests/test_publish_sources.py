@@ -30,7 +30,7 @@ def published(glance_server, sample_qcow2: Path, tmp_path_factory: pytest.TempPa
         mp.setenv("OS_CLIENT_CONFIG_FILE", str(glance_server.clouds_yaml))
         cloud = clouds.connect("test")
     work = tmp_path_factory.mktemp("work")
-    req = PublishRequest(src, profiles.select(["kvm-raw", "vmware-ova"], profiles.load_all()), "xzguest",
+    req = PublishRequest(source=src, profiles=profiles.select(["kvm-raw", "vmware-ova"], profiles.load_all()), name="xzguest",
                          profile_properties={"vmware-ova": {"vmware_ostype": "debian12_64Guest"}})
     report = publish(req, [cloud], Options(out_dir=work, verify=True))
     assert report.failures == []
@@ -68,7 +68,7 @@ def test_ova_in_glance_reads_like_nova(published, sample_qcow2: Path, tmp_path: 
 
 def test_republish_of_the_xz_is_a_no_op(published, tmp_path: Path) -> None:
     cloud, src, _ = published
-    req = PublishRequest(src, profiles.select(["kvm-raw", "vmware-ova"], profiles.load_all()), "xzguest")
+    req = PublishRequest(source=src, profiles=profiles.select(["kvm-raw", "vmware-ova"], profiles.load_all()), name="xzguest")
     report = publish(req, [cloud], Options(out_dir=tmp_path))
     assert {r.status for r in report.results} == {"unchanged"}
     assert list(tmp_path.iterdir()) == []  # not even decompressed

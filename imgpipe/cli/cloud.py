@@ -50,11 +50,12 @@ def _profile_properties(items: list[str] | None, selected: list[profiles.Profile
     return {profile: _properties(rest) for profile, rest in scoped.items()}
 
 
-def _connect(names: list[str] | None, insecure: bool, cacert: str | None,
-             timeout: float = settings.REQUEST_TIMEOUT) -> list[clouds.Cloud]:
+def _connect(names: list[str] | None, insecure: bool, cacert: str | None, timeout: float,
+             retries: int) -> list[clouds.Cloud]:
     from imgpipe.cloud import clouds
 
-    return [clouds.connect(n, insecure=insecure, cacert=cacert, timeout=timeout) for n in (names or [None])]
+    return [clouds.connect(n, insecure=insecure, cacert=cacert, timeout=timeout, limits=_limits(retries))
+            for n in (names or [None])]
 
 
 def _show_results(results: list[UploadResult], failures: list[str],
@@ -106,19 +107,20 @@ def upload_cmd(
     where = placement(import_method, store, all_stores, allow_partial_stores)
     props = {**chosen.properties, **_properties(prop)}
     size = file.stat().st_size
-    targets = _connect(cloud, insecure, os_cacert, timeout)
-    limits = _limits(retries)
+    targets = _connect(cloud, insecure, os_cacert, timeout, retries)
     # The lookup needs the anchor before any upload (once for every cloud); --force looks
     # nothing up, so the send's own sha256 becomes the anchor and the file is read once.
     sha = None if force else sha256_file(file)
     results = []
     with render.progress(quiet=as_json) as report:
         for target in targets:
-            req = UploadRequest(file, name, chosen.name, chosen.disk_format, chosen.container_format,
-                                virtual_size, sha, props, tag or [], visibility.value, force, where, source_url)
+            req = UploadRequest(path=file, name=name, profile=chosen.name, disk_format=chosen.disk_format,
+                                container_format=chosen.container_format, virtual_size=virtual_size,
+                                source_sha256=sha, properties=props, tags=tag or [], visibility=visibility.value,
+                                force=force, placement=where, source_url=source_url)
             on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1))) \
                 if report else None
-            results.append(upload(target, req, limits, on_bytes))
+            results.append(upload(target, req, on_bytes))
     _show_results(results, [])
 
 
@@ -165,16 +167,16 @@ def publish_cmd(
 
     work = work_dir or Path(tempfile.gettempdir())
     checks = BootCheck(work, boot_expect, boot_timeout, config_drive=boot_config_drive) if boot else None
-    req = PublishRequest(src, selected, name, name_template, _properties(prop), tag or [], visibility.value, force,
+    req = PublishRequest(source=src, profiles=selected, name=name, name_template=name_template,
+                         properties=_properties(prop), tags=tag or [], visibility=visibility.value, force=force,
                          profile_properties=_profile_properties(profile_prop, selected), boot_check=checks,
                          placement=placement(import_method, store, all_stores, allow_partial_stores),
                          guest_properties=guest_properties)
-    targets = _connect(cloud, insecure, os_cacert, timeout)
-    limits = _limits(retries)
+    targets = _connect(cloud, insecure, os_cacert, timeout, retries)
     opts = Options(out_dir=work, verify=verify, engine=engine.value,
                    force_boot=force_boot)
     with render.progress(quiet=as_json) as report:
-        result = publish(req, targets, opts, limits, report)
+        result = publish(req, targets, opts, report)
     _show_results(result.results, result.failures, result.derived)
 
 

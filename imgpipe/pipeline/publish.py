@@ -16,26 +16,26 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from imgpipe import owner, retry, settings
+from imgpipe import owner, settings
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
 from imgpipe.conversion.convert import Options, Output, conversion_groups, convert_image, docker_output
-from imgpipe.guest import derive, gate
+from imgpipe.guest import derive
 from imgpipe.errors import ImgpipeError
-from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult, boot_check
+from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult
+from imgpipe.pipeline.boot import boot_output
 from imgpipe.hashing import sha256_file
 from imgpipe.profiles import Profile
-from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
-from imgpipe.source.unpack import named_as, unpack
 from imgpipe.cloud.upload import UploadRequest, UploadResult, find_unchanged, upload
-from imgpipe.pipeline.convert import source_info, with_root
+from imgpipe.pipeline.convert import conversion_options, preparation
+from imgpipe.pipeline.prepared import PreparedSource, prepare
 
 LOG = logging.getLogger("imgpipe.pipeline.publish")
 DEFAULT_TEMPLATE = settings.NAME_TEMPLATE
 WORK_PREFIX = "imgpipe-publish-"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PublishRequest:
     source: Path
     profiles: list[Profile]
@@ -51,14 +51,11 @@ class PublishRequest:
     boot_check: BootCheck | None = None
     placement: Placement = field(default_factory=Placement)
     cloud_placements: dict[str, Placement] = field(default_factory=dict)  # a catalog's per-cloud stores
+    unpack_cache: Path | None = None  # a catalog keeps unpacked sources here, keyed by source_sha256
 
-    def given_properties(self, profile: Profile) -> dict[str, str]:
-        """Profile, then user, then per-profile user properties: all override derived ones."""
-        return {**profile.properties, **self.properties, **self.profile_properties.get(profile.name, {})}
-
-    def final_properties(self, profile: Profile, derived: dict[str, dict[str, str]]) -> dict[str, str]:
-        """What the image carries: derived values under everything the profile and user gave."""
-        return {**{k: d["value"] for k, d in derived.items()}, **self.given_properties(profile)}
+    def given(self, profile: Profile) -> dict[str, str]:
+        """What the user gave for this profile's image: run-wide, then per-profile properties."""
+        return {**self.properties, **self.profile_properties.get(profile.name, {})}
 
     def image_name(self, profile: Profile, out: Output | None = None) -> str:
         if out is not None and out.docker_name:
@@ -85,18 +82,20 @@ class PublishReport:
 
 
 def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
-            limits: retry.RetryLimits = retry.DEFAULT_LIMITS,
             progress: Callable[[str, float], None] | None = None) -> PublishReport:
     sha = req.source_sha256 or sha256_file(req.source)
     report = PublishReport()
     todo: list[Profile] = []
     for profile in req.profiles:
-        unchanged = [] if req.force or profile.package == "docker-archive" else [
-            _unchanged(c, req.image_name(profile), profile.name, sha, limits) for c in clouds]
+        unchanged = [] if req.force or not profile.converts else [
+            _unchanged(c, req.image_name(profile), profile.name, sha, req.cloud_placements.get(c.name, req.placement))
+            for c in clouds]
         if unchanged and all(unchanged):
             report.results += [u for u in unchanged if u is not None]
         else:
             todo.append(profile)
+    if not todo:
+        return report  # nothing to convert: the source is not even unpacked
     for gone in owner.sweep(opts.out_dir, WORK_PREFIX):
         LOG.warning("removed %s, the work directory of a dead run", gone)
     with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=opts.out_dir) as work, \
@@ -104,40 +103,45 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
             ThreadPoolExecutor(max_workers=req.boot_check.parallel if req.boot_check else 1) as boots, \
             _stopping_boots() as stop:
         owner.claim_dir(Path(work))
-        disk = _unpacked(req.source, todo, Path(work), opts)
-        with named_as(req.source, disk):
-            info = source_info(disk, todo, opts) if todo else None  # inspected once, not per group
-            facts = gate.examine(info, todo, req.given_properties, opts.force_boot, Path(work)) if info else None
-        if facts is not None:
-            opts = with_root(opts, facts)
-            if req.guest_properties:
-                report.derived = {p.name: derive.to_dict(derive.properties(facts, p)) for p in todo}
-        futures: list[tuple[str, Future[UploadResult]]] = []
-        # the OVA descriptor states the firmware/OS the image will carry
-        group_opts = replace(opts, out_dir=Path(work), out_file=None, in_place=True, properties={
-            p.name: req.final_properties(p, report.derived.get(p.name, {})) for p in todo})
-        for group in conversion_groups(todo):
-            try:
-                outputs = (convert_image(info, group, group_opts, progress) if info
-                           else [docker_output(req.source, group)])
-            except ImgpipeError as exc:
-                report.failures.append(str(exc))
-                continue
-            for out in outputs:
-                for profile in (p for p in group if p.name in out.profiles):
-                    up = _request(req, profile, out, sha, report.derived.get(profile.name, {}))
-                    booted = boots.submit(_boot, req.boot_check, up, profile, stop) if req.boot_check else None
-                    for cloud in clouds:
-                        label = f"{cloud.name}/{up.name}"
-                        placed = replace(up, placement=req.cloud_placements.get(cloud.name, req.placement))
-                        futures.append((label, pool.submit(_upload_booted, booted, cloud, placed, limits,
-                                                           _bytes_progress(progress, label, out.size))))
-        for label, future in futures:
-            try:
-                report.results.append(future.result())
-            except ImgpipeError as exc:
-                report.failures.append(f"{label}: {exc}")
+        how = preparation(opts, Path(work), scratch_dir=Path(work), guest_properties=req.guest_properties,
+                          unpack_cache=req.unpack_cache)
+        with prepare(req.source, todo, how, req.given, sha) as prepared:
+            futures = _convert_and_upload(req, prepared, todo, clouds, opts, Path(work), sha, report, pool,
+                                          boots, stop, progress)
+            for label, future in futures:  # a passthrough upload reads the unpacked disk itself
+                try:
+                    report.results.append(future.result())
+                except ImgpipeError as exc:
+                    report.failures.append(f"{label}: {exc}")
     return report
+
+
+def _convert_and_upload(req: PublishRequest, prepared: PreparedSource, todo: list[Profile], clouds: list[Cloud],
+                        opts: Options, work: Path, sha: str, report: PublishReport, pool: ThreadPoolExecutor,
+                        boots: ThreadPoolExecutor, stop: threading.Event,
+                        progress: Callable[[str, float], None] | None) -> list[tuple[str, Future[UploadResult]]]:
+    """Each conversion group in turn; its outputs boot-check and upload while the next converts."""
+    report.derived = {p.name: derive.to_dict(prepared.derived(p)) for p in todo} if prepared.facts else {}
+    group_opts = replace(conversion_options(prepared, todo, opts, req.given), out_dir=work, out_file=None,
+                         in_place=True)
+    futures: list[tuple[str, Future[UploadResult]]] = []
+    for group in conversion_groups(todo):
+        try:
+            outputs = (convert_image(prepared.info, group, group_opts, progress) if prepared.info
+                       else [docker_output(req.source, group)])
+        except ImgpipeError as exc:
+            report.failures.append(str(exc))
+            continue
+        for out in outputs:
+            for profile in (p for p in group if p.name in out.profiles):
+                up = _request(req, profile, out, sha, group_opts.properties.get(profile.name, profile.properties))
+                booted = boots.submit(_boot, req.boot_check, up, profile, stop) if req.boot_check else None
+                for cloud in clouds:
+                    label = f"{cloud.name}/{up.name}"
+                    placed = replace(up, placement=req.cloud_placements.get(cloud.name, req.placement))
+                    futures.append((label, pool.submit(_upload_booted, booted, cloud, placed,
+                                                       _bytes_progress(progress, label, out.size))))
+    return futures
 
 
 @contextlib.contextmanager
@@ -154,34 +158,25 @@ def _stopping_boots() -> Iterator[threading.Event]:
 def _boot(check: BootCheck, up: UploadRequest, profile: Profile, stop: threading.Event) -> BootResult:
     """Boot with exactly the properties the image will carry; the log outlives the work dir."""
     log = check.log_dir / (up.name.replace("/", "_") + ".boot.log")
-    result = boot_check(up.path, profile, up.properties, expect=check.expect, timeout=check.timeout, log=log,
-                        stop=stop, config_drive=check.config_drive)
+    result = boot_output(up.path, profile, up.properties, expect=check.expect, timeout=check.timeout, log=log,
+                         stop=stop, config_drive=check.config_drive)
     if result.skipped:
         LOG.warning("%s: boot check skipped: %s", up.name, result.skipped)
     return result
 
 
 def _upload_booted(booted: Future[BootResult] | None, cloud: Cloud, up: UploadRequest,
-                   limits: retry.RetryLimits, on_bytes: Callable[[int], None] | None) -> UploadResult:
+                   on_bytes: Callable[[int], None] | None) -> UploadResult:
     """Nothing of an output that did not boot reaches any cloud (BootCheckError propagates)."""
     if booted is not None:
         booted.result()
-    return upload(cloud, up, limits, on_bytes)
+    return upload(cloud, up, on_bytes)
 
 
-def _unpacked(src: Path, todo: list[Profile], work: Path, opts: Options) -> Path:
-    """A compressed or OVA source's disk, unpacked once into the run's work dir (docker: as is)."""
-    if not todo or any(p.package == "docker-archive" for p in todo):
-        return src
-    (work / "source").mkdir()
-    return unpack(src, work / "source", opts.max_virtual_size or DEFAULT_MAX_VIRTUAL_SIZE)
-
-
-def _unchanged(cloud: Cloud, name: str, profile: str, sha: str,
-               limits: retry.RetryLimits) -> UploadResult | None:
+def _unchanged(cloud: Cloud, name: str, profile: str, sha: str, placement: Placement) -> UploadResult | None:
     """An unreachable cloud must not stop the others: its upload will fail and be reported."""
     try:
-        return find_unchanged(cloud, name, profile, sha, limits)
+        return find_unchanged(cloud, name, profile, sha, placement)
     except ImgpipeError as exc:
         LOG.warning("cloud %s: cannot look for %s: %s", cloud.name, name, exc)
         return None
@@ -195,11 +190,11 @@ def _bytes_progress(progress: Callable[[str, float], None] | None, label: str,
 
 
 def _request(req: PublishRequest, profile: Profile, out: Output, sha: str,
-             derived: dict[str, dict[str, str]]) -> UploadRequest:
+             properties: dict[str, str]) -> UploadRequest:
     return UploadRequest(
         path=out.path, name=req.image_name(profile, out), profile=profile.name,
         disk_format=profile.disk_format, container_format=profile.container_format,
         virtual_size=out.virtual_size, source_sha256=sha,
-        properties=req.final_properties(profile, derived),
+        properties=properties,
         tags=req.tags,
         visibility=req.visibility, force=req.force, placement=req.placement)
