@@ -178,7 +178,7 @@ class Btrfs:
             (bytenr,) = struct.unpack_from("<Q", data, 176)
             if data[238] >= _MAX_LEVEL:
                 raise self.corrupt(f"subvolume {subvol}'s root is at level {data[238]}")
-            return FsTree(self, (bytenr, data[238]), dirid)
+            return FsTree(self, (bytenr, data[238]), dirid, subvol)
         raise self.corrupt(f"no subvolume {subvol}")
 
     def corrupt(self, why: str) -> GuestInspectionError:
@@ -347,10 +347,11 @@ class Btrfs:
 class FsTree:
     """Tree (guest.tree) over one subvolume; other subvolumes inside it are empty directories."""
 
-    def __init__(self, fs: Btrfs, root: tuple[int, int], dirid: int) -> None:
+    def __init__(self, fs: Btrfs, root: tuple[int, int], dirid: int, subvol: int = TOP_LEVEL) -> None:
         self.fs = fs
         self.root = root
         self.dirid = dirid
+        self.subvol = subvol  # which subvolume this tree is, for evidence
 
     def lstat(self, path: str) -> Node | None:
         entry = self._lookup(path)

@@ -50,21 +50,32 @@ class Volume:
     typed: bool = False  # the partition's type says Linux root / Linux data
 
 
-def _ext(read: Callable[[int, int], bytes], size: int, label: str) -> tuple[tree.Tree, str]:
-    return ExtBlocks(read, size, label), ""
+@dataclass(frozen=True)
+class Opened:
+    """A filesystem opened by its reader: the tree mounted at `/`, and for btrfs which subvolume."""
+
+    tree: tree.Tree
+    subvolume: str = ""  # "root" (its path), "" for the top level or a filesystem without any
+    why: str = ""  # how that subvolume was chosen
 
 
-def _xfs(read: Callable[[int, int], bytes], size: int, label: str) -> tuple[tree.Tree, str]:
-    return XfsBlocks(read, size, label), ""
+def _ext(read: Callable[[int, int], bytes], size: int, label: str) -> Opened:
+    return Opened(ExtBlocks(read, size, label))
 
 
-def _btrfs(read: Callable[[int, int], bytes], size: int, label: str) -> tuple[tree.Tree, str]:
-    return btrfs_blocks.root_tree(btrfs_blocks.Btrfs(read, size, label))
+def _xfs(read: Callable[[int, int], bytes], size: int, label: str) -> Opened:
+    return Opened(XfsBlocks(read, size, label))
 
 
-# Filesystem -> its in-process reader: (tree of what is mounted at /, which subvolume and why).
-# A new filesystem family is one entry here.
-READERS: dict[str, Callable[[Callable[[int, int], bytes], int, str], tuple[tree.Tree, str]]] = {
+def _btrfs(read: Callable[[int, int], bytes], size: int, label: str) -> Opened:
+    fs = btrfs_blocks.Btrfs(read, size, label)
+    guest, why = btrfs_blocks.root_tree(fs)
+    names = {s.id: s.path for s in fs.subvolumes()}
+    return Opened(guest, names.get(guest.subvol, ""), why)
+
+
+# Filesystem -> its in-process reader. A new filesystem family is one entry here.
+READERS: dict[str, Callable[[Callable[[int, int], bytes], int, str], Opened]] = {
     "ext2": _ext, "ext3": _ext, "ext4": _ext, "xfs": _xfs, "btrfs": _btrfs,
 }
 LINUX_FILESYSTEMS = tuple(READERS)
@@ -162,61 +173,67 @@ def _volumes(info: ImageInfo, parts: list[Partition | None], found: dict[int, st
 def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestFacts) -> None:
     """The root is the filesystem holding os-release (not the largest partition: RHEL-family
     images keep /boot apart); a separate /boot is the one holding kernels or a boot loader."""
-    opened: list[tuple[Volume, tree.Tree, str]] = []
-    root: tuple[Volume, tree.Tree, str] | None = None
+    opened: list[tuple[Volume, Opened]] = []
+    root: tuple[Volume, Opened] | None = None
     for volume in volumes:
         got = _open(info, volume, work, facts)
         if got is None:
             continue
-        opened.append((volume, *got))
-        if root is None and any(tree.read(got[0], path, 1) is not None for path in OS_RELEASE):
+        opened.append((volume, got))
+        if root is None and any(tree.read(got.tree, path, 1) is not None for path in OS_RELEASE):
             root = opened[-1]
     if root is None:
-        root = opened[0] if opened else None
-        if root is None:
+        if not opened:
             return
+        root = opened[0]
         facts.unchecked.append(f"no filesystem holds /etc/os-release; {root[0].label} taken as the root")
-    volume, guest, subvolume = root
+    volume, fs = root
     found_by = "os-release" if len(opened) > 1 and volume is not volumes[0] else \
         ("type" if volume.typed else "signature")
     value: dict[str, object] = {"partition": volume.part.number if volume.part else 0, "filesystem": volume.fs,
                                 "found_by": found_by}
     if volume.lv:
         value["volume"] = volume.lv
-    if subvolume:
-        value["subvolume"] = subvolume
-    how = f"{volume.fs}" + (f", LVM {volume.lv}" if volume.lv else "") + (f", btrfs {subvolume}" if subvolume else "")
+    if fs.subvolume:
+        value["subvolume"] = fs.subvolume
+    how = volume.fs + (f", LVM {volume.lv}" if volume.lv else "") + \
+        (f", btrfs subvolume {fs.subvolume}: {fs.why}" if fs.why else "")
     facts.root = Fact(value, f"{volume.label} ({how}; root found by {found_by})")
-    boot = next(((v, t) for v, t, _ in opened if v is not volume and _is_boot(t)), None)
+    boot = next(((v, o.tree) for v, o in opened if v is not volume and _is_boot(o.tree)), None)
     if boot is not None:
         facts.boot = Fact({"partition": boot[0].part.number if boot[0].part else 0, "filesystem": boot[0].fs},
                           f"{boot[0].label} holds kernels or a boot loader at its top: /boot")
+    boot_tree, boot_label = (boot[1], boot[0].label) if boot else (None, "")
     found = dataclasses.replace(facts, unchecked=list(facts.unchecked))  # the only list it extends
     try:
-        _read_linux(guest, volume.label, found, boot[1] if boot else None, boot[0].label if boot else "")
+        _read_linux(fs.tree, volume.label, found, boot_tree, boot_label)
     except Unsupported as exc:  # met on the way (an inline_data inode): start over with debugfs
-        if not volume.fs.startswith("ext") or volume.lv:
+        fallback = _debugfs(info, volume, work, exc)
+        if fallback is None:
             raise GuestInspectionError(f"{info.path}: {volume.label}: {exc}") from exc
-        LOG.info("%s: %s: %s: reading it with debugfs from a full copy", info.path, volume.label, exc)
-        image = reader.extract(info, volume.part, work / f"root{volume.part.number if volume.part else 0}.raw")
         found = dataclasses.replace(facts, unchecked=list(facts.unchecked))
-        _read_linux(ExtTree(image, f"{info.path}: {volume.label}"), volume.label, found,
-                    boot[1] if boot else None, boot[0].label if boot else "")
+        _read_linux(fallback.tree, volume.label, found, boot_tree, boot_label)
     vars(facts).update(vars(found))
 
 
-def _open(info: ImageInfo, volume: Volume, work: Path,
-          facts: GuestFacts) -> tuple[tree.Tree, str] | None:
-    """The volume's tree; ext that ext_blocks does not parse is read by debugfs from a full copy."""
+def _open(info: ImageInfo, volume: Volume, work: Path, facts: GuestFacts) -> Opened | None:
+    """The volume's tree, or None (noted) for a filesystem its reader does not parse."""
     try:
         return READERS[volume.fs](volume.read, volume.size, f"{info.path}: {volume.label}")
     except Unsupported as exc:
-        if volume.fs.startswith("ext") and not volume.lv:
-            LOG.info("%s: %s: %s: reading it with debugfs from a full copy", info.path, volume.label, exc)
-            image = reader.extract(info, volume.part, work / f"root{volume.part.number if volume.part else 0}.raw")
-            return ExtTree(image, f"{info.path}: {volume.label}"), ""
-        facts.unchecked.append(f"{volume.label} is {volume.fs} with {exc}: not read")
+        fallback = _debugfs(info, volume, work, exc)
+        if fallback is None:
+            facts.unchecked.append(f"{volume.label} is {volume.fs} with {exc}: not read")
+        return fallback
+
+
+def _debugfs(info: ImageInfo, volume: Volume, work: Path, why: Unsupported) -> Opened | None:
+    """ext that ext_blocks does not parse, read by debugfs from a full copy of its partition."""
+    if not volume.fs.startswith("ext") or volume.lv:
         return None
+    LOG.info("%s: %s: %s: reading it with debugfs from a full copy", info.path, volume.label, why)
+    image = reader.extract(info, volume.part, work / f"root{volume.part.number if volume.part else 0}.raw")
+    return Opened(ExtTree(image, f"{info.path}: {volume.label}"))
 
 
 def _is_boot(guest: tree.Tree) -> bool:
