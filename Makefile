@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.imgpipe-installed
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: deps venv test test-fast demo bench clean
+.PHONY: deps venv lint test test-fast demo bench clean
 
 deps:
 	@scripts/ensure-system-deps
@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml
 
 venv: deps $(STAMP)
 
-test: venv
+lint: venv
+	$(PY) -m ruff check imgpipe && $(PY) -m mypy imgpipe
+
+test: venv lint
 	$(PY) -m pytest -q
 
 test-fast: venv

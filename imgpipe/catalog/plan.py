@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgpipe import retry
-from imgpipe.cloud import discovery, glance
 from imgpipe.catalog import rotation
+from imgpipe.catalog.download import Checksums
 from imgpipe.catalog.model import Catalog, Image, Version
+from imgpipe.catalog.rotation import Action
+from imgpipe.cloud import discovery, glance
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
-from imgpipe.errors import ImgpipeError
-from imgpipe.catalog.rotation import Action
-from imgpipe.catalog.download import Checksums
 from imgpipe.cloud.upload import PROFILE_KEY, SOURCE_KEY
+from imgpipe.errors import ImgpipeError
 
 Connect = Callable[[str], Cloud]
 
@@ -50,13 +50,13 @@ class Shard:
 def parse_shard(text: str | None, env: Mapping[str, str]) -> Shard | None:
     """--shard I/N (0-based), else a Kubernetes Indexed Job's JOB_COMPLETION_INDEX/JOB_COMPLETIONS."""
     if text is None:
-        index = env.get("JOB_COMPLETION_INDEX")
-        if index is None:
+        job_index = env.get("JOB_COMPLETION_INDEX")
+        if job_index is None:
             return None
         if "JOB_COMPLETIONS" not in env:
             raise ValueError("JOB_COMPLETION_INDEX is set but JOB_COMPLETIONS is not: "
                              "set it to the Job's spec.completions")
-        text = f"{index}/{env['JOB_COMPLETIONS']}"
+        text = f"{job_index}/{env['JOB_COMPLETIONS']}"
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
         raise ValueError(f"shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from imgpipe.cloud import glance
 from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Image
+from imgpipe.cloud import glance
 from imgpipe.cloud.clouds import Cloud
-from imgpipe.errors import ImgpipeError
 from imgpipe.cloud.upload import PROFILE_KEY, SOURCE_KEY
+from imgpipe.errors import ImgpipeError
 
 DEACTIVATED = "deactivated"
 # Show the versions to keep before hiding the ones they replace: never a moment with none.

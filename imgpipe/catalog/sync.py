@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from imgpipe import locks, settings
-from imgpipe.catalog import rotation
 from imgpipe.catalog import download as sources
-from imgpipe.catalog.plan import Connect, Shard, Survey, Unit, look, plan, scope, survey
+from imgpipe.catalog import rotation
 from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image
+from imgpipe.catalog.plan import Connect, Shard, Survey, Unit, look, plan, scope, survey
+from imgpipe.catalog.rotation import Action
+from imgpipe.cloud import image_import
 from imgpipe.conversion.convert import Options
 from imgpipe.errors import ImgpipeError
-from imgpipe.profiles import Profile
-from imgpipe.cloud import image_import
 from imgpipe.pipeline.publish import PublishRequest, publish
+from imgpipe.profiles import Profile
 from imgpipe.retry import DEFAULT_LIMITS, RetryLimits
-from imgpipe.catalog.rotation import Action
 
 Progress = Callable[[str, float], None]
 DEFAULT_JOBS = settings.SYNC_JOBS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,7 +15,8 @@ from imgpipe.cli.options import GuestPropertiesOpt, JsonOpt, PropertyOpt, regex
 from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT
 from imgpipe.guest.qemu_system import Firmware
 
-ExpectOpt = Annotated[str, typer.Option("--expect", callback=regex, help="Regex on the serial console that means booted.")]
+ExpectOpt = Annotated[str, typer.Option(
+    "--expect", callback=regex, help="Regex on the serial console that means booted.")]
 BootTimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for --expect.")]
 
 
@@ -26,7 +27,7 @@ def boot_check_cmd(
     profile: Annotated[str, typer.Option("--profile", "-p", help="Profile the file was made for.")],
     expect: ExpectOpt = DEFAULT_EXPECT,
     timeout: BootTimeoutOpt = DEFAULT_TIMEOUT,
-    log: Annotated[Optional[Path], typer.Option("--log", help="Serial log (default FILE.boot.log).")] = None,
+    log: Annotated[Path | None, typer.Option("--log", help="Serial log (default FILE.boot.log).")] = None,
     firmware: Annotated[Firmware, typer.Option(help="auto: from the properties (hw_firmware_type, "
                                                     "hw_machine_type).")] = Firmware.auto,
     config_drive: Annotated[bool, typer.Option(

@@ -12,13 +12,23 @@ import typer
 
 from imgpipe import profiles, render, settings
 from imgpipe.cli.base import STATE, _fail_if, _limits, app, handled
-from imgpipe.cli.options import (CacertOpt, CacheDirOpt, InsecureOpt, JsonOpt, MetricsOpt, ReportOpt, RetriesOpt,
-                                 ShardOpt, TimeoutOpt)
+from imgpipe.cli.options import (
+    CacertOpt,
+    CacheDirOpt,
+    InsecureOpt,
+    JsonOpt,
+    MetricsOpt,
+    ReportOpt,
+    RetriesOpt,
+    ShardOpt,
+    TimeoutOpt,
+)
 
 if TYPE_CHECKING:
     from imgpipe.catalog import model as catalog_model
     from imgpipe.catalog import plan as catalog
     from imgpipe.catalog import sync
+    from imgpipe.catalog.rotation import Action
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Keep a catalog of images current on several clouds.")
 app.add_typer(catalog_app, name="catalog")
@@ -54,14 +64,14 @@ def catalog_validate(file: Path, as_json: JsonOpt = False) -> None:
 
     STATE.json = as_json
     loaded = _catalog(file)
+    clouds = sorted({c for i in loaded.images for c in i.clouds})
     data = {"catalog": str(file), "valid": True, "images": len(loaded.images),
-            "versions_to_publish": len(catalog.units(loaded)),
-            "clouds": sorted({c for i in loaded.images for c in i.clouds})}
+            "versions_to_publish": len(catalog.units(loaded)), "clouds": clouds}
     if as_json:
         render.emit_json(data)
     else:
         render.out.print(f"ok {file}: {data['images']} images, {data['versions_to_publish']} versions to "
-                         f"publish, clouds {', '.join(data['clouds'])}", highlight=False, soft_wrap=True)
+                         f"publish, clouds {', '.join(clouds)}", highlight=False, soft_wrap=True)
 
 
 @catalog_app.command("plan")
@@ -78,7 +88,7 @@ def catalog_plan(file: Path, shard: ShardOpt = None, retries: RetriesOpt = setti
     _show_plan(file, actions, failures)
 
 
-def _show_plan(file: Path, actions: list[catalog.Action], failures: list[str]) -> None:
+def _show_plan(file: Path, actions: list[Action], failures: list[str]) -> None:
     if STATE.json:
         render.emit_json({"catalog": str(file), "actions": [a.to_dict() for a in actions], "failures": failures})
     else:

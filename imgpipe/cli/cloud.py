@@ -4,17 +4,39 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from imgpipe import errors, profiles, render, settings
 from imgpipe.cli.base import STATE, _limits, _warn, app, handled
-from imgpipe.cli.options import (regex, AllowPartialStoresOpt, AllStoresOpt, CacertOpt, CloudOpt, Engine, EngineOpt,
-                                 ForceOpt, ImportMethod, ImportMethodOpt, InsecureOpt, JsonOpt, StoreOpt,
-                                 placement,
-                                 ProfileOpt, ProfilePropertyOpt, PropertyOpt, RetriesOpt, TagOpt, TimeoutOpt,
-                                 VerifyOpt, Visibility, VisibilityOpt, ForceBootOpt, GuestPropertiesOpt)
+from imgpipe.cli.options import (
+    AllowPartialStoresOpt,
+    AllStoresOpt,
+    CacertOpt,
+    CloudOpt,
+    Engine,
+    EngineOpt,
+    ForceBootOpt,
+    ForceOpt,
+    GuestPropertiesOpt,
+    ImportMethodOpt,
+    InsecureOpt,
+    JsonOpt,
+    ProfileOpt,
+    ProfilePropertyOpt,
+    PropertyOpt,
+    RetriesOpt,
+    StoreOpt,
+    TagOpt,
+    TimeoutOpt,
+    VerifyOpt,
+    Visibility,
+    VisibilityOpt,
+    placement,
+    regex,
+)
+from imgpipe.cloud.import_method import ImportMethod
 from imgpipe.conversion.convert import Options, converted_size
 from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT
 
@@ -55,7 +77,7 @@ def _connect(names: list[str] | None, insecure: bool, cacert: str | None, timeou
     from imgpipe.cloud import clouds
 
     return [clouds.connect(n, insecure=insecure, cacert=cacert, timeout=timeout, limits=_limits(retries))
-            for n in (names or [None])]
+            for n in (names if names else [None])]
 
 
 def _show_results(results: list[UploadResult], failures: list[str],
@@ -88,7 +110,7 @@ def upload_cmd(
     store: StoreOpt = None,
     all_stores: AllStoresOpt = False,
     allow_partial_stores: AllowPartialStoresOpt = False,
-    source_url: Annotated[Optional[str], typer.Option(
+    source_url: Annotated[str | None, typer.Option(
         help="Where Glance can fetch FILE itself (web-download); FILE's hashes verify the result.")] = None,
     retries: RetriesOpt = settings.RETRY_ATTEMPTS,
     timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
@@ -101,8 +123,8 @@ def upload_cmd(
     chosen = profiles.select([profile], profiles.load_all(STATE.profile_dirs))[0]
     _warn([chosen])
     virtual_size = converted_size(file, chosen)
-    from imgpipe.hashing import sha256_file
     from imgpipe.cloud.upload import UploadRequest, upload
+    from imgpipe.hashing import sha256_file
 
     where = placement(import_method, store, all_stores, allow_partial_stores)
     props = {**chosen.properties, **_properties(prop)}
@@ -130,7 +152,8 @@ def publish_cmd(
     src: Path,
     profile: ProfileOpt,
     name: Annotated[str, typer.Option(help="Base image name.")],
-    name_template: Annotated[str, typer.Option(help="Per-profile name; {name} and {profile}.")] = settings.NAME_TEMPLATE,
+    name_template: Annotated[str, typer.Option(
+        help="Per-profile name; {name} and {profile}.")] = settings.NAME_TEMPLATE,
     cloud: CloudOpt = None,
     prop: PropertyOpt = None,
     profile_prop: ProfilePropertyOpt = None,
@@ -141,7 +164,7 @@ def publish_cmd(
     store: StoreOpt = None,
     all_stores: AllStoresOpt = False,
     allow_partial_stores: AllowPartialStoresOpt = False,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Where converted files are kept during the run.")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Where converted files are kept during the run.")] = None,
     engine: EngineOpt = Engine.auto,
     verify: VerifyOpt = False,
     retries: RetriesOpt = settings.RETRY_ATTEMPTS,

@@ -72,7 +72,7 @@ def connect(name: str | None = None, *, insecure: bool = False, cacert: str | No
             timeout: float = DEFAULT_TIMEOUT, limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> Cloud:
     """Authenticate to one cloud and locate its image service."""
     cloud_name = name or os.environ.get("OS_CLOUD") or None
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if insecure:
         kwargs["verify"] = False
     if cacert:

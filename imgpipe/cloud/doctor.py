@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ class Check:
     data: dict[str, Any] = field(default_factory=dict)  # the facts behind detail, for --json
 
 
-def run_checks(cloud_names: list[str | None], profile_dirs: list[Path], insecure: bool,
+def run_checks(cloud_names: Sequence[str | None], profile_dirs: list[Path], insecure: bool,
                cacert: str | None) -> list[Check]:
     checks = [_qemu(), _profiles(profile_dirs)]
     for name in cloud_names:
