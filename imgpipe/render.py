@@ -17,17 +17,9 @@ out = Console() if Console().is_terminal else Console(width=200)
 err = Console(stderr=True)
 
 
-class _Emitted:
-    json = False
-
-
-EMITTED = _Emitted()
-
-
-def emit_json(data: Any) -> None:
-    """Write one JSON document; a run writes at most one (see cli.handled)."""
+def write_json(data: Any) -> None:
+    """Write one JSON document (a run writes at most one: cli.base.Settings keeps count)."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    EMITTED.json = True
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -60,8 +60,11 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except errors.ImgpipeError as exc:
             code = exit_code(exc)
-            if STATE.json and not render.EMITTED.json:  # a report already out carries the failures
-                render.emit_json({"error": str(exc), "exit_code": code, "kind": type(exc).__name__})
+            # the command's context (typer hands over click's own class, not typer.Context)
+            found = (getattr(a, "obj", None) for a in (*args, *kwargs.values()))
+            run = next((obj for obj in found if isinstance(obj, Settings)), Settings())
+            if run.json and not run.json_emitted:  # a report already out carries the failures
+                run.emit_json({"error": str(exc), "exit_code": code, "kind": type(exc).__name__})
             render.err.print(f"imgpipe: error: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
         except KeyboardInterrupt:
@@ -71,13 +74,31 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-@dataclasses.dataclass
-class _State:
-    json: bool = False
+@dataclasses.dataclass(kw_only=True)
+class Settings:
+    """The app-wide options, built once per run by the callback and kept on click's context
+    (as twine's settings.py), so no command reads module state."""
+
+    verbose: bool = False
     profile_dirs: list[Path] = dataclasses.field(default_factory=list)
+    json: bool = False  # the running command's --json
+    json_emitted: bool = False  # a report is out: an error adds no second document
+
+    def profiles(self) -> dict[str, profiles.Profile]:
+        return profiles.load_all(self.profile_dirs)
+
+    def emit_json(self, data: object) -> None:
+        render.write_json(data)
+        self.json_emitted = True
 
 
-STATE = _State()
+def settings_of(ctx: typer.Context, as_json: bool | None = None) -> Settings:
+    """This run's settings, which the callback put on the context; a command hands over its --json."""
+    found = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
+    ctx.obj = found
+    if as_json is not None:
+        found.json = as_json
+    return found
 
 
 def _size(value: str) -> int:
@@ -97,6 +118,7 @@ def _size(value: str) -> int:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every external command.")] = False,
     profiles_dir: Annotated[list[Path] | None, typer.Option(
         "--profiles-dir", help=f"Extra profile directory (also ${profiles.ENV_DIRS}); overrides built-ins.")] = None,
@@ -104,8 +126,7 @@ def main_options(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("oslo_utils").setLevel(logging.INFO if verbose else logging.ERROR)
-    STATE.profile_dirs = list(profiles_dir or [])
-    STATE.json = render.EMITTED.json = False
+    ctx.obj = Settings(verbose=verbose, profile_dirs=list(profiles_dir or []))
     # systemd and Kubernetes stop jobs with SIGTERM: clean up exactly as for Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
 
@@ -125,8 +146,8 @@ def _fail_if(failures: list[str]) -> None:
         raise errors.PartialFailure(f"{len(failures)} problem(s): " + "; ".join(failures))
 
 
-def _warn(selected: list[profiles.Profile]) -> None:
-    if STATE.json:
+def _warn(run: Settings, selected: list[profiles.Profile]) -> None:
+    if run.json:
         return
     for p in selected:
         for note in p.advisories():

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from imgpipe import errors, profiles, render
-from imgpipe.cli.base import STATE, app, handled
+from imgpipe.cli.base import app, handled, settings_of
 from imgpipe.cli.cloud import _properties
 from imgpipe.cli.options import GuestPropertiesOpt, JsonOpt, PropertyOpt, regex
 from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT
@@ -23,6 +23,7 @@ BootTimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds
 @app.command("boot-check")
 @handled
 def boot_check_cmd(
+    ctx: typer.Context,
     file: Path,
     profile: Annotated[str, typer.Option("--profile", "-p", help="Profile the file was made for.")],
     expect: ExpectOpt = DEFAULT_EXPECT,
@@ -39,8 +40,8 @@ def boot_check_cmd(
 ) -> None:
     """Boot FILE read-only under QEMU with the firmware and disk controller its published
     properties imply; pass when the serial console shows --expect within --timeout."""
-    STATE.json = as_json
-    chosen = profiles.select([profile], profiles.load_all(STATE.profile_dirs))[0]
+    run = settings_of(ctx, as_json)
+    chosen = profiles.select([profile], run.profiles())[0]
     from imgpipe.pipeline.boot import boot_file
     from imgpipe.pipeline.prepared import Preparation
 
@@ -54,7 +55,7 @@ def boot_check_cmd(
             render.err.print(exc.tail, highlight=False, markup=False)
         raise
     if as_json:
-        render.emit_json(result.to_dict())
+        run.emit_json(result.to_dict())
     elif result.skipped:
         render.err.print(f"skipped: {file} ({chosen.name}) is {result.skipped}", highlight=False)
     else:

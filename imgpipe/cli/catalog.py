@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from imgpipe import profiles, render, settings
-from imgpipe.cli.base import STATE, _fail_if, _limits, app, handled
+from imgpipe import render, settings
+from imgpipe.cli.base import Settings, _fail_if, _limits, app, handled, settings_of
 from imgpipe.cli.options import (
     CacertOpt,
     CacheDirOpt,
@@ -34,10 +34,10 @@ catalog_app = typer.Typer(no_args_is_help=True, help="Keep a catalog of images c
 app.add_typer(catalog_app, name="catalog")
 
 
-def _catalog(file: Path) -> catalog_model.Catalog:
+def _catalog(run: Settings, file: Path) -> catalog_model.Catalog:
     from imgpipe.catalog import model as catalog_model
 
-    return catalog_model.load(file, profiles.load_all(STATE.profile_dirs))
+    return catalog_model.load(file, run.profiles())
 
 
 def _shard(text: str | None) -> catalog.Shard | None:
@@ -58,17 +58,17 @@ def _connector(insecure: bool, cacert: str | None, timeout: float, retries: int)
 
 @catalog_app.command("validate")
 @handled
-def catalog_validate(file: Path, as_json: JsonOpt = False) -> None:
+def catalog_validate(ctx: typer.Context, file: Path, as_json: JsonOpt = False) -> None:
     """Check a catalog file (keys, profiles, checksums, retention) without touching any network."""
     from imgpipe.catalog import plan as catalog
 
-    STATE.json = as_json
-    loaded = _catalog(file)
+    run = settings_of(ctx, as_json)
+    loaded = _catalog(run, file)
     clouds = sorted({c for i in loaded.images for c in i.clouds})
     data = {"catalog": str(file), "valid": True, "images": len(loaded.images),
             "versions_to_publish": len(catalog.units(loaded)), "clouds": clouds}
     if as_json:
-        render.emit_json(data)
+        run.emit_json(data)
     else:
         render.out.print(f"ok {file}: {data['images']} images, {data['versions_to_publish']} versions to "
                          f"publish, clouds {', '.join(clouds)}", highlight=False, soft_wrap=True)
@@ -76,21 +76,21 @@ def catalog_validate(file: Path, as_json: JsonOpt = False) -> None:
 
 @catalog_app.command("plan")
 @handled
-def catalog_plan(file: Path, shard: ShardOpt = None, retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+def catalog_plan(ctx: typer.Context, file: Path, shard: ShardOpt = None, retries: RetriesOpt = settings.RETRY_ATTEMPTS,
                  timeout: TimeoutOpt = settings.REQUEST_TIMEOUT, insecure: InsecureOpt = False,
                  os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
     """What a sync would create, leave unchanged, hide, deactivate and delete, per cloud; changes nothing."""
     from imgpipe.catalog import plan as catalog
 
-    STATE.json = as_json
+    run = settings_of(ctx, as_json)
     connect = _connector(insecure, os_cacert, timeout, retries)
-    actions, failures = catalog.preview(_catalog(file), connect, _shard(shard), limits=_limits(retries))
-    _show_plan(file, actions, failures)
+    actions, failures = catalog.preview(_catalog(run, file), connect, _shard(shard), limits=_limits(retries))
+    _show_plan(run, file, actions, failures)
 
 
-def _show_plan(file: Path, actions: list[Action], failures: list[str]) -> None:
-    if STATE.json:
-        render.emit_json({"catalog": str(file), "actions": [a.to_dict() for a in actions], "failures": failures})
+def _show_plan(run: Settings, file: Path, actions: list[Action], failures: list[str]) -> None:
+    if run.json:
+        run.emit_json({"catalog": str(file), "actions": [a.to_dict() for a in actions], "failures": failures})
     else:
         render.table(f"plan {file}", ["cloud", "action", "name", "version", "id"],
                      [(a.cloud, a.action + (f" to {','.join(a.stores)}" if a.stores else ""), a.name, a.version,
@@ -101,6 +101,7 @@ def _show_plan(file: Path, actions: list[Action], failures: list[str]) -> None:
 @catalog_app.command("sync")
 @handled
 def catalog_sync(
+    ctx: typer.Context,
     file: Path,
     jobs: Annotated[int, typer.Option(min=1, help="Source versions processed at once.")] = settings.SYNC_JOBS,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
@@ -119,38 +120,38 @@ def catalog_sync(
     from imgpipe.catalog import plan as catalog
     from imgpipe.catalog import sync
 
-    STATE.json = as_json
-    loaded, where = _catalog(file), _shard(shard)
+    run = settings_of(ctx, as_json)
+    loaded, where = _catalog(run, file), _shard(shard)
     connect = _connector(insecure, os_cacert, timeout, retries)
     if dry_run:
-        _show_plan(file, *catalog.preview(loaded, connect, where, rotate, _limits(retries)))
+        _show_plan(run, file, *catalog.preview(loaded, connect, where, rotate, _limits(retries)))
         return
     opts = sync.SyncOptions(cache_dir=cache_dir or sync.default_cache_dir(),
-                            profiles=profiles.load_all(STATE.profile_dirs), jobs=jobs, shard=where, rotate=rotate,
+                            profiles=run.profiles(), jobs=jobs, shard=where, rotate=rotate,
                             limits=_limits(retries))
     with render.progress(quiet=as_json) as progress:
         result = sync.run(loaded, file, connect, opts, progress=progress)
-    _show_sync(result, metrics_file, report)
+    _show_sync(run, result, metrics_file, report)
 
 
 @catalog_app.command("rotate")
 @handled
-def catalog_rotate(file: Path, cache_dir: CacheDirOpt = None, metrics_file: MetricsOpt = None,
+def catalog_rotate(ctx: typer.Context, file: Path, cache_dir: CacheDirOpt = None, metrics_file: MetricsOpt = None,
                    report: ReportOpt = None, retries: RetriesOpt = settings.RETRY_ATTEMPTS,
                    timeout: TimeoutOpt = settings.REQUEST_TIMEOUT, insecure: InsecureOpt = False,
                    os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
     """Apply retention once, after all shards: only images whose newest version is active everywhere."""
     from imgpipe.catalog import sync
 
-    STATE.json = as_json
+    run = settings_of(ctx, as_json)
     opts = sync.SyncOptions(cache_dir=cache_dir or sync.default_cache_dir(),
-                            profiles=profiles.load_all(STATE.profile_dirs), limits=_limits(retries))
-    result = sync.run(_catalog(file), file, _connector(insecure, os_cacert, timeout, retries), opts,
+                            profiles=run.profiles(), limits=_limits(retries))
+    result = sync.run(_catalog(run, file), file, _connector(insecure, os_cacert, timeout, retries), opts,
                       publish_units=False)
-    _show_sync(result, metrics_file, report)
+    _show_sync(run, result, metrics_file, report)
 
 
-def _show_sync(result: sync.SyncReport, metrics_file: Path | None, report: Path | None) -> None:
+def _show_sync(run: Settings, result: sync.SyncReport, metrics_file: Path | None, report: Path | None) -> None:
     from imgpipe.catalog import metrics
 
     if metrics_file:
@@ -159,8 +160,8 @@ def _show_sync(result: sync.SyncReport, metrics_file: Path | None, report: Path 
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    if STATE.json:
-        render.emit_json(data)
+    if run.json:
+        run.emit_json(data)
     else:
         render.table("images", ["cloud", "status", "name", "version", "id"],
                      [(a.cloud, a.action, a.name, a.version, a.image_id) for a in result.images])

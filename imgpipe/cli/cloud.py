@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from imgpipe import errors, profiles, render, settings
-from imgpipe.cli.base import STATE, _limits, _warn, app, handled
+from imgpipe.cli.base import Settings, _limits, _warn, app, handled, settings_of
 from imgpipe.cli.options import (
     AllowPartialStoresOpt,
     AllStoresOpt,
@@ -80,10 +80,10 @@ def _connect(names: list[str] | None, insecure: bool, cacert: str | None, timeou
             for n in (names if names else [None])]
 
 
-def _show_results(results: list[UploadResult], failures: list[str],
+def _show_results(run: Settings, results: list[UploadResult], failures: list[str],
                   derived: dict[str, dict[str, dict[str, str]]] | None = None) -> None:
-    if STATE.json:
-        render.emit_json({"images": [r.to_dict() for r in results], "failures": failures}
+    if run.json:
+        run.emit_json({"images": [r.to_dict() for r in results], "failures": failures}
                          | ({"derived_properties": derived} if derived is not None else {}))
     else:
         render.table("images", ["cloud", "name", "id", "status", "disk/container", "properties"],
@@ -98,6 +98,7 @@ def _show_results(results: list[UploadResult], failures: list[str],
 @app.command("upload")
 @handled
 def upload_cmd(
+    ctx: typer.Context,
     file: Path,
     profile: Annotated[str, typer.Option("--profile", "-p", help="Profile the file was made for.")],
     name: Annotated[str, typer.Option(help="Image name in Glance.")],
@@ -119,9 +120,9 @@ def upload_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Upload an already converted FILE with its profile's properties, verified."""
-    STATE.json = as_json
-    chosen = profiles.select([profile], profiles.load_all(STATE.profile_dirs))[0]
-    _warn([chosen])
+    run = settings_of(ctx, as_json)
+    chosen = profiles.select([profile], run.profiles())[0]
+    _warn(run, [chosen])
     virtual_size = converted_size(file, chosen)
     from imgpipe.cloud.upload import UploadRequest, upload
     from imgpipe.hashing import sha256_file
@@ -143,12 +144,13 @@ def upload_cmd(
             on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1))) \
                 if report else None
             results.append(upload(target, req, on_bytes))
-    _show_results(results, [])
+    _show_results(run, results, [])
 
 
 @app.command("publish")
 @handled
 def publish_cmd(
+    ctx: typer.Context,
     src: Path,
     profile: ProfileOpt,
     name: Annotated[str, typer.Option(help="Base image name.")],
@@ -183,9 +185,9 @@ def publish_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Convert SRC for each profile and publish every output to every cloud."""
-    STATE.json = as_json
-    selected = profiles.select(profile, profiles.load_all(STATE.profile_dirs))
-    _warn(selected)
+    run = settings_of(ctx, as_json)
+    selected = profiles.select(profile, run.profiles())
+    _warn(run, selected)
     from imgpipe.pipeline.publish import BootCheck, PublishRequest, publish
 
     work = work_dir or Path(tempfile.gettempdir())
@@ -200,20 +202,20 @@ def publish_cmd(
                    force_boot=force_boot)
     with render.progress(quiet=as_json) as report:
         result = publish(req, targets, opts, report)
-    _show_results(result.results, result.failures, result.derived)
+    _show_results(run, result.results, result.failures, result.derived)
 
 
 @app.command("doctor")
 @handled
-def doctor_cmd(cloud: CloudOpt = None, insecure: InsecureOpt = False, os_cacert: CacertOpt = None,
+def doctor_cmd(ctx: typer.Context, cloud: CloudOpt = None, insecure: InsecureOpt = False, os_cacert: CacertOpt = None,
                as_json: JsonOpt = False) -> None:
     """Check qemu-img, the profiles, and that each cloud's Glance answers and what it accepts."""
-    STATE.json = as_json
+    run = settings_of(ctx, as_json)
     from imgpipe.cloud import doctor
 
-    checks = doctor.run_checks(cloud or [None], STATE.profile_dirs, insecure, os_cacert)
+    checks = doctor.run_checks(cloud or [None], run.profile_dirs, insecure, os_cacert)
     if as_json:
-        render.emit_json([c.__dict__ for c in checks])
+        run.emit_json([c.__dict__ for c in checks])
     else:
         render.table("doctor", ["check", "ok", "detail"], [(c.name, "yes" if c.ok else "NO", c.detail) for c in checks])
     failed = [c for c in checks if not c.ok]

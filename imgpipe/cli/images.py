@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from imgpipe import __version__, profiles, render
-from imgpipe.cli.base import STATE, _size, _warn, app, handled
+from imgpipe.cli.base import _size, _warn, app, handled, settings_of
 from imgpipe.cli.options import (
     MAX_VIRTUAL_SIZE,
     Engine,
@@ -38,12 +38,12 @@ def version() -> None:
 
 @profiles_app.command("list")
 @handled
-def profiles_list(as_json: JsonOpt = False) -> None:
+def profiles_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every known profile with its formats and key properties."""
-    STATE.json = as_json
-    known = profiles.load_all(STATE.profile_dirs)
+    run = settings_of(ctx, as_json)
+    known = run.profiles()
     if as_json:
-        render.emit_json([p.model_dump(mode="json") | {"source": str(p.source)} for p in known.values()])
+        run.emit_json([p.model_dump(mode="json") | {"source": str(p.source)} for p in known.values()])
         return
     render.table("profiles", ["name", "disk", "container", "hypervisor_type", "description"],
                  [(p.name, p.disk_format, p.container_format, p.properties.get("hypervisor_type", ""),
@@ -52,27 +52,27 @@ def profiles_list(as_json: JsonOpt = False) -> None:
 
 @profiles_app.command("show")
 @handled
-def profiles_show(name: str, as_json: JsonOpt = False) -> None:
+def profiles_show(ctx: typer.Context, name: str, as_json: JsonOpt = False) -> None:
     """One profile in full, including where it was loaded from."""
-    STATE.json = as_json
-    profile = profiles.select([name], profiles.load_all(STATE.profile_dirs))[0]
+    run = settings_of(ctx, as_json)
+    profile = profiles.select([name], run.profiles())[0]
     data = profile.model_dump(mode="json") | {"source": str(profile.source),
                                               "advisories": profile.advisories()}
     if as_json:
-        render.emit_json(data)
+        run.emit_json(data)
     else:
         render.out.print_json(data=data)
 
 
 @profiles_app.command("validate")
 @handled
-def profiles_validate(paths: Annotated[list[Path] | None, typer.Argument()] = None,
+def profiles_validate(ctx: typer.Context, paths: Annotated[list[Path] | None, typer.Argument()] = None,
                       as_json: JsonOpt = False) -> None:
     """Validate profile files (default: every profile on the search path)."""
-    STATE.json = as_json
-    loaded = [profiles.load_file(p) for p in paths] if paths else list(profiles.load_all(STATE.profile_dirs).values())
+    run = settings_of(ctx, as_json)
+    loaded = [profiles.load_file(p) for p in paths] if paths else list(run.profiles().values())
     if as_json:
-        render.emit_json([{"name": p.name, "source": str(p.source), "valid": True,
+        run.emit_json([{"name": p.name, "source": str(p.source), "valid": True,
                            "advisories": p.advisories()} for p in loaded])
         return
     for p in loaded:
@@ -84,23 +84,24 @@ def profiles_validate(paths: Annotated[list[Path] | None, typer.Argument()] = No
 @app.command("inspect")
 @handled
 def inspect_cmd(
+    ctx: typer.Context,
     src: Path,
     source_format: SourceFormatOpt = None,
     max_virtual_size: MaxVirtualSizeOpt = MAX_VIRTUAL_SIZE,
     as_json: JsonOpt = False,
 ) -> None:
     """Detect the format from content, sizes, partition table and the safety verdict."""
-    STATE.json = as_json
+    run = settings_of(ctx, as_json)
     from imgpipe.pipeline.inspect import inspect_source
     from imgpipe.pipeline.prepared import Preparation
 
     how = Preparation(work_dir=Path(tempfile.gettempdir()), claimed_format=source_format,
                       max_virtual_size=_size(max_virtual_size))
-    prepared, data = inspect_source(src, how, profiles.load_all(STATE.profile_dirs))
+    prepared, data = inspect_source(src, how, run.profiles())
     info, facts = prepared.info, prepared.facts
     assert info is not None and facts is not None
     if as_json:
-        render.emit_json(data)
+        run.emit_json(data)
         return
     render.table(str(src), ["field", "value"], [
         ("format (qemu driver)", info.format), ("detected", info.detected),
@@ -159,6 +160,7 @@ def _derived_rows(derived: dict[str, dict[str, dict[str, str]]]) -> list[tuple[s
 @app.command()
 @handled
 def convert(
+    ctx: typer.Context,
     src: Path,
     profile: ProfileOpt,
     output: Annotated[Path | None, typer.Option(
@@ -174,16 +176,16 @@ def convert(
     as_json: JsonOpt = False,
 ) -> None:
     """Convert SRC once per distinct output format of the given profiles."""
-    STATE.json = as_json
-    selected = profiles.select(profile, profiles.load_all(STATE.profile_dirs))
-    _warn(selected)
+    run = settings_of(ctx, as_json)
+    selected = profiles.select(profile, run.profiles())
+    _warn(run, selected)
     opts = Options(out_dir=output_dir, out_file=output, verify=verify, engine=engine.value,
                    claimed_format=source_format, max_virtual_size=_size(max_virtual_size),
                    partition=partition, jobs=jobs, force_boot=force_boot)
     with render.progress(quiet=as_json) as report:
         outputs = convert_source(src, selected, opts, report)
     if as_json:
-        render.emit_json([o.to_dict() for o in outputs])
+        run.emit_json([o.to_dict() for o in outputs])
         return
     render.table("outputs", ["file", "profiles", "format", "engine", "size", "seconds", "verified"],
                  [(o.path, ",".join(o.profiles), f"{o.disk_format}/{o.container_format}", o.engine,
