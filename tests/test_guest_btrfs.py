@@ -11,7 +11,6 @@ must end in GuestInspectionError, quickly.
 from __future__ import annotations
 
 import bisect
-import os
 import re
 import struct
 import subprocess
@@ -23,10 +22,11 @@ from pathlib import Path
 import btrfs_fixture as bf
 import pytest
 import zstandard
+from tree_compare import walk
 
 from imgpipe import errors, nbd, qemu
 from imgpipe.guest import lzo, tree
-from imgpipe.guest.btrfs_blocks import Btrfs, FsTree, Subvolume, root_tree
+from imgpipe.guest.btrfs_blocks import Btrfs, Subvolume, root_tree
 
 SECTOR = 512
 SUPER_MAGIC_AT = (64 << 10) + 0x40
@@ -39,26 +39,6 @@ def fedora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("fedora")
     host = bf.fedora_tree(work / "host")
     return bf.fedora(work / "fs.raw", host), host
-
-
-def _walk(guest: FsTree, host: Path, path: str = "/") -> int:
-    """Compare one directory level by level; returns how many entries were compared."""
-    names = sorted(guest.listdir(path))
-    assert names == sorted(os.listdir(host)), path
-    seen = len(names)
-    for name in names:
-        inside, outside = f"{path.rstrip('/')}/{name}", host / name
-        node = guest.lstat(inside)
-        assert node is not None, inside
-        if outside.is_symlink():
-            assert node == tree.Node("symlink", os.readlink(outside)), inside
-        elif outside.is_dir():
-            assert node.kind == "dir", inside
-            seen += _walk(guest, outside, inside)
-        else:
-            assert node.kind == "file", inside
-            assert guest.read(inside, 1 << 30) == outside.read_bytes(), inside
-    return seen
 
 
 def _disk(fs_image: Path, dest: Path) -> qemu.Source:
@@ -93,8 +73,8 @@ def test_fedora_layout_through_a_qcow2_partition_window(fedora: tuple[Path, Path
         assert guest.lstat("/missing") is None and guest.lstat("/etc/os-release/x") is None
         assert guest.read("/var/zlib/big.txt", 1000) == (host / "root/var/zlib/big.txt").read_bytes()[:1000]
         assert len(guest.listdir("/usr/share/crowded")) == bf.CROWDED
-        assert _walk(guest, host / "root") >= bf.CROWDED + 20
-        assert _walk(fs.tree(257), host / "home") == 2
+        assert walk(guest, host / "root") >= bf.CROWDED + 20
+        assert walk(fs.tree(257), host / "home") == 2
 
 
 def test_a_default_subvolume_and_nested_subvolumes(fedora: tuple[Path, Path], tmp_path: Path) -> None:
@@ -124,7 +104,7 @@ def test_every_byte_matches_btrfs_restore(fedora: tuple[Path, Path], tmp_path: P
     restored = bf.restore(image, 256, tmp_path / "restored")
     with nbd.export(qemu.Source(image, "raw"), "fs") as disk:
         guest = Btrfs(disk.read, disk.size, "fs").tree(256)
-        assert _walk(guest, restored) >= bf.CROWDED + 20
+        assert walk(guest, restored) >= bf.CROWDED + 20
     assert (restored / "var" / "lzo" / "big.txt").read_bytes() == (host / "root/var/lzo/big.txt").read_bytes()
 
 
@@ -169,7 +149,7 @@ def test_mkfs_rootdir_top_level(tmp_path: Path) -> None:
         assert fs.subvolumes() == [] and fs.default_subvolume() == 5
         guest, evidence = root_tree(fs)
         assert evidence == "default subvolume 5 (top level) holds os-release"
-        assert _walk(guest, host) == _walk(guest, restored) >= 700 + 7
+        assert walk(guest, host) == walk(guest, restored) >= 700 + 7
 
 
 def test_lzo_overlapping_runs_and_its_output_bound() -> None:
@@ -262,7 +242,7 @@ def test_hostile_filesystems_are_corrupt_quickly(fedora: tuple[Path, Path], tmp_
     with (nbd.export(qemu.Source(image, "raw"), "fs") as disk,
           pytest.raises(errors.GuestInspectionError, match=f"^fs: corrupt btrfs filesystem: .*{message}")):
         fs = Btrfs(disk.read, disk.size, "fs")
-        _walk(root_tree(fs)[0], fedora[1] / "root")
+        walk(root_tree(fs)[0], fedora[1] / "root")
     assert time.monotonic() - started < 30
 
 

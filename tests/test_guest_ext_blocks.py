@@ -7,12 +7,12 @@ the filesystem was made from, through qemu-nbd on a qcow2 of it, as inspection r
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import guest_disks as gd
 import pytest
+from tree_compare import walk
 from typer.testing import CliRunner
 
 from imgpipe import errors, nbd, qemu
@@ -51,26 +51,6 @@ def _filesystem(tmp: Path, mkfs: list[str]) -> Path:
     return image
 
 
-def _walk(guest: ExtBlocks, host: Path, path: str = "/") -> int:
-    """Compare one directory level by level; returns how many entries were compared."""
-    names = sorted(guest.listdir(path))
-    assert names == sorted(os.listdir(host)), path
-    seen = len(names)
-    for name in names:
-        inside, outside = f"{path.rstrip('/')}/{name}", host / name
-        node = guest.lstat(inside)
-        assert node is not None, inside
-        if outside.is_symlink():
-            assert node == tree.Node("symlink", os.readlink(outside)), inside
-        elif outside.is_dir():
-            assert node.kind == "dir", inside
-            seen += _walk(guest, outside, inside)
-        else:
-            assert node.kind == "file", inside
-            assert guest.read(inside, 1 << 30) == outside.read_bytes(), inside
-    return seen
-
-
 @pytest.mark.parametrize("mkfs", [["mkfs.ext2", "-b", "1024"], ["mkfs.ext3"], ["mkfs.ext4"],
                                   ["mkfs.ext4", "-O", "^64bit,^metadata_csum", "-I", "128"]],
                          ids=["ext2-1k", "ext3", "ext4", "ext4-32bit"])
@@ -78,7 +58,7 @@ def test_every_entry_and_byte_matches_the_source_tree(tmp_path: Path, mkfs: list
     image = _filesystem(tmp_path, mkfs)
     with nbd.export(qemu.Source(image, "qcow2"), "fs") as disk:
         guest = ExtBlocks(disk.read, disk.size, "fs")
-        assert _walk(guest, tmp_path / "tree") >= 700 + 8
+        assert walk(guest, tmp_path / "tree") >= 700 + 8
         assert guest.read("/usr/big.bin", 1000) == (bytes(range(256)) * 4)[:1000]
         assert guest.lstat("/missing") is None and guest.lstat("/etc/os-release/x") is None
         assert tree.resolve(guest, "/usr/share/crowded/../../../etc/os-release") == "/etc/os-release"

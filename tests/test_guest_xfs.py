@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import xfs_fixtures as xf
+from tree_compare import walk
 
 from imgpipe import errors, nbd
 from imgpipe.guest import tree
@@ -121,26 +122,6 @@ def _quickly(seconds: int = 10) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _walk(guest: XfsBlocks, host: Path, path: str = "/") -> int:
-    """Compare one directory level by level; returns how many entries were compared."""
-    names = sorted(guest.listdir(path))
-    assert names == sorted(os.listdir(host)), path
-    seen = len(names)
-    for name in names:
-        inside, outside = f"{path.rstrip('/')}/{name}", host / name
-        node = guest.lstat(inside)
-        assert node is not None, inside
-        if outside.is_symlink():
-            assert node == tree.Node("symlink", os.readlink(outside)), inside
-        elif outside.is_dir():
-            assert node.kind == "dir", inside
-            seen += _walk(guest, outside, inside)
-        else:
-            assert node.kind == "file", inside
-            assert guest.read(inside, 1 << 30) == outside.read_bytes(), inside
-    return seen
-
-
 def _dir_form(raw: Path, path: str, block: int) -> str:
     """Shortform, block, leaf or node, from where xfs_db says the fork maps blocks: the hash
     index lives at 32 GiB into a directory, the free index of a node directory at 64 GiB."""
@@ -173,7 +154,7 @@ def test_every_entry_and_byte_matches_the_source_tree(tmp_path: Path, options: t
         assert xf.field(raw, fragmented, "v3.nrext64") == ("1" if "nrext64=1" in options else "0")
         assert any(unwritten for *_, unwritten in xf.bmap(raw, xf.inode_number(raw, "/usr/unwritten.bin")))
     with _window(_partitioned_qcow2(raw, tmp_path / "disk.qcow2")) as guest:
-        assert _walk(guest, host) >= 3000 + 200 + 40 + 10
+        assert walk(guest, host) >= 3000 + 200 + 40 + 10
         for path in ["/", "/etc", *DIR_FORMS]:
             assert sorted(guest.listdir(path)) == sorted(xf.listing(raw, path)), path
         assert guest.read("/usr/big.bin", 1000) == (bytes(range(256)) * 4)[:1000]
