@@ -12,6 +12,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -140,16 +141,23 @@ def test_unknown_store_is_refused_before_anything_is_created(multi: clouds.Cloud
     assert _images(multi, "nope") == []
 
 
-def test_glance_direct_reset_mid_stage_is_retried(multistore, multi: clouds.Cloud, sample_qcow2: Path,
-                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _proxied(multistore: Any, faults: list[Fault], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FaultProxy:
+    """A fault proxy in front of the multi-store Glance, as cloud "proxied" in a clouds.yaml of the test's."""
     port = int(multistore.glance_url.rsplit(":", 1)[1])
-    fp = FaultProxy(("127.0.0.1", port), [Fault(r"^PUT /v2/images/[^/]+/stage", "reset", after=1 << 20)])
+    fp = FaultProxy(("127.0.0.1", port), faults)
     data = yaml.safe_load(Path(multistore.clouds_yaml).read_text())
     data["clouds"]["proxied"] = {"auth_type": "none", "auth": {"endpoint": fp.url},
                                  "image_endpoint_override": fp.url, "region_name": "RegionOne"}
     config = tmp_path / "clouds.yaml"
     config.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    return fp
+
+
+def test_glance_direct_reset_mid_stage_is_retried(multistore, multi: clouds.Cloud, sample_qcow2: Path,
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fp = _proxied(multistore, [Fault(r"^PUT /v2/images/[^/]+/stage", "reset", after=1 << 20)], tmp_path,
+                  monkeypatch)
     try:
         result = upload(clouds.connect("proxied", limits=FAST),
                         _req(sample_qcow2, "reset-stage", placement=Placement(ImportMethod.glance_direct)))
@@ -311,14 +319,7 @@ def test_plan_asks_a_failing_discovery_once_per_cloud(multistore, multi: clouds.
             req = _req(tiny, image.image_name(profile, "1"), profile, placement=Placement(stores=("fast",)))
             req.properties.update({model.IMAGE_KEY: image.name, model.VERSION_KEY: "1"})
             upload(multi, req)
-    port = int(multistore.glance_url.rsplit(":", 1)[1])
-    fp = FaultProxy(("127.0.0.1", port), [Fault(r"^GET /v2/info/stores", "503", times=1000)])
-    data = yaml.safe_load(Path(multistore.clouds_yaml).read_text())
-    data["clouds"]["proxied"] = {"auth_type": "none", "auth": {"endpoint": fp.url},
-                                 "image_endpoint_override": fp.url, "region_name": "RegionOne"}
-    config = tmp_path / "clouds.yaml"
-    config.write_text(yaml.safe_dump(data))
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    fp = _proxied(multistore, [Fault(r"^GET /v2/info/stores", "503", times=1000)], tmp_path, monkeypatch)
     quick = RetryLimits(attempts=2, initial=0.05, maximum=0.1)
     try:
         actions, failures = plan.preview(catalog, lambda name: clouds.connect(name, limits=quick), rotate=False)
