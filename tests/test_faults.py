@@ -112,9 +112,12 @@ def test_interrupt_mid_upload_leaves_no_image(proxy: FaultProxy, sample_qcow2: P
     from imgpipe.cli import EXIT_INTERRUPTED
 
     proxy.faults.append(Fault(PUT, "stall", seconds=20))
+    # A shell's background job inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the child the default a user's terminal gives it.
     proc = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "upload", str(sample_qcow2), "-p", "kvm",
                              "--name", f"interrupted-{signame}", "--cloud", "proxied"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not any(r.startswith("PUT ") for r in proxy.requests) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -228,12 +228,27 @@ def test_plain_upload_asks_glance_only_what_it_needs(glance, sample_qcow2: Path)
     no separate GET (Glance's own access log says what was asked)."""
     cloud = clouds.connect("test")
     log = glance.logs["glance"]
-    before = log.stat().st_size
+    before = _settled_size(log)
     result = upload(cloud, _request(sample_qcow2, "few-calls", force=True))
     asked = _requests_logged(log, before, until="PATCH")
     assert asked == ["POST", "PUT", "PATCH"]
     assert glance_api.get_image(cloud, result.image_id)["owner_specified.openstack.md5"] == \
         hashlib.md5(sample_qcow2.read_bytes()).hexdigest()
+
+
+def _settled_size(log: Path, quiet: float = 0.5, timeout: float = 10.0) -> int:
+    """The access log's size once earlier tests' lines are all written: gunicorn writes a line
+    after its response, so a request that just ended can still land after an offset taken now."""
+    import time
+
+    size, deadline = log.stat().st_size, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = log.stat().st_size
+        if now == size:
+            break
+        size = now
+    return size
 
 
 def _requests_logged(log: Path, offset: int, until: str, timeout: float = 10.0) -> list[str]:
