@@ -5,6 +5,8 @@ without importing openstacksdk, keystoneauth and the catalog machinery (~0.3 s).
 """
 
 NAME_TEMPLATE = "{name}-{profile}"
+BOOT_EXPECT = r"login:"  # boot-check: what on the serial console means booted
+BOOT_TIMEOUT = 300.0
 # Seconds a request may go without progress; matches the local Glance's gunicorn --timeout.
 REQUEST_TIMEOUT = 120.0
 RETRY_ATTEMPTS = 6

@@ -8,11 +8,10 @@ from typing import Annotated
 
 import typer
 
-from imgpipe import errors, profiles, render
+from imgpipe import errors, profiles, render, settings
 from imgpipe.cli.base import app, handled, settings_of
 from imgpipe.cli.cloud import _properties
 from imgpipe.cli.options import GuestPropertiesOpt, JsonOpt, PropertyOpt, regex
-from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT
 from imgpipe.guest.qemu_system import Firmware
 
 ExpectOpt = Annotated[str, typer.Option(
@@ -26,8 +25,8 @@ def boot_check_cmd(
     ctx: typer.Context,
     file: Path,
     profile: Annotated[str, typer.Option("--profile", "-p", help="Profile the file was made for.")],
-    expect: ExpectOpt = DEFAULT_EXPECT,
-    timeout: BootTimeoutOpt = DEFAULT_TIMEOUT,
+    expect: ExpectOpt = settings.BOOT_EXPECT,
+    timeout: BootTimeoutOpt = settings.BOOT_TIMEOUT,
     log: Annotated[Path | None, typer.Option("--log", help="Serial log (default FILE.boot.log).")] = None,
     firmware: Annotated[Firmware, typer.Option(help="auto: from the properties (hw_firmware_type, "
                                                     "hw_machine_type).")] = Firmware.auto,

@@ -37,8 +37,6 @@ from imgpipe.cli.options import (
     regex,
 )
 from imgpipe.cloud.import_method import ImportMethod
-from imgpipe.conversion.convert import Options, converted_size
-from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from imgpipe.cloud import clouds
@@ -123,6 +121,8 @@ def upload_cmd(
     run = settings_of(ctx, as_json)
     chosen = profiles.select([profile], run.profiles())[0]
     _warn(run, [chosen])
+    from imgpipe.conversion.convert import converted_size
+
     virtual_size = converted_size(file, chosen)
     from imgpipe.cloud.upload import UploadRequest, upload
     from imgpipe.hashing import sha256_file
@@ -176,8 +176,9 @@ def publish_cmd(
     boot: Annotated[bool, typer.Option("--boot-check", help="Boot each output under QEMU first; upload "
                                                             "nothing of one that does not boot.")] = False,
     boot_expect: Annotated[str, typer.Option(callback=regex, help="With --boot-check: regex on the serial "
-                                                                  "console.")] = DEFAULT_EXPECT,
-    boot_timeout: Annotated[float, typer.Option(min=1, help="With --boot-check: seconds per boot.")] = DEFAULT_TIMEOUT,
+                                                                  "console.")] = settings.BOOT_EXPECT,
+    boot_timeout: Annotated[float, typer.Option(
+        min=1, help="With --boot-check: seconds per boot.")] = settings.BOOT_TIMEOUT,
     boot_config_drive: Annotated[bool, typer.Option("--config-drive", help="With --boot-check: attach a config "
                                                     "drive as nova does; pass only when its user data runs.")] = False,
     force_boot: ForceBootOpt = False,
@@ -198,6 +199,8 @@ def publish_cmd(
                          placement=placement(import_method, store, all_stores, allow_partial_stores),
                          guest_properties=guest_properties)
     targets = _connect(cloud, insecure, os_cacert, timeout, retries)
+    from imgpipe.conversion.convert import Options
+
     opts = Options(out_dir=work, verify=verify, engine=engine.value,
                    force_boot=force_boot)
     with render.progress(quiet=as_json) as report:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,9 +21,9 @@ from imgpipe.cli.options import (
     SourceFormatOpt,
     VerifyOpt,
 )
-from imgpipe.conversion.convert import Options
-from imgpipe.guest.facts import GuestFacts
-from imgpipe.pipeline.convert import convert_source
+
+if TYPE_CHECKING:
+    from imgpipe.guest.facts import GuestFacts
 
 profiles_app = typer.Typer(no_args_is_help=True, help="List, show and validate target profiles.")
 app.add_typer(profiles_app, name="profiles")
@@ -179,6 +179,9 @@ def convert(
     run = settings_of(ctx, as_json)
     selected = profiles.select(profile, run.profiles())
     _warn(run, selected)
+    from imgpipe.conversion.convert import Options  # the conversion machinery: only when converting
+    from imgpipe.pipeline.convert import convert_source
+
     opts = Options(out_dir=output_dir, out_file=output, verify=verify, engine=engine.value,
                    claimed_format=source_format, max_virtual_size=_size(max_virtual_size),
                    partition=partition, jobs=jobs, force_boot=force_boot)

@@ -19,15 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgpipe import runner
+from imgpipe import runner, settings
 from imgpipe.errors import BootCheckError
-from imgpipe.guest.config_drive import build_config_drive, marker_user_data
 from imgpipe.guest.qemu_system import Firmware, Machine, machine_for, private_vars
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import inspect_image
 
-DEFAULT_EXPECT = r"login:"
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_EXPECT = settings.BOOT_EXPECT
+DEFAULT_TIMEOUT = settings.BOOT_TIMEOUT
 TAIL_LINES = 15
 POLL_SECONDS = 0.5
 CONFIG_DRIVE_HOSTNAME = "imgpipe-boot-check"
@@ -128,6 +127,8 @@ def _watch(argv: list[str], qemu_out: Path, serial: Path, pattern: re.Pattern[st
 
 def boot_config_drive(dest: Path, marker: str) -> Path:
     """A drive as nova builds one for a new server: random uuid, a key, user data printing `marker`."""
+    from imgpipe.guest.config_drive import build_config_drive, marker_user_data  # pycdlib: only when asked
+
     return build_config_drive(dest, uuid=str(uuid.uuid4()), hostname=CONFIG_DRIVE_HOSTNAME,
                               public_key=THROWAWAY_KEY, user_data=marker_user_data(marker))
 

@@ -21,8 +21,6 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import zstandard
-
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest import lzo, tree
 from imgpipe.guest.ext_blocks import Unsupported
@@ -446,6 +444,8 @@ class FsTree:
         """An extent's bytes, zero-filled to ram_bytes as the kernel does; never more than ram_bytes."""
         if ram > _MAX_COMPRESSED:
             raise self.fs.corrupt(f"inode {ino}: compressed extent of {ram} bytes")
+        import zstandard  # only for a btrfs guest with zstd extents
+
         try:
             if compression == 1:
                 plain = zlib.decompressobj().decompress(data, ram + 1)

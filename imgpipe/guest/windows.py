@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-from regipy.registry import NKRecord, RegistryHive
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest import tree
 from imgpipe.guest.facts import Fact
+
+if TYPE_CHECKING:
+    from regipy.registry import NKRecord
 
 HIVE_LIMIT = 512 << 20  # a real SOFTWARE hive is 50-150 MiB
 CONF_LIMIT = 1 << 20
@@ -139,6 +140,8 @@ class _Hive:
         self.where = where
         self._steps = _STEPS
         self._deadline = time.monotonic() + _SECONDS
+        from regipy.registry import RegistryHive  # 20 ms: only for a Windows guest
+
         self._regipy = self._guarded(lambda: RegistryHive(str(path)))
 
     @classmethod
