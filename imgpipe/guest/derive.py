@@ -18,15 +18,25 @@ class Controller:
     windows: str  # the Windows service that drives it ("" : Windows has it inbox)
 
 
+# (property, lower-case value) -> the controller and the drivers a guest needs to boot from it:
+# refuse checks these, and the controller choices below are made of them.
+BUS_DRIVERS: dict[tuple[str, str], Controller] = {
+    ("vmware_adaptertype", "paravirtual"): Controller("paraVirtual", "vmw_pvscsi", "pvscsi"),
+    ("vmware_adaptertype", "lsilogic"): Controller("lsiLogic", "mptspi", "LSI_SCSI"),
+    ("vmware_adaptertype", "lsilogicsas"): Controller("lsiLogicsas", "mptsas", "LSI_SAS"),
+    ("hw_disk_bus", "virtio"): Controller("virtio", "virtio_blk", "viostor"),
+    ("hw_scsi_model", "virtio-scsi"): Controller("virtio-scsi", "virtio_scsi", "vioscsi"),
+    ("hypervisor_type", "hyperv"): Controller("hyperv", "hv_storvsc", "storvsc"),
+}
+_VIRTIO_OR_SATA = ("hw_disk_bus", (BUS_DRIVERS["hw_disk_bus", "virtio"], Controller("sata", "ahci", "")))
 # hypervisor_type -> (property, its controllers; the first is what the target uses when the
 # property is unset). Where the guest lacks the driver of the profile's controller but has one
 # of another, the one it can boot from is derived.
 CONTROLLERS: dict[str, tuple[str, tuple[Controller, ...]]] = {
-    "vmware": ("vmware_adaptertype", (Controller("lsiLogic", "mptspi", "LSI_SCSI"),
-                                      Controller("paraVirtual", "vmw_pvscsi", "pvscsi"),
-                                      Controller("lsiLogicsas", "mptsas", "LSI_SAS"))),
-    "kvm": ("hw_disk_bus", (Controller("virtio", "virtio_blk", "viostor"), Controller("sata", "ahci", ""))),
-    "qemu": ("hw_disk_bus", (Controller("virtio", "virtio_blk", "viostor"), Controller("sata", "ahci", ""))),
+    "vmware": ("vmware_adaptertype", tuple(BUS_DRIVERS["vmware_adaptertype", v]
+                                           for v in ("lsilogic", "paravirtual", "lsilogicsas"))),
+    "kvm": _VIRTIO_OR_SATA,
+    "qemu": _VIRTIO_OR_SATA,
 }
 # A Windows guest without netkvm has no driver for nova's default virtio NIC on kvm/qemu;
 # e1000 it drives inbox.

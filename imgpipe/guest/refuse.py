@@ -10,20 +10,6 @@ from imgpipe.guest.facts import GuestFacts
 from imgpipe.profiles import Profile
 
 OVERRIDE = "or --force-boot"
-# (property, value) -> guest driver the target's disk controller needs.
-BUS_DRIVERS = {("vmware_adaptertype", "paravirtual"): "vmw_pvscsi",
-               ("vmware_adaptertype", "lsilogic"): "mptspi",
-               ("vmware_adaptertype", "lsilogicsas"): "mptsas",
-               ("hw_disk_bus", "virtio"): "virtio_blk",
-               ("hw_scsi_model", "virtio-scsi"): "virtio_scsi",
-               ("hypervisor_type", "hyperv"): "hv_storvsc"}
-# The same, for a Windows guest: its driver services in the SYSTEM hive.
-WINDOWS_BUS_DRIVERS = {("vmware_adaptertype", "paravirtual"): "pvscsi",
-                       ("vmware_adaptertype", "lsilogic"): "LSI_SCSI",
-                       ("vmware_adaptertype", "lsilogicsas"): "LSI_SAS",
-                       ("hw_disk_bus", "virtio"): "viostor",
-                       ("hw_scsi_model", "virtio-scsi"): "vioscsi",
-                       ("hypervisor_type", "hyperv"): "storvsc"}
 
 
 @dataclass
@@ -71,8 +57,9 @@ def _root(name: str, facts: GuestFacts, verdict: Verdict) -> None:
 
 
 def _drivers(name: str, facts: GuestFacts, props: dict[str, str], verdict: Verdict) -> None:
-    table = WINDOWS_BUS_DRIVERS if facts.windows_drivers is not None else BUS_DRIVERS
-    needed = [(k, v, d) for (k, v), d in table.items() if props.get(k, "").lower() == v]
+    windows = facts.windows_drivers is not None  # Windows names its drivers as services in SYSTEM
+    needed = [(k, v, c.windows if windows else c.linux) for (k, v), c in derive.BUS_DRIVERS.items()
+              if props.get(k, "").lower() == v]
     if not needed:
         return
     have = derive.drivers_of(facts)
