@@ -207,14 +207,7 @@ def rocky_lvm(dest: Path) -> Path:
     sample_disk._copy_into(esp(work / "esp.img"), raw, layout[1].offset)
     sample_disk._copy_into(xfs(work / "boot.img", boot_tree(work / "boot", ROCKY_KERNEL), 500), raw, layout[2].offset)
     root = xfs(work / "root.img", linux_tree(work / "root", ROCKY, ROCKY_KERNEL, RHEL9_DRIVERS), 1100)
-    with ld.loops(raw, [layout[3]]) as devices:
-        ld.lvm(devices, "pvcreate", devices[0])
-        ld.lvm(devices, "vgcreate", "rl", devices[0])
-        ld.lvm(devices, "lvcreate", "-an", "-Zn", "-L", "256M", "-n", "swap", "rl")
-        ld.lvm(devices, "lvcreate", "-an", "-Zn", "-L", "1100M", "-n", "root", "rl")
-        first_pe, extent = ld.pe_start(devices, devices[0])
-        segs = [s for s in ld.segments(devices, "rl") if s.lv == "root"]
-        ld.write_lv(raw, {devices[0]: layout[3]}, first_pe, extent, segs, root)
+    ld.rocky_vg(raw, layout[3], root, 1100)
     _run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(dest))
     raw.unlink()
     return dest

@@ -124,6 +124,20 @@ def write_lv(disk: Path, parts: dict[str, Part], first_pe: int, extent: int, seg
                     dst.write(data)
 
 
+def rocky_vg(disk: Path, part: Part, root: Path, root_mib: int) -> tuple[int, int, list[Segment]]:
+    """Rocky 9's layout on one PV: VG rl with swap, then root (filled with the `root` image);
+    returns (first PE, extent size, every segment of the VG)."""
+    with loops(disk, [part]) as devices:
+        lvm(devices, "pvcreate", devices[0])
+        lvm(devices, "vgcreate", "rl", devices[0])
+        lvm(devices, "lvcreate", "-an", "-Zn", "-L", "256M", "-n", "swap", "rl")
+        lvm(devices, "lvcreate", "-an", "-Zn", "-L", f"{root_mib}M", "-n", "root", "rl")
+        first_pe, extent = pe_start(devices, devices[0])
+        segs = segments(devices, "rl")
+        write_lv(disk, {devices[0]: part}, first_pe, extent, [s for s in segs if s.lv == "root"], root)
+    return first_pe, extent, segs
+
+
 def ext4(image: Path, size: int, os_release: str) -> Path:
     """An ext4 image of `size` bytes holding /etc/os-release and a little more."""
     tree = image.parent / (image.name + ".tree")

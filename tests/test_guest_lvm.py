@@ -47,15 +47,8 @@ def rocky(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with disk.open("r+b") as f:
         f.seek(parts[2].offset)
         f.write(boot.read_bytes())
-    with ld.loops(disk, [parts[3]]) as devices:
-        ld.lvm(devices, "pvcreate", devices[0])
-        ld.lvm(devices, "vgcreate", "rl", devices[0])
-        ld.lvm(devices, "lvcreate", "-an", "-Zn", "-L", "256M", "-n", "swap", "rl")
-        ld.lvm(devices, "lvcreate", "-an", "-Zn", "-L", "1200M", "-n", "root", "rl")
-        first_pe, extent = ld.pe_start(devices, devices[0])
-        segs = ld.segments(devices, "rl")
-        root = ld.ext4(tmp / "root.img", 1200 * MIB, ROCKY)
-        ld.write_lv(disk, {devices[0]: parts[3]}, first_pe, extent, [s for s in segs if s.lv == "root"], root)
+    root = ld.ext4(tmp / "root.img", 1200 * MIB, ROCKY)
+    first_pe, extent, segs = ld.rocky_vg(disk, parts[3], root, 1200)
     return {"disk": disk, "parts": parts, "segs": segs, "pe": (first_pe, extent)}
 
 
