@@ -20,6 +20,7 @@ from typing import IO
 from imgpipe import runner
 from imgpipe.errors import ImageTooLargeError, NoSpaceError
 from imgpipe.source.partial import removed_on_failure
+from imgpipe.units import human_size
 
 CHUNK = 1 << 20
 # Stop well before the disk is full: other outputs of the run still need room.
@@ -97,7 +98,7 @@ def copy_bounded(stream: IO[bytes], out: IO[bytes], src: Path, limit: int) -> in
     while chunk := stream.read(CHUNK):
         total += len(chunk)
         if total > limit:
-            raise ImageTooLargeError(f"{src}: decompresses to more than {limit} bytes, beyond "
+            raise ImageTooLargeError(f"{src}: decompresses to more than {human_size(limit)}, beyond "
                                      "--max-virtual-size; refused (a decompression bomb?)")
         if chunk == _ZEROS[: len(chunk)]:
             out.seek(len(chunk), os.SEEK_CUR)
@@ -109,6 +110,6 @@ def copy_bounded(stream: IO[bytes], out: IO[bytes], src: Path, limit: int) -> in
             free = shutil.disk_usage(directory).free
             if free < FREE_MARGIN:
                 raise NoSpaceError(f"{src}: decompressing it would fill {directory} "
-                                   f"({total >> 20} MiB so far, {free >> 20} MiB free)")
+                                   f"({human_size(total)} so far, {human_size(free)} free)")
     out.truncate(total)
     return total

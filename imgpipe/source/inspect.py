@@ -25,6 +25,7 @@ from imgpipe.settings import DEFAULT_MAX_VIRTUAL_SIZE
 from imgpipe.source import partitions
 from imgpipe.source.decompress import CODECS
 from imgpipe.source.partitions import Partition
+from imgpipe.units import human_size
 
 if TYPE_CHECKING:
     from oslo_utils.imageutils import format_inspector
@@ -129,7 +130,8 @@ def inspect_image(
     info.checks.append("format_inspector safety checks passed")
     if info.virtual_size > max_virtual_size:
         raise ImageTooLargeError(
-            f"{path}: virtual size {info.virtual_size} bytes exceeds the limit of {max_virtual_size}")
+            f"{path}: virtual size {human_size(info.virtual_size)} exceeds the limit of {human_size(max_virtual_size)} "
+            "(--max-virtual-size)")
     if driver in CHECKABLE:
         _qemu_check(path, driver)
         info.checks.append("qemu-img check found no corruption")

@@ -20,6 +20,7 @@ from typing import IO
 from imgpipe.errors import ChecksumError, ImageTooLargeError, NoSpaceError, UnsafeImageError
 from imgpipe.source.decompress import FREE_MARGIN
 from imgpipe.source.partial import removed_on_failure
+from imgpipe.units import human_size
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 MAX_DESCRIPTOR = 16 << 20  # an OVF descriptor is a few KiB; refuse to parse huge XML
@@ -96,11 +97,11 @@ def extract_disk(src: Path, dest: Path, limit: int) -> Descriptor:
         if disk is None or not disk.isfile():
             raise UnsafeImageError(f"{src}: OVA has no regular file {desc.disk_href} (named by {desc.ovf_name})")
         if disk.size > limit:
-            raise ImageTooLargeError(f"{src}: {desc.disk_href} is {disk.size} bytes, beyond --max-virtual-size")
+            raise ImageTooLargeError(f"{src}: {desc.disk_href} is {human_size(disk.size)}, beyond --max-virtual-size")
         free = shutil.disk_usage(dest.parent).free
         if disk.size + FREE_MARGIN > free:
-            raise NoSpaceError(f"{src}: extracting {desc.disk_href} needs {disk.size >> 20} MiB, "
-                               f"{dest.parent} has {free >> 20} MiB free")
+            raise NoSpaceError(f"{src}: extracting {desc.disk_href} needs {human_size(disk.size)}, "
+                               f"{dest.parent} has {human_size(free)} free")
         mf = next((m for n, m in members.items() if n.lower().endswith(".mf") and m.isfile()), None)
         sums = parse_manifest(_member_bytes(tar, mf, src, MAX_DESCRIPTOR).decode(errors="replace")) if mf else {}
         ovf_hash = _hasher(src, desc.ovf_name, sums)
