@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,11 +27,12 @@ from imgpipe.catalog.rotation import Action
 from imgpipe.cloud import image_import
 from imgpipe.conversion.convert import Options
 from imgpipe.errors import ImgpipeError
+from imgpipe.pipeline.prepared import Preparation
 from imgpipe.pipeline.publish import PublishRequest, publish
 from imgpipe.profiles import Profile
+from imgpipe.progress import Progress
 from imgpipe.retry import DEFAULT_LIMITS, RetryLimits
 
-Progress = Callable[[str, float], None]
 DEFAULT_JOBS = settings.SYNC_JOBS
 PRUNE_AFTER = 7 * 24 * 3600  # cached sources no catalog version uses, untouched this long
 
@@ -166,12 +166,11 @@ def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOpt
                              name_template=image.name_template.replace("{version}", label),
                              properties={**image.properties, IMAGE_KEY: image.name, VERSION_KEY: label},
                              tags=list(image.tags), visibility=image.visibility, source_sha256=sha,
-                             unpack_cache=opts.cache_dir,
                              profile_properties=image.profile_properties,
-                             guest_properties=image.guest_properties,
                              cloud_placements={c: seen.placement(image, c) for c in clouds})
+        how = Preparation(guest_properties=image.guest_properties, unpack_cache=opts.cache_dir)
         try:
-            result = publish(req, [seen.clouds[c] for c in clouds], convert, progress)
+            result = publish(req, [seen.clouds[c] for c in clouds], convert, progress, how=how)
         except ImgpipeError as exc:
             failures.append(f"{unit.key}: {exc}")
             continue

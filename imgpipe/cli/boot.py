@@ -11,23 +11,26 @@ import typer
 from imgpipe import errors, profiles, render, settings
 from imgpipe.cli.base import app, handled, settings_of
 from imgpipe.cli.cloud import _properties
-from imgpipe.cli.options import GuestPropertiesOpt, JsonOpt, PropertyOpt, regex
+from imgpipe.cli.options import GuestPropertiesOpt, JsonOpt, OneProfileOpt, PropertyOpt, regex
 from imgpipe.guest.qemu_system import Firmware
 
 ExpectOpt = Annotated[str, typer.Option(
-    "--expect", callback=regex, help="Regex on the serial console that means booted.")]
-BootTimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for --expect.")]
+    "--expect", callback=regex, metavar="REGEX", help="Regex on the serial console that means booted.")]
+BootTimeoutOpt = Annotated[float, typer.Option(
+    "--timeout", min=1, metavar="SECONDS", help="Seconds to wait for --expect.")]
 
 
 @app.command("boot-check")
 @handled
 def boot_check_cmd(
     ctx: typer.Context,
-    file: Path,
-    profile: Annotated[str, typer.Option("--profile", "-p", help="Profile the file was made for.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A file converted for the profile (an OVA's disk "
+                                                           "is booted from inside it).")],
+    profile: OneProfileOpt,
     expect: ExpectOpt = settings.BOOT_EXPECT,
     timeout: BootTimeoutOpt = settings.BOOT_TIMEOUT,
-    log: Annotated[Path | None, typer.Option("--log", help="Serial log (default FILE.boot.log).")] = None,
+    log: Annotated[Path | None, typer.Option(
+        "--log", metavar="FILE", dir_okay=False, help="Serial log (default FILE.boot.log).")] = None,
     firmware: Annotated[Firmware, typer.Option(help="auto: from the properties (hw_firmware_type, "
                                                     "hw_machine_type).")] = Firmware.auto,
     config_drive: Annotated[bool, typer.Option(
@@ -37,8 +40,10 @@ def boot_check_cmd(
     guest_properties: GuestPropertiesOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Boot FILE read-only under QEMU with the firmware and disk controller its published
-    properties imply; pass when the serial console shows --expect within --timeout."""
+    """Boot FILE under QEMU as its profile's hypervisor would.
+
+    FILE boots read-only with the firmware and disk controller its published properties imply; the
+    check passes when the serial console shows --expect within --timeout."""
     run = settings_of(ctx, as_json)
     chosen = profiles.select([profile], run.profiles())[0]
     from imgpipe.pipeline.boot import boot_file

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from imgpipe import render, settings
-from imgpipe.cli.base import Settings, _fail_if, _limits, app, handled, settings_of
+from imgpipe.cli.base import App, Settings, _fail_if, app, handled, settings_of
 from imgpipe.cli.options import (
     CacertOpt,
     CacheDirOpt,
@@ -22,7 +21,9 @@ from imgpipe.cli.options import (
     RetriesOpt,
     ShardOpt,
     TimeoutOpt,
+    connection,
 )
+from imgpipe.units import human_size
 
 if TYPE_CHECKING:
     from imgpipe.catalog import model as catalog_model
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
     from imgpipe.catalog import sync
     from imgpipe.catalog.rotation import Action
 
-catalog_app = typer.Typer(no_args_is_help=True, help="Keep a catalog of images current on several clouds.")
+CatalogArg = Annotated[Path, typer.Argument(metavar="CATALOG", help="Catalog file (YAML).")]
+catalog_app = App(help="Keep a catalog of images current on several clouds.")
 app.add_typer(catalog_app, name="catalog")
 
 
@@ -49,17 +51,12 @@ def _shard(text: str | None) -> catalog.Shard | None:
         raise typer.BadParameter(str(exc), param_hint="--shard") from exc
 
 
-def _connector(insecure: bool, cacert: str | None, timeout: float, retries: int) -> catalog.Connect:
-    from imgpipe.cloud import clouds
-
-    return functools.partial(clouds.connect, insecure=insecure, cacert=cacert, timeout=timeout,
-                             limits=_limits(retries))
-
-
 @catalog_app.command("validate")
 @handled
-def catalog_validate(ctx: typer.Context, file: Path, as_json: JsonOpt = False) -> None:
-    """Check a catalog file (keys, profiles, checksums, retention) without touching any network."""
+def catalog_validate(ctx: typer.Context, file: CatalogArg, as_json: JsonOpt = False) -> None:
+    """Check a catalog file without touching any network.
+
+    Keys, profiles, checksums and retention are checked; the count of versions to publish shown."""
     from imgpipe.catalog import plan as catalog
 
     run = settings_of(ctx, as_json)
@@ -76,15 +73,17 @@ def catalog_validate(ctx: typer.Context, file: Path, as_json: JsonOpt = False) -
 
 @catalog_app.command("plan")
 @handled
-def catalog_plan(ctx: typer.Context, file: Path, shard: ShardOpt = None, retries: RetriesOpt = settings.RETRY_ATTEMPTS,
-                 timeout: TimeoutOpt = settings.REQUEST_TIMEOUT, insecure: InsecureOpt = False,
-                 os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
-    """What a sync would create, leave unchanged, hide, deactivate and delete, per cloud; changes nothing."""
+def catalog_plan(ctx: typer.Context, file: CatalogArg, shard: ShardOpt = None,
+                 retries: RetriesOpt = settings.RETRY_ATTEMPTS, timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
+                 insecure: InsecureOpt = False, os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
+    """Show what a sync would do, per cloud; change nothing.
+
+    What it would create, leave unchanged, hide, deactivate and delete."""
     from imgpipe.catalog import plan as catalog
 
     run = settings_of(ctx, as_json)
-    connect = _connector(insecure, os_cacert, timeout, retries)
-    actions, failures = catalog.preview(_catalog(run, file), connect, _shard(shard), limits=_limits(retries))
+    connect = connection(None, insecure, os_cacert, retries, timeout)
+    actions, failures = catalog.preview(_catalog(run, file), connect.connect, _shard(shard), limits=connect.limits())
     _show_plan(run, file, actions, failures)
 
 
@@ -102,8 +101,9 @@ def _show_plan(run: Settings, file: Path, actions: list[Action], failures: list[
 @handled
 def catalog_sync(
     ctx: typer.Context,
-    file: Path,
-    jobs: Annotated[int, typer.Option(min=1, help="Source versions processed at once.")] = settings.SYNC_JOBS,
+    file: CatalogArg,
+    jobs: Annotated[int, typer.Option(
+        min=1, metavar="N", help="Source versions processed at once.")] = settings.SYNC_JOBS,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
     shard: ShardOpt = None,
     rotate: Annotated[bool, typer.Option(help="Rotate after publishing (shards never do).")] = True,
@@ -116,38 +116,42 @@ def catalog_sync(
     os_cacert: CacertOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Download, verify, convert and publish every missing version to every cloud; then rotate."""
+    """Publish every missing version to every cloud, then rotate.
+
+    Each missing version is downloaded, verified, converted and published."""
     from imgpipe.catalog import plan as catalog
     from imgpipe.catalog import sync
 
     run = settings_of(ctx, as_json)
     loaded, where = _catalog(run, file), _shard(shard)
-    connect = _connector(insecure, os_cacert, timeout, retries)
+    connect = connection(None, insecure, os_cacert, retries, timeout)
     if dry_run:
-        _show_plan(run, file, *catalog.preview(loaded, connect, where, rotate, _limits(retries)))
+        _show_plan(run, file, *catalog.preview(loaded, connect.connect, where, rotate, connect.limits()))
         return
     opts = sync.SyncOptions(cache_dir=cache_dir or sync.default_cache_dir(),
                             profiles=run.profiles(), jobs=jobs, shard=where, rotate=rotate,
-                            limits=_limits(retries))
+                            limits=connect.limits())
     with render.progress(quiet=as_json) as progress:
-        result = sync.run(loaded, file, connect, opts, progress=progress)
+        result = sync.run(loaded, file, connect.connect, opts, progress=progress)
     _show_sync(run, result, metrics_file, report)
 
 
 @catalog_app.command("rotate")
 @handled
-def catalog_rotate(ctx: typer.Context, file: Path, cache_dir: CacheDirOpt = None, metrics_file: MetricsOpt = None,
+def catalog_rotate(ctx: typer.Context, file: CatalogArg, cache_dir: CacheDirOpt = None, metrics_file: MetricsOpt = None,
                    report: ReportOpt = None, retries: RetriesOpt = settings.RETRY_ATTEMPTS,
                    timeout: TimeoutOpt = settings.REQUEST_TIMEOUT, insecure: InsecureOpt = False,
                    os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
-    """Apply retention once, after all shards: only images whose newest version is active everywhere."""
+    """Apply retention once, after all shards.
+
+    Only images whose newest version is active on every cloud are rotated."""
     from imgpipe.catalog import sync
 
     run = settings_of(ctx, as_json)
+    connect = connection(None, insecure, os_cacert, retries, timeout)
     opts = sync.SyncOptions(cache_dir=cache_dir or sync.default_cache_dir(),
-                            profiles=run.profiles(), limits=_limits(retries))
-    result = sync.run(_catalog(run, file), file, _connector(insecure, os_cacert, timeout, retries), opts,
-                      publish_units=False)
+                            profiles=run.profiles(), limits=connect.limits())
+    result = sync.run(_catalog(run, file), file, connect.connect, opts, publish_units=False)
     _show_sync(run, result, metrics_file, report)
 
 
@@ -171,7 +175,7 @@ def _show_sync(run: Settings, result: sync.SyncReport, metrics_file: Path | None
         summary = data["summary"]
         render.err.print(f"created {summary['created']}, copied {summary['copied']}, unchanged "
                          f"{summary['unchanged']}, failed {summary['failed']}, "
-                         f"{render.human_size(result.uploaded_bytes)} uploaded in "
+                         f"{human_size(result.uploaded_bytes)} uploaded in "
                          f"{result.seconds:.1f} s", highlight=False, soft_wrap=True)
         for note in result.notes:
             render.err.print(f"note: {note}", highlight=False, soft_wrap=True)

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from imgpipe import errors, profiles, render, settings
-from imgpipe.cli.base import Settings, _limits, _warn, app, handled, settings_of
+from imgpipe.cli.base import Settings, _warn, app, handled, settings_of
 from imgpipe.cli.options import (
+    MAX_VIRTUAL_SIZE,
     AllowPartialStoresOpt,
     AllStoresOpt,
     CacertOpt,
@@ -22,24 +23,30 @@ from imgpipe.cli.options import (
     GuestPropertiesOpt,
     ImportMethodOpt,
     InsecureOpt,
+    JobsOpt,
     JsonOpt,
+    MaxVirtualSizeOpt,
+    OneProfileOpt,
+    PartitionOpt,
     ProfileOpt,
     ProfilePropertyOpt,
     PropertyOpt,
     RetriesOpt,
+    SourceFormatOpt,
+    SrcArg,
     StoreOpt,
     TagOpt,
     TimeoutOpt,
     VerifyOpt,
     Visibility,
     VisibilityOpt,
+    connection,
     placement,
     regex,
 )
 from imgpipe.cloud.import_method import ImportMethod
 
 if TYPE_CHECKING:
-    from imgpipe.cloud import clouds
     from imgpipe.cloud.upload import UploadResult
 
 KEY_PROPERTIES = ("hypervisor_type", "vmware_disktype", "vmware_adaptertype", "hw_machine_type",
@@ -70,14 +77,6 @@ def _profile_properties(items: list[str] | None, selected: list[profiles.Profile
     return {profile: _properties(rest) for profile, rest in scoped.items()}
 
 
-def _connect(names: list[str] | None, insecure: bool, cacert: str | None, timeout: float,
-             retries: int) -> list[clouds.Cloud]:
-    from imgpipe.cloud import clouds
-
-    return [clouds.connect(n, insecure=insecure, cacert=cacert, timeout=timeout, limits=_limits(retries))
-            for n in (names if names else [None])]
-
-
 def _show_results(run: Settings, results: list[UploadResult], failures: list[str],
                   derived: dict[str, dict[str, dict[str, str]]] | None = None) -> None:
     if run.json:
@@ -97,9 +96,9 @@ def _show_results(run: Settings, results: list[UploadResult], failures: list[str
 @handled
 def upload_cmd(
     ctx: typer.Context,
-    file: Path,
-    profile: Annotated[str, typer.Option("--profile", "-p", help="Profile the file was made for.")],
-    name: Annotated[str, typer.Option(help="Image name in Glance.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A file converted for the profile.")],
+    profile: OneProfileOpt,
+    name: Annotated[str, typer.Option(metavar="NAME", help="Image name in Glance.")],
     cloud: CloudOpt = None,
     prop: PropertyOpt = None,
     tag: TagOpt = None,
@@ -110,6 +109,7 @@ def upload_cmd(
     all_stores: AllStoresOpt = False,
     allow_partial_stores: AllowPartialStoresOpt = False,
     source_url: Annotated[str | None, typer.Option(
+        metavar="URL",
         help="Where Glance can fetch FILE itself (web-download); FILE's hashes verify the result.")] = None,
     retries: RetriesOpt = settings.RETRY_ATTEMPTS,
     timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
@@ -117,9 +117,14 @@ def upload_cmd(
     os_cacert: CacertOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upload an already converted FILE with its profile's properties, verified."""
+    """Upload a converted FILE with its profile's properties.
+
+    The upload is verified against the hashes Glance computes."""
     run = settings_of(ctx, as_json)
     chosen = profiles.select([profile], run.profiles())[0]
+    where = placement(import_method, store, all_stores, allow_partial_stores)
+    props = {**chosen.properties, **_properties(prop)}
+    connect = connection(cloud, insecure, os_cacert, retries, timeout)
     _warn(run, [chosen])
     from imgpipe.conversion.convert import converted_size
 
@@ -127,10 +132,8 @@ def upload_cmd(
     from imgpipe.cloud.upload import UploadRequest, upload
     from imgpipe.hashing import sha256_file
 
-    where = placement(import_method, store, all_stores, allow_partial_stores)
-    props = {**chosen.properties, **_properties(prop)}
     size = file.stat().st_size
-    targets = _connect(cloud, insecure, os_cacert, timeout, retries)
+    targets = connect.connect_all()
     # The lookup needs the anchor before any upload (once for every cloud); --force looks
     # nothing up, so the send's own sha256 becomes the anchor and the file is read once.
     sha = None if force else sha256_file(file)
@@ -141,8 +144,8 @@ def upload_cmd(
                                 container_format=chosen.container_format, virtual_size=virtual_size,
                                 source_sha256=sha, properties=props, tags=tag or [], visibility=visibility.value,
                                 force=force, placement=where, source_url=source_url)
-            on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1))) \
-                if report else None
+            on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1),
+                                                           size)) if report else None
             results.append(upload(target, req, on_bytes))
     _show_results(run, results, [])
 
@@ -151,11 +154,11 @@ def upload_cmd(
 @handled
 def publish_cmd(
     ctx: typer.Context,
-    src: Path,
+    src: SrcArg,
     profile: ProfileOpt,
-    name: Annotated[str, typer.Option(help="Base image name.")],
+    name: Annotated[str, typer.Option(metavar="NAME", help="Base image name.")],
     name_template: Annotated[str, typer.Option(
-        help="Per-profile name; {name} and {profile}.")] = settings.NAME_TEMPLATE,
+        metavar="TEMPLATE", help="Per-profile name; {name} and {profile}.")] = settings.NAME_TEMPLATE,
     cloud: CloudOpt = None,
     prop: PropertyOpt = None,
     profile_prop: ProfilePropertyOpt = None,
@@ -166,29 +169,36 @@ def publish_cmd(
     store: StoreOpt = None,
     all_stores: AllStoresOpt = False,
     allow_partial_stores: AllowPartialStoresOpt = False,
-    work_dir: Annotated[Path | None, typer.Option(help="Where converted files are kept during the run.")] = None,
+    work_dir: Annotated[Path | None, typer.Option(
+        metavar="DIR", exists=True, file_okay=False,
+        help="Where converted files are kept during the run (default: $TMPDIR).")] = None,
     engine: EngineOpt = Engine.auto,
     verify: VerifyOpt = False,
+    source_format: SourceFormatOpt = None,
+    max_virtual_size: MaxVirtualSizeOpt = MAX_VIRTUAL_SIZE,
+    partition: PartitionOpt = None,
+    jobs: JobsOpt = None,
     retries: RetriesOpt = settings.RETRY_ATTEMPTS,
     timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
     insecure: InsecureOpt = False,
     os_cacert: CacertOpt = None,
     boot: Annotated[bool, typer.Option("--boot-check", help="Boot each output under QEMU first; upload "
                                                             "nothing of one that does not boot.")] = False,
-    boot_expect: Annotated[str, typer.Option(callback=regex, help="With --boot-check: regex on the serial "
-                                                                  "console.")] = settings.BOOT_EXPECT,
+    boot_expect: Annotated[str, typer.Option(callback=regex, metavar="REGEX", help="With --boot-check: regex on "
+                                             "the serial console that means booted.")] = settings.BOOT_EXPECT,
     boot_timeout: Annotated[float, typer.Option(
-        min=1, help="With --boot-check: seconds per boot.")] = settings.BOOT_TIMEOUT,
+        min=1, metavar="SECONDS", help="With --boot-check: seconds per boot.")] = settings.BOOT_TIMEOUT,
     boot_config_drive: Annotated[bool, typer.Option("--config-drive", help="With --boot-check: attach a config "
                                                     "drive as nova does; pass only when its user data runs.")] = False,
     force_boot: ForceBootOpt = False,
     guest_properties: GuestPropertiesOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Convert SRC for each profile and publish every output to every cloud."""
+    """Convert SRC for each profile and publish it to every cloud."""
     run = settings_of(ctx, as_json)
     selected = profiles.select(profile, run.profiles())
-    _warn(run, selected)
+    from imgpipe.conversion.convert import Options
+    from imgpipe.pipeline.prepared import Preparation
     from imgpipe.pipeline.publish import BootCheck, PublishRequest, publish
 
     work = work_dir or Path(tempfile.gettempdir())
@@ -196,31 +206,38 @@ def publish_cmd(
     req = PublishRequest(source=src, profiles=selected, name=name, name_template=name_template,
                          properties=_properties(prop), tags=tag or [], visibility=visibility.value, force=force,
                          profile_properties=_profile_properties(profile_prop, selected), boot_check=checks,
-                         placement=placement(import_method, store, all_stores, allow_partial_stores),
-                         guest_properties=guest_properties)
-    targets = _connect(cloud, insecure, os_cacert, timeout, retries)
-    from imgpipe.conversion.convert import Options
-
-    opts = Options(out_dir=work, verify=verify, engine=engine.value,
-                   force_boot=force_boot)
+                         placement=placement(import_method, store, all_stores, allow_partial_stores))
+    how = Preparation(claimed_format=source_format, max_virtual_size=max_virtual_size, force_boot=force_boot,
+                      guest_properties=guest_properties)
+    opts = Options(out_dir=work, verify=verify, engine=engine.value, partition=partition, jobs=jobs)
+    connect = connection(cloud, insecure, os_cacert, retries, timeout)
+    _warn(run, selected)
+    targets = connect.connect_all()
     with render.progress(quiet=as_json) as report:
-        result = publish(req, targets, opts, report)
+        result = publish(req, targets, opts, report, how=how)
     _show_results(run, result.results, result.failures, result.derived)
 
 
 @app.command("doctor")
 @handled
-def doctor_cmd(ctx: typer.Context, cloud: CloudOpt = None, insecure: InsecureOpt = False, os_cacert: CacertOpt = None,
-               as_json: JsonOpt = False) -> None:
-    """Check qemu-img, the profiles, and that each cloud's Glance answers and what it accepts."""
-    run = settings_of(ctx, as_json)
-    from imgpipe.cloud import doctor
+def doctor_cmd(ctx: typer.Context, cloud: CloudOpt = None, retries: RetriesOpt = settings.RETRY_ATTEMPTS,
+               timeout: TimeoutOpt = settings.REQUEST_TIMEOUT, insecure: InsecureOpt = False,
+               os_cacert: CacertOpt = None, as_json: JsonOpt = False) -> None:
+    """Check tools, firmware, profiles and each cloud's Glance.
 
-    checks = doctor.run_checks(cloud or [None], run.profile_dirs, insecure, os_cacert)
+    Every external tool and firmware file a command may need, with the Debian package that
+    brings it (a missing optional one is a warning naming what will not work); the profiles;
+    each cloud: that Glance answers, and what it accepts."""
+    run = settings_of(ctx, as_json)
+    from imgpipe.pipeline import doctor
+
+    checks = doctor.run_checks(connection(cloud, insecure, os_cacert, retries, timeout), run.profile_dirs)
     if as_json:
         run.emit_json([c.__dict__ for c in checks])
     else:
-        render.table("doctor", ["check", "ok", "detail"], [(c.name, "yes" if c.ok else "NO", c.detail) for c in checks])
-    failed = [c for c in checks if not c.ok]
+        render.table("doctor", ["check", "ok", "detail"],
+                     [(c.name, "yes" if c.ok else ("no (optional)" if c.optional else "NO"), c.detail)
+                      for c in checks])
+    failed = [c for c in checks if not c.ok and not c.optional]
     if failed:
         raise errors.CloudConfigError(f"{failed[0].name}: {failed[0].detail}")

@@ -1,18 +1,17 @@
-"""`imgpipe doctor`: what a person checks before blaming the tool, each as a named result."""
+"""`imgpipe doctor`'s cloud checks: what a person checks before blaming the tool, each as a named
+result (the tools and profiles are pipeline.doctor's)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from glanceclient import Client as GlanceClient
 
-from imgpipe import profiles, retry
+from imgpipe import retry
 from imgpipe.cloud import clouds, discovery
+from imgpipe.cloud.connection import ConnectOptions
 from imgpipe.errors import ImgpipeError
-from imgpipe.runner import run
 
 
 @dataclass
@@ -21,36 +20,13 @@ class Check:
     ok: bool
     detail: str
     data: dict[str, Any] = field(default_factory=dict)  # the facts behind detail, for --json
+    optional: bool = False  # not ok is a warning: only some sources or features need it
 
 
-def run_checks(cloud_names: Sequence[str | None], profile_dirs: list[Path], insecure: bool,
-               cacert: str | None) -> list[Check]:
-    checks = [_qemu(), _profiles(profile_dirs)]
-    for name in cloud_names:
-        checks += _cloud(name, insecure, cacert)
-    return checks
-
-
-def _qemu() -> Check:
-    try:
-        first = run(["qemu-img", "--version"]).stdout.splitlines()[0]
-    except ImgpipeError as exc:
-        return Check("qemu-img", False, str(exc))
-    return Check("qemu-img", True, first)
-
-
-def _profiles(dirs: list[Path]) -> Check:
-    try:
-        loaded = profiles.load_all(dirs)
-    except ImgpipeError as exc:
-        return Check("profiles", False, str(exc))
-    return Check("profiles", True, f"{len(loaded)} valid: {', '.join(sorted(loaded))}")
-
-
-def _cloud(name: str | None, insecure: bool, cacert: str | None) -> list[Check]:
+def cloud_checks(name: str | None, connect: ConnectOptions) -> list[Check]:
     label = f"cloud {name or 'OS_* environment'}"
     try:
-        cloud = clouds.connect(name, insecure=insecure, cacert=cacert)
+        cloud = connect.connect(name)
     except ImgpipeError as exc:
         return [Check(label, False, str(exc))]
     checks = [Check(label, True, f"authenticated; image endpoint {cloud.endpoint}")]

@@ -23,11 +23,12 @@ from imgpipe.conversion.packages import PACKAGERS
 from imgpipe.conversion.vmdk_stream import Disk, raw_disk, write_stream_optimized
 from imgpipe.errors import ConversionError, FormatMismatchError, NoSpaceError, ProfileError, UnsafeImageError
 from imgpipe.profiles import Profile
+from imgpipe.progress import Progress
 from imgpipe.runner import CommandFailed
 from imgpipe.source import partitions
 from imgpipe.source.inspect import QEMU_DRIVER, ImageInfo, detect_format, inspect_image, open_source
+from imgpipe.units import human_size
 
-Progress = Callable[[str, float], None]
 EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
 SOURCE_SUFFIXES = {".qcow2", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".vdi", ".tar"}
 SPACE_MARGIN = 64 << 20
@@ -54,18 +55,17 @@ class Output:
 
 @dataclass
 class Options:
+    """How to convert; what the source is allowed to be is pipeline.prepared.Preparation's."""
+
     out_dir: Path = Path(".")
     out_file: Path | None = None
     verify: bool = False
     engine: str = "auto"
-    claimed_format: str | None = None
-    max_virtual_size: int | None = None
     partition: int | None = None
     jobs: int | None = None
     # Per profile, properties its image will carry beyond the profile's own (publish: derived and
     # user ones): an OVA's descriptor states firmware, guest OS and controller from them.
     properties: dict[str, dict[str, str]] = field(default_factory=dict)
-    force_boot: bool = False
     # publish: a passthrough output is the source itself, not a copy of it
     in_place: bool = False
 
@@ -225,8 +225,8 @@ def _check_space(bases: list[_Base], directory: Path) -> None:
         need += measured[base.window] * copies
     free = shutil.disk_usage(directory).free
     if need > free:
-        raise NoSpaceError(f"{directory}: needs about {need >> 20} MiB for these outputs, "
-                           f"only {free >> 20} MiB free")
+        raise NoSpaceError(f"{directory}: needs about {human_size(need)} for these outputs, "
+                           f"only {human_size(free)} free")
 
 
 def _run_base(base: _Base, opts: Options, progress: Progress | None,
@@ -245,7 +245,7 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
     tmp = atomic.temp_beside(first.path)
     scratch.append(tmp)
     label = first.path.name
-    report = (lambda pct: progress(label, pct)) if progress else None
+    report = (lambda pct: progress(label, pct, first.virtual_size)) if progress else None
     # The vmdk's descriptor names its file: inside an OVA that is the member, not the .ova.
     package = base.outputs[0][0].package
     disk_name = PACKAGERS[package].disk_name(first.path) if package else first.path.name

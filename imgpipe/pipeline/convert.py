@@ -4,20 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from imgpipe.conversion.convert import Options, Output, Progress, convert_image, docker_output
-from imgpipe.errors import ProfileError
+from imgpipe.conversion.convert import Options, Output, convert_image, docker_output
+from imgpipe.errors import ConversionError, ProfileError
 from imgpipe.pipeline.prepared import Given, Preparation, PreparedSource, prepare
 from imgpipe.profiles import Profile
-from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE
-
-
-def preparation(opts: Options, work_dir: Path, **overrides: Any) -> Preparation:
-    """What the run's options say about preparing its source."""
-    how = Preparation(work_dir=work_dir, claimed_format=opts.claimed_format,
-                      max_virtual_size=opts.max_virtual_size or DEFAULT_MAX_VIRTUAL_SIZE, force_boot=opts.force_boot)
-    return replace(how, **overrides)
+from imgpipe.progress import Progress
 
 
 def conversion_options(prepared: PreparedSource, profiles: list[Profile], opts: Options,
@@ -35,14 +27,27 @@ def _given_in(opts: Options) -> Given:
     return lambda profile: opts.properties.get(profile.name, {})
 
 
-def convert_source(src: Path, profiles: list[Profile], opts: Options,
-                   progress: Progress | None = None) -> list[Output]:
-    """Validate a docker archive, or prepare a disk image and convert it; an unpacked copy lives
-    beside the outputs only while it is converted."""
-    if opts.out_file and opts.out_file.resolve() == src.resolve():
-        raise ProfileError(f"{src}: output would overwrite the source")
+def check_outputs(src: Path, profiles: list[Profile], opts: Options) -> None:
+    """What the arguments alone decide, checked before the source is even opened."""
+    if opts.out_file is not None:
+        if opts.out_file.resolve() == src.resolve():
+            raise ProfileError(f"{src}: output would overwrite the source")
+        outputs = len({p.output_key() for p in profiles})
+        if outputs > 1:
+            raise ProfileError(f"-o takes one output, but these profiles need {outputs} different files: "
+                               "use --output-dir")
     work = opts.out_file.parent if opts.out_file else opts.out_dir
-    with prepare(src, profiles, preparation(opts, work), _given_in(opts)) as prepared:
+    if not work.is_dir():
+        raise ConversionError(f"{work}: output directory does not exist")
+
+
+def convert_source(src: Path, profiles: list[Profile], opts: Options, progress: Progress | None = None, *,
+                   how: Preparation | None = None) -> list[Output]:
+    """Validate a docker archive, or prepare a disk image (how: what it may be) and convert it; an
+    unpacked copy lives beside the outputs only while it is converted."""
+    check_outputs(src, profiles, opts)
+    work = opts.out_file.parent if opts.out_file else opts.out_dir
+    with prepare(src, profiles, replace(how or Preparation(), work_dir=work), _given_in(opts)) as prepared:
         if prepared.info is None:
             return [docker_output(src, profiles)]
         return convert_image(prepared.info, profiles, conversion_options(prepared, profiles, opts), progress)

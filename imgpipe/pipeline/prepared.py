@@ -8,6 +8,7 @@ guest family or a new derived property reaches all of them at once.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ def no_given(profile: Profile) -> Mapping[str, str]:
 class Preparation:
     """How to prepare: what the user claims and allows, and where the unpacked disk lives."""
 
-    work_dir: Path  # an unpacked disk lives here while it is used
+    work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))  # an unpacked disk lives here
     # Partitions copied for guest inspection (None: $TMPDIR, so that the output directory's
     # space check still comes first).
     scratch_dir: Path | None = None

@@ -26,9 +26,10 @@ from imgpipe.guest import derive
 from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult
 from imgpipe.hashing import sha256_file
 from imgpipe.pipeline.boot import boot_output
-from imgpipe.pipeline.convert import conversion_options, preparation
-from imgpipe.pipeline.prepared import PreparedSource, prepare
+from imgpipe.pipeline.convert import conversion_options
+from imgpipe.pipeline.prepared import Preparation, prepare
 from imgpipe.profiles import Profile
+from imgpipe.progress import Progress
 
 LOG = logging.getLogger("imgpipe.pipeline.publish")
 DEFAULT_TEMPLATE = settings.NAME_TEMPLATE
@@ -47,11 +48,9 @@ class PublishRequest:
     force: bool = False
     source_sha256: str | None = None
     profile_properties: dict[str, dict[str, str]] = field(default_factory=dict)
-    guest_properties: bool = True
     boot_check: BootCheck | None = None
     placement: Placement = field(default_factory=Placement)
     cloud_placements: dict[str, Placement] = field(default_factory=dict)  # a catalog's per-cloud stores
-    unpack_cache: Path | None = None  # a catalog keeps unpacked sources here, keyed by source_sha256
 
     def given(self, profile: Profile) -> dict[str, str]:
         """What the user gave for this profile's image: run-wide, then per-profile properties."""
@@ -81,10 +80,37 @@ class PublishReport:
     derived: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
 
 
-def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
-            progress: Callable[[str, float], None] | None = None) -> PublishReport:
+def publish(req: PublishRequest, clouds: list[Cloud], opts: Options, progress: Progress | None = None, *,
+            how: Preparation | None = None) -> PublishReport:
+    """Publish req.source for req.profiles to every cloud. opts: how to convert (its out_dir holds
+    this run's work directory); how: what the source may be."""
     sha = req.source_sha256 or sha256_file(req.source)
     report = PublishReport()
+    todo = _not_yet_published(req, clouds, sha, report)
+    if not todo:
+        return report  # nothing to convert: the source is not even unpacked
+    for gone in owner.sweep(opts.out_dir, WORK_PREFIX):
+        LOG.warning("removed %s, the work directory of a dead run", gone)
+    with _Run.started(req, clouds, sha, opts.out_dir, progress) as run, \
+            prepare(req.source, todo, replace(how or Preparation(), work_dir=run.work, scratch_dir=run.work),
+                    req.given, sha) as prepared:
+        report.derived = {p.name: derive.to_dict(prepared.derived(p)) for p in todo} if prepared.facts else {}
+        group_opts = replace(conversion_options(prepared, todo, opts, req.given), out_dir=run.work, out_file=None,
+                             in_place=True)
+        for group in conversion_groups(todo):
+            try:
+                outputs = (convert_image(prepared.info, group, group_opts, progress) if prepared.info
+                           else [docker_output(req.source, group)])
+            except ImgpipeError as exc:
+                report.failures.append(str(exc))
+                continue
+            run.boot_and_upload(group, outputs, group_opts)  # while the next group converts
+        run.wait(report)  # a passthrough upload reads the unpacked disk itself: wait inside prepare()
+    return report
+
+
+def _not_yet_published(req: PublishRequest, clouds: list[Cloud], sha: str, report: PublishReport) -> list[Profile]:
+    """Profiles some cloud still lacks; the others' images are reported as they are."""
     todo: list[Profile] = []
     for profile in req.profiles:
         unchanged = [] if req.force or not profile.converts else [
@@ -94,54 +120,54 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options,
             report.results += [u for u in unchanged if u is not None]
         else:
             todo.append(profile)
-    if not todo:
-        return report  # nothing to convert: the source is not even unpacked
-    for gone in owner.sweep(opts.out_dir, WORK_PREFIX):
-        LOG.warning("removed %s, the work directory of a dead run", gone)
-    with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=opts.out_dir) as work, \
-            ThreadPoolExecutor(max_workers=max(1, len(clouds)) * 2) as pool, \
-            ThreadPoolExecutor(max_workers=req.boot_check.parallel if req.boot_check else 1) as boots, \
-            _stopping_boots() as stop:
-        owner.claim_dir(Path(work))
-        how = preparation(opts, Path(work), scratch_dir=Path(work), guest_properties=req.guest_properties,
-                          unpack_cache=req.unpack_cache)
-        with prepare(req.source, todo, how, req.given, sha) as prepared:
-            futures = _convert_and_upload(req, prepared, todo, clouds, opts, Path(work), sha, report, pool,
-                                          boots, stop, progress)
-            for label, future in futures:  # a passthrough upload reads the unpacked disk itself
-                try:
-                    report.results.append(future.result())
-                except ImgpipeError as exc:
-                    report.failures.append(f"{label}: {exc}")
-    return report
+    return todo
 
 
-def _convert_and_upload(req: PublishRequest, prepared: PreparedSource, todo: list[Profile], clouds: list[Cloud],
-                        opts: Options, work: Path, sha: str, report: PublishReport, pool: ThreadPoolExecutor,
-                        boots: ThreadPoolExecutor, stop: threading.Event,
-                        progress: Callable[[str, float], None] | None) -> list[tuple[str, Future[UploadResult]]]:
-    """Each conversion group in turn; its outputs boot-check and upload while the next converts."""
-    report.derived = {p.name: derive.to_dict(prepared.derived(p)) for p in todo} if prepared.facts else {}
-    group_opts = replace(conversion_options(prepared, todo, opts, req.given), out_dir=work, out_file=None,
-                         in_place=True)
-    futures: list[tuple[str, Future[UploadResult]]] = []
-    for group in conversion_groups(todo):
-        try:
-            outputs = (convert_image(prepared.info, group, group_opts, progress) if prepared.info
-                       else [docker_output(req.source, group)])
-        except ImgpipeError as exc:
-            report.failures.append(str(exc))
-            continue
+@dataclass
+class _Run:
+    """One publish run's shared state: its work directory, the upload and boot pools, and the
+    uploads submitted so far."""
+
+    req: PublishRequest
+    clouds: list[Cloud]
+    sha: str
+    work: Path
+    uploads: ThreadPoolExecutor
+    boots: ThreadPoolExecutor
+    stop: threading.Event
+    progress: Progress | None
+    submitted: list[tuple[str, Future[UploadResult]]] = field(default_factory=list)
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, req: PublishRequest, clouds: list[Cloud], sha: str, parent: Path,
+                progress: Progress | None) -> Iterator[_Run]:
+        with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=parent) as work, \
+                ThreadPoolExecutor(max_workers=max(1, len(clouds)) * 2) as uploads, \
+                ThreadPoolExecutor(max_workers=req.boot_check.parallel if req.boot_check else 1) as boots, \
+                _stopping_boots() as stop:
+            owner.claim_dir(Path(work))
+            yield cls(req, clouds, sha, Path(work), uploads, boots, stop, progress)
+
+    def boot_and_upload(self, group: list[Profile], outputs: list[Output], opts: Options) -> None:
+        """Each output boot-checks, then uploads to every cloud, in the pools."""
+        req = self.req
         for out in outputs:
             for profile in (p for p in group if p.name in out.profiles):
-                up = _request(req, profile, out, sha, group_opts.properties.get(profile.name, profile.properties))
-                booted = boots.submit(_boot, req.boot_check, up, profile, stop) if req.boot_check else None
-                for cloud in clouds:
+                up = _request(req, profile, out, self.sha, opts.properties.get(profile.name, profile.properties))
+                booted = self.boots.submit(_boot, req.boot_check, up, profile, self.stop) if req.boot_check else None
+                for cloud in self.clouds:
                     label = f"{cloud.name}/{up.name}"
                     placed = replace(up, placement=req.cloud_placements.get(cloud.name, req.placement))
-                    futures.append((label, pool.submit(_upload_booted, booted, cloud, placed,
-                                                       _bytes_progress(progress, label, out.size))))
-    return futures
+                    self.submitted.append((label, self.uploads.submit(
+                        _upload_booted, booted, cloud, placed, _bytes_progress(self.progress, label, out.size))))
+
+    def wait(self, report: PublishReport) -> None:
+        for label, future in self.submitted:
+            try:
+                report.results.append(future.result())
+            except ImgpipeError as exc:
+                report.failures.append(f"{label}: {exc}")
 
 
 @contextlib.contextmanager
@@ -182,11 +208,10 @@ def _unchanged(cloud: Cloud, name: str, profile: str, sha: str, placement: Place
         return None
 
 
-def _bytes_progress(progress: Callable[[str, float], None] | None, label: str,
-                    size: int) -> Callable[[int], None] | None:
+def _bytes_progress(progress: Progress | None, label: str, size: int) -> Callable[[int], None] | None:
     if progress is None:
         return None
-    return lambda sent: progress(f"upload {label}", 100.0 * sent / max(size, 1))
+    return lambda sent: progress(f"upload {label}", 100.0 * sent / max(size, 1), size)
 
 
 def _request(req: PublishRequest, profile: Profile, out: Output, sha: str,
