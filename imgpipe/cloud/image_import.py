@@ -120,12 +120,14 @@ def start(cloud: Cloud, image_id: str, method: dict[str, Any], where: Targets) -
     """POST the import; a 409 on a retry means the first POST got through."""
     what = f"{method['name']} import of image {image_id}"
     payload = {"method": method, **where.import_fields()}
+    explain = {403: copy_forbidden(image_id, where.stores)} if method["name"] == "copy-image" else None
     first = True
 
     def post() -> None:
         nonlocal first
         try:
-            glance.request(cloud, "POST", f"/v2/images/{image_id}/import", what, ok=(202,), json=payload)
+            glance.request(cloud, "POST", f"/v2/images/{image_id}/import", what, ok=(202,), json=payload,
+                           explain=explain)
         except glance.Conflict:
             if first:
                 raise
@@ -136,6 +138,13 @@ def start(cloud: Cloud, image_id: str, method: dict[str, Any], where: Targets) -
         cloud.call(what, post, give_up=ImportFailedError)
     except GlanceRefusedError as exc:
         raise ImportFailedError(str(exc)) from exc
+
+
+def copy_forbidden(image_id: str, stores: list[str]) -> str:
+    """Glance's bare 403 on copy-image, explained: its copy_image policy is admin-only by default."""
+    return (f"Glance lets only admins copy images by default (policy copy_image); ask a cloud admin to run "
+            f"`glance image-import {image_id} --import-method copy-image --stores {','.join(stores)}`, "
+            "or rerun with --force to upload a new image into those stores")
 
 
 def wait(cloud: Cloud, image_id: str, where: Targets, timeout: float = IMPORT_WAIT) -> dict[str, Any]:
