@@ -46,7 +46,7 @@ def write_json(data: Any) -> None:
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     t = Table(title=title)
     for column in columns:
-        t.add_column(column)
+        t.add_column(column, overflow="fold")  # a long path or id folds, never cut to "…"
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
     out.print(t)
