@@ -23,10 +23,10 @@ lint: venv
 	$(PY) -m ruff check imgpipe && $(PY) -m mypy imgpipe
 
 test: venv lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not bench"
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not bench"
 
 demo: venv
 	$(PY) -m imgpipe_dev.demo
@@ -34,6 +34,7 @@ demo: venv
 # BENCH_ARGS: e.g. "--only startup" (start-up alone, a few seconds) or "--quick".
 bench: venv
 	$(PY) -m imgpipe_dev.bench $(BENCH_ARGS)
+	$(PY) -m pytest -q -s -m bench
 
 clean:
 	-$(PY) -m imgpipe_dev.localcloud stop --state-dir .demo/cloud 2>/dev/null

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -150,3 +153,107 @@ def test_profile_property_must_name_a_selected_profile(sample_qcow2: Path) -> No
                                  "--profile-property", "vmware:vmware_ostype=ubuntu64Guest"])
     assert result.exit_code == 2
     assert "expected PROFILE:key=value for a profile given with -p" in result.stderr
+
+
+def _command_paths() -> list[list[str]]:
+    """Every command and group, as a user types it (imgpipe, imgpipe catalog, imgpipe catalog sync...)."""
+    import typer
+
+    def walk(command: object, path: list[str]) -> list[list[str]]:
+        found = [path]
+        for name, sub in getattr(command, "commands", {}).items():
+            found += walk(sub, [*path, name])
+        return found
+
+    return walk(typer.main.get_command(app), [])
+
+
+# What a help page must never show: Python type names, typer's placeholders, raw byte sizes.
+INTERNAL = re.compile(r"<(bool|str|int|float|path|text|integer)\b|list\[|range>|1099511627776")
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "imgpipe")
+def test_every_help_page_reads_like_a_cli(path: list[str]) -> None:
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    usage = text.splitlines()[0]
+    assert usage.startswith("Usage: ") and "{" not in usage, text  # SRC, not {src}
+    assert not INTERNAL.search(text), text
+    # no word cut at a hyphen or inside a choice list by wrapping
+    assert not re.search(r"[\w|]-?\n\s+[\w|]+[|>]", text) and not re.search(r"\w-\n\s+\w", text), text
+    for choices in re.findall(r"<[\w|-]+>", text):
+        assert text.count(choices) == 1, f"{choices} listed more than once"
+
+
+def test_sizes_are_accepted_and_shown_as_people_write_them(sample_qcow2: Path) -> None:
+    result = runner.invoke(app, ["inspect", "--help"], env={"COLUMNS": "80"})
+    assert "[default: 1T]" in result.stdout
+    code, _, stderr = imgpipe("inspect", sample_qcow2, "--max-virtual-size", "64M")
+    assert code == EXIT_CODES[errors.ImageTooLargeError]
+    assert "virtual size 128.0 MiB exceeds the limit of 64.0 MiB" in stderr
+    code, _, _ = imgpipe("inspect", sample_qcow2, "--max-virtual-size", "1T")
+    assert code == 0
+    code, _, stderr = imgpipe("inspect", sample_qcow2, "--max-virtual-size", "lots")
+    assert code == 2 and "'lots' is not a size like 512M, 20G or 1T" in stderr
+
+
+def test_inspect_text_shows_what_all_profiles_share_once(sample_qcow2: Path) -> None:
+    code, stdout, _ = imgpipe("inspect", sample_qcow2)
+    assert code == 0
+    lines = stdout.splitlines()
+    assert len(lines) < 25, stdout
+    everyone = next(line for line in lines if "architecture=x86_64" in line)
+    assert re.search(r"all \d+ profiles", everyone)
+    assert sum("architecture=" in line for line in lines) == 1
+    assert any("hw_qemu_guest_agent=yes" in line and "kvm, kvm-raw, qemu" in line for line in lines)
+    assert "debian" in stdout and "uefi" in stdout  # the guest facts
+    code, stdout, _ = imgpipe("inspect", sample_qcow2, "-p", "kvm", "-p", "vmware")
+    derived = stdout[stdout.index("derived properties"):]
+    assert "hyperv" not in stdout and "kvm" in derived and "vmware" in derived
+    assert re.search(r"^  vmware_ostype=debian12_64Guest +vmware *$", derived, flags=re.M), derived
+
+
+def test_inspect_json_narrowed_by_profile(sample_qcow2: Path) -> None:
+    code, stdout, _ = imgpipe("inspect", sample_qcow2, "--json", "-p", "kvm", "-p", "vmware")
+    assert code == 0
+    data = json.loads(stdout)
+    assert set(data["derived_properties"]) == {"kvm", "vmware"}
+    assert data["derived_properties"]["kvm"]["architecture"]["evidence"]
+
+
+def test_arguments_are_checked_before_any_work(tmp_path: Path) -> None:
+    """A missing --output-dir is a usage error even for a source that does not exist: nothing was read."""
+    code, _, stderr = imgpipe("convert", tmp_path / "nope.qcow2", "-p", "kvm", "--output-dir", tmp_path / "missing")
+    assert code == 2 and "--output-dir" in stderr and "does not exist" in stderr
+    code, _, stderr = imgpipe("convert", tmp_path / "nope.qcow2", "-p", "kvm", "-p", "vmware", "-o", tmp_path / "x")
+    assert code == EXIT_CODES[errors.ProfileError] and "-o takes one output" in stderr
+    code, _, stderr = imgpipe("publish", tmp_path / "nope.qcow2", "-p", "kvm", "--name", "x", "--work-dir",
+                              tmp_path / "missing")
+    assert code == 2 and "--work-dir" in stderr
+    code, _, stderr = imgpipe("publish", tmp_path / "nope.qcow2", "-p", "kvm", "--name", "x", "--jobs", "0")
+    assert code == 2 and "--jobs" in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_piped_convert_prints_progress_lines(sample_qcow2: Path, tmp_path: Path) -> None:
+    """No terminal (a CI log): lines with percent, rate and ETA while qemu-img writes, then done."""
+    env = {**os.environ, "IMGPIPE_PROGRESS_INTERVAL": "0", "COLUMNS": "100"}
+    proc = subprocess.run([sys.executable, "-m", "imgpipe.cli", "convert", str(sample_qcow2), "-p", "kvm-raw",
+                           "--output-dir", str(tmp_path)], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert "guest.raw: started (128.0 MiB)" in lines
+    steps = [line for line in lines if re.fullmatch(r"guest\.raw: \d+% of 128\.0 MiB, [\d.]+ MB/s, ETA \d+:\d\d", line)]
+    assert steps, proc.stderr
+    assert re.fullmatch(r"guest\.raw: done, 128\.0 MiB in \d+:\d\d(, [\d.]+ MB/s)?", lines[-1]), proc.stderr
+
+
+def test_warnings_carry_no_logger_name(sample_qcow2: Path, tmp_path: Path) -> None:
+    """The sample has no cloud-init: the guest check warns, as imgpipe's own messages read."""
+    proc = subprocess.run([sys.executable, "-m", "imgpipe.cli", "convert", str(sample_qcow2), "-p", "kvm",
+                           "--output-dir", str(tmp_path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "no cloud-init in the guest" in line]
+    assert warned and all(line.startswith("warning: guest.qcow2: profile kvm: ") for line in warned), proc.stderr
+    assert "imgpipe." not in proc.stderr

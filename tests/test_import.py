@@ -210,6 +210,7 @@ def test_conversion_plugin_detected(converting, sample_qcow2: Path, tmp_path: Pa
     assert _images(cloud, "conv-vmware") == []
 
 
+@pytest.mark.bench
 def test_times_put_vs_glance_direct_vs_web_download(multi: clouds.Cloud, web, sample_qcow2: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """Not an assertion on speed: prints the three on the same file for the record."""
