@@ -257,3 +257,38 @@ def test_warnings_carry_no_logger_name(sample_qcow2: Path, tmp_path: Path) -> No
     warned = [line for line in proc.stderr.splitlines() if "no cloud-init in the guest" in line]
     assert warned and all(line.startswith("warning: guest.qcow2: profile kvm: ") for line in warned), proc.stderr
     assert "imgpipe." not in proc.stderr
+
+
+def test_publish_takes_the_source_and_conversion_options_convert_has() -> None:
+    text = runner.invoke(app, ["publish", "--help"], env={"COLUMNS": "80"}).stdout
+    for option in ("--source-format FORMAT", "--max-virtual-size SIZE", "--partition N", "--jobs N"):
+        assert option in text
+
+
+@pytest.mark.slow
+def test_piped_publish_prints_upload_progress(glance, sample_qcow2: Path) -> None:
+    env = {**os.environ, "IMGPIPE_PROGRESS_INTERVAL": "0"}
+    proc = subprocess.run([sys.executable, "-m", "imgpipe.cli", "publish", str(sample_qcow2), "-p", "kvm",
+                           "--name", "piped", "--cloud", "test", "--force"],
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    size = r"\d+\.\d MiB"
+    lines = proc.stderr.splitlines()
+    assert any(re.fullmatch(rf"upload test/piped-kvm: \d+% of {size}, [\d.]+ MB/s, ETA \d+:\d\d", line)
+               for line in lines), proc.stderr
+    assert any(re.fullmatch(rf"upload test/piped-kvm: done, {size} in \d+:\d\d(, [\d.]+ MB/s)?", line)
+               for line in lines), proc.stderr
+
+
+@pytest.mark.slow
+def test_publish_refuses_by_the_source_options_before_uploading(glance, sample_qcow2: Path) -> None:
+    from imgpipe.cloud import clouds
+
+    code, _, stderr = imgpipe("publish", sample_qcow2, "-p", "kvm", "--name", "toolarge", "--cloud", "test",
+                              "--max-virtual-size", "64M")
+    assert code == EXIT_CODES[errors.ImageTooLargeError], stderr
+    code, _, stderr = imgpipe("publish", sample_qcow2, "-p", "kvm", "--name", "toolarge", "--cloud", "test",
+                              "--source-format", "vmdk")
+    assert code == EXIT_CODES[errors.FormatMismatchError], stderr
+    listed = clouds.connect("test").image.get("/v2/images?name=toolarge-kvm").json()["images"]
+    assert listed == []

@@ -135,6 +135,32 @@ def test_copy_image_completes_a_missing_store(multi: clouds.Cloud, sample_qcow2:
     assert third.status == "unchanged"
 
 
+@pytest.fixture(scope="module")
+def member_multistore(tmp_path_factory: pytest.TempPathFactory):
+    """Stores fast + slow behind Keystone: cloud ksmulti is a member, as most users are."""
+    from imgpipe_dev import localcloud
+
+    state = tmp_path_factory.mktemp("ksmulti")
+    cloud = localcloud.start(state, keystone=True, name="ksmulti", stores=("fast", "slow"))
+    yield cloud
+    localcloud.stop(state)
+
+
+def test_copy_image_refused_to_a_member_is_explained(member_multistore, sample_qcow2: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Glance's copy_image policy is admin-only: the member's 403 says so and what to do."""
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(member_multistore.clouds_yaml))
+    member = clouds.connect("ksmulti")
+    first = upload(member, _req(sample_qcow2, "member-copy", placement=Placement(stores=("fast",))))
+    assert first.stores == ["fast"]
+    result = runner.invoke(app, ["upload", str(sample_qcow2), "-p", "kvm", "--name", "member-copy",
+                                 "--cloud", "ksmulti", "--store", "fast", "--store", "slow"])
+    assert result.exit_code == 22, result.output
+    assert "HTTP 403: Glance lets only admins copy images by default (policy copy_image)" in result.stderr
+    assert f"glance image-import {first.image_id} --import-method copy-image --stores slow" in result.stderr
+    assert _stores(glance_api.get_image(member, first.image_id)) == {"fast"}
+
+
 def test_unknown_store_is_refused_before_anything_is_created(multi: clouds.Cloud, sample_qcow2: Path) -> None:
     with pytest.raises(Exception, match="no store nope"):
         upload(multi, _req(sample_qcow2, "nope", placement=Placement(stores=("nope",))))

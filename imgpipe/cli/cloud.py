@@ -238,6 +238,6 @@ def doctor_cmd(ctx: typer.Context, cloud: CloudOpt = None, retries: RetriesOpt =
         render.table("doctor", ["check", "ok", "detail"],
                      [(c.name, "yes" if c.ok else ("no (optional)" if c.optional else "NO"), c.detail)
                       for c in checks])
-    failed = [c for c in checks if not c.ok and not c.optional]
-    if failed:
-        raise errors.CloudConfigError(f"{failed[0].name}: {failed[0].detail}")
+    failed = doctor.failure(checks)
+    if failed is not None:
+        raise failed

@@ -12,7 +12,7 @@ from pathlib import Path
 from imgpipe import profiles
 from imgpipe.cloud.connection import ConnectOptions
 from imgpipe.cloud.doctor import Check, cloud_checks
-from imgpipe.errors import ImgpipeError
+from imgpipe.errors import CloudConfigError, ImgpipeError, ProfileError, ToolMissingError
 from imgpipe.guest.qemu_system import OVMF_CODE, OVMF_VARS, QEMU
 from imgpipe.runner import run
 
@@ -60,6 +60,16 @@ def run_checks(connect: ConnectOptions, profile_dirs: list[Path]) -> list[Check]
     for name in connect.labels():
         checks += cloud_checks(name, connect)
     return checks
+
+
+def failure(checks: list[Check]) -> ImgpipeError | None:
+    """The first failed check that is not optional, as the error its kind exits with."""
+    failed = next((c for c in checks if not c.ok and not c.optional), None)
+    if failed is None:
+        return None
+    kind: type[ImgpipeError] = (ToolMissingError if failed.name in {n.name for n in NEEDS} else
+                                ProfileError if failed.name == "profiles" else CloudConfigError)
+    return kind(f"{failed.name}: {failed.detail}")
 
 
 def _qemu_img() -> Check:
