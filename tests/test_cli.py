@@ -292,3 +292,12 @@ def test_publish_refuses_by_the_source_options_before_uploading(glance, sample_q
     assert code == EXIT_CODES[errors.FormatMismatchError], stderr
     listed = clouds.connect("test").image.get("/v2/images?name=toolarge-kvm").json()["images"]
     assert listed == []
+
+
+@pytest.mark.parametrize(("columns", "width"), [("90", 90), (None, 120)])
+def test_piped_output_width(columns: str | None, width: int) -> None:
+    """$COLUMNS when set, else 120: not the old fixed 200 columns."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | ({"COLUMNS": columns} if columns else {})
+    proc = subprocess.run([sys.executable, "-m", "imgpipe.cli", "profiles", "list"], capture_output=True,
+                          text=True, env=env, check=True)
+    assert max(len(line) for line in proc.stdout.splitlines()) == width
