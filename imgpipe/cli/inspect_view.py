@@ -31,7 +31,9 @@ def show(src: Path, info: ImageInfo, facts: GuestFacts, derived: Derived, eviden
             grid.add_column(overflow="fold")
         for row in rows:
             grid.add_row("  " + row[0], *row[1:])
-        render.out.print(grid, highlight=False)
+        with render.out.capture() as captured:  # a grid pads every line to its width: no trailing blanks
+            render.out.print(grid, highlight=False)
+        render.out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 def _image_rows(info: ImageInfo) -> list[Row]:
@@ -73,6 +75,8 @@ def _guest_rows(facts: GuestFacts, evidence: bool) -> list[Row]:
         if isinstance(value, dict):
             value = (", ".join(value) or "none of the known ones") if label.endswith("drivers") \
                 else " ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+        elif isinstance(value, bool):
+            value = ("installed" if value else "not installed") if label == "cloud-init" else ("yes" if value else "no")
         elif value is None and fact is not None and label == "cloud-init datasource_list":
             value = "not set (cloud-init's built-in list)"
         rows.append((label, told(value, fact) if fact else "not found"))
