@@ -211,7 +211,10 @@ def test_inspect_text_shows_what_all_profiles_share_once(sample_qcow2: Path) -> 
     code, stdout, _ = imgpipe("inspect", sample_qcow2, "-p", "kvm", "-p", "vmware")
     derived = stdout[stdout.index("derived properties"):]
     assert "hyperv" not in stdout and "kvm" in derived and "vmware" in derived
-    assert re.search(r"^  vmware_ostype=debian12_64Guest +vmware *$", derived, flags=re.M), derived
+    assert re.search(r"^  vmware_ostype=debian12_64Guest +vmware$", derived, flags=re.M), derived
+    code, stdout, _ = imgpipe("inspect", sample_qcow2, "-p", "kvm", "--evidence")
+    assert re.search(r"^  architecture +x86_64 \(from partition 1 \(ESP\) EFI/BOOT/BOOTX64\.EFI", stdout, flags=re.M)
+    assert re.search(r"^  os_distro=debian +kvm +from partition 3 /etc/os-release", stdout, flags=re.M), stdout
 
 
 def test_inspect_json_narrowed_by_profile(sample_qcow2: Path) -> None:
