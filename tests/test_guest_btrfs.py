@@ -25,8 +25,8 @@ import zstandard
 from tree_compare import walk
 
 from imgpipe import errors, nbd, qemu
-from imgpipe.guest import lzo, tree
-from imgpipe.guest.btrfs_blocks import Btrfs, Subvolume, root_tree
+from imgpipe.guest.fs import lzo, tree
+from imgpipe.guest.fs.btrfs import Btrfs, Subvolume, root_tree
 
 SECTOR = 512
 SUPER_MAGIC_AT = (64 << 10) + 0x40
@@ -249,8 +249,8 @@ def test_hostile_filesystems_are_corrupt_quickly(fedora: tuple[Path, Path], tmp_
 BENCH = """
 import resource, sys, time
 from imgpipe import nbd, qemu
-from imgpipe.guest import tree
-from imgpipe.guest.btrfs_blocks import Btrfs, root_tree
+from imgpipe.guest.fs import tree
+from imgpipe.guest.fs.btrfs import Btrfs, root_tree
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with nbd.export(qemu.Source(sys.argv[1], "raw"), "fs") as disk:
     started = time.monotonic()

@@ -17,8 +17,8 @@ from imgpipe.guest.cloudinit import (
     read_cloud_init,
     verdict,
 )
-from imgpipe.guest.ext_blocks import ExtBlocks
 from imgpipe.guest.facts import Fact
+from imgpipe.guest.fs.ext import ExtBlocks
 
 DEBIAN_CFG = """\
 users:

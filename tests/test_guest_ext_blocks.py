@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from imgpipe import errors, nbd, qemu
 from imgpipe.cli import app
-from imgpipe.guest import tree
-from imgpipe.guest.ext_blocks import ExtBlocks, Unsupported
+from imgpipe.guest.fs import tree
+from imgpipe.guest.fs.ext import ExtBlocks, Unsupported
 
 LONG_TARGET = "usr/share/" + "a-long-directory-name/" * 4 + "target"  # > 60 bytes: a slow symlink
 

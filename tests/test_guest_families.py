@@ -22,7 +22,7 @@ import guest_disks as gd
 import pytest
 import windows_fixture as wf
 
-from imgpipe.guest import ntfs
+from imgpipe.guest.fs import ntfs
 
 IMGPIPE = Path(sys.executable).with_name("imgpipe")
 TOOLS = ("mkfs.xfs", "xfs_db", "mkfs.btrfs", "lvm", "losetup", "sfdisk", "mkfs.vfat", "mcopy", "qemu-img")

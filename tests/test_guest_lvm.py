@@ -17,8 +17,8 @@ import lvm_disks as ld
 import pytest
 
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest import lvm
-from imgpipe.guest.ext_blocks import ExtBlocks
+from imgpipe.guest.fs import lvm
+from imgpipe.guest.fs.ext import ExtBlocks
 
 pytestmark = pytest.mark.skipif(not ld.HAVE_TOOLS, reason="needs root, lvm2, losetup, sfdisk, mkfs.ext4")
 needs_grub = pytest.mark.skipif(shutil.which("grub-fstest") is None, reason="needs grub-fstest (grub-common)")

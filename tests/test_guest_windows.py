@@ -16,8 +16,9 @@ import regf_writer as rw
 import windows_fixture as wf
 
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest import ntfs, tree, windows
-from imgpipe.guest.ntfs import NtfsTree
+from imgpipe.guest import windows
+from imgpipe.guest.fs import ntfs, tree
+from imgpipe.guest.fs.ntfs import NtfsTree
 
 pytestmark = pytest.mark.skipif(not (ntfs.available() and shutil.which("mkntfs") and os.path.exists("/dev/fuse")),
                                 reason="needs ntfs-3g and /dev/fuse")
@@ -264,7 +265,7 @@ def test_two_gib_volume_inspection_cost(tmp_path: Path) -> None:
     files |= {f"Windows/WinSxS/blob{i}.bin": os.urandom(16 << 20) for i in range(16)}
     image = wf.ntfs_volume(tmp_path / "two.img", files, size=2 << 30)
     script = ("import sys, time\nfrom pathlib import Path\nfrom imgpipe.guest import windows\n"
-              "from imgpipe.guest.ntfs import NtfsTree\nt = time.monotonic()\n"
+              "from imgpipe.guest.fs.ntfs import NtfsTree\nt = time.monotonic()\n"
               "f = windows.read_windows(NtfsTree(Path(sys.argv[1]), 'p'), 'p', Path(sys.argv[2]))\n"
               "assert f is not None and f.version.value['CurrentBuildNumber'] == 20348\n"
               # VmHWM, not ru_maxrss: Linux carries the forking pytest's peak across exec into ru_maxrss

@@ -21,9 +21,9 @@ import xfs_fixtures as xf
 from tree_compare import walk
 
 from imgpipe import errors, nbd
-from imgpipe.guest import tree
-from imgpipe.guest.ext_blocks import Unsupported
-from imgpipe.guest.xfs_blocks import XfsBlocks
+from imgpipe.guest.fs import tree
+from imgpipe.guest.fs.ext import Unsupported
+from imgpipe.guest.fs.xfs import XfsBlocks
 from imgpipe.source.inspect import inspect_image
 
 LONG_TARGET = "usr/share/" + "a-long-directory-name/" * 44 + "target"  # 984 bytes: beyond any literal area
@@ -270,8 +270,8 @@ _MEASURE = """
 import sys, time
 from pathlib import Path
 from imgpipe import nbd
-from imgpipe.guest import tree
-from imgpipe.guest.xfs_blocks import XfsBlocks
+from imgpipe.guest.fs import tree
+from imgpipe.guest.fs.xfs import XfsBlocks
 from imgpipe.source.inspect import inspect_image
 start = time.monotonic()
 asked = []

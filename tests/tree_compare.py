@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from imgpipe.guest import tree
+from imgpipe.guest.fs import tree
 
 
 def walk(guest: tree.Tree, host: Path, path: str = "/") -> int:

@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from imgpipe.guest import tree
 from imgpipe.guest.facts import CloudInit, Fact
-from imgpipe.guest.tree import Tree
+from imgpipe.guest.fs import tree
+from imgpipe.guest.fs.tree import Tree
 
 MAX_FILE = 64 << 10
 MAX_FILES = 64

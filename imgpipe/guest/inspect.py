@@ -13,11 +13,12 @@ from pathlib import Path
 
 from imgpipe import nbd
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest import btrfs_blocks, cloudinit, esp, lvm, ntfs, reader, signatures, tree, windows
-from imgpipe.guest.ext_blocks import ExtBlocks, Unsupported
-from imgpipe.guest.extfs import ExtTree
+from imgpipe.guest import cloudinit, windows
 from imgpipe.guest.facts import Fact, GuestFacts
-from imgpipe.guest.xfs_blocks import XfsBlocks
+from imgpipe.guest.fs import btrfs, fat, lvm, ntfs, partition, signatures, tree
+from imgpipe.guest.fs.ext import ExtBlocks, Unsupported
+from imgpipe.guest.fs.ext_debugfs import ExtTree
+from imgpipe.guest.fs.xfs import XfsBlocks
 from imgpipe.source import partitions
 from imgpipe.source.inspect import ImageInfo
 from imgpipe.source.partitions import Partition
@@ -68,8 +69,8 @@ def _xfs(read: Callable[[int, int], bytes], size: int, label: str) -> Opened:
 
 
 def _btrfs(read: Callable[[int, int], bytes], size: int, label: str) -> Opened:
-    fs = btrfs_blocks.Btrfs(read, size, label)
-    guest, why = btrfs_blocks.root_tree(fs)
+    fs = btrfs.Btrfs(read, size, label)
+    guest, why = btrfs.root_tree(fs)
     names = {s.id: s.path for s in fs.subvolumes()}
     return Opened(guest, names.get(guest.subvol, ""), why)
 
@@ -90,8 +91,8 @@ def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
     facts.bios = _bios(info.head, info)
     for part in parts:
         if part is not None and part.kind == "efi" and found[part.number] == "vfat":
-            image = reader.extract(info, part, work / f"part{part.number}.raw")
-            facts.uefi_loaders += esp.loaders(image, f"partition {part.number} (ESP)")
+            image = partition.extract(info, part, work / f"part{part.number}.raw")
+            facts.uefi_loaders += fat.loaders(image, f"partition {part.number} (ESP)")
     loader_arch = {f.value["architecture"] for f in facts.uefi_loaders}
     if loader_arch:
         facts.architecture = Fact(min(loader_arch), facts.uefi_loaders[0].evidence)
@@ -116,7 +117,7 @@ def _probe(info: ImageInfo, part: Partition | None, work: Path) -> str | None:
         head = info.head[:signatures.PROBE_BYTES]
     else:
         name = f"probe{part.number if part else 0}.raw"
-        head = reader.probe(info, part, work / name, signatures.PROBE_BYTES)
+        head = partition.probe(info, part, work / name, signatures.PROBE_BYTES)
     return "lvm" if lvm.is_physical_volume(head[:2048]) else signatures.filesystem(head)
 
 
@@ -232,7 +233,7 @@ def _debugfs(info: ImageInfo, volume: Volume, work: Path, why: Unsupported) -> O
     if not volume.fs.startswith("ext") or volume.lv:
         return None
     LOG.info("%s: %s: %s: reading it with debugfs from a full copy", info.path, volume.label, why)
-    image = reader.extract(info, volume.part, work / f"root{volume.part.number if volume.part else 0}.raw")
+    image = partition.extract(info, volume.part, work / f"root{volume.part.number if volume.part else 0}.raw")
     return Opened(ExtTree(image, f"{info.path}: {volume.label}"))
 
 
@@ -345,7 +346,7 @@ def _read_ntfs(info: ImageInfo, part: Partition | None, work: Path, facts: Guest
         facts.unchecked.append(f"{label} is NTFS but ntfsls (ntfs-3g) is not installed: the Windows "
                                "installation was not checked")
         return
-    image = reader.extract(info, part, work / f"ntfs{part.number if part else 0}.raw")
+    image = partition.extract(info, part, work / f"ntfs{part.number if part else 0}.raw")
     volume = ntfs.NtfsTree(image, f"{info.path}: {label}")
     found = windows.read_windows(volume, label, work)
     if found is None or facts.os_type is not None:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest import tree
 from imgpipe.guest.facts import Fact
+from imgpipe.guest.fs import tree
 
 if TYPE_CHECKING:
     from regipy.registry import NKRecord

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest.facts import Fact
-from imgpipe.guest.reader import TOOL_LIMITS
-from imgpipe.guest.tree import Node
+from imgpipe.guest.fs.partition import TOOL_LIMITS
+from imgpipe.guest.fs.tree import Node
 from imgpipe.runner import CommandFailed, run, stream
 
 _TOOLS = ("ntfsls", "ntfsinfo", "ntfscat", "prlimit")

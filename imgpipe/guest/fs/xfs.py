@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest.ext_blocks import MAX_DIR_BYTES, Unsupported
-from imgpipe.guest.tree import Node
+from imgpipe.guest.fs.ext import MAX_DIR_BYTES, Unsupported
+from imgpipe.guest.fs.tree import Node
 
 MAGIC = b"XFSB"
 _VERSION_DIRV2 = 0x2000
@@ -68,7 +68,7 @@ class Extent:
 
 
 class XfsBlocks:
-    """Tree (guest.tree) over one XFS filesystem, given a bounded random read."""
+    """Tree (guest.fs.tree) over one XFS filesystem, given a bounded random read."""
 
     # Superblock fields: struct.unpack hands them over untyped.
     block_size: int

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest.reader import TOOL_LIMITS
-from imgpipe.guest.tree import Node
+from imgpipe.guest.fs.partition import TOOL_LIMITS
+from imgpipe.guest.fs.tree import Node
 from imgpipe.runner import run
 
 _OPEN_FAILED = ("while trying to open", "Filesystem not open", "Bad magic number",

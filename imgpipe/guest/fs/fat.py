@@ -7,7 +7,7 @@ from pathlib import Path
 
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest.facts import Fact
-from imgpipe.guest.reader import TOOL_LIMITS
+from imgpipe.guest.fs.partition import TOOL_LIMITS
 from imgpipe.runner import CommandFailed, run
 
 # PE/COFF machine field -> nova architecture.

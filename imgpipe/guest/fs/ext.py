@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest.tree import Node
+from imgpipe.guest.fs.tree import Node
 
 MAGIC = 0xEF53
 ROOT_INODE = 2
@@ -51,7 +51,7 @@ class Inode:
 
 
 class ExtBlocks:
-    """Tree (guest.tree) over one ext2/3/4 filesystem, given a bounded random read."""
+    """Tree (guest.fs.tree) over one ext2/3/4 filesystem, given a bounded random read."""
 
     # Superblock fields: struct.unpack hands them over untyped.
     inodes_count: int

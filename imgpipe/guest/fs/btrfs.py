@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest import lzo, tree
-from imgpipe.guest.ext_blocks import Unsupported
-from imgpipe.guest.tree import Node
+from imgpipe.guest.fs import lzo, tree
+from imgpipe.guest.fs.ext import Unsupported
+from imgpipe.guest.fs.tree import Node
 
 MAGIC = b"_BHRfS_M"
 SUPER_OFFSET = 64 << 10
@@ -343,7 +343,7 @@ class Btrfs:
 
 
 class FsTree:
-    """Tree (guest.tree) over one subvolume; other subvolumes inside it are empty directories."""
+    """Tree (guest.fs.tree) over one subvolume; other subvolumes inside it are empty directories."""
 
     def __init__(self, fs: Btrfs, root: tuple[int, int], dirid: int, subvol: int = TOP_LEVEL) -> None:
         self.fs = fs

@@ -1,0 +1,1 @@
+"""On-disk formats read in process or with userspace tools: one module per format."""
