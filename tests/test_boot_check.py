@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from imgpipe import profiles
-from imgpipe.guest import qemu_system
-from imgpipe.guest.boot_check import boot_config_drive, skip_reason, tail
-from imgpipe.guest.qemu_system import Firmware, machine_for
+from imgpipe.boot import machine as qemu_machine
+from imgpipe.boot.check import boot_config_drive, skip_reason, tail
+from imgpipe.boot.machine import Firmware, machine_for
 
 IMGPIPE = [sys.executable, "-m", "imgpipe.cli"]
 BUILTIN = profiles.load_all()
@@ -53,7 +53,7 @@ def test_argv_never_writes_the_image(tmp_path: Path) -> None:
     vars_copy = tmp_path / "VARS.fd"
     argv = machine.argv(tmp_path / "disk.vmdk", "vmdk", tmp_path / "serial.log", vars_copy)
     assert f"file={tmp_path / 'disk.vmdk'},format=vmdk,if=none,id=d0,snapshot=on" in argv
-    assert f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_system.OVMF_CODE}" in argv
+    assert f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_machine.OVMF_CODE}" in argv
     assert f"if=pflash,format=raw,unit=1,file={vars_copy}" in argv
     assert "-no-reboot" in argv and f"file:{tmp_path / 'serial.log'}" in argv
 
@@ -77,7 +77,7 @@ def _config_drive_argv(tmp: Path, profile: str, extra: dict[str, str]) -> tuple[
     disk, iso = tmp / "disk.raw", tmp / "config-2.iso"
     disk.write_bytes(b"\0" * (1 << 20))
     iso.write_bytes(b"\0" * (1 << 20))
-    vars_copy = qemu_system.private_vars(tmp) if machine.firmware is Firmware.uefi else None
+    vars_copy = qemu_machine.private_vars(tmp) if machine.firmware is Firmware.uefi else None
     return machine.argv(disk, "raw", tmp / "serial.log", vars_copy, config_drive=iso), iso
 
 
@@ -94,7 +94,7 @@ def test_config_drive_argv_attaches_it_as_nova_does(tmp_path: Path, profile: str
     assert machine_for({}).argv(tmp_path / "disk.raw", "raw", tmp_path / "s.log", None).count("-drive") == 1
 
 
-@pytest.mark.skipif(not shutil.which(qemu_system.QEMU), reason="qemu-system-x86_64 not installed")
+@pytest.mark.skipif(not shutil.which(qemu_machine.QEMU), reason="qemu-system-x86_64 not installed")
 @pytest.mark.parametrize(("profile", "extra", "bus", "device", "cdrom"), CONFIG_DRIVE_SLOTS)
 def test_config_drive_argv_is_a_machine_qemu_starts(tmp_path: Path, profile: str, extra: dict[str, str],
                                                     bus: tuple[str, ...], device: str, cdrom: bool) -> None:
@@ -137,10 +137,10 @@ def _isoinfo(iso: Path, path: str) -> bytes:
 
 def test_kvm_only_with_a_hardware_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """kvm_pvm (nested) gives /dev/kvm but hangs a stock guest: only kvm_intel/kvm_amd count."""
-    monkeypatch.setattr(qemu_system, "KVM_MODULES", (tmp_path / "kvm_intel",))
-    assert not qemu_system.kvm_works()
+    monkeypatch.setattr(qemu_machine, "KVM_MODULES", (tmp_path / "kvm_intel",))
+    assert not qemu_machine.kvm_works()
     (tmp_path / "kvm_intel").mkdir()
-    assert qemu_system.kvm_works() == Path("/dev/kvm").exists()
+    assert qemu_machine.kvm_works() == Path("/dev/kvm").exists()
 
 
 @pytest.mark.parametrize(("profile", "reason"), [("xen", "not applicable"), ("docker", "not applicable"),

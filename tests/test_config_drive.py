@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgpipe.guest.config_drive import (
+from imgpipe.boot.config_drive import (
     VERSIONS,
     build_config_drive,
     drive_files,

@@ -1,16 +1,27 @@
 """Imports flow one way: no cycle among imgpipe's modules, counting imports inside functions and
-under TYPE_CHECKING (a lazy import hides a cycle from start-up, not from the design), and the
-cloud layer knows nothing of conversion, guest inspection or the pipeline that drives it."""
+under TYPE_CHECKING (a lazy import hides a cycle from start-up, not from the design); the cloud
+layer knows nothing of conversion, guest inspection or the pipeline that drives it; guest
+inspection knows no later stage; boot-check reads no guest (it may ask guest's policy only)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
+
 import imgpipe
 
 PACKAGE = Path(imgpipe.__file__).parent
 CLOUD_MUST_NOT_IMPORT = ("imgpipe.conversion", "imgpipe.guest", "imgpipe.pipeline")
+LATER_STAGES = ("imgpipe.boot", "imgpipe.conversion", "imgpipe.cloud", "imgpipe.catalog", "imgpipe.pipeline",
+                "imgpipe.cli")
+# stage -> (packages it must not import, exceptions inside them)
+STAGE_RULES = {
+    "imgpipe.cloud": (CLOUD_MUST_NOT_IMPORT, ()),
+    "imgpipe.guest": (LATER_STAGES, ()),
+    "imgpipe.boot": (("imgpipe.guest", *LATER_STAGES[1:]), ()),
+}
 
 
 def _modules(root: Path) -> dict[str, Path]:
@@ -76,11 +87,18 @@ def test_imgpipe_has_no_import_cycle() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-def test_cloud_imports_nothing_from_conversion_guest_or_pipeline() -> None:
+def _under(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_RULES))
+def test_a_stage_imports_nothing_from_the_stages_it_must_not_know(stage: str) -> None:
     graph = import_graph(PACKAGE)
-    wrong = sorted(f"{m} -> {t}" for m, targets in graph.items() if m.startswith("imgpipe.cloud")
-                   for t in targets if any(t == p or t.startswith(p + ".") for p in CLOUD_MUST_NOT_IMPORT))
-    assert not wrong, "imgpipe.cloud reaches up the pipeline: " + "; ".join(wrong)
+    assert any(_under(m, (stage,)) for m in graph)  # the stage exists under that name
+    forbidden, allowed = STAGE_RULES[stage]
+    wrong = sorted(f"{m} -> {t}" for m, targets in graph.items() if _under(m, (stage,))
+                   for t in targets if _under(t, forbidden) and not _under(t, allowed))
+    assert not wrong, f"{stage} reaches where it must not: " + "; ".join(wrong)
 
 
 def test_a_cycle_through_a_lazy_or_type_checking_import_is_found(tmp_path: Path) -> None:

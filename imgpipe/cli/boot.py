@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 
 from imgpipe import errors, profiles, render, settings
+from imgpipe.boot.machine import Firmware
 from imgpipe.cli.base import app, handled, settings_of
 from imgpipe.cli.cloud import _properties
 from imgpipe.cli.options import GuestPropertiesOpt, JsonOpt, OneProfileOpt, PropertyOpt, regex
-from imgpipe.guest.qemu_system import Firmware
 
 ExpectOpt = Annotated[str, typer.Option(
     "--expect", callback=regex, metavar="REGEX", help="Regex on the serial console that means booted.")]

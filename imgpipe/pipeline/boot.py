@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from imgpipe.guest.boot_check import BootResult, boot_check, skip_reason
-from imgpipe.guest.qemu_system import Firmware
+from imgpipe.boot.check import BootResult, boot_check, skip_reason
+from imgpipe.boot.machine import Firmware
 from imgpipe.pipeline.prepared import Preparation, prepare
 from imgpipe.profiles import Profile
 from imgpipe.source import unpack

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgpipe import profiles
+from imgpipe.boot.machine import OVMF_CODE, OVMF_VARS, QEMU
 from imgpipe.cloud.connection import ConnectOptions
 from imgpipe.cloud.doctor import Check, cloud_checks
 from imgpipe.errors import CloudConfigError, ImgpipeError, ProfileError, ToolMissingError
-from imgpipe.guest.qemu_system import OVMF_CODE, OVMF_VARS, QEMU
 from imgpipe.runner import run
 
 GUEST_INSPECTION = "guest inspection (inspect, convert, publish, boot-check)"

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from imgpipe import owner, settings
+from imgpipe.boot.check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
 from imgpipe.cloud.upload import UploadRequest, UploadResult, find_unchanged, upload
 from imgpipe.conversion.convert import Options, Output, conversion_groups, convert_image, docker_output
 from imgpipe.errors import ImgpipeError
 from imgpipe.guest import derive
-from imgpipe.guest.boot_check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult
 from imgpipe.hashing import sha256_file
 from imgpipe.pipeline.boot import boot_output
 from imgpipe.pipeline.convert import conversion_options

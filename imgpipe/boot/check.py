@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgpipe import runner, settings
+from imgpipe.boot.machine import Firmware, Machine, machine_for, private_vars
 from imgpipe.errors import BootCheckError
-from imgpipe.guest.qemu_system import Firmware, Machine, machine_for, private_vars
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import inspect_image
 
@@ -127,7 +127,7 @@ def _watch(argv: list[str], qemu_out: Path, serial: Path, pattern: re.Pattern[st
 
 def boot_config_drive(dest: Path, marker: str) -> Path:
     """A drive as nova builds one for a new server: random uuid, a key, user data printing `marker`."""
-    from imgpipe.guest.config_drive import build_config_drive, marker_user_data  # pycdlib: only when asked
+    from imgpipe.boot.config_drive import build_config_drive, marker_user_data  # pycdlib: only when asked
 
     return build_config_drive(dest, uuid=str(uuid.uuid4()), hostname=CONFIG_DRIVE_HOSTNAME,
                               public_key=THROWAWAY_KEY, user_data=marker_user_data(marker))
