@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from imgpipe.guest.cloudinit import (
-    CloudInit,
-    cloudbase_verdict,
-    read_cloud_init,
-    verdict,
-)
+from imgpipe.guest.cloudinit import CloudInit, read_cloud_init
 from imgpipe.guest.facts import Fact
 from imgpipe.guest.fs.ext import ExtBlocks
+from imgpipe.guest.policy.metadata import cloudbase_verdict, verdict
 
 DEBIAN_CFG = """\
 users:

@@ -11,8 +11,8 @@ import shlex
 import pytest
 
 from imgpipe import profiles
-from imgpipe.guest import derive, osinfo
 from imgpipe.guest.facts import Fact, GuestFacts
+from imgpipe.guest.policy import derive, osinfo
 
 # vim.vm.GuestOsDescriptor.GuestOsIdentifier, all values, copied from pyvmomi's pyVmomi/_typeinfo_vim.py
 # (CreateEnumType "vim.vm.GuestOsDescriptor.GuestOsIdentifier") at vmware/pyvmomi commit

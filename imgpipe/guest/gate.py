@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imgpipe.errors import GuestRefusedError
-from imgpipe.guest import refuse
 from imgpipe.guest.facts import GuestFacts
 from imgpipe.guest.inspect import inspect_guest
+from imgpipe.guest.policy import refuse
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import ImageInfo
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from imgpipe.guest import derive
+from imgpipe.guest.policy import derive
 from imgpipe.pipeline.prepared import Preparation, PreparedSource, prepare
 from imgpipe.profiles import Profile
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgpipe.errors import ProfileError
-from imgpipe.guest import derive, gate
+from imgpipe.guest import gate
 from imgpipe.guest.facts import Fact, GuestFacts
+from imgpipe.guest.policy import derive
 from imgpipe.profiles import Profile
 from imgpipe.source import unpack
 from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE, ImageInfo, inspect_image, open_source

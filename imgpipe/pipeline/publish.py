@@ -23,7 +23,7 @@ from imgpipe.cloud.import_method import Placement
 from imgpipe.cloud.upload import UploadRequest, UploadResult, find_unchanged, upload
 from imgpipe.conversion.convert import Options, Output, conversion_groups, convert_image, docker_output
 from imgpipe.errors import ImgpipeError
-from imgpipe.guest import derive
+from imgpipe.guest.policy import derive
 from imgpipe.hashing import sha256_file
 from imgpipe.pipeline.boot import boot_output
 from imgpipe.pipeline.convert import conversion_options

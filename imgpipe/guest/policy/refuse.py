@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgpipe.guest import derive
 from imgpipe.guest.facts import GuestFacts
+from imgpipe.guest.policy import derive
 from imgpipe.profiles import Profile
 
 OVERRIDE = "or --force-boot"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imgpipe.guest import cloudinit, osinfo
 from imgpipe.guest.facts import Fact, GuestFacts
+from imgpipe.guest.policy import osinfo
+from imgpipe.guest.policy.metadata import METADATA_PATHS, Outcome, cloudbase_verdict, verdict
 from imgpipe.profiles import Profile
 
 QEMU_HYPERVISORS = ("kvm", "qemu")
@@ -121,16 +122,16 @@ def _drives(controller: Controller, names: set[str], windows: bool) -> bool:
     return not driver or driver in names
 
 
-def metadata(facts: GuestFacts, hypervisor: str) -> cloudinit.Outcome:
+def metadata(facts: GuestFacts, hypervisor: str) -> Outcome:
     """Whether cloud-init (cloudbase-init) reaches this target's metadata; img_config_drive when
     only a config drive does. Targets nova no longer drives (xen, uml) are not judged."""
-    if hypervisor not in cloudinit.METADATA_PATHS:
-        return cloudinit.Outcome()
+    if hypervisor not in METADATA_PATHS:
+        return Outcome()
     if facts.cloud_init is not None:
-        return cloudinit.verdict(facts.cloud_init, hypervisor)
+        return verdict(facts.cloud_init, hypervisor)
     if facts.windows is not None:
-        return cloudinit.cloudbase_verdict(facts.cloudbase_init, hypervisor)
-    return cloudinit.Outcome()
+        return cloudbase_verdict(facts.cloudbase_init, hypervisor)
+    return Outcome()
 
 
 def _windows_distro(facts: GuestFacts, windows: Fact) -> dict[str, Fact]:

@@ -1,0 +1,1 @@
+"""What the guest's facts mean for a target: OpenStack's vocabulary, derived properties, refusals."""
