@@ -1,7 +1,7 @@
 """Imports flow one way: no cycle among imgpipe's modules, counting imports inside functions and
 under TYPE_CHECKING (a lazy import hides a cycle from start-up, not from the design); the cloud
 layer knows nothing of conversion, guest inspection or the pipeline that drives it; guest
-inspection knows no later stage; boot-check reads no guest (it may ask guest's policy only)."""
+inspection knows no later stage; boot-check reads no guest (it asks guest's controller table only)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ LATER_STAGES = ("imgpipe.boot", "imgpipe.conversion", "imgpipe.cloud", "imgpipe.
 STAGE_RULES = {
     "imgpipe.cloud": (CLOUD_MUST_NOT_IMPORT, ()),
     "imgpipe.guest": (LATER_STAGES, ()),
-    "imgpipe.boot": (("imgpipe.guest", *LATER_STAGES[1:]), ()),
+    "imgpipe.boot": (("imgpipe.guest", *LATER_STAGES[1:]), ("imgpipe.guest.policy.controllers",)),
 }
 
 

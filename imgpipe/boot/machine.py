@@ -14,41 +14,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgpipe.guest.policy.controllers import AHCI, CONTROLLERS, IDE, LSI, PVSCSI, VIRTIO_BLK, VIRTIO_SCSI, Device
+
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 MEMORY_MIB = 1024
 # /dev/kvm alone proves nothing here: kvm_pvm (nested) provides it but cannot run a stock guest.
 KVM_MODULES = (Path("/sys/module/kvm_intel"), Path("/sys/module/kvm_amd"))
-LSI_ADAPTERS = {"lsilogic", "lsilogicsas", "buslogic"}
 
 
 class Firmware(str, enum.Enum):
     auto = "auto"
     bios = "bios"
     uefi = "uefi"
-
-
-@dataclass(frozen=True)
-class Controller:
-    """A disk controller as qemu -device arguments; `disk` attaches drive d0 to it."""
-
-    name: str
-    bus: tuple[str, ...]
-    disk: str
-
-    def argv(self) -> list[str]:
-        args = [a for dev in self.bus for a in ("-device", dev)]
-        return [*args, "-device", self.disk]
-
-
-VIRTIO_BLK = Controller("virtio-blk", (), "virtio-blk-pci,drive=d0")
-VIRTIO_SCSI = Controller("virtio-scsi", ("virtio-scsi-pci,id=scsi0",), "scsi-hd,drive=d0,bus=scsi0.0")
-IDE = Controller("ide", (), "ide-hd,drive=d0,bus=ide.0")
-AHCI = Controller("ahci", ("ahci,id=ahci0",), "ide-hd,drive=d0,bus=ahci0.0")
-LSI = Controller("lsi53c895a", ("lsi53c895a,id=scsi0",), "scsi-hd,drive=d0,bus=scsi0.0")
-PVSCSI = Controller("pvscsi", ("pvscsi,id=scsi0",), "scsi-hd,drive=d0,bus=scsi0.0")
-DISK_BUS = {"virtio": VIRTIO_BLK, "scsi": VIRTIO_SCSI, "ide": IDE, "sata": AHCI}
 
 
 def firmware_for(properties: Mapping[str, str]) -> Firmware:
@@ -61,26 +40,26 @@ def firmware_for(properties: Mapping[str, str]) -> Firmware:
     return Firmware.uefi if properties.get("hw_firmware_type", "").lower() == "uefi" else Firmware.bios
 
 
-def controller_for(properties: Mapping[str, str], firmware: Firmware) -> tuple[Controller, str]:
-    """The controller and why it was chosen (shown to the user)."""
+def controller_for(properties: Mapping[str, str], firmware: Firmware) -> tuple[Device, str]:
+    """The controller's stand-in and why it was chosen (shown to the user)."""
     if bus := properties.get("hw_disk_bus"):
-        if bus in DISK_BUS:
-            return DISK_BUS[bus], f"hw_disk_bus={bus}"
+        if (known := CONTROLLERS.get(("hw_disk_bus", bus))) is not None:
+            return known.qemu, f"hw_disk_bus={bus}"
         return VIRTIO_BLK, f"hw_disk_bus={bus} has no qemu stand-in; virtio-blk"
     adapter = properties.get("vmware_adaptertype", "")
     if adapter:
         why = f"vmware_adaptertype={adapter}"
-        if adapter.lower() == "ide":
-            return IDE, why
-        if firmware is Firmware.uefi and adapter.lower() in LSI_ADAPTERS | {"paravirtual"}:
-            return AHCI, why + " under UEFI: AHCI (Debian's OVMF has no driver for it)"
-        if adapter.lower() in LSI_ADAPTERS:
-            return LSI, why
-        if adapter.lower() == "paravirtual":
-            return PVSCSI, why
-        return LSI, why + " is unknown; LSI"
+        known = CONTROLLERS.get(("vmware_adaptertype", adapter.lower()))
+        if known is None:
+            return LSI, why + " is unknown; LSI"
+        if firmware is Firmware.uefi and known.uefi_qemu is not None:
+            return known.uefi_qemu, why + " under UEFI: AHCI (Debian's OVMF has no driver for it)"
+        return known.qemu, why
     if properties.get("hypervisor_type", "").lower() == "hyperv":
-        return (AHCI, "Hyper-V Gen2 (SCSI, UEFI): AHCI") if firmware is Firmware.uefi else (IDE, "Hyper-V Gen1: IDE")
+        hyperv = CONTROLLERS["hypervisor_type", "hyperv"]
+        if firmware is Firmware.uefi and hyperv.uefi_qemu is not None:
+            return hyperv.uefi_qemu, "Hyper-V Gen2 (SCSI, UEFI): AHCI"
+        return hyperv.qemu, "Hyper-V Gen1: IDE"
     return VIRTIO_BLK, "default: virtio-blk"
 
 
@@ -116,7 +95,7 @@ _SECOND_DISK = {
 }
 
 
-def config_drive_slot(properties: Mapping[str, str], controller: Controller) -> ConfigDriveSlot:
+def config_drive_slot(properties: Mapping[str, str], controller: Device) -> ConfigDriveSlot:
     """Follows each nova driver (checked in nova's source):
 
     libvirt kvm/qemu: config_drive_format=iso9660 (the default) makes it a cdrom, on hw_cdrom_bus
@@ -156,7 +135,7 @@ def kvm_works() -> bool:
 @dataclass(frozen=True)
 class Machine:
     firmware: Firmware
-    controller: Controller
+    controller: Device
     why: str
     kvm: bool
     config_drive: ConfigDriveSlot

@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from imgpipe.guest.facts import Fact, GuestFacts
 from imgpipe.guest.policy import osinfo
+from imgpipe.guest.policy.controllers import CONTROLLERS, Controller
 from imgpipe.guest.policy.metadata import METADATA_PATHS, Outcome, cloudbase_verdict, verdict
 from imgpipe.profiles import Profile
 
 QEMU_HYPERVISORS = ("kvm", "qemu")
-
-
-@dataclass(frozen=True)
-class Controller:
-    value: str  # the property's value, as nova documents it
-    linux: str  # the guest kernel module that drives it
-    windows: str  # the Windows service that drives it ("" : Windows has it inbox)
-
-
-# (property, lower-case value) -> the controller and the drivers a guest needs to boot from it:
-# refuse checks these, and the controller choices below are made of them.
-BUS_DRIVERS: dict[tuple[str, str], Controller] = {
-    ("vmware_adaptertype", "paravirtual"): Controller("paraVirtual", "vmw_pvscsi", "pvscsi"),
-    ("vmware_adaptertype", "lsilogic"): Controller("lsiLogic", "mptspi", "LSI_SCSI"),
-    ("vmware_adaptertype", "lsilogicsas"): Controller("lsiLogicsas", "mptsas", "LSI_SAS"),
-    ("hw_disk_bus", "virtio"): Controller("virtio", "virtio_blk", "viostor"),
-    ("hw_scsi_model", "virtio-scsi"): Controller("virtio-scsi", "virtio_scsi", "vioscsi"),
-    ("hypervisor_type", "hyperv"): Controller("hyperv", "hv_storvsc", "storvsc"),
-}
-_VIRTIO_OR_SATA = ("hw_disk_bus", (BUS_DRIVERS["hw_disk_bus", "virtio"], Controller("sata", "ahci", "")))
+_VIRTIO_OR_SATA = ("hw_disk_bus", (CONTROLLERS["hw_disk_bus", "virtio"], CONTROLLERS["hw_disk_bus", "sata"]))
 # hypervisor_type -> (property, its controllers; the first is what the target uses when the
 # property is unset). Where the guest lacks the driver of the profile's controller but has one
 # of another, the one it can boot from is derived.
-CONTROLLERS: dict[str, tuple[str, tuple[Controller, ...]]] = {
-    "vmware": ("vmware_adaptertype", tuple(BUS_DRIVERS["vmware_adaptertype", v]
+CHOICES: dict[str, tuple[str, tuple[Controller, ...]]] = {
+    "vmware": ("vmware_adaptertype", tuple(CONTROLLERS["vmware_adaptertype", v]
                                            for v in ("lsilogic", "paravirtual", "lsilogicsas"))),
     "kvm": _VIRTIO_OR_SATA,
     "qemu": _VIRTIO_OR_SATA,
@@ -96,11 +76,11 @@ def properties(facts: GuestFacts, profile: Profile) -> dict[str, Fact]:
 def controllers(facts: GuestFacts, profile: Profile, hypervisor: str) -> dict[str, Fact]:
     """The disk controller (and Windows NIC) the guest has drivers for, where the profile's has none."""
     have = drivers_of(facts)
-    if have is None or hypervisor not in CONTROLLERS:
+    if have is None or hypervisor not in CHOICES:
         return {}
     names, evidence = have
     windows = facts.windows_drivers is not None
-    key, choices = CONTROLLERS[hypervisor]
+    key, choices = CHOICES[hypervisor]
     derived: dict[str, Fact] = {}
     current = profile.properties.get(key, choices[0].value)
     wanted = next((c for c in choices if c.value.lower() == current.lower()), None)

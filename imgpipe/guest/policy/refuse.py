@@ -7,6 +7,7 @@ from pathlib import Path
 
 from imgpipe.guest.facts import GuestFacts
 from imgpipe.guest.policy import derive
+from imgpipe.guest.policy.controllers import CONTROLLERS
 from imgpipe.profiles import Profile
 
 OVERRIDE = "or --force-boot"
@@ -58,8 +59,8 @@ def _root(name: str, facts: GuestFacts, verdict: Verdict) -> None:
 
 def _drivers(name: str, facts: GuestFacts, props: dict[str, str], verdict: Verdict) -> None:
     windows = facts.windows_drivers is not None  # Windows names its drivers as services in SYSTEM
-    needed = [(k, v, c.windows if windows else c.linux) for (k, v), c in derive.BUS_DRIVERS.items()
-              if props.get(k, "").lower() == v]
+    needed = [(k, v, c.windows if windows else c.linux) for (k, v), c in CONTROLLERS.items()
+              if c.required and props.get(k, "").lower() == v]
     if not needed:
         return
     have = derive.drivers_of(facts)
