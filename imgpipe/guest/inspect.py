@@ -15,10 +15,9 @@ from imgpipe import nbd
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest import cloudinit, windows
 from imgpipe.guest.facts import Fact, GuestFacts
-from imgpipe.guest.fs import btrfs, fat, lvm, ntfs, partition, signatures, tree
-from imgpipe.guest.fs.ext import ExtBlocks, Unsupported
-from imgpipe.guest.fs.ext_debugfs import ExtTree
-from imgpipe.guest.fs.xfs import XfsBlocks
+from imgpipe.guest.fs import fat, ntfs, partition, registry, tree
+from imgpipe.guest.fs.ext import Unsupported
+from imgpipe.guest.fs.registry import Format, Opened, Role
 from imgpipe.source import partitions
 from imgpipe.source.inspect import ImageInfo
 from imgpipe.source.partitions import Partition
@@ -43,7 +42,7 @@ class Volume:
     """A Linux filesystem on a partition, or on an LVM logical volume inside one."""
 
     label: str  # "partition 3", "partition 4 LV rl/root"
-    fs: str
+    fs: Format
     part: Partition | None
     read: Callable[[int, int], bytes]
     size: int
@@ -51,35 +50,6 @@ class Volume:
     typed: bool = False  # the partition's type says Linux root / Linux data
 
 
-@dataclass(frozen=True)
-class Opened:
-    """A filesystem opened by its reader: the tree mounted at `/`, and for btrfs which subvolume."""
-
-    tree: tree.Tree
-    subvolume: str = ""  # "root" (its path), "" for the top level or a filesystem without any
-    why: str = ""  # how that subvolume was chosen
-
-
-def _ext(read: Callable[[int, int], bytes], size: int, label: str) -> Opened:
-    return Opened(ExtBlocks(read, size, label))
-
-
-def _xfs(read: Callable[[int, int], bytes], size: int, label: str) -> Opened:
-    return Opened(XfsBlocks(read, size, label))
-
-
-def _btrfs(read: Callable[[int, int], bytes], size: int, label: str) -> Opened:
-    fs = btrfs.Btrfs(read, size, label)
-    guest, why = btrfs.root_tree(fs)
-    names = {s.id: s.path for s in fs.subvolumes()}
-    return Opened(guest, names.get(guest.subvol, ""), why)
-
-
-# Filesystem -> its in-process reader. A new filesystem family is one entry here.
-READERS: dict[str, Callable[[Callable[[int, int], bytes], int, str], Opened]] = {
-    "ext2": _ext, "ext3": _ext, "ext4": _ext, "xfs": _xfs, "btrfs": _btrfs,
-}
-LINUX_FILESYSTEMS = tuple(READERS)
 OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
 
 
@@ -88,9 +58,10 @@ def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
     facts = GuestFacts()
     parts: list[Partition | None] = list(info.partitions) if info.table else [None]
     found = {p.number if p else 0: _probe(info, p, work) for p in parts}
+    roles = {n: f.role if f else None for n, f in found.items()}
     facts.bios = _bios(info.head, info)
     for part in parts:
-        if part is not None and part.kind == "efi" and found[part.number] == "vfat":
+        if part is not None and part.kind == "efi" and roles[part.number] is Role.ESP:
             image = partition.extract(info, part, work / f"part{part.number}.raw")
             facts.uefi_loaders += fat.loaders(image, f"partition {part.number} (ESP)")
     loader_arch = {f.value["architecture"] for f in facts.uefi_loaders}
@@ -102,23 +73,23 @@ def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
             if volumes:
                 _read_root(info, volumes, work, facts)
             elif (info.table and not any(found.values())) \
-                    or any(f in ("lvm", *LINUX_FILESYSTEMS) for f in found.values()):
+                    or any(r in (Role.VOLUMES, Role.LINUX) for r in roles.values()):
                 facts.unchecked.append("no Linux root filesystem (ext2/3/4, xfs, btrfs, on LVM or not) found")
     except nbd.NbdError as exc:
         raise GuestInspectionError(str(exc)) from exc
     for part in parts:
-        if found[part.number if part else 0] == "ntfs":
+        if roles[part.number if part else 0] is Role.WINDOWS:
             _read_ntfs(info, part, work, facts)
     return facts
 
 
-def _probe(info: ImageInfo, part: Partition | None, work: Path) -> str | None:
-    if part is None and len(info.head) >= signatures.PROBE_BYTES:  # a bare filesystem: its start is the head
-        head = info.head[:signatures.PROBE_BYTES]
+def _probe(info: ImageInfo, part: Partition | None, work: Path) -> Format | None:
+    if part is None and len(info.head) >= registry.PROBE_BYTES:  # a bare filesystem: its start is the head
+        head = info.head[:registry.PROBE_BYTES]
     else:
         name = f"probe{part.number if part else 0}.raw"
-        head = partition.probe(info, part, work / name, signatures.PROBE_BYTES)
-    return "lvm" if lvm.is_physical_volume(head[:2048]) else signatures.filesystem(head)
+        head = partition.probe(info, part, work / name, registry.PROBE_BYTES)
+    return registry.probe(head)
 
 
 def _label(part: Partition | None) -> str:
@@ -143,7 +114,7 @@ def _bios(head: bytes, info: ImageInfo) -> Fact | None:
     return Fact(loader.lower(), where + tail)
 
 
-def _volumes(info: ImageInfo, parts: list[Partition | None], found: dict[int, str | None],
+def _volumes(info: ImageInfo, parts: list[Partition | None], found: dict[int, Format | None],
              exports: contextlib.ExitStack, facts: GuestFacts) -> list[Volume]:
     """Every Linux filesystem, on a partition or an LVM volume, in the order a root is looked
     for: typed root partitions, Linux-typed ones, any other, then logical volumes; the largest first."""
@@ -151,20 +122,20 @@ def _volumes(info: ImageInfo, parts: list[Partition | None], found: dict[int, st
     on_lvm: list[Volume] = []
     for part in parts:
         fs = found[part.number if part else 0]
-        if fs not in READERS and fs != "lvm":
+        if fs is None or (fs.open is None and fs.volumes is None):
             continue
         label = _label(part)
         disk = exports.enter_context(nbd.export(info.window(part), f"{info.path}: {label}"))
-        if fs != "lvm":
+        if fs.volumes is None:
             typed = part is not None and (part.type in partitions.ROOT_TYPES or part.kind == "linux")
-            plain.append(Volume(label=label, fs=str(fs), part=part, read=disk.read, size=disk.size, typed=typed))
+            plain.append(Volume(label=label, fs=fs, part=part, read=disk.read, size=disk.size, typed=typed))
             continue
-        lvs, skipped = lvm.logical_volumes(disk.read, disk.size, label)
+        lvs, skipped = fs.volumes(disk.read, disk.size, label)
         facts.unchecked += [f"{label}: {note}" for note in skipped]
         for lv in lvs:
-            lv_fs = signatures.filesystem(lv.read(0, min(signatures.PROBE_BYTES, lv.size)))
-            if lv_fs in READERS:
-                on_lvm.append(Volume(label=f"{label} LV {lv.vg}/{lv.name}", fs=str(lv_fs), part=part,
+            lv_fs = registry.filesystem(lv.read(0, min(registry.PROBE_BYTES, lv.size)))
+            if lv_fs is not None and lv_fs.open is not None:
+                on_lvm.append(Volume(label=f"{label} LV {lv.vg}/{lv.name}", fs=lv_fs, part=part,
                                      read=lv.read, size=lv.size, lv=f"{lv.vg}/{lv.name}"))
     rank = {id(v): (0 if v.part is not None and v.part.type in partitions.ROOT_TYPES else 1 if v.typed else 2)
             for v in plain}
@@ -191,18 +162,18 @@ def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestF
     volume, fs = root
     found_by = "os-release" if len(opened) > 1 and volume is not volumes[0] else \
         ("type" if volume.typed else "signature")
-    value: dict[str, object] = {"partition": volume.part.number if volume.part else 0, "filesystem": volume.fs,
+    value: dict[str, object] = {"partition": volume.part.number if volume.part else 0, "filesystem": volume.fs.name,
                                 "found_by": found_by}
     if volume.lv:
         value["volume"] = volume.lv
     if fs.subvolume:
         value["subvolume"] = fs.subvolume
-    how = volume.fs + (f", LVM {volume.lv}" if volume.lv else "") + \
+    how = volume.fs.name + (f", LVM {volume.lv}" if volume.lv else "") + \
         (f", btrfs subvolume {fs.subvolume}: {fs.why}" if fs.why else "")
     facts.root = Fact(value, f"{volume.label} ({how}; root found by {found_by})")
     boot = next(((v, o.tree) for v, o in opened if v is not volume and _is_boot(o.tree)), None)
     if boot is not None:
-        facts.boot = Fact({"partition": boot[0].part.number if boot[0].part else 0, "filesystem": boot[0].fs},
+        facts.boot = Fact({"partition": boot[0].part.number if boot[0].part else 0, "filesystem": boot[0].fs.name},
                           f"{boot[0].label} holds kernels or a boot loader at its top: /boot")
     boot_tree, boot_label = (boot[1], boot[0].label) if boot else (None, "")
     found = dataclasses.replace(facts, unchecked=list(facts.unchecked))  # the only list it extends
@@ -219,22 +190,24 @@ def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestF
 
 def _open(info: ImageInfo, volume: Volume, work: Path, facts: GuestFacts) -> Opened | None:
     """The volume's tree, or None (noted) for a filesystem its reader does not parse."""
+    assert volume.fs.open is not None  # _volumes takes only formats it can open
     try:
-        return READERS[volume.fs](volume.read, volume.size, f"{info.path}: {volume.label}")
+        return volume.fs.open(volume.read, volume.size, f"{info.path}: {volume.label}")
     except Unsupported as exc:
         fallback = _debugfs(info, volume, work, exc)
         if fallback is None:
-            facts.unchecked.append(f"{volume.label} is {volume.fs} with {exc}: not read")
+            facts.unchecked.append(f"{volume.label} is {volume.fs.name} with {exc}: not read")
         return fallback
 
 
 def _debugfs(info: ImageInfo, volume: Volume, work: Path, why: Unsupported) -> Opened | None:
-    """ext that ext_blocks does not parse, read by debugfs from a full copy of its partition."""
-    if not volume.fs.startswith("ext") or volume.lv:
+    """What the in-process reader does not parse (ext: inline_data, meta_bg...), read from a full
+    copy of its partition (ext: by debugfs)."""
+    if volume.fs.open_copy is None or volume.lv:
         return None
     LOG.info("%s: %s: %s: reading it with debugfs from a full copy", info.path, volume.label, why)
     image = partition.extract(info, volume.part, work / f"root{volume.part.number if volume.part else 0}.raw")
-    return Opened(ExtTree(image, f"{info.path}: {volume.label}"))
+    return volume.fs.open_copy(image, f"{info.path}: {volume.label}")
 
 
 def _is_boot(guest: tree.Tree) -> bool:
