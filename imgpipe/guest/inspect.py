@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import re
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgpipe import nbd
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest import cloudinit, windows
+from imgpipe.guest import efi, linux, windows
 from imgpipe.guest.facts import Fact, GuestFacts
-from imgpipe.guest.fs import fat, ntfs, partition, registry, tree
+from imgpipe.guest.fs import ntfs, partition, registry, tree
 from imgpipe.guest.fs.ext import Unsupported
 from imgpipe.guest.fs.registry import Format, Opened, Role
 from imgpipe.source import partitions
@@ -24,17 +21,6 @@ from imgpipe.source.partitions import Partition
 
 LOG = logging.getLogger("imgpipe.guest")
 BOOT_CODE = 440
-ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x03: "i686", 0xF3: "riscv64", 0x28: "armv7l",
-                0x16: "s390x", 0x15: "ppc64le"}
-INIT_PATHS = ("/sbin/init", "/usr/lib/systemd/systemd", "/lib/systemd/systemd")
-AGENT_PATHS = ("/usr/sbin/qemu-ga", "/usr/bin/qemu-ga")
-ELF_PATHS = ("/sbin/init", "/bin/sh", "/usr/bin/env")
-# Storage driver -> its directory under lib/modules/<version>/kernel/.
-DRIVERS = {"virtio_blk": "drivers/block", "virtio_scsi": "drivers/scsi", "vmw_pvscsi": "drivers/scsi",
-           "hv_storvsc": "drivers/scsi", "sym53c8xx": "drivers/scsi/sym53c8xx_2",
-           "mptspi": "drivers/message/fusion", "mptsas": "drivers/message/fusion",
-           "ahci": "drivers/ata", "ata_piix": "drivers/ata"}
-_MODULE = re.compile(r"^(.+?)\.ko(\.xz|\.zst|\.gz)?$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +36,6 @@ class Volume:
     typed: bool = False  # the partition's type says Linux root / Linux data
 
 
-OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
 
 
 def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
@@ -63,7 +48,7 @@ def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
     for part in parts:
         if part is not None and part.kind == "efi" and roles[part.number] is Role.ESP:
             image = partition.extract(info, part, work / f"part{part.number}.raw")
-            facts.uefi_loaders += fat.loaders(image, f"partition {part.number} (ESP)")
+            facts.uefi_loaders += efi.loaders(image, f"partition {part.number} (ESP)")
     loader_arch = {f.value["architecture"] for f in facts.uefi_loaders}
     if loader_arch:
         facts.architecture = Fact(min(loader_arch), facts.uefi_loaders[0].evidence)
@@ -152,7 +137,7 @@ def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestF
         if got is None:
             continue
         opened.append((volume, got))
-        if root is None and any(tree.read(got.tree, path, 1) is not None for path in OS_RELEASE):
+        if root is None and any(tree.read(got.tree, path, 1) is not None for path in linux.OS_RELEASE):
             root = opened[-1]
     if root is None:
         if not opened:
@@ -176,16 +161,19 @@ def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestF
         facts.boot = Fact({"partition": boot[0].part.number if boot[0].part else 0, "filesystem": boot[0].fs.name},
                           f"{boot[0].label} holds kernels or a boot loader at its top: /boot")
     boot_tree, boot_label = (boot[1], boot[0].label) if boot else (None, "")
-    found = dataclasses.replace(facts, unchecked=list(facts.unchecked))  # the only list it extends
+    ask_arch = facts.architecture is None
     try:
-        _read_linux(fs.tree, volume.label, found, boot_tree, boot_label)
-    except Unsupported as exc:  # met on the way (an inline_data inode): start over with debugfs
+        found = linux.read_linux(fs.tree, volume.label, boot_tree, boot_label, architecture=ask_arch)
+    except Unsupported as exc:  # met on the way (an inline_data inode): start over from a full copy
         fallback = _debugfs(info, volume, work, exc)
         if fallback is None:
             raise GuestInspectionError(f"{info.path}: {volume.label}: {exc}") from exc
-        found = dataclasses.replace(facts, unchecked=list(facts.unchecked))
-        _read_linux(fallback.tree, volume.label, found, boot_tree, boot_label)
-    vars(facts).update(vars(found))
+        found = linux.read_linux(fallback.tree, volume.label, boot_tree, boot_label, architecture=ask_arch)
+    facts.os_release, facts.os_type = found.os_release, found.os_type or facts.os_type
+    facts.init, facts.guest_agent = found.init, found.guest_agent
+    facts.architecture = facts.architecture or found.architecture
+    facts.kernel, facts.drivers, facts.cloud_init = found.kernel, found.drivers, found.cloud_init
+    facts.unchecked += found.unchecked
 
 
 def _open(info: ImageInfo, volume: Volume, work: Path, facts: GuestFacts) -> Opened | None:
@@ -214,102 +202,6 @@ def _is_boot(guest: tree.Tree) -> bool:
     names = guest.listdir("/") if guest.lstat("/") is not None else []
     return any(n.startswith("vmlinuz-") for n in names) \
         or (any(n in ("grub", "grub2", "loader") for n in names) and "etc" not in names)
-
-
-def _read_linux(guest: tree.Tree, label: str, facts: GuestFacts, boot: tree.Tree | None = None,
-                boot_label: str = "") -> None:
-    _os_release(guest, label, facts)
-    facts.init = _first_file(guest, INIT_PATHS, label)
-    facts.guest_agent = _first_file(guest, AGENT_PATHS, label)
-    if facts.architecture is None:
-        facts.architecture = _elf_arch(guest, label)
-    facts.kernel = _kernel(guest, label, boot, boot_label)
-    facts.drivers = _drivers(guest, label, facts.kernel.value if facts.kernel else None)
-    facts.cloud_init = cloudinit.read_cloud_init(guest, label, boot, boot_label)
-    if facts.drivers is None:
-        facts.unchecked.append(f"{label}: no kernel module tree under /lib/modules; disk driver checks "
-                               "not made")
-
-
-def _os_release(guest: tree.Tree, label: str, facts: GuestFacts) -> None:
-    for path in ("/etc/os-release", "/usr/lib/os-release"):
-        got = tree.read(guest, path, 16384)
-        if got is None:
-            continue
-        fields: dict[str, str] = {}
-        for line in got[1].decode(errors="replace").splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key.strip() in ("ID", "ID_LIKE", "VERSION_ID", "PRETTY_NAME"):
-                words = shlex.split(value, posix=True) if value.strip() else [""]
-                fields[key.strip()] = words[0] if words else ""
-        evidence = f"{label} {path}" + (f" -> {got[0]}" if got[0] != path else "")
-        facts.os_release = Fact(fields, evidence)
-        facts.os_type = Fact("linux", evidence)
-        return
-    facts.unchecked.append(f"{label}: no /etc/os-release; os_distro/os_version not derived")
-
-
-def _first_file(guest: tree.Tree, paths: tuple[str, ...], label: str) -> Fact | None:
-    for path in paths:
-        real = tree.resolve(guest, path)
-        if real is not None and (node := guest.lstat(real)) is not None and node.kind == "file":
-            return Fact(real, f"{label} {path}" + (f" -> {real}" if real != path else ""))
-    return None
-
-
-def _elf_arch(guest: tree.Tree, label: str) -> Fact | None:
-    for path in ELF_PATHS:
-        got = tree.read(guest, path, 64)
-        if got and got[1][:4] == b"\x7fELF" and len(got[1]) >= 20:
-            little = got[1][5] == 1
-            machine = int.from_bytes(got[1][18:20], "little" if little else "big")
-            if machine in ELF_MACHINES:
-                return Fact(ELF_MACHINES[machine], f"{label} {got[0]} (ELF e_machine {machine:#x})")
-    return None
-
-
-def _kernel(guest: tree.Tree, label: str, boot: tree.Tree | None, boot_label: str) -> Fact | None:
-    """The newest kernel in /boot (or the separate /boot) that has a module tree; else the
-    newest module tree (a guest booting a kernel from outside, e.g. lxc)."""
-    modules = tree.listdir(guest, "/lib/modules")
-    have = set(modules[1]) if modules else set()
-    for where, boot_tree, prefix in ((boot_label, boot, "/"), (label, guest, "/boot/")):
-        listing = tree.listdir(boot_tree, prefix) if boot_tree is not None else None
-        kernels = [n.removeprefix("vmlinuz-") for n in (listing[1] if listing else []) if n.startswith("vmlinuz-")]
-        usable = [k for k in kernels if k in have]
-        if usable:
-            newest = max(usable, key=_version_key)
-            return Fact(newest, f"{where} {prefix}vmlinuz-{newest}; modules in {label} /lib/modules/{newest}")
-    if have:
-        newest = max(have, key=_version_key)
-        return Fact(newest, f"{label} /lib/modules/{newest} (newest module tree; no matching kernel in /boot)")
-    return None
-
-
-def _drivers(guest: tree.Tree, label: str, kernel: str | None) -> Fact | None:
-    """Storage drivers of the kernel that boots: built in (modules.builtin) or as a .ko module."""
-    listing = tree.listdir(guest, "/lib/modules")
-    if listing is None or not listing[1] or kernel is None:
-        return None
-    base = f"{listing[0]}/{kernel}"
-    have: dict[str, str] = {}
-    builtin = tree.read(guest, f"{base}/modules.builtin", 1 << 20)
-    if builtin:
-        for line in builtin[1].decode(errors="replace").splitlines():
-            name = _MODULE.match(line.rsplit("/", 1)[-1])
-            if name and name.group(1).replace("-", "_") in DRIVERS:
-                have[name.group(1).replace("-", "_")] = f"built in ({base}/modules.builtin)"
-    for directory in sorted(set(DRIVERS.values())):
-        entries = tree.listdir(guest, f"{base}/kernel/{directory}")
-        for entry in entries[1] if entries else []:
-            name = _MODULE.match(entry)
-            if name and name.group(1) in DRIVERS and DRIVERS[name.group(1)] == directory:
-                have.setdefault(name.group(1), f"{base}/kernel/{directory}/{entry}")
-    return Fact(dict(sorted(have.items())), f"{label} {base}")
-
-
-def _version_key(name: str) -> list[int]:
-    return [int(n) for n in re.findall(r"\d+", name)]
 
 
 def _read_ntfs(info: ImageInfo, part: Partition | None, work: Path, facts: GuestFacts) -> None:
