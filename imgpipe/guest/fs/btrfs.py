@@ -8,7 +8,7 @@ at itself or at an ancestor ends in GuestInspectionError; every walk visits a bo
 number of nodes and every decompression stops at the extent's ram_bytes. Checksums are not
 verified: a torn node fails the structural checks instead. Valid filesystems this does not
 parse (several devices, striped chunks, zoned or extent-tree-v2, encryption) raise
-ext_blocks.Unsupported.
+fs.ext.Unsupported.
 """
 
 from __future__ import annotations

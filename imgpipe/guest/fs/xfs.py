@@ -1,6 +1,6 @@
 """XFS parsed in-process from the blocks a lookup needs, read over NBD.
 
-The same reason as ext_blocks: inspection needs a few paths and file heads, not a copy of
+The same reason as fs/ext.py: inspection needs a few paths and file heads, not a copy of
 the partition. An inode's place follows from its number (AG, block, slot bit fields), so
 no AG header is read: the superblock, the inodes on a path, their directory blocks and
 bmap btree blocks, and the heads of files are all that is fetched. Every count, pointer
