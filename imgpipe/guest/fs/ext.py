@@ -10,13 +10,12 @@ features) raise Unsupported, and the caller falls back to debugfs on a full copy
 
 from __future__ import annotations
 
-import posixpath
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest.fs.tree import Node
+from imgpipe.guest.fs.blocks import InodeTree
 
 MAGIC = 0xEF53
 ROOT_INODE = 2
@@ -50,7 +49,7 @@ class Inode:
         return _KINDS.get(self.mode & 0xF000, "other")
 
 
-class ExtBlocks:
+class ExtBlocks(InodeTree[Inode]):
     """Tree (guest.fs.tree) over one ext2/3/4 filesystem, given a bounded random read."""
 
     # Superblock fields: struct.unpack hands them over untyped.
@@ -63,7 +62,9 @@ class ExtBlocks:
     desc_size: int
 
     def __init__(self, read: Callable[[int, int], bytes], size: int, label: str) -> None:
+        super().__init__()
         self._read = read
+        self.root = ROOT_INODE
         self.label = label
         sb = read(1024, 1024)
         (self.inodes_count, blocks_lo) = struct.unpack_from("<II", sb, 0x00)
@@ -89,50 +90,16 @@ class ExtBlocks:
                 or self.inodes_count > self.inodes_per_group * self._groups()):
             raise self._corrupt("inconsistent superblock")
         self._gdt = self._blocks((self.first_data_block + 1), -(-self._groups() * self.desc_size // self.block_size))
-        self._dirs: dict[int, dict[str, int]] = {}
 
-    def lstat(self, path: str) -> Node | None:
-        found = self._lookup(path)
-        if found is None:
-            return None
-        inode = self._inode(found)
-        if inode.kind != "symlink":
-            return Node(inode.kind)
+    def _symlink(self, inode: Inode) -> bytes:
         if inode.size < 60 and not inode.flags & (_EXTENTS_FL | _INLINE_DATA_FL):
-            return Node("symlink", inode.block[:inode.size].decode(errors="replace"))
-        return Node("symlink", self._data(inode, min(inode.size, self.block_size)).decode(errors="replace"))
+            return inode.block[:inode.size]
+        return self._data(inode, min(inode.size, self.block_size))
 
-    def read(self, path: str, limit: int) -> bytes:
-        found = self._lookup(path)
-        if found is None:
-            raise GuestInspectionError(f"{self.label}: {path} vanished")
-        inode = self._inode(found)
-        return self._data(inode, min(limit, inode.size))
-
-    def listdir(self, path: str) -> list[str]:
-        found = self._lookup(path)
-        return [] if found is None else [n for n in self._entries(found) if n not in (".", "..")]
-
-    def _lookup(self, path: str) -> int | None:
-        """Inode of an absolute path whose parents are real directories (tree.resolve's job)."""
-        ino = ROOT_INODE
-        for name in (c for c in posixpath.normpath(path).split("/") if c):
-            if self._inode(ino).kind != "dir":
-                return None
-            child = self._entries(ino).get(name)
-            if child is None:
-                return None
-            ino = child
-        return ino
-
-    def _entries(self, ino: int) -> dict[str, int]:
-        if ino not in self._dirs:
-            inode = self._inode(ino)
-            if inode.size > MAX_DIR_BYTES:
-                raise self._corrupt(f"directory inode {ino} claims {inode.size} bytes")
-            data = self._data(inode, inode.size)
-            self._dirs[ino] = dict(self._dirents(data, ino))
-        return self._dirs[ino]
+    def _directory(self, ino: int, inode: Inode) -> dict[str, int]:
+        if inode.size > MAX_DIR_BYTES:
+            raise self._corrupt(f"directory inode {ino} claims {inode.size} bytes")
+        return dict(self._dirents(self._data(inode, inode.size), ino))
 
     def _dirents(self, data: bytes, ino: int) -> Iterator[tuple[str, int]]:
         """Linear scan: htree index blocks look like empty entries, so this sees every name."""

@@ -11,14 +11,13 @@ as readdir does: the hash index in leaf and node blocks is only a shortcut to th
 
 from __future__ import annotations
 
-import posixpath
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imgpipe.errors import GuestInspectionError
+from imgpipe.guest.fs.blocks import InodeTree
 from imgpipe.guest.fs.ext import MAX_DIR_BYTES, Unsupported
-from imgpipe.guest.fs.tree import Node
 
 MAGIC = b"XFSB"
 _VERSION_DIRV2 = 0x2000
@@ -67,8 +66,10 @@ class Extent:
     unwritten: bool
 
 
-class XfsBlocks:
+class XfsBlocks(InodeTree[Inode]):
     """Tree (guest.fs.tree) over one XFS filesystem, given a bounded random read."""
+
+    loops_are_corrupt = True
 
     # Superblock fields: struct.unpack hands them over untyped.
     block_size: int
@@ -81,6 +82,7 @@ class XfsBlocks:
     agblklog: int
 
     def __init__(self, read: Callable[[int, int], bytes], size: int, label: str) -> None:
+        super().__init__()
         self._read_at = read
         self._size = size
         self.label = label
@@ -118,59 +120,15 @@ class XfsBlocks:
                 or not self.dir_blocks or self.dir_blocks * self.block_size > 1 << 16):
             raise self._corrupt("inconsistent superblock")
         self._inode_offset(self.root)
-        self._dirs: dict[int, dict[str, int]] = {}
 
-    def lstat(self, path: str) -> Node | None:
-        found = self._lookup(path)
-        if found is None:
-            return None
-        inode = self._inode(found)
-        if inode.kind != "symlink":
-            return Node(inode.kind)
-        return Node("symlink", self._symlink(inode).decode(errors="replace"))
-
-    def read(self, path: str, limit: int) -> bytes:
-        found = self._lookup(path)
-        if found is None:
-            raise GuestInspectionError(f"{self.label}: {path} vanished")
-        inode = self._inode(found)
-        return self._data(inode, min(limit, inode.size))
-
-    def listdir(self, path: str) -> list[str]:
-        found = self._lookup(path)
-        return [] if found is None else [n for n in self._entries(found) if n not in (".", "..")]
-
-    def _lookup(self, path: str) -> int | None:
-        """Inode of an absolute path whose parents are real directories (tree.resolve's job).
-
-        XFS has no hard-linked directories, so one directory twice on a path is a loop."""
-        ino = self.root
-        walked: set[int] = set()
-        for name in (c for c in posixpath.normpath(path).split("/") if c):
-            if self._inode(ino).kind != "dir":
-                return None
-            if ino in walked:
-                raise self._corrupt(f"directory inode {ino} is inside itself")
-            walked.add(ino)
-            child = self._entries(ino).get(name)
-            if child is None:
-                return None
-            ino = child
-        return ino
-
-    def _entries(self, ino: int) -> dict[str, int]:
-        if ino not in self._dirs:
-            inode = self._inode(ino)
-            if inode.format == _FMT_LOCAL:
-                entries = dict(self._shortform(inode))
-            elif inode.format in (_FMT_EXTENTS, _FMT_BTREE):
-                if inode.size > MAX_DIR_BYTES:
-                    raise self._corrupt(f"directory inode {ino} claims {inode.size} bytes")
-                entries = dict(self._dir_blocks(inode))
-            else:
-                raise self._corrupt(f"directory inode {ino} has fork format {inode.format}")
-            self._dirs[ino] = entries
-        return self._dirs[ino]
+    def _directory(self, ino: int, inode: Inode) -> dict[str, int]:
+        if inode.format == _FMT_LOCAL:
+            return dict(self._shortform(inode))
+        if inode.format in (_FMT_EXTENTS, _FMT_BTREE):
+            if inode.size > MAX_DIR_BYTES:
+                raise self._corrupt(f"directory inode {ino} claims {inode.size} bytes")
+            return dict(self._dir_blocks(inode))
+        raise self._corrupt(f"directory inode {ino} has fork format {inode.format}")
 
     def _shortform(self, inode: Inode) -> Iterator[tuple[str, int]]:
         """Entries packed in the inode: count, parent, then (namelen, offset, name, [ftype], inumber)."""
