@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run a real OpenStack Glance (optionally behind a real Keystone) on loopback.
+"""Run a real OpenStack Glance (optionally behind a real Keystone, with a real Barbican) on loopback.
 
 Why: imgpipe's demo and tests must talk to the same server code users upload
 to, not a mock: Glance's upload inspection, status machine and error codes
@@ -8,13 +8,13 @@ a bare ``python3`` too (``cd scripts && python3 -m imgpipe_dev.localcloud ...``)
 
 CLI::
 
-    python3 -m imgpipe_dev.localcloud start [--keystone] [--port P] [--state-dir DIR] [--name NAME]
-        [--store NAME ...] [--web-download-port P] [--convert-to raw|qcow2|vmdk]
+    python3 -m imgpipe_dev.localcloud start [--keystone [--barbican]] [--port P] [--state-dir DIR]
+        [--name NAME] [--store NAME ...] [--web-download-port P] [--convert-to raw|qcow2|vmdk]
     python3 -m imgpipe_dev.localcloud stop|kill|status [--state-dir DIR]
 
 Python API (for tests)::
 
-    cloud = start(state_dir, port=None, keystone=False, name="local")  # -> LocalCloud
+    cloud = start(state_dir, port=None, keystone=False, name="local", barbican=False)  # -> LocalCloud
     stop(state_dir); kill(state_dir); status(state_dir)
 
 The servers run from a venv outside the repo (``$IMGPIPE_CLOUD_VENV`` or
@@ -29,8 +29,10 @@ rebuilt when that file changes. Everything else lives in the state dir
                     images/, staging/, tasks/
     keystone/       etc/keystone.conf, keystone.sqlite, fernet-keys/,
                     credential-keys/
+    barbican/       barbican.conf (found through HOME=barbican/), etc/ (paste ini,
+                    WSGI module), barbican.sqlite
     *.pid           gunicorn master pid = process group of each server
-    logs/           glance.log, keystone.log (gunicorn + service output),
+    logs/           glance.log, keystone.log, barbican.log (gunicorn + service output),
                     setup.log (db_sync, fernet_setup, bootstrap)
 
 Restarting a stopped or killed instance keeps its DB, image store and ports,
@@ -53,9 +55,13 @@ and take ``session = region.get_session()``; then:
   ``identity_api_version: 3``. There is no endpoint override: the image
   endpoint comes from the catalog,
   ``session.get_endpoint(service_type='image', interface='public')``.
+* barbican (needs keystone): Barbican 23 (simple_crypto plugin, a generated KEK, sqlite)
+  is in the catalog as ``key-manager``, and Glance reads image-signing certificates from
+  it with the uploader's token (castellan's barbican backend): signed uploads verify.
 """
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -85,7 +91,7 @@ REGION = "RegionOne"
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
-SERVICES = ("glance", "keystone")
+SERVICES = ("glance", "keystone", "barbican")
 SQLITE_BUSY_SECONDS = 60  # how long a locked sqlite write waits before failing
 NOAUTH_POLICY = "noauth-policy.yaml"
 # Import tasks need an owner (tasks.owner is NOT NULL) and Glance's noauth context has no
@@ -115,6 +121,7 @@ class LocalCloud:
     clouds_yaml: Path
     pids: dict[str, int]
     logs: dict[str, Path]
+    barbican_url: str | None = None
 
     @property
     def cloud_names(self) -> tuple[str, ...]:
@@ -127,6 +134,8 @@ class LocalCloud:
             auth = "noauth"
         else:
             auth = f"keystone {self.keystone_url}, admin cloud '{self.admin_name}'"
+            if self.barbican_url:
+                auth += f", barbican {self.barbican_url}"
         return (f"localcloud: cloud '{self.name}' ({auth}) glance {self.glance_url} "
                 f"clouds.yaml {self.clouds_yaml}")
 
@@ -224,6 +233,17 @@ def _secrets(state_dir: Path) -> dict[str, str]:
         return json.loads(path.read_text())
     values = {user: secrets.token_urlsafe(18) for user in ("admin", "member", "glance")}
     _write_private(path, json.dumps(values, indent=2) + "\n")
+    return values
+
+
+def _barbican_secrets(state_dir: Path) -> dict[str, str]:
+    """The Barbican service user's password and the simple_crypto KEK (a Fernet key: urlsafe
+    base64 of 32 bytes), added to secrets.json the first time Barbican starts there."""
+    values = _secrets(state_dir)
+    if "barbican" not in values:
+        values["barbican"] = secrets.token_urlsafe(18)
+        values["barbican_kek"] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        _write_private(state_dir / "secrets.json", json.dumps(values, indent=2) + "\n")
     return values
 
 
@@ -471,7 +491,8 @@ def _mark_initialized(component_dir: Path) -> None:
 # --------------------------------------------------------------------------
 
 def _glance_conf(state_dir: Path, port: int, keystone_url: str | None,
-                 passwords: dict[str, str], features: dict[str, Any]) -> dict[str, dict[str, str]]:
+                 passwords: dict[str, str], features: dict[str, Any],
+                 barbican_url: str | None = None) -> dict[str, dict[str, str]]:
     """features: stores (file store names, first = default), web_download_port (a loopback
     port web-download may fetch from), convert_to (image_conversion plugin output format)."""
     base = _workdir(state_dir, "glance")
@@ -509,11 +530,21 @@ def _glance_conf(state_dir: Path, port: int, keystone_url: str | None,
             "project_name": "service", "user_domain_name": "Default",
             "project_domain_name": "Default", "region_name": REGION,
         }
+        if barbican_url:
+            conf.update(_glance_key_manager_conf(keystone_url, barbican_url))
     return conf
 
 
+def _glance_key_manager_conf(keystone_url: str, barbican_url: str) -> dict[str, dict[str, str]]:
+    """castellan's barbican backend, for signed images: Glance fetches the signing certificate
+    with the uploader's token. castellan's default auth_endpoint (localhost:5000) is not ours."""
+    return {"key_manager": {"backend": "barbican"},
+            "barbican": {"auth_endpoint": f"{keystone_url}/v3", "barbican_endpoint": barbican_url}}
+
+
 def _prepare_glance(venv: Path, state_dir: Path, port: int, keystone_url: str | None,
-                    passwords: dict[str, str], features: dict[str, Any]) -> dict[str, str]:
+                    passwords: dict[str, str], features: dict[str, Any],
+                    barbican_url: str | None = None) -> dict[str, str]:
     """Write Glance's config (every start: port or mode may change), db_sync
     once; return the server's environment."""
     base = _workdir(state_dir, "glance")
@@ -521,7 +552,8 @@ def _prepare_glance(venv: Path, state_dir: Path, port: int, keystone_url: str | 
     for sub in ("etc", "images", "staging", "tasks"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     conf = etc / "glance-api.conf"
-    _write_private(conf, _ini(_glance_conf(state_dir, port, keystone_url, passwords, features)))
+    _write_private(conf, _ini(_glance_conf(state_dir, port, keystone_url, passwords, features,
+                                           barbican_url)))
     # glance finds the paste ini next to glance-api.conf; the venv ships one
     # with the noauth ("default") and "keystone" pipelines.
     paste = (venv / "etc" / "glance" / "glance-api-paste.ini").read_text()
@@ -592,6 +624,69 @@ def _prepare_keystone(venv: Path, state_dir: Path, port: int,
                    env={"OS_BOOTSTRAP_PASSWORD": passwords["admin"]})
         _mark_initialized(base)
     return {"OS_KEYSTONE_CONFIG_DIR": str(etc)}
+
+
+# --------------------------------------------------------------------------
+# Barbican
+# --------------------------------------------------------------------------
+
+# barbican.wsgi.api loads /etc/barbican/barbican-api-paste.ini, a fixed path: this module
+# loads the state dir's copy instead (gunicorn serves it from etc/ on PYTHONPATH).
+BARBICAN_WSGI = (
+    "from paste import deploy\n\n"
+    "application = deploy.loadapp({config!r})\n")
+
+
+def _barbican_conf(state_dir: Path, port: int, keystone_url: str,
+                   passwords: dict[str, str]) -> dict[str, dict[str, str]]:
+    base = _workdir(state_dir, "barbican")
+    return {
+        "DEFAULT": {"host_href": _url(port), "db_auto_create": "True"},
+        "database": {"connection": f"sqlite:///{base / 'barbican.sqlite'}?timeout={SQLITE_BUSY_SECONDS}"},
+        "secretstore": {"enabled_secretstore_plugins": "store_crypto"},
+        "crypto": {"enabled_crypto_plugins": "simple_crypto"},
+        "simple_crypto_plugin": {"kek": passwords["barbican_kek"]},
+        "keystone_authtoken": {
+            "www_authenticate_uri": keystone_url, "auth_url": keystone_url,
+            "auth_type": "password", "username": "barbican", "password": passwords["barbican"],
+            "project_name": "service", "user_domain_name": "Default",
+            "project_domain_name": "Default", "region_name": REGION,
+        },
+    }
+
+
+def _prepare_barbican(venv: Path, state_dir: Path, port: int, keystone_url: str,
+                      passwords: dict[str, str]) -> dict[str, str]:
+    """Write barbican.conf, its paste ini and WSGI module; return the server's environment.
+
+    Each Barbican plugin module parses its own config with no arguments, so the file must be
+    where oslo.config looks by default: HOME/barbican.conf, with HOME set to the workdir.
+    db_auto_create makes the tables on the first start (no manage step). Barbican 23's
+    unauthenticated pipeline is broken: it runs behind keystonemiddleware only.
+    """
+    base = _workdir(state_dir, "barbican")
+    etc = base / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    _write_private(base / "barbican.conf", _ini(_barbican_conf(state_dir, port, keystone_url, passwords)))
+    paste = etc / "barbican-api-paste.ini"
+    paste.write_text((venv / "etc" / "barbican" / "barbican-api-paste.ini").read_text())
+    (etc / "localcloud_barbican.py").write_text(BARBICAN_WSGI.format(config=f"config:{paste}"))
+    return {"HOME": str(base), "PYTHONPATH": str(etc)}
+
+
+def _provision_barbican(keystone_url: str, barbican_url: str, passwords: dict[str, str]) -> None:
+    """The barbican service user and the catalog's key-manager endpoint (moved with the port)."""
+    ks = _Keystone(keystone_url, passwords["admin"])
+    service_project = ks.ensure("projects", "name=service&domain_id=default",
+                                {"name": "service", "domain_id": "default"})
+    user_id = ks.ensure("users", "name=barbican&domain_id=default", {
+        "name": "barbican", "domain_id": "default", "password": passwords["barbican"],
+        "default_project_id": service_project})
+    ks.grant(service_project, user_id, "service")
+    service_id = ks.ensure("services", "type=key-manager", {"name": "barbican", "type": "key-manager"})
+    endpoint = {"service_id": service_id, "interface": "public", "region_id": REGION, "url": barbican_url}
+    endpoint_id = ks.ensure("endpoints", f"service_id={service_id}&interface=public", endpoint)
+    ks.call("PATCH", f"/endpoints/{endpoint_id}", {"endpoint": {"url": barbican_url}})
 
 
 class _Keystone:
@@ -728,20 +823,23 @@ def _describe(state_dir: Path, record: dict[str, Any]) -> LocalCloud:
         clouds_yaml=state_dir / "clouds.yaml",
         pids=pids,
         logs={service: _log_path(state_dir, service) for service in (*services, "setup")},
+        barbican_url=_url(record["barbican_port"]) if record.get("barbican") else None,
     )
 
 
 def _services(record: dict[str, Any]) -> tuple[str, ...]:
-    return SERVICES if record["keystone"] else ("glance",)
+    if not record["keystone"]:
+        return ("glance",)
+    return SERVICES if record.get("barbican") else ("glance", "keystone")
 
 
 def _check_running_matches(state_dir: Path, record: dict[str, Any], port: int | None,
-                           keystone: bool, name: str) -> None:
+                           keystone: bool, name: str, barbican: bool = False) -> None:
     """An already running instance is reused only if it is what was asked for."""
-    wanted = {"keystone": keystone, "name": name}
+    wanted = {"keystone": keystone, "name": name, "barbican": barbican}
     if port is not None:
         wanted["glance_port"] = port
-    differs = {key: value for key, value in wanted.items() if record.get(key) != value}
+    differs = {key: value for key, value in wanted.items() if record.get(key, False) != value}
     if differs:
         raise LocalCloudError(f"{state_dir} is already running with "
                               f"{ {key: record.get(key) for key in differs} }; "
@@ -749,7 +847,7 @@ def _check_running_matches(state_dir: Path, record: dict[str, Any], port: int | 
 
 
 def _new_record(previous: dict[str, Any] | None, port: int | None, keystone: bool,
-                name: str) -> dict[str, Any]:
+                name: str, barbican: bool = False) -> dict[str, Any]:
     """Keep the previous ports so clouds.yaml and the catalog stay valid."""
     previous = previous or {}
     record: dict[str, Any] = {"name": name, "keystone": keystone,
@@ -758,6 +856,9 @@ def _new_record(previous: dict[str, Any] | None, port: int | None, keystone: boo
                               "keystone_port": previous.get("keystone_port")}
     if keystone and not record["keystone_port"]:
         record["keystone_port"] = _free_port()
+    if barbican:
+        record["barbican"] = True
+        record["barbican_port"] = previous.get("barbican_port") or _free_port()
     for service in _services(record):
         taken = record[f"{service}_port"]
         if not _port_is_free(taken):
@@ -768,21 +869,25 @@ def _new_record(previous: dict[str, Any] | None, port: int | None, keystone: boo
 
 def start(state_dir: Path = DEFAULT_STATE_DIR, port: int | None = None,
           keystone: bool = False, name: str = DEFAULT_NAME, stores: tuple[str, ...] = (),
-          web_download_port: int | None = None, convert_to: str | None = None) -> LocalCloud:
+          web_download_port: int | None = None, convert_to: str | None = None,
+          barbican: bool = False) -> LocalCloud:
     """Start the instance in state_dir (or just report it if it already runs)
     and return where it answers. stores: several file stores (the first is the default);
     web_download_port: let web-download fetch from 127.0.0.1:PORT; convert_to: turn the
-    image_conversion import plugin on with this output format."""
+    image_conversion import plugin on with this output format; barbican: a key manager for
+    signed images (needs keystone)."""
+    if barbican and not keystone:
+        raise LocalCloudError("barbican runs behind Keystone only: start with keystone too")
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(state_dir / ".lock"):
         record = _load_record(state_dir)
         if record and all(_is_running(state_dir, s) for s in _services(record)):
-            _check_running_matches(state_dir, record, port, keystone, name)
+            _check_running_matches(state_dir, record, port, keystone, name, barbican)
             return _describe(state_dir, record)
         if record:
             stop(state_dir)  # a half-dead instance (one server gone) restarts whole
-        fresh = _new_record(record, port, keystone, name)
+        fresh = _new_record(record, port, keystone, name, barbican)
         fresh["features"] = {"stores": list(stores), "web_download_port": web_download_port,
                              "convert_to": convert_to}
         return _boot(state_dir, fresh)
@@ -794,18 +899,24 @@ def _boot(state_dir: Path, record: dict[str, Any]) -> LocalCloud:
     venv = ensure_venv()
     (state_dir / "logs").mkdir(exist_ok=True)
     _save_record(state_dir, record)
-    passwords = _secrets(state_dir)
+    passwords = _barbican_secrets(state_dir) if record.get("barbican") else _secrets(state_dir)
     glance_url = _url(record["glance_port"])
     keystone_url = _url(record["keystone_port"]) if record["keystone"] else None
+    barbican_url = _url(record["barbican_port"]) if record.get("barbican") else None
     servers = [_Server("glance", "glance.wsgi.api:application", record["glance_port"], 8,
                        glance_url, _prepare_glance(venv, state_dir, record["glance_port"],
                                                    keystone_url, passwords,
-                                                   record.get("features", {})))]
+                                                   record.get("features", {}), barbican_url))]
     if keystone_url:
         servers.append(_Server("keystone", "keystone.wsgi.api:application",
                                record["keystone_port"], 4, f"{keystone_url}/v3",
                                _prepare_keystone(venv, state_dir, record["keystone_port"],
                                                  passwords)))
+    if keystone_url and barbican_url:
+        servers.append(_Server("barbican", "localcloud_barbican:application",
+                               record["barbican_port"], 4, barbican_url,
+                               _prepare_barbican(venv, state_dir, record["barbican_port"],
+                                                 keystone_url, passwords)))
     try:
         # Both boot in parallel: Glance only calls Keystone when serving.
         deadline = time.monotonic() + START_TIMEOUT
@@ -815,6 +926,8 @@ def _boot(state_dir: Path, record: dict[str, Any]) -> LocalCloud:
                                 deadline)
         if keystone_url:
             _provision_keystone(keystone_url, glance_url, passwords)
+        if keystone_url and barbican_url:
+            _provision_barbican(keystone_url, barbican_url, passwords)
     except BaseException:
         stop(state_dir)
         raise
@@ -867,6 +980,8 @@ def _parser() -> argparse.ArgumentParser:
         if command == "start":
             sub.add_argument("--keystone", action="store_true",
                              help="put a real Keystone in front of Glance")
+            sub.add_argument("--barbican", action="store_true",
+                             help="with --keystone: a real Barbican for signed images")
             sub.add_argument("--port", type=int, help="Glance port (default: a free one)")
             sub.add_argument("--name", default=DEFAULT_NAME,
                              help=f"cloud name in clouds.yaml (default: {DEFAULT_NAME})")
@@ -884,7 +999,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             print(start(args.state_dir, args.port, args.keystone, args.name, tuple(args.store),
-                        args.web_download_port, args.convert_to).summary())
+                        args.web_download_port, args.convert_to, args.barbican).summary())
         elif args.command == "stop":
             stop(args.state_dir)
         elif args.command == "kill":
