@@ -92,3 +92,15 @@ class GuestRefusedError(ImgpipeError):
 
 class GuestInspectionError(ImgpipeError):
     """A guest filesystem is corrupt or hostile: inspection stopped rather than guess."""
+
+
+class SigningError(ImgpipeError):
+    """The signing key or certificate cannot make a signature Glance and nova would accept."""
+
+
+class KeyManagerError(ImgpipeError):
+    """The cloud's key manager (Barbican) is missing, unreachable or refused a request."""
+
+
+class SignatureInvalidError(ImgpipeError):
+    """An image's signature or its certificate does not verify (as nova would find on boot)."""

@@ -44,6 +44,9 @@ EXIT_CODES: dict[type[errors.ImgpipeError], int] = {
     errors.GuestInspectionError: 20,
     errors.BootCheckError: 21,
     errors.ImportFailedError: 22,
+    errors.SigningError: 23,
+    errors.KeyManagerError: 24,
+    errors.SignatureInvalidError: 25,
 }
 EXIT_INTERRUPTED = 130
 P = ParamSpec("P")

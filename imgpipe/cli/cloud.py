@@ -44,6 +44,15 @@ from imgpipe.cli.options import (
     placement,
     regex,
 )
+from imgpipe.cli.sign import (
+    SignCertIdOpt,
+    SignCertOpt,
+    SignHash,
+    SignHashOpt,
+    SignKeyOpt,
+    SignKeyPasswordFileOpt,
+    signer,
+)
 from imgpipe.cloud.import_method import ImportMethod
 
 if TYPE_CHECKING:
@@ -115,12 +124,18 @@ def upload_cmd(
     timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
     insecure: InsecureOpt = False,
     os_cacert: CacertOpt = None,
+    sign_key: SignKeyOpt = None,
+    sign_key_password_file: SignKeyPasswordFileOpt = None,
+    sign_cert: SignCertOpt = None,
+    sign_cert_id: SignCertIdOpt = None,
+    sign_hash: SignHashOpt = SignHash.sha256,
     as_json: JsonOpt = False,
 ) -> None:
     """Upload a converted FILE with its profile's properties.
 
     The upload is verified against the hashes Glance computes."""
     run = settings_of(ctx, as_json)
+    signs = signer(sign_key, sign_key_password_file, sign_cert, sign_cert_id, sign_hash)
     chosen = profiles.select([profile], run.profiles())[0]
     where = placement(import_method, store, all_stores, allow_partial_stores)
     props = {**chosen.properties, **_properties(prop)}
@@ -136,14 +151,15 @@ def upload_cmd(
     targets = connect.connect_all()
     # The lookup needs the anchor before any upload (once for every cloud); --force looks
     # nothing up, so the send's own sha256 becomes the anchor and the file is read once.
-    sha = None if force else sha256_file(file)
+    # A signed file's sha256 comes with its signature's digest (one read for both).
+    sha = None if force or signs else sha256_file(file)
     results = []
     with render.progress(quiet=as_json) as report:
         for target in targets:
             req = UploadRequest(path=file, name=name, profile=chosen.name, disk_format=chosen.disk_format,
                                 container_format=chosen.container_format, virtual_size=virtual_size,
                                 source_sha256=sha, properties=props, tags=tag or [], visibility=visibility.value,
-                                force=force, placement=where, source_url=source_url)
+                                force=force, placement=where, source_url=source_url, signer=signs)
             on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1),
                                                            size)) if report else None
             results.append(upload(target, req, on_bytes))
@@ -192,10 +208,20 @@ def publish_cmd(
                                                     "drive as nova does; pass only when its user data runs.")] = False,
     force_boot: ForceBootOpt = False,
     guest_properties: GuestPropertiesOpt = True,
+    sign_key: SignKeyOpt = None,
+    sign_key_password_file: SignKeyPasswordFileOpt = None,
+    sign_cert: SignCertOpt = None,
+    sign_cert_id: SignCertIdOpt = None,
+    sign_hash: SignHashOpt = SignHash.sha256,
+    verify_signature: Annotated[bool, typer.Option(
+        "--verify-signature", help="Download each signed image back and verify it as nova would (exit 25).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert SRC for each profile and publish it to every cloud."""
     run = settings_of(ctx, as_json)
+    signs = signer(sign_key, sign_key_password_file, sign_cert, sign_cert_id, sign_hash)
+    if verify_signature and signs is None:
+        raise typer.BadParameter("--verify-signature needs --sign-key")
     selected = profiles.select(profile, run.profiles())
     from imgpipe.conversion.convert import Options
     from imgpipe.pipeline.prepared import Preparation
@@ -206,7 +232,8 @@ def publish_cmd(
     req = PublishRequest(source=src, profiles=selected, name=name, name_template=name_template,
                          properties=_properties(prop), tags=tag or [], visibility=visibility.value, force=force,
                          profile_properties=_profile_properties(profile_prop, selected), boot_check=checks,
-                         placement=placement(import_method, store, all_stores, allow_partial_stores))
+                         placement=placement(import_method, store, all_stores, allow_partial_stores),
+                         signer=signs)
     how = Preparation(claimed_format=source_format, max_virtual_size=max_virtual_size, force_boot=force_boot,
                       guest_properties=guest_properties)
     opts = Options(out_dir=work, verify=verify, engine=engine.value, partition=partition, jobs=jobs)
@@ -215,6 +242,11 @@ def publish_cmd(
     targets = connect.connect_all()
     with render.progress(quiet=as_json) as report:
         result = publish(req, targets, opts, report, how=how)
+    if verify_signature:
+        from imgpipe.cli.sign import verify_published
+
+        by_name = {t.name: t for t in targets}
+        verify_published([(by_name[r.cloud], r.image_id) for r in result.results])
     _show_results(run, result.results, result.failures, result.derived)
 
 

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from imgpipe import __version__
-from imgpipe.cloud import glance, image_import
+from imgpipe.cloud import glance, image_import, signature
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
 from imgpipe.errors import GlanceRefusedError, UploadError
 from imgpipe.hashing import Digests, sha256_file
 from imgpipe.owner import Owner, me
 from imgpipe.profiles import RESERVED
+from imgpipe.signing import Signer
 
 LOG = logging.getLogger("imgpipe.cloud.upload")
 GIB = 1 << 30
@@ -66,6 +67,7 @@ class UploadRequest:
     force: bool = False
     placement: Placement = field(default_factory=Placement)
     source_url: str | None = None  # for web-download: Glance fetches this; path is our copy
+    signer: Signer | None = None  # sign the bytes: Glance verifies them as they arrive
 
     def payload(self) -> image_import.Payload:
         return image_import.Payload(path=self.path, name=self.name, disk_format=self.disk_format,
@@ -83,7 +85,7 @@ class UploadResult:
     name: str
     profile: str
     image_id: str
-    status: str  # "created", "unchanged", or "copied" (completed into missing stores)
+    status: str  # "created", "unchanged", "copied" (completed into missing stores) or "resigned"
     disk_format: str
     container_format: str
     size: int
@@ -99,10 +101,15 @@ class UploadResult:
 
 def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | None = None) -> UploadResult:
     started = time.monotonic()
+    own_sha = None
+    if req.signer is not None:  # before anything is created: a refused certificate leaves nothing
+        props, digest = signature.for_file(cloud, req.signer, req.path)
+        req, own_sha = replace(req, properties={**req.properties, **props}), digest.sha256
     if not req.force:
-        sha = req.source_sha256 or sha256_file(req.path)  # the lookup and the image ids need it now
+        # the lookup and the image ids need it now (a signed file's was read with its digest)
+        sha = req.source_sha256 or own_sha or sha256_file(req.path)
         req = replace(req, source_sha256=sha)
-        existing = find_unchanged(cloud, req.name, req.profile, sha, req.placement)
+        existing = find_unchanged(cloud, req.name, req.profile, sha, req.placement, req.signer)
         if existing:
             return existing
     run_id = uuid.uuid4().hex
@@ -114,9 +121,10 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
 
 
 def find_unchanged(cloud: Cloud, name: str, profile: str, source_sha256: str,
-                   placement: Placement | None = None) -> UploadResult | None:
+                   placement: Placement | None = None, signer: Signer | None = None) -> UploadResult | None:
     """The active image an earlier run published from this same source, if any; completed with
-    copy-image into the stores of `placement` it misses (status "copied"), never uploaded again.
+    copy-image into the stores of `placement` it misses (status "copied"), never uploaded again;
+    with a signer, signed by it (status "resigned") if another key or none signed it.
 
     Hidden images count (a rollback to an older, hidden version must not upload a copy);
     Glance lists them only when asked for them alone.
@@ -128,7 +136,9 @@ def find_unchanged(cloud: Cloud, name: str, profile: str, source_sha256: str,
         return None
     where = image_import.targets(cloud, placement or Placement())
     copied = image_import.complete_stores(cloud, found[0], where.stores, where.must_succeed)
-    return _result(cloud, profile, copied or found[0], "copied" if copied else "unchanged", started)
+    resigned = signature.resign(cloud, signer, copied or found[0]) if signer is not None else None
+    status = "resigned" if resigned else "copied" if copied else "unchanged"
+    return _result(cloud, profile, resigned or copied or found[0], status, started)
 
 
 def _result(cloud: Cloud, profile: str, image: dict[str, Any], status: str,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from imgpipe import owner, settings
 from imgpipe.boot.check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult
+from imgpipe.cloud import keymanager
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
 from imgpipe.cloud.upload import UploadRequest, UploadResult, find_unchanged, upload
@@ -30,6 +31,7 @@ from imgpipe.pipeline.convert import conversion_options
 from imgpipe.pipeline.prepared import Preparation, prepare
 from imgpipe.profiles import Profile
 from imgpipe.progress import Progress
+from imgpipe.signing import Signer
 
 LOG = logging.getLogger("imgpipe.pipeline.publish")
 DEFAULT_TEMPLATE = settings.NAME_TEMPLATE
@@ -51,6 +53,7 @@ class PublishRequest:
     boot_check: BootCheck | None = None
     placement: Placement = field(default_factory=Placement)
     cloud_placements: dict[str, Placement] = field(default_factory=dict)  # a catalog's per-cloud stores
+    signer: Signer | None = None  # sign every output; each cloud's certificate is checked before converting
 
     def given(self, profile: Profile) -> dict[str, str]:
         """What the user gave for this profile's image: run-wide, then per-profile properties."""
@@ -86,6 +89,9 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options, progress: P
     this run's work directory); how: what the source may be."""
     sha = req.source_sha256 or sha256_file(req.source)
     report = PublishReport()
+    if req.signer is not None:  # a certificate a cloud would refuse stops the run before any work
+        for cloud in clouds:
+            keymanager.certificate_id(cloud, req.signer)
     todo = _not_yet_published(req, clouds, sha, report)
     if not todo:
         return report  # nothing to convert: the source is not even unpacked
@@ -114,7 +120,8 @@ def _not_yet_published(req: PublishRequest, clouds: list[Cloud], sha: str, repor
     todo: list[Profile] = []
     for profile in req.profiles:
         unchanged = [] if req.force or not profile.converts else [
-            _unchanged(c, req.image_name(profile), profile.name, sha, req.cloud_placements.get(c.name, req.placement))
+            _unchanged(c, req.image_name(profile), profile.name, sha, req.cloud_placements.get(c.name, req.placement),
+                       req.signer)
             for c in clouds]
         if unchanged and all(unchanged):
             report.results += [u for u in unchanged if u is not None]
@@ -199,10 +206,11 @@ def _upload_booted(booted: Future[BootResult] | None, cloud: Cloud, up: UploadRe
     return upload(cloud, up, on_bytes)
 
 
-def _unchanged(cloud: Cloud, name: str, profile: str, sha: str, placement: Placement) -> UploadResult | None:
+def _unchanged(cloud: Cloud, name: str, profile: str, sha: str, placement: Placement,
+               signer: Signer | None) -> UploadResult | None:
     """An unreachable cloud must not stop the others: its upload will fail and be reported."""
     try:
-        return find_unchanged(cloud, name, profile, sha, placement)
+        return find_unchanged(cloud, name, profile, sha, placement, signer)
     except ImgpipeError as exc:
         LOG.warning("cloud %s: cannot look for %s: %s", cloud.name, name, exc)
         return None
@@ -222,4 +230,4 @@ def _request(req: PublishRequest, profile: Profile, out: Output, sha: str,
         virtual_size=out.virtual_size, source_sha256=sha,
         properties=properties,
         tags=req.tags,
-        visibility=req.visibility, force=req.force, placement=req.placement)
+        visibility=req.visibility, force=req.force, placement=req.placement, signer=req.signer)

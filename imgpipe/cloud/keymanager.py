@@ -1,0 +1,132 @@
+"""The only code that speaks to the cloud's key manager (Barbican v1), for signing certificates.
+
+Plain REST through the cloud's keystoneauth session (the user's token, the catalog's
+`key-manager` endpoint) rather than castellan or barbicanclient: three calls do, and
+castellan would need an oslo.config setup of its own. Certificates are stored the way
+Glance's castellan reads them: secret_type certificate, the PEM as application/octet-stream
+(base64 on the wire); stored as text/plain, castellan hands Glance a str and the upload
+fails with HTTP 500.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from typing import Any
+
+import requests
+from cryptography import x509
+from keystoneauth1 import adapter
+from keystoneauth1 import exceptions as ksa_exc
+
+from imgpipe import signing
+from imgpipe.cloud.clouds import Cloud
+from imgpipe.errors import AuthError, KeyManagerError
+from imgpipe.retry import RETRY_STATUS, Transient
+
+SERVICE_TYPE = "key-manager"
+NAME_PREFIX = "imgpipe-cert-"
+
+
+def endpoint(cloud: Cloud) -> str:
+    """The key manager's URL from the catalog; KeyManagerError when the cloud has none."""
+
+    def find() -> str:
+        try:
+            url = cloud.session.get_endpoint(service_type=SERVICE_TYPE, interface="public")
+        except ksa_exc.EndpointNotFound:
+            url = None
+        except (ksa_exc.ConnectionError, ksa_exc.RetriableConnectionFailure) as exc:
+            raise Transient(f"cloud {cloud.name}: catalog: {exc}") from exc
+        except ksa_exc.ClientException as exc:  # e.g. auth_type none: no catalog at all
+            raise KeyManagerError(f"cloud {cloud.name}: no key manager: {exc}") from exc
+        if not url:
+            raise KeyManagerError(f"cloud {cloud.name}: no key manager (Barbican) in the catalog; "
+                                  "signed images need one (Glance and nova read the certificate there)")
+        return str(url).rstrip("/")
+
+    return cloud.learn("key-manager endpoint", lambda: cloud.call("find the key manager", find, KeyManagerError))
+
+
+def _adapter(cloud: Cloud) -> adapter.Adapter:
+    return adapter.Adapter(cloud.session, service_type=SERVICE_TYPE, endpoint_override=endpoint(cloud),
+                           connect_retries=0, status_code_retries=0)
+
+
+def _request(cloud: Cloud, method: str, path: str, what: str, *, ok: Iterable[int] = (200,),
+             **kwargs: Any) -> requests.Response:
+    """One call, retried on connection failures and 'later' statuses; errors name the cloud."""
+    api = _adapter(cloud)
+    label = f"cloud {cloud.name}: key manager {endpoint(cloud)}: {what}"
+
+    def once() -> requests.Response:
+        try:
+            resp: requests.Response = api.request(path, method, raise_exc=False, **kwargs)
+        except ksa_exc.Unauthorized as exc:
+            raise AuthError(f"cloud {cloud.name}: Keystone refused the credentials (HTTP 401)") from exc
+        except (ksa_exc.ConnectionError, ksa_exc.RetriableConnectionFailure) as exc:
+            raise Transient(f"not reachable ({type(exc).__name__})") from exc
+        if resp.status_code in RETRY_STATUS or resp.status_code >= 500:
+            raise Transient(f"HTTP {resp.status_code}")
+        if resp.status_code not in ok:
+            raise KeyManagerError(f"{label}: HTTP {resp.status_code}: {' '.join(resp.text.split())[:200]}")
+        return resp
+
+    return cloud.call(label, once, KeyManagerError)
+
+
+def get_certificate(cloud: Cloud, secret_id: str) -> x509.Certificate:
+    """The certificate in secret secret_id, read as Glance and nova read it."""
+    resp = _request(cloud, "GET", f"/v1/secrets/{secret_id}/payload", f"read certificate {secret_id}",
+                    ok=(200, 404), headers={"Accept": "application/octet-stream"})
+    if resp.status_code == 404:
+        raise KeyManagerError(f"cloud {cloud.name}: no secret {secret_id} in the key manager (or not readable "
+                              "by this project)")
+    try:
+        return x509.load_pem_x509_certificate(resp.content)
+    except ValueError as exc:
+        raise KeyManagerError(f"cloud {cloud.name}: secret {secret_id} does not hold a PEM certificate") from exc
+
+
+def store_certificate(cloud: Cloud, cert: x509.Certificate) -> str:
+    """The id of a certificate secret holding exactly cert: an earlier one if there is one."""
+    name = NAME_PREFIX + signing.fingerprint(cert)[:32]
+    listed = _request(cloud, "GET", "/v1/secrets", "list certificates",
+                      params={"name": name, "secret_type": "certificate", "limit": "100"}).json()
+    wanted = signing.pem(cert)
+    for secret in listed.get("secrets", []):
+        secret_id = _uuid(secret["secret_ref"])
+        try:
+            if signing.pem(get_certificate(cloud, secret_id)) == wanted:
+                return secret_id
+        except KeyManagerError:
+            continue  # a same-named secret that is not our certificate: not reused
+    body = {"name": name, "secret_type": "certificate", "payload": base64.b64encode(wanted).decode(),
+            "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}
+    ref = _request(cloud, "POST", "/v1/secrets", "store certificate", ok=(201,), json=body).json()["secret_ref"]
+    return _uuid(ref)
+
+
+def delete_secret(cloud: Cloud, secret_id: str) -> None:
+    _request(cloud, "DELETE", f"/v1/secrets/{secret_id}", f"delete secret {secret_id}", ok=(204, 404))
+
+
+def _uuid(ref: str) -> str:
+    return ref.rstrip("/").rsplit("/", 1)[-1]
+
+
+def certificate_id(cloud: Cloud, signer: signing.Signer) -> str:
+    """The Barbican secret id of the signer's certificate on this cloud, checked against the key.
+
+    Learnt once per cloud and run: every image of the run reuses it.
+    """
+
+    def resolve() -> str:
+        if signer.certificate_id is not None:
+            signer.check(get_certificate(cloud, signer.certificate_id), f"{signer.certificate_id} (cloud {cloud.name})")
+            return signer.certificate_id
+        assert signer.certificate is not None
+        return store_certificate(cloud, signer.certificate)
+
+    which = signer.certificate_id if signer.certificate is None else signing.fingerprint(signer.certificate)
+    return cloud.learn(f"signing certificate {which}", resolve)
