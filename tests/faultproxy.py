@@ -1,8 +1,8 @@
 """A small HTTP-aware TCP proxy on loopback that injects faults into chosen requests.
 
 Used instead of a fake Glance: the real Glance stays behind it, the proxy only breaks the
-wire (reset after N body bytes, 503 with Retry-After, a stall, or a hook that can kill the
-server) for requests whose "METHOD PATH" matches. Bounded: every fault fires `times` times.
+wire (reset after N body bytes, 503 with Retry-After, a stall, a hook that can kill the
+server, or one body byte changed in flight) for requests whose "METHOD PATH" matches. Bounded: every fault fires `times` times.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 @dataclass
 class Fault:
     match: str  # regex on "METHOD PATH"
-    kind: str  # "reset" | "503" | "stall" | "hook"
-    after: int = 0  # body bytes forwarded before a reset/hook
+    kind: str  # "reset" | "503" | "stall" | "hook" | "tamper"
+    after: int = 0  # body bytes forwarded before a reset/hook, or the offset of the byte tamper flips
     times: int = 1
     seconds: float = 0.0  # stall length, or Retry-After for 503
     hook: Callable[[], None] | None = None
@@ -116,6 +116,9 @@ class FaultProxy:
                 if fault.hook:
                     fault.hook()
                 raise OSError("fault injected")
+            if fault and fault.kind == "tamper" and sent <= fault.after < sent + len(piece):
+                at = fault.after - sent
+                piece = piece[:at] + bytes([piece[at] ^ 0xFF]) + piece[at + 1:]
             upstream.sendall(piece)
             sent += len(piece)
         return buf

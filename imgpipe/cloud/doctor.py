@@ -42,7 +42,7 @@ def cloud_checks(name: str | None, connect: ConnectOptions) -> list[Check]:
     container = [f for f in props["container_format"]["enum"] if f]
     checks.append(Check(f"{label} glance", True, f"API {', '.join(current) or '?'}; "
                         f"disk formats {', '.join(disk)}; containers {', '.join(container)}"))
-    return checks + _discovered(label, cloud)
+    return checks + _discovered(label, cloud) + [_key_manager(label, cloud)]
 
 
 def _discovered(label: str, cloud: clouds.Cloud) -> list[Check]:
@@ -71,6 +71,27 @@ def _discovered(label: str, cloud: clouds.Cloud) -> list[Check]:
         checks.append(Check(f"{label} hints", True, "clouds.yaml/vendor profile: " + ", ".join(
             f"{k}={v}" for k, v in facts.hints.items())))
     return checks
+
+
+def _key_manager(label: str, cloud: clouds.Cloud) -> Check:
+    """Signed images need a key manager the user can store certificates in and read them from.
+
+    Not having one is no failure (most images are not signed): ok, with the reason in detail.
+    """
+    from imgpipe.cloud import keymanager
+
+    try:
+        keymanager.endpoint(cloud)
+    except ImgpipeError as exc:
+        return Check(f"{label} key manager", True, f"none: cannot publish signed images ({exc})",
+                     {"key_manager": None, "certificates": False})
+    try:
+        url = keymanager.probe(cloud)
+    except ImgpipeError as exc:
+        return Check(f"{label} key manager", False, f"cannot store and read a certificate secret: {exc}",
+                     {"key_manager": keymanager.endpoint(cloud), "certificates": False})
+    return Check(f"{label} key manager", True, f"{url}: stores and reads certificate secrets (signed images)",
+                 {"key_manager": url, "certificates": True})
 
 
 def _store(store: discovery.Store) -> str:

@@ -130,3 +130,29 @@ def certificate_id(cloud: Cloud, signer: signing.Signer) -> str:
 
     which = signer.certificate_id if signer.certificate is None else signing.fingerprint(signer.certificate)
     return cloud.learn(f"signing certificate {which}", resolve)
+
+
+def probe(cloud: Cloud) -> str:
+    """Store, read back and delete a throwaway certificate secret, as a signed publish would.
+
+    The certificate is self-signed and made for the probe (EC P-384): no secret is involved.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imgpipe doctor probe")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + timedelta(hours=1)).sign(key, hashes.SHA384()))
+    secret_id = store_certificate(cloud, cert)
+    try:
+        if signing.pem(get_certificate(cloud, secret_id)) != signing.pem(cert):
+            raise KeyManagerError(f"cloud {cloud.name}: the key manager returned another certificate than stored")
+    finally:
+        delete_secret(cloud, secret_id)
+    return endpoint(cloud)
