@@ -97,6 +97,31 @@ class Version(BaseModel):
         return self
 
 
+class Signing(BaseModel):
+    """Sign an image's uploads (catalog `signing:`, per image or in defaults): the key, and its
+    certificate as a file (stored in each cloud's Barbican) or as a Barbican secret id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str
+    password_file: str | None = None  # else $IMGPIPE_SIGN_KEY_PASSWORD, or no password
+    certificate: str | None = None
+    certificate_id: str | None = None
+    hash_method: Literal["SHA-224", "SHA-256", "SHA-384", "SHA-512"] = "SHA-256"
+
+    @field_validator("key", "password_file", "certificate")
+    @classmethod
+    def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _location(value, info)
+
+    @model_validator(mode="after")
+    def _one_certificate(self) -> Signing:
+        if (self.certificate is None) == (self.certificate_id is None):
+            raise ValueError("give exactly one of certificate (a file) or certificate_id (a Barbican secret)")
+        if is_url(self.key) or (self.certificate and is_url(self.certificate)):
+            raise ValueError("the signing key and certificate are local files")
+        return self
+
+
 class Defaults(BaseModel):
     """Keys every image inherits unless it sets them (properties and tags are merged)."""
 
@@ -108,6 +133,7 @@ class Defaults(BaseModel):
     tags: list[str] | None = None
     properties: dict[str, Any] | None = None
     retention: Retention | None = None
+    signing: Signing | None = None
 
 
 class CloudSettings(BaseModel):
@@ -143,6 +169,7 @@ class Image(BaseModel):
     # Derive boot properties (architecture, os_distro, hw_firmware_type, ...) from the guest.
     guest_properties: bool = True
     retention: Retention = Field(default_factory=Retention)
+    signing: Signing | None = None
     versions: list[Version] = Field(min_length=1)
 
     @field_validator("name_template")

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from imgpipe import locks, settings
+from imgpipe import locks, settings, signing
 from imgpipe.catalog import download as sources
 from imgpipe.catalog import rotation
-from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image
+from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image, Signing
 from imgpipe.catalog.plan import Connect, Shard, Survey, Unit, look, plan, scope, survey
 from imgpipe.catalog.rotation import Action
 from imgpipe.cloud import image_import
@@ -32,6 +32,7 @@ from imgpipe.pipeline.publish import PublishRequest, publish
 from imgpipe.profiles import Profile
 from imgpipe.progress import Progress
 from imgpipe.retry import DEFAULT_LIMITS, RetryLimits
+from imgpipe.signing import Signer
 
 DEFAULT_JOBS = settings.SYNC_JOBS
 PRUNE_AFTER = 7 * 24 * 3600  # cached sources no catalog version uses, untouched this long
@@ -90,6 +91,7 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
     work = scope(catalog, opts.shard, publish=publish_units, rotate=opts.rotate)
     if opts.shard:
         report.notes.append(f"shard {opts.shard}: rotation is left to `imgpipe catalog rotate` after all shards")
+    signers = _signers(work.todo)  # a key or certificate that cannot sign stops the run before any call
     with locks.clouds(opts.cache_dir, [c for i in work.images for c in i.clouds], report.shard):
         seen = survey(work, connect, sources.Checksums(opts.limits), catalog.placement)
         actions = plan(work.todo, seen, rotate=[])
@@ -97,7 +99,7 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
         report.images = [a for a in actions if a.action == "unchanged"]
         images = {i.name: i for i in work.images}
         report.images += [_copy(a, images[a.image], seen, report) for a in actions if a.action == "copy"]
-        _publish_all(work.todo, actions, seen, opts, report, progress)
+        _publish_all(work.todo, actions, seen, opts, report, progress, signers)
         if work.rotate:
             _rotate(work.images, seen, opts, report)
         sources.prune(opts.cache_dir, {s for by_version in seen.shas.values() for s in by_version.values()},
@@ -123,14 +125,29 @@ def _copy(action: Action, image: Image, seen: Survey, report: SyncReport) -> Act
     return replace(action, action="copied" if copied else "unchanged")
 
 
+def _signers(todo: list[Unit]) -> dict[str, Signer]:
+    """Each image's signer by image name; a key used by several images is read once."""
+    loaded: dict[Signing, Signer] = {}
+    for unit in todo:
+        how = unit.image.signing
+        if how is not None and how not in loaded:
+            password = signing.read_password(Path(how.password_file) if how.password_file else None,
+                                             dict(os.environ))
+            loaded[how] = signing.load(Path(how.key), password=password,
+                                       certificate=Path(how.certificate) if how.certificate else None,
+                                       certificate_id=how.certificate_id, hash_method=how.hash_method)
+    return {u.image.name: loaded[u.image.signing] for u in todo if u.image.signing is not None}
+
+
 def _publish_all(todo: list[Unit], actions: list[Action], seen: Survey, opts: SyncOptions,
-                 report: SyncReport, progress: Progress | None) -> None:
+                 report: SyncReport, progress: Progress | None, signers: dict[str, Signer]) -> None:
     convert = opts.convert or Options(out_dir=opts.cache_dir / "work")
     convert.out_dir.mkdir(parents=True, exist_ok=True)
     mine = {u.key: [a for a in actions if a.image == u.image.name and a.version == u.version.version
                     and a.action in ("create", "discard")] for u in todo}
     with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
-        futures = [pool.submit(_publish_unit, u, mine[u.key], seen, opts, convert, progress)
+        futures = [pool.submit(_publish_unit, u, mine[u.key], seen, opts, convert, progress,
+                               signers.get(u.image.name))
                    for u in todo if mine[u.key]]
         for future in futures:
             done, discarded, uploaded, failures = future.result()
@@ -141,7 +158,8 @@ def _publish_all(todo: list[Unit], actions: list[Action], seen: Survey, opts: Sy
 
 
 def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOptions, convert: Options,
-                  progress: Progress | None) -> tuple[list[Action], list[Action], int, list[str]]:
+                  progress: Progress | None,
+                  signer: Signer | None = None) -> tuple[list[Action], list[Action], int, list[str]]:
     """Download and verify the source, then publish each profile to the clouds that lack it."""
     image, label = unit.image, unit.version.version
     sha = seen.shas[image.name][label]
@@ -167,7 +185,7 @@ def _publish_unit(unit: Unit, actions: list[Action], seen: Survey, opts: SyncOpt
                              properties={**image.properties, IMAGE_KEY: image.name, VERSION_KEY: label},
                              tags=list(image.tags), visibility=image.visibility, source_sha256=sha,
                              profile_properties=image.profile_properties,
-                             cloud_placements={c: seen.placement(image, c) for c in clouds})
+                             cloud_placements={c: seen.placement(image, c) for c in clouds}, signer=signer)
         how = Preparation(guest_properties=image.guest_properties, unpack_cache=opts.cache_dir)
         try:
             result = publish(req, [seen.clouds[c] for c in clouds], convert, progress, how=how)
