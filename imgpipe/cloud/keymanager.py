@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 from cryptography import x509
-from keystoneauth1 import adapter
+from keystoneauth1 import adapter, identity
 from keystoneauth1 import exceptions as ksa_exc
 
 from imgpipe import signing
@@ -32,6 +32,9 @@ def endpoint(cloud: Cloud) -> str:
     """The key manager's URL from the catalog; KeyManagerError when the cloud has none."""
 
     def find() -> str:
+        if not isinstance(cloud.session.auth, identity.BaseIdentityPlugin):
+            # auth_type none answers any service type with its one endpoint (Glance's)
+            raise KeyManagerError(f"cloud {cloud.name}: no key manager: no Keystone catalog without Keystone auth")
         try:
             url = cloud.session.get_endpoint(service_type=SERVICE_TYPE, interface="public")
         except ksa_exc.EndpointNotFound:

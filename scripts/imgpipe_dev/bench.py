@@ -11,6 +11,10 @@ What it measures (each imgpipe run is the real CLI as a subprocess, never in-pro
   xen: ``-O vpc`` then ``tar czf``). Ratio = imgpipe time / baseline time.
 * upload: ``imgpipe upload FILE -p kvm --cloud C --force --json`` against ``curl`` POST (create)
   + ``curl -T`` PUT of the same qcow2 to the same Glance. Throughput MB/s; ratio = imgpipe / curl.
+* sign: the upload above signed (``--sign-key`` RSA-2048, ``--sign-cert``, SHA-256; the local
+  cloud then runs Barbican and Glance verifies every upload) against the same upload unsigned,
+  alternating. Ratio = signed / plain, from upload()'s own seconds (JSON ``seconds``) and for
+  the whole CLI.
 * publish: ``imgpipe publish SRC -p kvm -p vmware -p hyperv -p xen`` against the same four
   conversions and uploads done one after another with qemu-img, tar and curl.
 * Both run against a local Glance behind a real Keystone, as the same user and project. curl
@@ -39,7 +43,7 @@ qemu-img does not: the fsync a durable baseline would need is timed separately (
 Usage::
 
     .venv/bin/python -m imgpipe_dev.bench [--reps 3] [--quick] [--size-mib 2048 --data-mib 200]
-                                              [--only startup|convert|size|upload|publish] [--profile P]
+                                              [--only startup|convert|size|upload|sign|publish] [--profile P]
                                               [--big-size-mib 20480] [--startup-reps 5]
                                               [--upload-reps N] [--no-warmup] [--json PATH]
 
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import hashlib
 import json
 import os
@@ -87,6 +92,7 @@ OPEN_VMDK_HELP = ("bench: open-vmdk's vmdk-convert not found (PATH or $OPEN_VMDK
                   "(needs zlib1g-dev), then OPEN_VMDK=open-vmdk/build/vmdk/vmdk-convert make bench")
 UPLOAD_TARGET = (">=", 0.90)
 PUBLISH_TARGET = ("<=", 0.80)
+SIGN_TARGET = ("<=", 1.05)  # issue 22: signing costs under 5 % of the upload
 RSS_LIMIT_MB = 200.0
 
 
@@ -750,6 +756,70 @@ def bench_upload(env: Env, reps: int, warmup: bool) -> list[Row]:
     return [cli, inner]
 
 
+def signing_pair(folder: Path) -> tuple[Path, Path]:
+    """An RSA-2048 key (no password) and its self-signed certificate, made untimed."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imgpipe bench")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    key_path, cert_path = folder / "sign.key", folder / "sign.crt"
+    write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()).decode())
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def bench_sign(env: Env, reps: int, warmup: bool) -> list[Row]:
+    """The same qcow2 uploaded signed and plain (both imgpipe, --force), alternating.
+
+    Signing reads the file once before the upload (the signature must be on the image before
+    its bytes arrive, for Glance to verify them) and signs the digest: that read is the cost.
+    """
+    assert env.glance is not None
+    folder = fresh_dir(env.work / "sign")
+    payload = folder / "sample.qcow2"
+    made = run(qemu_convert(["-f", "qcow2", str(env.src)], "qcow2", {}, payload))
+    if not made.ok:
+        raise SystemExit(f"bench: making the upload file failed: {made.failure()}")
+    key, cert = signing_pair(folder)
+    size = payload.stat().st_size
+    inner = Row("sign-inner", f"signed upload / plain upload, {size / MB:.0f} MB qcow2, upload() seconds",
+                "time", SIGN_TARGET, note="both imgpipe; signed: RSA-PSS SHA-256, Glance verifies it via Barbican")
+    cli = Row("sign-cli", "signed upload / plain upload, whole CLI", "time", SIGN_TARGET,
+              note="includes start-up, authentication and the certificate lookup in Barbican")
+    for rep in range(-1 if warmup else 0, reps):
+        say(f"bench: sign {'warm-up' if rep < 0 else f'rep {rep + 1}/{reps}'}")
+        env.glance.delete_all()
+        got: dict[str, Sample] = {}
+        for side in (["signed", "plain"] if rep % 2 == 0 else ["plain", "signed"]):
+            settle()
+            extra = ["--sign-key", key, "--sign-cert", cert] if side == "signed" else []
+            proc = run([env.imgpipe, "upload", payload, "-p", "kvm", "--name", f"bench-{side}-{rep}",
+                        "--cloud", CLOUD_NAME, "--force", "--json", *extra], env=env.child_env)
+            sample = sample_of([proc])
+            body = parse_json(proc, sample) if sample.ok else None
+            if body is not None:
+                sample.extra = {"upload_seconds": body["images"][0]["seconds"]}
+            got[side] = sample
+        if rep < 0:
+            continue
+        cli.imgpipe.append(got["signed"])
+        cli.baseline.append(got["plain"])
+        for side, into in (("signed", inner.imgpipe), ("plain", inner.baseline)):
+            into.append(dataclasses.replace(got[side], seconds=got[side].extra.get("upload_seconds",
+                                                                                    got[side].seconds)))
+    env.glance.delete_all()
+    shutil.rmtree(folder, ignore_errors=True)
+    return [inner, cli]
+
+
 def curl_side(env: Env, payload: Path, name: str, auth: Path) -> Sample:
     """A fresh Keystone token (as imgpipe gets one per run), then create + PUT with curl."""
     assert env.glance is not None and env.keystone is not None
@@ -993,7 +1063,7 @@ def find_imgpipe() -> Path:
     return Path(found)
 
 
-SECTIONS = ("startup", "convert", "size", "upload", "publish")
+SECTIONS = ("startup", "convert", "size", "upload", "sign", "publish")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1073,9 +1143,9 @@ def bench_images(args: argparse.Namespace, sections: set[str], imgpipe: Path,
     rows: list[Row] = []
     started_cloud = False
     try:
-        if sections & {"upload", "publish"}:
+        if sections & {"upload", "sign", "publish"}:
             say("bench: starting a local Glance behind Keystone on 127.0.0.1")
-            cloud = localcloud.start(cloud_dir, name=CLOUD_NAME, keystone=True)
+            cloud = localcloud.start(cloud_dir, name=CLOUD_NAME, keystone=True, barbican="sign" in sections)
             started_cloud = True
             env.keystone = Keystone.of(cloud.clouds_yaml, CLOUD_NAME, cloud_dir)
             env.glance = Glance.connect(cloud.glance_url, cloud.clouds_yaml, CLOUD_NAME)
@@ -1090,6 +1160,8 @@ def bench_images(args: argparse.Namespace, sections: set[str], imgpipe: Path,
             rows += bench_size(env, min(args.reps, 2), args.big_size_mib, args.size_mib, args.data_mib)
         if "upload" in sections:
             rows += bench_upload(env, args.upload_reps, args.warmup)
+        if "sign" in sections:
+            rows += bench_sign(env, args.upload_reps, args.warmup)
         if "publish" in sections:
             # The earlier sections already warmed the source's page cache and Glance.
             warm = args.warmup and not {"convert", "upload"} <= sections
