@@ -151,7 +151,8 @@ def test_cold_sync_then_noop_then_new_versions_rotate_the_old_out(two_clouds: Cl
     mirror.requests.clear()
     code, report, err = cli("catalog", "sync", catalog([1]), "--cache-dir", cache, "--metrics-file", metrics)
     assert code == 0, err
-    assert report["summary"] == {"created": 10, "copied": 0, "unchanged": 0, "failed": 0, "changed": {}, "errors": 0,
+    assert report["summary"] == {"created": 10, "copied": 0, "resigned": 0, "unchanged": 0, "failed": 0, "changed": {},
+                                 "errors": 0,
                                  "uploaded_bytes": report["summary"]["uploaded_bytes"]}
     assert [r for r in mirror.requests if r[0] == "v1.qcow2"] == [("v1.qcow2", None)]
     for cloud in ("a", "b"):

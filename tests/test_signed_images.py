@@ -264,6 +264,18 @@ def test_catalog_sync_signs_for_two_clouds(signed_cloud: SignedCloud, sample_qco
         assert _run(signed_cloud, "verify", image["id"], "--cloud", cloud).returncode == 0
     assert len(certs) == 2  # each project keeps the certificate in its own Barbican secret
 
+    # The catalog's next key: the same images, signed anew without an upload.
+    catalog.write_text(catalog.read_text().replace(str(signed_cloud.rsa.key), str(signed_cloud.ec.key))
+                       .replace(str(signed_cloud.rsa.cert), str(signed_cloud.ec.cert)))
+    again = _run(signed_cloud, "catalog", "sync", str(catalog), "--cache-dir", str(tmp_path / "cache"), "--json")
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["summary"]["resigned"] == 2 and report["summary"]["uploaded_bytes"] == 0
+    for cloud in ("sig", "sig2"):
+        [image] = glance.list_images(clouds.connect(cloud), {"imgpipe_catalog_image": "signed-cat"})
+        assert image[signing.KEY_TYPE] == "ECC_SECP521R1"
+        assert _run(signed_cloud, "verify", image["id"], "--cloud", cloud).returncode == 0
+
 
 def test_publish_verify_signature(signed_cloud: SignedCloud, sample_qcow2: Path, tmp_path: Path) -> None:
     proc = _run(signed_cloud, "publish", str(sample_qcow2), "-p", "kvm", "--name", "pub-signed", "--cloud", "sig",

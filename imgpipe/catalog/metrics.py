@@ -25,6 +25,8 @@ def write(path: Path, report: SyncReport) -> None:
     gauge("imgpipe_catalog_published_images", "Images uploaded by the last run", counts["created"])
     gauge("imgpipe_catalog_copied_images", "Images already published, copied into stores they missed",
           counts["copied"])
+    gauge("imgpipe_catalog_resigned_images", "Images already published, signed anew without an upload",
+          counts["resigned"])
     gauge("imgpipe_catalog_unchanged_images", "Images already published, left as they were", counts["unchanged"])
     gauge("imgpipe_catalog_failed_images", "Images the last run should have published but did not", counts["failed"])
     gauge("imgpipe_catalog_errors", "Errors of the last run (uploads, downloads, clouds, rotation)",

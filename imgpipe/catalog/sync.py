@@ -24,7 +24,7 @@ from imgpipe.catalog import rotation
 from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image, Signing
 from imgpipe.catalog.plan import Connect, Shard, Survey, Unit, look, plan, scope, survey
 from imgpipe.catalog.rotation import Action
-from imgpipe.cloud import image_import
+from imgpipe.cloud import image_import, signature
 from imgpipe.conversion.convert import Options
 from imgpipe.errors import ImgpipeError
 from imgpipe.pipeline.prepared import Preparation
@@ -57,7 +57,7 @@ class SyncOptions:
 class SyncReport:
     catalog: str
     shard: str | None = None
-    images: list[Action] = field(default_factory=list)  # created / copied / unchanged / failed
+    images: list[Action] = field(default_factory=list)  # created / copied / resigned / unchanged / failed
     changes: list[Action] = field(default_factory=list)  # discard, unhide, hide, deactivate, delete
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -74,7 +74,8 @@ class SyncReport:
         counts = self.counts()
         return {
             "catalog": self.catalog, "shard": self.shard, "seconds": round(self.seconds, 3),
-            "summary": {"created": counts["created"], "copied": counts["copied"], "unchanged": counts["unchanged"],
+            "summary": {"created": counts["created"], "copied": counts["copied"], "resigned": counts["resigned"],
+                        "unchanged": counts["unchanged"],
                         "failed": counts["failed"], "uploaded_bytes": self.uploaded_bytes,
                         "changed": dict(self.changed()), "errors": len(self.failures)},
             "images": [a.to_dict() for a in self.images],
@@ -96,7 +97,7 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
         seen = survey(work, connect, sources.Checksums(opts.limits), catalog.placement)
         actions = plan(work.todo, seen, rotate=[])
         report.failures += seen.failures  # after plan(): it records clouds whose stores it cannot read
-        report.images = [a for a in actions if a.action == "unchanged"]
+        report.images = [_resign(a, signers.get(a.image), seen, report) for a in actions if a.action == "unchanged"]
         images = {i.name: i for i in work.images}
         report.images += [_copy(a, images[a.image], seen, report) for a in actions if a.action == "copy"]
         _publish_all(work.todo, actions, seen, opts, report, progress, signers)
@@ -137,6 +138,20 @@ def _signers(todo: list[Unit]) -> dict[str, Signer]:
                                        certificate=Path(how.certificate) if how.certificate else None,
                                        certificate_id=how.certificate_id, hash_method=how.hash_method)
     return {u.image.name: loaded[u.image.signing] for u in todo if u.image.signing is not None}
+
+
+def _resign(action: Action, signer: Signer | None, seen: Survey, report: SyncReport) -> Action:
+    """An image already published: signed by this run's key and certificate, without an upload
+    (its signature properties replaced when another key or none signed it)."""
+    if signer is None:
+        return action
+    listed = next(i for i in seen.states[action.image][action.cloud] if i["id"] == action.image_id)
+    try:
+        changed = signature.resign(seen.clouds[action.cloud], signer, listed)
+    except ImgpipeError as exc:
+        report.failures.append(f"sign {action.name} on {action.cloud}: {exc}")
+        return replace(action, action="failed", error=str(exc))
+    return replace(action, action="resigned") if changed else action
 
 
 def _publish_all(todo: list[Unit], actions: list[Action], seen: Survey, opts: SyncOptions,

@@ -173,7 +173,8 @@ def _show_sync(run: Settings, result: sync.SyncReport, metrics_file: Path | None
             render.table("changes", ["cloud", "action", "name", "version", "id", "error"],
                          [(a.cloud, a.action, a.name, a.version, a.image_id, a.error) for a in result.changes])
         summary = data["summary"]
-        render.err.print(f"created {summary['created']}, copied {summary['copied']}, unchanged "
+        render.err.print(f"created {summary['created']}, copied {summary['copied']}, resigned "
+                         f"{summary['resigned']}, unchanged "
                          f"{summary['unchanged']}, failed {summary['failed']}, "
                          f"{human_size(result.uploaded_bytes)} uploaded in "
                          f"{result.seconds:.1f} s", highlight=False, soft_wrap=True)
