@@ -38,4 +38,5 @@ bench: venv
 
 clean:
 	-$(PY) -m imgpipe_dev.localcloud stop --state-dir .demo/cloud 2>/dev/null
+	-$(PY) -m imgpipe_dev.localcloud stop --state-dir .demo/signed-cloud 2>/dev/null
 	rm -rf .demo .bench .pytest_cache

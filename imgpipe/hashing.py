@@ -83,13 +83,16 @@ class HashingBody:
 
     It has no read(): urllib3 would then read it in small blocks; iterating hands it 1 MiB
     at a time. Each iteration starts from byte 0 with fresh digests, so a retry rewinds.
-    The digests are computed on their own threads while the sending thread sends.
+    The digests are computed on their own threads while the sending thread sends. `known`:
+    digests an earlier read of the same bytes already gave (a signature's), not computed again.
     """
 
-    def __init__(self, path: Path, on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(self, path: Path, on_bytes: Callable[[int], None] | None = None,
+                 known: dict[str, str] | None = None) -> None:
         self.path = path
         self.size = path.stat().st_size
         self.on_bytes = on_bytes
+        self.known = dict(known or {})
         self.digests: Digests | None = None
 
     def __len__(self) -> int:
@@ -97,7 +100,7 @@ class HashingBody:
 
     def __iter__(self) -> Iterator[bytes]:
         self.digests = None
-        hasher = ParallelDigests()
+        hasher = ParallelDigests(tuple(a for a in ALGOS if a not in self.known))
         sent = 0
         try:
             with self.path.open("rb") as f:
@@ -107,7 +110,7 @@ class HashingBody:
                     if self.on_bytes:
                         self.on_bytes(sent)
                     yield chunk
-            hexes = hasher.finish()
+            hexes = {**self.known, **hasher.finish()}
         finally:
             hasher.close()  # an abandoned attempt (a retry) must not leave threads behind
         self.digests = Digests(sent, hexes["md5"], hexes["sha256"], hexes["sha512"])

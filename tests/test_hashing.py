@@ -28,6 +28,17 @@ def test_body_hashes_what_it_sends_and_rewinds(tmp_path: Path) -> None:
     assert seen[-1] == len(data)
 
 
+def test_body_takes_known_digests_and_hashes_the_rest(tmp_path: Path) -> None:
+    """A signed upload's sha256 comes from the signing read: the send hashes md5 and sha512 only."""
+    data = os.urandom((1 << 20) + 7)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    body = HashingBody(path, known={"sha256": "from-the-signing-read"})
+    assert b"".join(body) == data and body.digests is not None
+    assert body.digests.sha256 == "from-the-signing-read"
+    assert (body.digests.md5, body.digests.sha512) == (hashlib.md5(data).hexdigest(), hashlib.sha512(data).hexdigest())
+
+
 def test_parallel_digests_equal_hashlib_on_real_data(sample_qcow2: Path) -> None:
     data = sample_qcow2.read_bytes()
     hasher = ParallelDigests(depth=2)

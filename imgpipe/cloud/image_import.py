@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class Payload:
     disk_format: str
     placement: Placement
     source_url: str | None = None  # for web-download: Glance fetches this; path is our copy
+    # Digests of path from an earlier read (signing's); Glance's signature check ties them to the bytes sent.
+    known: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,7 +95,7 @@ def fill(cloud: Cloud, image_id: str, req: Payload, on_bytes: Callable[[int], No
     """Put the bytes into the image by the chosen method; return the digests of what was sent."""
     where = targets(cloud, req.placement)
     method = choose(cloud, req, where)
-    body = HashingBody(req.path, on_bytes)
+    body = HashingBody(req.path, on_bytes, req.known)
     if method == ImportMethod.put:
         if glance.put_data(cloud, image_id, body, req.disk_format, where.stores[0] if where.stores else None,
                            forbidden_ok=req.placement.method == ImportMethod.auto):
@@ -103,7 +105,7 @@ def fill(cloud: Cloud, image_id: str, req: Payload, on_bytes: Callable[[int], No
         cloud.put_forbidden = True
         LOG.warning("cloud %s: direct upload forbidden (HTTP 403); using glance-direct import", cloud.name)
         method = choose(cloud, req, where)
-        body = HashingBody(req.path, on_bytes)
+        body = HashingBody(req.path, on_bytes, req.known)
     if method == ImportMethod.glance_direct:
         glance.stage_data(cloud, image_id, body)
         start(cloud, image_id, {"name": "glance-direct"}, where)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,14 @@ LOG = logging.getLogger("imgpipe.cloud.signature")
 
 
 def for_file(cloud: Cloud, signer: signing.Signer, path: Path) -> tuple[dict[str, str], signing.Digest]:
-    """The img_signature* properties for uploading path to cloud, and the digest they sign."""
-    cert_id = keymanager.certificate_id(cloud, signer)
-    digest = signer.digest(path)
+    """The img_signature* properties for uploading path to cloud, and the digest they sign.
+
+    The file is read while the key manager is asked for the certificate: the two overlap.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sign-digest") as pool:
+        reading = pool.submit(signer.digest, path)
+        cert_id = keymanager.certificate_id(cloud, signer)
+        digest = reading.result()
     return signer.properties(cert_id, signer.sign(digest.value)), digest
 
 

@@ -68,10 +68,11 @@ class UploadRequest:
     placement: Placement = field(default_factory=Placement)
     source_url: str | None = None  # for web-download: Glance fetches this; path is our copy
     signer: Signer | None = None  # sign the bytes: Glance verifies them as they arrive
+    known_digests: dict[str, str] = field(default_factory=dict)  # of path, from the signing read
 
     def payload(self) -> image_import.Payload:
         return image_import.Payload(path=self.path, name=self.name, disk_format=self.disk_format,
-                                    placement=self.placement, source_url=self.source_url)
+                                    placement=self.placement, source_url=self.source_url, known=self.known_digests)
 
 
 def anchor(name: str, profile: str, source_sha256: str) -> dict[str, str]:
@@ -104,7 +105,8 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
     own_sha = None
     if req.signer is not None:  # before anything is created: a refused certificate leaves nothing
         props, digest = signature.for_file(cloud, req.signer, req.path)
-        req, own_sha = replace(req, properties={**req.properties, **props}), digest.sha256
+        own_sha = digest.sha256  # the send then hashes only md5 and sha512, which Glance reports back
+        req = replace(req, properties={**req.properties, **props}, known_digests={"sha256": own_sha})
     if not req.force:
         # the lookup and the image ids need it now (a signed file's was read with its digest)
         sha = req.source_sha256 or own_sha or sha256_file(req.path)
