@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +19,15 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from faultproxy import Fault, FaultProxy
 from signing_keys import PASSWORD, KeyPair, load, make
+from typer.testing import CliRunner
 
 from imgpipe import signing
-from imgpipe.cli import EXIT_CODES
+from imgpipe.cli import EXIT_CODES, app
 from imgpipe.cloud import clouds, glance
 from imgpipe.errors import GlanceRefusedError, KeyManagerError, SignatureInvalidError, SigningError
 
 pytestmark = pytest.mark.slow
-IMGPIPE = [sys.executable, "-m", "imgpipe.cli"]
+runner = CliRunner()
 
 
 @dataclass
@@ -77,8 +76,8 @@ def signed_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignedClo
         keys = tmp_path_factory.mktemp("keys")
         previous = os.environ.get("OS_CLIENT_CONFIG_FILE")
         os.environ["OS_CLIENT_CONFIG_FILE"] = str(path)
-        yield SignedCloud(state, path, keys, make(keys, "rsa"), make(keys, "ec", ec.generate_private_key(ec.SECP521R1())),
-                          config)
+        p521 = make(keys, "ec", ec.generate_private_key(ec.SECP521R1()))
+        yield SignedCloud(state, path, keys, make(keys, "rsa"), p521, config)
     finally:
         localcloud.stop(state)
     if previous is None:
@@ -87,10 +86,19 @@ def signed_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignedClo
         os.environ["OS_CLIENT_CONFIG_FILE"] = previous
 
 
-def _run(sc: SignedCloud, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(config or sc.config),
-           signing.PASSWORD_ENV: PASSWORD.decode()}
-    return subprocess.run([*IMGPIPE, *args], capture_output=True, text=True, env=env, timeout=300)
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _run(sc: SignedCloud, *args: str, config: Path | None = None) -> Ran:
+    """The CLI in process (as a user runs it, minus the interpreter start), the password in the
+    environment as a CI job passes it."""
+    result = runner.invoke(app, list(args), env={"OS_CLIENT_CONFIG_FILE": str(config or sc.config),
+                                                 signing.PASSWORD_ENV: PASSWORD.decode()})
+    return Ran(result.exit_code, result.stdout, result.stderr)
 
 
 def _sign_args(pair: KeyPair, *extra: str) -> list[str]:
@@ -258,7 +266,7 @@ def test_catalog_sync_signs_for_two_clouds(signed_cloud: SignedCloud, sample_qco
     assert proc.returncode == 0, proc.stderr
     certs = set()
     for cloud in ("sig", "sig2"):
-        [image] = [i for i in glance.list_images(clouds.connect(cloud), {"imgpipe_catalog_image": "signed-cat"})]
+        [image] = glance.list_images(clouds.connect(cloud), {"imgpipe_catalog_image": "signed-cat"})
         assert image["status"] == "active" and image[signing.KEY_TYPE] == "RSA-PSS"
         certs.add(image[signing.CERT_UUID])
         assert _run(signed_cloud, "verify", image["id"], "--cloud", cloud).returncode == 0
@@ -293,15 +301,13 @@ def test_doctor_reports_the_key_manager(signed_cloud: SignedCloud) -> None:
 
 def test_barbican_down_is_a_clear_error_and_makes_nothing(signed_cloud: SignedCloud, sample_qcow2: Path,
                                                          tmp_path: Path) -> None:
+    """Last in the module: Barbican stays down (the module's cloud stops after it)."""
     from imgpipe_dev import localcloud
 
     localcloud._kill_service(signed_cloud.state.resolve(), "barbican")
-    try:
-        disk = _copy(sample_qcow2, tmp_path / "down.qcow2")
-        proc = _run(signed_cloud, "upload", str(disk), "-p", "kvm", "--name", "barbican-down", "--cloud", "sig",
-                    "--retries", "2", *_sign_args(make(tmp_path, "fresh")))
-        assert proc.returncode == EXIT_CODES[KeyManagerError], proc.stderr
-        assert "key manager" in proc.stderr and "not reachable" in proc.stderr
-        assert glance.list_images(clouds.connect("sig"), {"name": "barbican-down"}) == []
-    finally:
-        localcloud.start(signed_cloud.state, keystone=True, barbican=True, name="sig")
+    disk = _copy(sample_qcow2, tmp_path / "down.qcow2")
+    proc = _run(signed_cloud, "upload", str(disk), "-p", "kvm", "--name", "barbican-down", "--cloud", "sig",
+                "--retries", "2", *_sign_args(make(tmp_path, "fresh")))
+    assert proc.returncode == EXIT_CODES[KeyManagerError], proc.stderr
+    assert "key manager" in proc.stderr and "not reachable" in proc.stderr
+    assert glance.list_images(clouds.connect("sig"), {"name": "barbican-down"}) == []

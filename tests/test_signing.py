@@ -64,7 +64,7 @@ def test_key_not_matching_certificate(tmp_path: Path) -> None:
 @pytest.mark.parametrize("days", [(-30, -1), (2, 30)])
 def test_certificate_outside_its_dates(tmp_path: Path, days: tuple[int, int]) -> None:
     pair = make(tmp_path, "dated", days=days)
-    with pytest.raises(SigningError, match="is valid only from .* UTC"):
+    with pytest.raises(SigningError, match=r"is valid only from .* UTC"):
         signing.load(pair.key, password=PASSWORD, certificate=pair.cert)
 
 
