@@ -2,7 +2,8 @@
 
 Used instead of a fake Glance: the real Glance stays behind it, the proxy only breaks the
 wire (reset after N body bytes, 503 with Retry-After, a stall, a hook that can kill the
-server, or one body byte changed in flight) for requests whose "METHOD PATH" matches. Bounded: every fault fires `times` times.
+server, or one body byte changed in flight) for requests whose "METHOD PATH" matches.
+Bounded: every fault fires `times` times.
 """
 
 from __future__ import annotations
