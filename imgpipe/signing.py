@@ -165,7 +165,8 @@ class Signer:
         now = now or datetime.now(timezone.utc)
         if now < cert.not_valid_before_utc or now > cert.not_valid_after_utc:
             raise SigningError(f"certificate {where} is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
-                               f"to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: nova refuses it now")
+                               f"to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: "
+                               "nova's certificate validation refuses it")
         try:
             usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         except x509.ExtensionNotFound:

@@ -251,6 +251,14 @@ def test_refused_before_upload(signed_cloud: SignedCloud, sample_qcow2: Path, tm
                 "--sign-key", str(signed_cloud.rsa.key), "--sign-cert-id", ec_id)
     assert proc.returncode == EXIT_CODES[SigningError], proc.stderr
     assert "the key is not the one of certificate " + ec_id in proc.stderr
+    # The right certificate, stored as text/plain: castellan would hand Glance a str (HTTP 500).
+    ref = target.session.post(keymanager.endpoint(target) + "/v1/secrets", json={
+        "name": "plain-cert", "secret_type": "certificate", "payload": signed_cloud.rsa.cert.read_text(),
+        "payload_content_type": "text/plain"}).json()["secret_ref"]
+    proc = _run(signed_cloud, "upload", str(sample_qcow2), "-p", "kvm", "--name", "never", "--cloud", "sig",
+                "--sign-key", str(signed_cloud.rsa.key), "--sign-cert-id", ref.rsplit("/", 1)[1])
+    assert proc.returncode == EXIT_CODES[KeyManagerError], proc.stderr
+    assert "stored as text/plain" in proc.stderr
     assert glance.list_images(target, {"name": "never"}) == []
 
 

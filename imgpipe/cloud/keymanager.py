@@ -110,6 +110,21 @@ def store_certificate(cloud: Cloud, cert: x509.Certificate) -> str:
     return _uuid(ref)
 
 
+def _castellan_readable(cloud: Cloud, secret_id: str) -> None:
+    """A secret Glance's and nova's castellan can read as a certificate: type certificate, stored
+    as application/octet-stream (as text/plain castellan gets a str and the upload fails with 500)."""
+    meta = _request(cloud, "GET", f"/v1/secrets/{secret_id}", f"read secret {secret_id}", ok=(200, 404))
+    if meta.status_code == 404:
+        raise KeyManagerError(f"cloud {cloud.name}: no secret {secret_id} in the key manager (or not readable "
+                              "by this project)")
+    body = meta.json()
+    stored_as = (body.get("content_types") or {}).get("default")
+    if body.get("secret_type") != "certificate" or stored_as != "application/octet-stream":
+        raise KeyManagerError(f"cloud {cloud.name}: secret {secret_id} is a {body.get('secret_type')} stored as "
+                              f"{stored_as}: Glance and nova read a certificate only from a secret of type "
+                              "certificate stored as application/octet-stream (use --sign-cert to store it so)")
+
+
 def delete_secret(cloud: Cloud, secret_id: str) -> None:
     _request(cloud, "DELETE", f"/v1/secrets/{secret_id}", f"delete secret {secret_id}", ok=(204, 404))
 
@@ -126,6 +141,7 @@ def certificate_id(cloud: Cloud, signer: signing.Signer) -> str:
 
     def resolve() -> str:
         if signer.certificate_id is not None:
+            _castellan_readable(cloud, signer.certificate_id)
             signer.check(get_certificate(cloud, signer.certificate_id), f"{signer.certificate_id} (cloud {cloud.name})")
             return signer.certificate_id
         assert signer.certificate is not None
