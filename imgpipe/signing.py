@@ -149,6 +149,7 @@ class Signer:
     certificate_id: str | None = None  # --sign-cert-id: checked per cloud, before any upload
     _key: Any = field(default=None, repr=False)
     _digests: dict[Path, Digest] = field(default_factory=dict, repr=False)
+    _locks: dict[Path, threading.Lock] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -175,9 +176,12 @@ class Signer:
             raise SigningError(f"certificate {where}: its keyUsage does not allow digitalSignature")
 
     def digest(self, path: Path) -> Digest:
-        """The file's digest (hash_method) and sha256, in one read; once per file and run."""
+        """The file's digest (hash_method) and sha256, in one read; once per file and run (the
+        clouds uploading one output wait for the one read; different outputs read side by side)."""
         stat = path.stat()
         with self._lock:
+            lock = self._locks.setdefault(path, threading.Lock())
+        with lock:
             known = self._digests.get(path)
             if known is not None and (known.size, known.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
                 return known
