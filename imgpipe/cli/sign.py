@@ -29,14 +29,17 @@ class SignHash(str, enum.Enum):
 
 
 SignKeyOpt = Annotated[Path | None, typer.Option(
-    "--sign-key", help="Sign the uploaded bytes with this private key (PEM/DER; RSA, EC P-384/P-521, DSA).")]
+    "--sign-key", metavar="KEY",
+    help="Sign the uploaded bytes with this private key (PEM/DER; RSA, EC P-384/P-521, DSA).")]
 SignKeyPasswordFileOpt = Annotated[Path | None, typer.Option(
-    "--sign-key-password-file", help="The key's password (first line); else $IMGPIPE_SIGN_KEY_PASSWORD. "
-                                     "Never prompted.")]
+    "--sign-key-password-file", metavar="FILE",
+    help="The key's password (first line); else $IMGPIPE_SIGN_KEY_PASSWORD. Never prompted.")]
 SignCertOpt = Annotated[Path | None, typer.Option(
-    "--sign-cert", help="The key's X.509 certificate; stored in each cloud's Barbican (reused if there).")]
+    "--sign-cert", metavar="CERT",
+    help="The key's X.509 certificate; stored in each cloud's Barbican (reused if there).")]
 SignCertIdOpt = Annotated[str | None, typer.Option(
-    "--sign-cert-id", help="Barbican secret id of the key's certificate (instead of --sign-cert).")]
+    "--sign-cert-id", metavar="SECRET_ID",
+    help="Barbican secret id of the key's certificate (instead of --sign-cert).")]
 SignHashOpt = Annotated[SignHash, typer.Option("--sign-hash", help="img_signature_hash_method.")]
 
 
@@ -59,11 +62,12 @@ def signer(key: Path | None, password_file: Path | None, cert: Path | None, cert
 @handled
 def verify_cmd(
     ctx: typer.Context,
-    image: Annotated[str, typer.Argument(help="Image id or name.")],
+    image: Annotated[str, typer.Argument(metavar="IMAGE", help="Image id or name.")],
     cloud: CloudOpt = None,
     trusted_cert_id: Annotated[list[str] | None, typer.Option(
-        "--trusted-cert-id", help="Also validate the signing certificate against these Barbican secrets "
-                                  "(nova's trusted_image_certificates; repeatable).")] = None,
+        "--trusted-cert-id", metavar="SECRET_ID",
+        help="Also validate the signing certificate against these Barbican secrets (nova's "
+             "trusted_image_certificates; repeatable).")] = None,
     retries: RetriesOpt = settings.RETRY_ATTEMPTS,
     timeout: TimeoutOpt = settings.REQUEST_TIMEOUT,
     insecure: InsecureOpt = False,
