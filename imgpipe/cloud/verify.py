@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from imgpipe import signing
 from imgpipe.cloud import glance, keymanager, signature
 from imgpipe.cloud.clouds import Cloud
-from imgpipe.errors import GlanceRefusedError, SignatureInvalidError
+from imgpipe.errors import GlanceRefusedError, SignatureInvalidError, ToolMissingError
 
 
 @dataclass
@@ -49,8 +49,11 @@ def find(cloud: Cloud, image: str) -> dict[str, Any]:
 
 
 def verify(cloud: Cloud, image_ref: str, trusted: list[str]) -> Verified:
-    from cursive import certificate_utils, signature_utils
-    from cursive import exception as cursive_exc
+    try:
+        from cursive import certificate_utils, signature_utils
+        from cursive import exception as cursive_exc
+    except ImportError as exc:  # cursive needs Python >= 3.11
+        raise ToolMissingError(f"imgpipe verify needs cursive (Python >= 3.11): {exc}") from exc
 
     image = find(cloud, image_ref)
     label = f"cloud {cloud.name}: image {image['id']}"
