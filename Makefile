@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.imgpipe-installed
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: deps venv lint test test-fast demo bench clean
+.PHONY: deps venv lint test test-fast demo bench fuzz clean
 
 deps:
 	@scripts/ensure-system-deps
@@ -36,7 +36,12 @@ bench: venv
 	$(PY) -m imgpipe_dev.bench $(BENCH_ARGS)
 	$(PY) -m pytest -q -s -m bench
 
+# FUZZ_CASES (200), FUZZ_SEED (0), FUZZ_CASE (one case, to reproduce), FUZZ_TARGETS (e.g. ext,xfs).
+# Failing disks are kept in .fuzz/. At most 2 cases run at once.
+fuzz: venv
+	PYTHONPATH=tests $(PY) -m imgpipe_dev.fuzz
+
 clean:
 	-$(PY) -m imgpipe_dev.localcloud stop --state-dir .demo/cloud 2>/dev/null
 	-$(PY) -m imgpipe_dev.localcloud stop --state-dir .demo/signed-cloud 2>/dev/null
-	rm -rf .demo .bench .pytest_cache
+	rm -rf .demo .bench .fuzz .pytest_cache

@@ -180,8 +180,8 @@ def ext_dirents(image: Path, at: int, block: int) -> tuple[Field, ...]:
         if pos + 8 > len(data):
             break
         rec_len = struct.unpack_from("<H", data, pos + 4)[0]
-        fields += [Field(f"d{i}.inode", pos, 4), Field(f"d{i}.rec_len", pos + 4, 2), Field(f"d{i}.name_len", pos + 6, 1),
-                   Field(f"d{i}.file_type", pos + 7, 1)]
+        fields += [Field(f"d{i}.inode", pos, 4), Field(f"d{i}.rec_len", pos + 4, 2),
+                   Field(f"d{i}.name_len", pos + 6, 1), Field(f"d{i}.file_type", pos + 7, 1)]
         if rec_len < 8:
             break
         pos += rec_len
@@ -343,12 +343,14 @@ def btrfs_regions(image: Path, start: int, limit: int = 160) -> list[Region]:
                 level, items = head[0x64], struct.unpack_from("<I", head, 0x60)[0]
                 fields = [*_u(8, ("bytenr", 0x30), ("owner", 0x58)), *_u(4, ("nritems", 0x60)), *_u(1, ("level", 0x64))]
                 for i in sorted({0, 1, max(0, items - 1)}):
-                    if level:
-                        fields += [Field(f"ptr{i}.objectid", 0x65 + 33 * i, 8), Field(f"ptr{i}.blockptr", 0x65 + 33 * i + 17, 8)]
-                    else:
-                        fields += [Field(f"item{i}.type", 0x65 + 25 * i + 8, 1), Field(f"item{i}.offset", 0x65 + 25 * i + 9, 8),
-                                   Field(f"item{i}.data_offset", 0x65 + 25 * i + 17, 4),
-                                   Field(f"item{i}.data_size", 0x65 + 25 * i + 21, 4)]
+                    if level:  # key pointers: key (17 bytes), blockptr, generation
+                        at_i = 0x65 + 33 * i
+                        fields += [Field(f"ptr{i}.objectid", at_i, 8), Field(f"ptr{i}.blockptr", at_i + 17, 8)]
+                    else:  # items: key (objectid, type, offset), data offset, data size
+                        at_i = 0x65 + 25 * i
+                        fields += [Field(f"item{i}.type", at_i + 8, 1), Field(f"item{i}.offset", at_i + 9, 8),
+                                   Field(f"item{i}.data_offset", at_i + 17, 4),
+                                   Field(f"item{i}.data_size", at_i + 21, 4)]
                 owner = struct.unpack_from("<Q", head, 0x58)[0]
                 regions.append(Region(f"btrfs.node@{at:#x}(tree {owner}, level {level})", start + at, nodesize,
                                       tuple(fields)))
@@ -400,7 +402,7 @@ def lvm_fixup(f: BinaryIO, b: Base) -> None:
     f.seek(mda.offset)
     header = bytearray(f.read(512))
     offset, size = struct.unpack_from("<QQ", header, 40)
-    if 512 <= offset and 0 < size <= 1 << 20:
+    if offset >= 512 and 0 < size <= 1 << 20:
         f.seek(mda.offset + offset)
         struct.pack_into("<I", header, 56, _lvm_crc(f.read(size)))
     struct.pack_into("<I", header, 0, _lvm_crc(bytes(header[4:])))
@@ -454,7 +456,8 @@ def build_lvm(work: Path) -> tuple[Path, list[Region]]:
 NTFS_BOOT = _fields(_u(2, ("bytes_per_sector", 11)), _u(1, ("sectors_per_cluster", 13), ("mft_record_clusters", 64),
                                                          ("index_clusters", 68)),
                     _u(8, ("total_sectors", 40), ("mft_lcn", 48), ("mftmirr_lcn", 56)))
-MFT_RECORD = _fields(_u(2, ("usa_offset", 4), ("usa_count", 6), ("link_count", 18), ("attrs_offset", 20), ("flags", 22)),
+MFT_RECORD = _fields(_u(2, ("usa_offset", 4), ("usa_count", 6), ("link_count", 18), ("attrs_offset", 20),
+                        ("flags", 22)),
                      _u(4, ("bytes_in_use", 24), ("bytes_allocated", 28)), _u(8, ("base_record", 32)))
 INDX = _fields(_u(2, ("usa_offset", 4), ("usa_count", 6)),
                _u(4, ("entries_offset", 0x18), ("index_length", 0x1C), ("allocated", 0x20)), _u(8, ("vcn", 0x10)))

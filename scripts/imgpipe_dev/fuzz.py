@@ -20,7 +20,8 @@ A case passes when imgpipe, run as a subprocess of this interpreter's `imgpipe`:
   image) and 7 (ImageTooLargeError: a container header claiming more than the cap). Exit 19
   (GuestRefusedError) is a failure: inspect never refuses (it runs with refuse=False), it only
   reports; so is any other code (1 is an exception no handler mapped);
-- prints at most one line on stderr and no "Traceback" on either stream;
+- prints, on failing, exactly one "imgpipe: error:" line, and no "Traceback" on either stream;
+  other stderr lines must be imgpipe's own logged warnings (a tool's raw output is a failure);
 - stays inside the wall clock (60 s) and keeps the whole process tree's resident memory under
   300 MiB (sum of VmRSS over the processes of its session, polled, and wait4's ru_maxrss);
 - leaves no process of its session running and nothing in its private TMPDIR.
@@ -44,7 +45,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import resource
 import shutil
 import signal
@@ -56,7 +56,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Literal
 
 MIB = 1 << 20
 WALL_SECONDS = 60.0
@@ -89,9 +89,9 @@ class Region:
     weight: float = 1.0
 
     @staticmethod
-    def from_json(data: dict[str, object]) -> Region:
-        fields = tuple(Field(**f) for f in data.pop("fields"))  # type: ignore[arg-type, attr-defined]
-        return Region(fields=fields, **data)  # type: ignore[arg-type]
+    def from_json(data: dict[str, Any]) -> Region:
+        return Region(data["name"], data["offset"], data["length"], tuple(Field(**f) for f in data["fields"]),
+                      data["weight"])
 
 
 # A target's own mutation (an LVM metadata number, a descriptor line): returns what it did.
@@ -146,7 +146,7 @@ def cache_root() -> Path:
 
 
 def _key(target: Target) -> str:
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest = hashlib.sha256(target.name.encode())
     for source in target.sources:
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
@@ -181,8 +181,8 @@ def base(target: Target, root: Path | None = None) -> Base:
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
     disk = out / "disk"
-    regions = tuple(Region.from_json(r) for r in json.loads(manifest.read_text()))
-    return Base(target.name, disk, regions, tuple(_extents(disk)))
+    found = tuple(Region.from_json(r) for r in json.loads(manifest.read_text()))
+    return Base(target.name, disk, found, tuple(_extents(disk)))
 
 
 def _remove(path: Path) -> None:
@@ -230,7 +230,7 @@ def _values(rng: random.Random, old: int, width: int) -> int:
 
 
 def _write_field(f: BinaryIO, at: int, fld: Field, rng: random.Random) -> str:
-    order = "big" if fld.big else "little"
+    order: Literal["big", "little"] = "big" if fld.big else "little"
     f.seek(at)
     raw = f.read(fld.width)
     if len(raw) < fld.width:
@@ -308,7 +308,7 @@ def _session(sid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(b")") + 2:].split()
-        if int(fields[3]) == sid:  # state ppid pgrp session
+        if int(fields[3]) == sid and fields[0] != b"Z":  # state ppid pgrp session; zombies are gone
             pids.append(int(entry))
     return pids
 
@@ -343,12 +343,17 @@ class Run:
 
 
 def run_inspect(disk: Path, tmp: Path) -> Run:
-    """`imgpipe inspect disk` in its own session, polled for the session's RSS, killed at a limit."""
+    """`imgpipe inspect disk`, with `tmp` as its TMPDIR, under the limits."""
+    return run_command([*imgpipe_argv(), "inspect", str(disk)], tmp)
+
+
+def run_command(argv: Sequence[str], tmp: Path) -> Run:
+    """argv in its own session, polled for the session's RSS, killed whole at a limit."""
     env = {**os.environ, "TMPDIR": str(tmp), "NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb"}
     out, err = tmp.parent / "stdout", tmp.parent / "stderr"
     started = time.monotonic()
     with out.open("w+b") as fout, err.open("w+b") as ferr:
-        proc = subprocess.Popen([*imgpipe_argv(), "inspect", str(disk)], stdout=fout, stderr=ferr,
+        proc = subprocess.Popen(list(argv), stdout=fout, stderr=ferr,
                                 stdin=subprocess.DEVNULL, env=env, preexec_fn=_limit_address_space)
         peak, killed = 0, ""
         done = threading.Event()
@@ -395,9 +400,13 @@ def judge(run: Run, allowed: frozenset[int], tmp: Path) -> list[str]:
     if "Traceback" in run.stdout or "Traceback" in run.stderr:
         problems.append("traceback")
     lines = [line for line in run.stderr.splitlines() if line.strip()]
-    if len(lines) > 1 and not run.killed:
-        problems.append(f"{len(lines)} lines on stderr")
-    if run.leftovers:
+    errors = [line for line in lines if line.startswith("imgpipe: error:")]
+    noise = [line for line in lines if not line.startswith("imgpipe") and not line.startswith("warning: ")]
+    if len(errors) > 1 or (run.exit_code and not errors and not run.killed):
+        problems.append(f"{len(errors)} error lines on stderr")
+    if noise and not run.killed:
+        problems.append(f"{len(noise)} stray line(s) on stderr: {noise[0][:120]}")
+    if run.leftovers and not run.killed:  # after a kill, the session was killed whole
         problems.append(f"{len(run.leftovers)} process(es) left running")
     left = sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
     if left and not run.killed:
@@ -498,14 +507,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="parallel cases (at most 2)")
     parser.add_argument("--keep", type=Path, default=Path(".fuzz"), help="where failing disks are kept")
     args = parser.parse_args(argv)
-    import fuzz_targets  # the tests directory, on PYTHONPATH: the targets use the tests' fixture builders
+    import fuzz_targets  # type: ignore[import-not-found]  # the tests directory, on PYTHONPATH: the targets use the tests' fixture builders
 
     every = fuzz_targets.available()
     chosen = [t for t in every if not args.targets or t.name in args.targets.split(",")]
-    if args.case is not None:
-        cases = [(chosen[args.case % len(chosen)], args.case)]
-    else:
-        cases = plan(chosen, args.cases)
+    one = args.case is not None
+    cases = [(chosen[args.case % len(chosen)], args.case)] if one else plan(chosen, args.cases)
     print(f"fuzz: seed {args.seed}, {len(cases)} case(s) over {', '.join(t.name for t in chosen)}", flush=True)
     skipped = fuzz_targets.unavailable()
     if skipped:
