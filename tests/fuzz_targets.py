@@ -32,6 +32,10 @@ from imgpipe_dev.fuzz import Base, Field, Region, Target
 
 MIB = 1 << 20
 DISK_MIB = 64 << 10  # 64 GiB virtual, as in issue 20's "Done when"
+ESP_MIB = 34
+# The last partition runs to the end of the disk (less 1 MiB at each end: the GPTs), so a
+# filesystem's geometry is that of a 64 GiB one and claims up to the partition's size are legal.
+REST_MIB = DISK_MIB - 2 - ESP_MIB
 HERE = Path(__file__).resolve().parent
 BUILDERS = tuple(HERE / name for name in ("fuzz_targets.py", "family_disks.py", "lvm_disks.py", "xfs_fixtures.py",
                                           "btrfs_fixture.py", "windows_fixture.py", "regf_writer.py"))
@@ -213,9 +217,12 @@ def _gpt_disk(work: Path, parts: list[tuple[str, str, int, Path | None]]) -> tup
 
 
 def build_ext(work: Path) -> tuple[Path, list[Region]]:
-    """Debian-like: ESP (FAT32) and an ext4 root (mkfs.ext4 -d, 1 KiB blocks, an htree /usr/bin)."""
-    root = fd.ext4(work / "root.img", _linux_tree(work / "tree"), 64)
-    disk, layout = _gpt_disk(work, [("efi", ld.ESP_TYPE, 34, _esp(work)), ("root", ld.LINUX_TYPE, 64, root)])
+    """Debian-like: ESP (FAT32) and a 64 GiB ext4 root (mkfs.ext4 -d, 4 KiB blocks, an htree /usr/bin)."""
+    root = work / "root.img"
+    _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-d", _linux_tree(work / "tree"),
+         root, f"{REST_MIB}M")
+    disk, layout = _gpt_disk(work, [("efi", ld.ESP_TYPE, ESP_MIB, _esp(work)),
+                                    ("root", ld.LINUX_TYPE, REST_MIB, root)])
     paths = ("/", "/etc", "/etc/os-release", "/usr/bin", "/usr/lib/modules")
     return disk, [*table_regions(disk), *fat_regions(disk, layout[0].offset),
                   *ext_regions(root, layout[1].offset, paths)]
@@ -223,11 +230,11 @@ def build_ext(work: Path) -> tuple[Path, list[Region]]:
 
 def build_mbr(work: Path) -> tuple[Path, list[Region]]:
     """An MBR disk (primary partitions: imgpipe refuses logical ones): a FAT16 ESP (type ef) and
-    ext4 with 4 KiB blocks."""
+    a small ext4 with 1 KiB blocks."""
     esp = _fat16(work / "esp.img")
     tree = _linux_tree(work / "tree")
     root = work / "root.img"
-    _run("mkfs.ext4", "-q", "-F", "-b", "4096", "-d", tree, root, "48M")
+    _run("mkfs.ext4", "-q", "-F", "-d", tree, root, "48M")
     disk = work / "disk.raw"
     with disk.open("wb") as f:
         f.truncate(DISK_MIB * MIB)
@@ -304,8 +311,9 @@ def xfs_regions(image: Path, start: int, paths: tuple[str, ...], label: str = "x
 
 def build_xfs(work: Path) -> tuple[Path, list[Region]]:
     """Rocky-like: ESP and an xfs root (mkfs.xfs -p) with short-form, block, leaf and node directories."""
-    root = fd.xfs(work / "root.img", _linux_tree(work / "tree", fd.ROCKY), 300)
-    disk, layout = _gpt_disk(work, [("efi", ld.ESP_TYPE, 34, _esp(work)), ("root", ld.LINUX_TYPE, 300, root)])
+    root = fd.xfs(work / "root.img", _linux_tree(work / "tree", fd.ROCKY), REST_MIB)
+    disk, layout = _gpt_disk(work, [("efi", ld.ESP_TYPE, ESP_MIB, _esp(work)),
+                                    ("root", ld.LINUX_TYPE, REST_MIB, root)])
     paths = ("/", "/etc", "/usr/lib", "/usr/bin", "/usr/lib/firmware", f"/usr/lib/modules/{KERNEL}/kernel/drivers/scsi")
     return disk, [*table_regions(disk), *xfs_regions(root, layout[1].offset, paths)]
 
@@ -369,8 +377,9 @@ def build_btrfs(work: Path) -> tuple[Path, list[Region]]:
     directory (multi-level trees)."""
     host = bf.fedora_tree(work / "host")
     _linux_tree(host / "root", bf.OS_RELEASE)
-    root = bf.fedora(work / "root.img", host, 256 * MIB)
-    disk, layout = _gpt_disk(work, [("efi", ld.ESP_TYPE, 34, _esp(work)), ("root", ld.LINUX_TYPE, 256, root)])
+    root = bf.fedora(work / "root.img", host, REST_MIB * MIB)
+    disk, layout = _gpt_disk(work, [("efi", ld.ESP_TYPE, ESP_MIB, _esp(work)),
+                                    ("root", ld.LINUX_TYPE, REST_MIB, root)])
     return disk, [*table_regions(disk), *btrfs_regions(root, layout[1].offset)]
 
 
@@ -434,9 +443,9 @@ def lvm_text(rng: random.Random, f: BinaryIO, b: Base) -> str:
 
 
 def build_lvm(work: Path) -> tuple[Path, list[Region]]:
-    """Rocky-like LVM: ESP and a PV of VG rl (swap, root on ext4), as lvm2 writes it."""
+    """Rocky-like LVM: ESP and a 64 GiB PV of VG rl (swap, a 64 MiB root on ext4), as lvm2 writes it."""
     root = fd.ext4(work / "root.img", _linux_tree(work / "tree", fd.ROCKY), 64)
-    disk, layout = _gpt_disk(work, [("efi", ld.ESP_TYPE, 34, _esp(work)), ("lvm", ld.LVM_TYPE, 328, None)])
+    disk, layout = _gpt_disk(work, [("efi", ld.ESP_TYPE, ESP_MIB, _esp(work)), ("lvm", ld.LVM_TYPE, REST_MIB, None)])
     pv = layout[1]
     first_pe, extent, segs = ld.rocky_vg(disk, pv, root, 64)
     with disk.open("rb") as f:
@@ -569,11 +578,11 @@ def build_ntfs(work: Path) -> tuple[Path, list[Region]]:
     w = wf.Windows("Windows Server 2022 Datacenter", "ServerDatacenter", "Server", "20348",
                    display_version="21H2", drivers={"viostor": 0, "vioscsi": 0, "netkvm": 3})
     files = wf.windows_files(w) | {wf.CLOUDBASE_CONF: fd.cloudbase_conf(["OpenStack"])}
-    c = wf.ntfs_volume(work / "c.img", files, 64 * MIB)
+    c = wf.ntfs_volume(work / "c.img", files, (REST_MIB - 16) * MIB)
     loaders = {"EFI/Microsoft/Boot/bootmgfw.efi": fd.sample_disk.PE_X86_64,
                "EFI/BOOT/BOOTX64.EFI": fd.sample_disk.PE_X86_64}
-    disk, layout = _gpt_disk(work, [("esp", ld.ESP_TYPE, 34, _esp(work, loaders)), ("msr", fd.MSR, 16, None),
-                                    ("c", fd.BASIC_DATA, 64, c)])
+    disk, layout = _gpt_disk(work, [("esp", ld.ESP_TYPE, ESP_MIB, _esp(work, loaders)), ("msr", fd.MSR, 16, None),
+                                    ("c", fd.BASIC_DATA, REST_MIB - 16, c)])
     return disk, [*table_regions(disk), *fat_regions(disk, layout[0].offset), *ntfs_regions(c, layout[2].offset)]
 
 

@@ -172,6 +172,8 @@ def base(target: Target, root: Path | None = None) -> Base:
                 try:
                     disk, regions = target.build(work)
                     disk.rename(work / "disk")
+                    # zeros a mkfs wrote (a journal, a log) need not be copied for every case
+                    subprocess.run(["fallocate", "--dig-holes", str(work / "disk")], check=True)
                     (work / "regions.json").write_text(json.dumps(
                         [asdict(r) for r in regions], indent=1))
                     for extra in work.iterdir():
