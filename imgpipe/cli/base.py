@@ -173,7 +173,8 @@ def main_options(
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Messages())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
-    logging.getLogger("oslo_utils").setLevel(logging.INFO if verbose else logging.ERROR)
+    # format_inspector logs ERROR for what imgpipe then refuses in its own one line (exit 5)
+    logging.getLogger("oslo_utils").setLevel(logging.INFO if verbose else logging.CRITICAL)
     ctx.obj = Settings(verbose=verbose, profile_dirs=list(profiles_dir or []))
     # systemd and Kubernetes stop jobs with SIGTERM: clean up exactly as for Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
