@@ -28,6 +28,7 @@ import lvm_disks as ld
 import windows_fixture as wf
 import xfs_fixtures as xf
 
+from imgpipe_dev import fuzz
 from imgpipe_dev.fuzz import Base, Field, Region, Target
 
 MIB = 1 << 20
@@ -367,9 +368,7 @@ def btrfs_regions(image: Path, start: int, limit: int = 160) -> list[Region]:
 
 
 def _data_extents(path: Path) -> list[tuple[int, int]]:
-    from imgpipe_dev.fuzz import _extents
-
-    return list(_extents(path))
+    return list(fuzz.extents(path))
 
 
 def build_btrfs(work: Path) -> tuple[Path, list[Region]]:
@@ -615,8 +614,6 @@ def _table(name: str, offset: int, count: int, width: int, big: bool) -> Region:
 
 
 def _convert(work: Path, fmt: str, *options: str) -> Path:
-    from imgpipe_dev import fuzz
-
     raw = fuzz.base(TARGETS[0]).disk  # the ext target's disk, built once
     out = work / f"disk.{fmt}"
     _run("qemu-img", "convert", "-f", "raw", "-O", fmt, *options, raw, out)
