@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import btrfs_fixture as bf
 import family_disks as fd
+import hostile_disks as hd
 import lvm_disks as ld
 import windows_fixture as wf
 import xfs_fixtures as xf
@@ -39,7 +40,8 @@ ESP_MIB = 34
 REST_MIB = DISK_MIB - 2 - ESP_MIB
 HERE = Path(__file__).resolve().parent
 BUILDERS = tuple(HERE / name for name in ("fuzz_targets.py", "family_disks.py", "lvm_disks.py", "xfs_fixtures.py",
-                                          "btrfs_fixture.py", "windows_fixture.py", "regf_writer.py"))
+                                          "btrfs_fixture.py", "windows_fixture.py", "regf_writer.py",
+                                          "hostile_disks.py"))
 DEBIAN = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
 KERNEL = "6.1.0-28-amd64"
 
@@ -56,6 +58,13 @@ def _u(width: int, *names: tuple[str, int], big: bool = False) -> tuple[Field, .
 
 def _fields(*groups: tuple[Field, ...], big: bool = False) -> tuple[Field, ...]:
     return tuple(Field(f.name, f.offset, f.width, big) for g in groups for f in g)
+
+
+def _hot(fields: tuple[Field, ...], *names: str, weight: float = 4.0) -> tuple[Field, ...]:
+    """The geometry fields among `fields` chosen `weight` times as often: the sizes and counts a
+    reader multiplies (issue 20's blow-up is s_blocks_per_group and s_desc_size)."""
+    assert set(names) <= {f.name for f in fields}, set(names) - {f.name for f in fields}
+    return tuple(Field(f.name, f.offset, f.width, f.big, weight if f.name in names else f.weight) for f in fields)
 
 
 # Partition tables --------------------------------------------------------------------------------
@@ -131,13 +140,15 @@ def fat_regions(disk: Path, start: int, label: str = "esp") -> list[Region]:
 
 # ext2/3/4 ----------------------------------------------------------------------------------------
 
-EXT_SUPER = _fields(
+EXT_SUPER = _hot(_fields(
     _u(4, ("s_inodes_count", 0), ("s_blocks_count_lo", 4), ("s_first_data_block", 20), ("s_log_block_size", 24),
        ("s_blocks_per_group", 32), ("s_inodes_per_group", 40), ("s_rev_level", 76), ("s_first_ino", 84),
        ("s_feature_compat", 92), ("s_feature_incompat", 96), ("s_feature_ro_compat", 100),
        ("s_blocks_count_hi", 336)),
     _u(2, ("s_inode_size", 88), ("s_desc_size", 254), ("s_reserved_gdt_blocks", 206)),
-    _u(1, ("s_log_groups_per_flex", 372)))
+    _u(1, ("s_log_groups_per_flex", 372))),
+    "s_blocks_count_lo", "s_log_block_size", "s_blocks_per_group", "s_inodes_per_group", "s_inode_size",
+    "s_desc_size", "s_log_groups_per_flex")
 EXT_DESC = _fields(_u(4, ("bg_block_bitmap", 0), ("bg_inode_bitmap", 4), ("bg_inode_table", 8),
                       ("bg_inode_table_hi", 40)),
                    _u(2, ("bg_flags", 18), ("bg_itable_unused", 28)))
@@ -156,7 +167,7 @@ def ext_regions(image: Path, start: int, paths: tuple[str, ...], label: str = "e
     block = 1024 << struct.unpack_from("<I", sb, 24)[0]
     desc = struct.unpack_from("<H", sb, 254)[0] if struct.unpack_from("<I", sb, 96)[0] & 0x80 else 32
     gdt = (2048 if block == 1024 else block)
-    regions = [Region(f"{label}.superblock", start + 1024, 1024, EXT_SUPER, weight=4),
+    regions = [Region(f"{label}.superblock", start + 1024, 1024, EXT_SUPER, weight=6),
                Region(f"{label}.gdt", start + gdt, min(4 * desc, block),
                       tuple(Field(f"g{g}.{d.name}", g * desc + d.offset, d.width) for g in range(2) for d in EXT_DESC),
                       weight=2)]
@@ -194,6 +205,36 @@ def ext_dirents(image: Path, at: int, block: int) -> tuple[Field, ...]:
         fields += [Field("dx.hash_version", 0x1C, 1), Field("dx.info_length", 0x1D, 1), Field("dx.levels", 0x1E, 1),
                    Field("dx.limit", 0x20, 2), Field("dx.count", 0x22, 2), Field("dx.block0", 0x24, 4)]
     return tuple(fields)
+
+
+def ext_fixup(f: BinaryIO, b: Base) -> None:
+    """With metadata_csum, the superblock's and the first group descriptors' checksums as mke2fs
+    would write them for the mutated values (ext_blocks does not check them, debugfs does)."""
+    for region in b.regions:
+        if not region.name.endswith(".superblock"):
+            continue
+        f.seek(region.offset)
+        sb = bytearray(f.read(1024))
+        if not struct.unpack_from("<I", sb, 100)[0] & 0x400:
+            continue
+        gdt = _region(b, region.name.replace(".superblock", ".gdt"))
+        desc = struct.unpack_from("<H", sb, 254)[0] if struct.unpack_from("<I", sb, 96)[0] & 0x80 else 32
+        if 32 <= desc <= gdt.length:
+            f.seek(gdt.offset)
+            table = bytearray(f.read(gdt.length))
+            for group in range(gdt.length // desc):
+                entry = bytes(table[group * desc:(group + 1) * desc])
+                struct.pack_into("<H", table, group * desc + 0x1E, hd.ext4_desc_csum(bytes(sb), group, entry))
+            f.seek(gdt.offset)
+            f.write(table)
+        struct.pack_into("<I", sb, 0x3FC, hd.ext4_superblock_csum(bytes(sb)))
+        f.seek(region.offset)
+        f.write(sb)
+
+
+def lvm_and_ext_fixup(f: BinaryIO, b: Base) -> None:
+    lvm_fixup(f, b)
+    ext_fixup(f, b)
 
 
 def _esp(work: Path, loaders: dict[str, bytes] | None = None, mib: int = 34) -> Path:
@@ -262,13 +303,15 @@ def _fat16(image: Path) -> Path:
 
 # xfs ---------------------------------------------------------------------------------------------
 
-XFS_SB = _fields(
+XFS_SB = _hot(_fields(
     _u(4, ("sb_blocksize", 4), ("sb_agblocks", 84), ("sb_agcount", 88), ("sb_features2", 200),
        ("sb_features_incompat", 216), ("sb_logblocks", 96)),
     _u(8, ("sb_dblocks", 8), ("sb_rootino", 56), ("sb_logstart", 48), ("sb_icount", 128)),
     _u(2, ("sb_versionnum", 100), ("sb_sectsize", 102), ("sb_inodesize", 104), ("sb_inopblock", 106)),
     _u(1, ("sb_blocklog", 120), ("sb_sectlog", 121), ("sb_inodelog", 122), ("sb_inopblog", 123),
-       ("sb_agblklog", 124), ("sb_dirblklog", 192)), big=True)
+       ("sb_agblklog", 124), ("sb_dirblklog", 192)), big=True),
+    "sb_blocksize", "sb_dblocks", "sb_agblocks", "sb_agcount", "sb_inodesize", "sb_inopblock", "sb_dirblklog",
+    "sb_agblklog")
 XFS_AGI = _u(4, ("agi_length", 12), ("agi_count", 16), ("agi_root", 20), ("agi_level", 24), ("agi_newino", 32),
              ("agi_unlinked0", 40), ("agi_free_root", 320), ("agi_free_level", 324), big=True)
 XFS_AGF = _u(4, ("agf_length", 12), ("agf_bno_root", 16), ("agf_cnt_root", 20), ("agf_bno_level", 28),
@@ -321,14 +364,15 @@ def build_xfs(work: Path) -> tuple[Path, list[Region]]:
 
 # btrfs -------------------------------------------------------------------------------------------
 
-BTRFS_SUPER = _fields(
+BTRFS_SUPER = _hot(_fields(
     _u(8, ("bytenr", 0x30), ("generation", 0x48), ("root", 0x50), ("chunk_root", 0x58), ("log_root", 0x60),
        ("total_bytes", 0x70), ("bytes_used", 0x78), ("root_dir_objectid", 0x80), ("num_devices", 0x88),
        ("incompat_flags", 0xAC), ("chunk.length", 0x33C), ("chunk.stripe_len", 0x34C),
        ("chunk.stripe0_offset", 0x374)),
     _u(4, ("sectorsize", 0x90), ("nodesize", 0x94), ("stripesize", 0x9C), ("sys_chunk_array_size", 0xA0)),
     _u(1, ("root_level", 0xC6), ("chunk_root_level", 0xC7)),
-    _u(2, ("chunk.num_stripes", 0x368)))
+    _u(2, ("chunk.num_stripes", 0x368))),
+    "sectorsize", "nodesize", "sys_chunk_array_size", "chunk.length", "chunk.stripe_len", "chunk.num_stripes")
 
 
 def btrfs_regions(image: Path, start: int, limit: int = 160) -> list[Region]:
@@ -695,12 +739,12 @@ def vhd_fixup(f: BinaryIO, b: Base) -> None:
 
 
 TARGETS: list[Target] = [
-    Target(name="ext", reader="ext4 + GPT + FAT32 ESP", build=build_ext, sources=BUILDERS),
-    Target(name="mbr", reader="MBR + FAT16 ESP + ext4", build=build_mbr, sources=BUILDERS),
+    Target(name="ext", reader="ext4 + GPT + FAT32 ESP", build=build_ext, sources=BUILDERS, fixup=ext_fixup),
+    Target(name="mbr", reader="MBR + FAT16 ESP + ext4", build=build_mbr, sources=BUILDERS, fixup=ext_fixup),
     Target(name="xfs", reader="xfs", build=build_xfs, sources=BUILDERS,
            requires=lambda: None if shutil.which("mkfs.xfs") and shutil.which("xfs_db") else "needs xfsprogs"),
     Target(name="btrfs", reader="btrfs", build=build_btrfs, sources=BUILDERS, requires=_needs_root),
-    Target(name="lvm", reader="LVM2 (+ ext4 LV)", build=build_lvm, sources=BUILDERS, fixup=lvm_fixup,
+    Target(name="lvm", reader="LVM2 (+ ext4 LV)", build=build_lvm, sources=BUILDERS, fixup=lvm_and_ext_fixup,
            mutators=(lvm_text,), requires=lambda: None if ld.HAVE_TOOLS else "needs root, lvm2 and losetup"),
     Target(name="ntfs", reader="NTFS + registry hives", build=build_ntfs, sources=BUILDERS, fixup=hive_fixup,
            requires=_needs_fuse),

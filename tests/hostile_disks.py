@@ -33,12 +33,26 @@ def _crc32c_table() -> list[int]:
 _CRC32C = _crc32c_table()
 
 
-def ext4_superblock_csum(sb: bytes) -> int:
-    """ext4's s_checksum: crc32c seeded with ~0 over the first 1020 bytes, not inverted."""
-    crc = 0xFFFFFFFF
-    for byte in sb[:0x3FC]:
+def crc32c(data: bytes, crc: int = 0xFFFFFFFF) -> int:
+    """CRC-32C without the final inversion, as ext4's ext4_chksum chains it."""
+    for byte in data:
         crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc
+
+
+def ext4_superblock_csum(sb: bytes) -> int:
+    """ext4's s_checksum: crc32c seeded with ~0 over the first 1020 bytes."""
+    return crc32c(sb[:0x3FC])
+
+
+def ext4_desc_csum(sb: bytes, group: int, desc: bytes) -> int:
+    """bg_checksum with metadata_csum: crc32c of the group number and the descriptor (its own
+    checksum field as zeros), seeded with the filesystem's checksum seed; the low 16 bits."""
+    seed = struct.unpack_from("<I", sb, 0x270)[0] if struct.unpack_from("<I", sb, 96)[0] & 0x2000 \
+        else crc32c(sb[0x68:0x78])
+    crc = crc32c(struct.pack("<I", group), seed)
+    crc = crc32c(desc[:0x1E] + b"\0\0" + desc[0x20:], crc)
+    return crc & 0xFFFF
 
 
 def _run(*argv: str | Path, stdin: bytes | None = None) -> None:

@@ -76,6 +76,7 @@ class Field:
     offset: int
     width: int
     big: bool = False
+    weight: float = 1.0  # geometry (a group's size, a descriptor's size, a node's size) weighs more
 
 
 @dataclass(frozen=True)
@@ -265,14 +266,17 @@ def mutate(rng: random.Random, f: BinaryIO, target: Target, b: Base) -> list[str
     """One to three mutations, each aimed at a structure, or random bit flips in the data."""
     done = []
     weights = [r.weight for r in b.regions]
+    last: Region | None = None
     for _ in range(rng.choice((1, 1, 2, 3))):
         roll = rng.random()
         if target.mutators and roll < 0.2:
             done.append(rng.choice(target.mutators)(rng, f, b))
         elif b.regions and roll < 0.85:
-            region = rng.choices(b.regions, weights)[0]
+            # a second mutation often hits the same structure: fields that are only fatal together
+            region = last if last is not None and rng.random() < 0.5 else rng.choices(b.regions, weights)[0]
+            last = region
             if region.fields and rng.random() < 0.7:
-                fld = rng.choice(region.fields)
+                fld = rng.choices(region.fields, [fl.weight for fl in region.fields])[0]
                 done.append(f"{region.name}." + _write_field(f, region.offset + fld.offset, fld, rng))
             elif rng.random() < 0.5:
                 flips = rng.randint(1, 8)
