@@ -173,8 +173,10 @@ def main_options(
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Messages())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
-    # format_inspector logs ERROR for what imgpipe then refuses in its own one line (exit 5)
-    logging.getLogger("oslo_utils").setLevel(logging.INFO if verbose else logging.CRITICAL)
+    # Libraries that parse untrusted bytes log their own complaints (format_inspector an ERROR for a
+    # vmdk imgpipe then refuses in one line, regipy a WARNING for a value it shows as hex): --verbose only.
+    for library in ("oslo_utils", "regipy"):
+        logging.getLogger(library).setLevel(logging.INFO if verbose else logging.CRITICAL)
     ctx.obj = Settings(verbose=verbose, profile_dirs=list(profiles_dir or []))
     # systemd and Kubernetes stop jobs with SIGTERM: clean up exactly as for Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
