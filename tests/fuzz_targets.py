@@ -1,10 +1,12 @@
 """The fuzzer's targets (imgpipe_dev.fuzz): one base disk per reader, built by the tests' own
 fixture builders, and the structures on it that mutations aim at.
 
-Every base is a sparse 64 GiB raw GPT (or MBR) disk holding a few MiB of data: an ESP made by
-mkfs.vfat + mtools, and a root filesystem made by its own mkfs (ext4 -d, xfs -p, btrfs on a
-loop mount, NTFS through ntfs-3g with hives from regf_writer, an LVM2 PV written by lvm). The
-container targets are the ext disk converted by qemu-img to qcow2, vmdk and vhd.
+Every base is a sparse 64 GiB raw GPT disk holding 1 to 65 MiB of data (NTFS's $LogFile is
+the most): an ESP made by mkfs.vfat + mtools, and a root filesystem made by its own mkfs (ext4
+-d, xfs -p, btrfs on a loop mount, NTFS through ntfs-3g with hives from regf_writer, an LVM2 PV
+written by lvm) in a partition running to the end of the disk. The MBR target keeps a small
+ext4 (1 KiB blocks); the container targets are the ext disk converted by qemu-img to qcow2,
+vmdk and vhd.
 
 Where the structures are is read at build time with the format's own tools (debugfs, xfs_db,
 lvm's layout) or from the on-disk headers, never guessed by the reader under test.
@@ -77,7 +79,8 @@ GPT_ENTRY = _fields(_u(8, ("first_lba", 32), ("last_lba", 40), ("attributes", 48
 
 
 def table_regions(disk: Path) -> list[Region]:
-    head = disk.open("rb").read(34 * 512)
+    with disk.open("rb") as f:
+        head = f.read(34 * 512)
     regions = [Region(f"mbr.entry{i}", 446 + 16 * i, 16, MBR_ENTRY) for i in range(4)
                if head[446 + 16 * i + 4]]
     if head[512:520] == b"EFI PART":

@@ -8,16 +8,20 @@ its checksum recomputed, so the reader gets past it, as the kernel would).
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 MIB = 1 << 20
 GIB = 1 << 30
 LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
 
 
 def _crc32c_table() -> list[int]:
@@ -133,10 +137,9 @@ def ext_inline_flag_on_os_release(dest: Path) -> Path:
     return _small_gpt(dest, None, root)
 
 
-def esp_directory_loop(dest: Path) -> Path:
-    """Found by the fuzzer (ext target, seed 1, case 198): the ESP's EFI directory entry points at
-    cluster 2, the FAT32 root directory itself. mdir follows the loop until it crashes (SIGSEGV);
-    esp.loaders lets runner.CommandFailed through: a traceback, exit 1."""
+def _esp_disk(dest: Path, damage: Callable[[BinaryIO, bytes], None]) -> Path:
+    """A 64 GiB disk: a FAT32 ESP holding EFI/BOOT/BOOTX64.EFI, damaged by `damage(file, boot
+    sector)`, and a small ext4 root."""
     work = dest.parent / (dest.stem + ".d")
     work.mkdir()
     esp = work / "esp.img"
@@ -148,7 +151,18 @@ def esp_directory_loop(dest: Path) -> Path:
     _run("mmd", "-i", esp, "::/EFI", "::/EFI/BOOT")
     _run("mcopy", "-i", esp, loader, "::/EFI/BOOT/BOOTX64.EFI")
     with esp.open("r+b") as f:
-        boot = f.read(512)
+        damage(f, f.read(512))
+    root = work / "root.img"
+    _run("mkfs.ext4", "-q", "-F", "-d", _ext4_tree(work), root, "32M")
+    return _small_gpt(dest, esp, root)
+
+
+def esp_directory_loop(dest: Path) -> Path:
+    """Found by the fuzzer (ext target, seed 1, case 198; seed 2, case 54 through a '..' entry): the
+    ESP's EFI directory entry points at cluster 2, the FAT32 root directory itself. mdir follows the
+    loop until it crashes (SIGSEGV); guest.esp lets runner.CommandFailed through: a traceback, exit 1."""
+
+    def loop(f: BinaryIO, boot: bytes) -> None:
         per_sector, per_cluster, reserved, fats = struct.unpack_from("<HBHB", boot, 11)
         fat_size, root_cluster = struct.unpack_from("<I", boot, 36)[0], struct.unpack_from("<I", boot, 44)[0]
         root_dir = (reserved + fats * fat_size + (root_cluster - 2) * per_cluster) * per_sector
@@ -159,9 +173,19 @@ def esp_directory_loop(dest: Path) -> Path:
         f.write(struct.pack("<H", root_cluster >> 16))
         f.seek(root_dir + index + 26)
         f.write(struct.pack("<H", root_cluster & 0xFFFF))
-    root = work / "root.img"
-    _run("mkfs.ext4", "-q", "-F", "-d", _ext4_tree(work), root, "32M")
-    return _small_gpt(dest, esp, root)
+
+    return _esp_disk(dest, loop)
+
+
+def esp_zero_sectors_per_cluster(dest: Path) -> Path:
+    """Found by the fuzzer (mbr target, seed 3, case 73): an ESP whose boot sector says 0 sectors
+    per cluster. mdir divides by it (SIGFPE); guest.esp lets runner.CommandFailed through."""
+
+    def zero(f: BinaryIO, boot: bytes) -> None:
+        f.seek(13)
+        f.write(b"\0")
+
+    return _esp_disk(dest, zero)
 
 
 def vmdk_descriptor_not_ascii(dest: Path) -> Path:
@@ -180,11 +204,45 @@ def vmdk_descriptor_not_ascii(dest: Path) -> Path:
     return dest
 
 
+def hive_string_not_text(dest: Path) -> Path:
+    """Found by the fuzzer (ntfs target, seed 3, case 77): a SOFTWARE hive whose CurrentVersion holds
+    a REG_SZ of 3 bytes that are neither UTF-16 nor UTF-8. Inspection goes on (exit 0), but regipy
+    logs its own WARNING line on stderr."""
+    import windows_fixture as wf  # ntfs-3g and FUSE, only for this disk
+
+    w = wf.Windows("Windows Server 2022 Datacenter", "ServerDatacenter", "Server", "20348", display_version="21H2")
+    hive = bytearray(wf.software_hive(w))
+    vk = hive.index(b"DigitalProductId") - 24  # size, "vk", name length, data length, data offset, type, ...
+    data_at = struct.unpack_from("<I", hive, vk + 12)[0]
+    struct.pack_into("<II", hive, vk + 8, 3, data_at)
+    struct.pack_into("<I", hive, vk + 16, 1)  # REG_SZ
+    hive[4096 + data_at + 4:4096 + data_at + 7] = b"\xd8\x00\xd8"
+    files = wf.windows_files(w) | {"Windows/System32/config/SOFTWARE": bytes(hive)}
+    work = dest.parent / (dest.stem + ".d")
+    work.mkdir()
+    volume = wf.ntfs_volume(work / "c.img", files, 64 * MIB)
+    raw = dest.with_suffix(".raw")
+    with raw.open("wb") as f:
+        f.truncate(64 * GIB)
+    _run("sfdisk", "-q", raw, stdin=f"label: gpt\nstart=2048, size={64 * 2048}, type={BASIC_DATA}, name=c\n".encode())
+    _run("dd", f"if={volume}", f"of={raw}", "bs=1M", f"seek={MIB}", "oflag=seek_bytes", "conv=notrunc,sparse")
+    _run("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, dest)
+    raw.unlink()
+    return dest
+
+
+def _can_mount_ntfs() -> str | None:
+    if shutil.which("mkntfs") and shutil.which("ntfs-3g") and os.path.exists("/dev/fuse"):
+        return None
+    return "needs mkntfs, ntfs-3g and /dev/fuse"
+
+
 @dataclass(frozen=True)
 class Hostile:
     build: Callable[[Path], Path]
     codes: frozenset[int] = frozenset({20})  # the exit codes that are right for it
     open_bug: str = ""  # why imgpipe still fails it; the test is a strict xfail until fixed
+    requires: Callable[[], str | None] = lambda: None  # why it cannot be built here, or None
 
 
 HOSTILE: dict[str, Hostile] = {
@@ -196,5 +254,8 @@ HOSTILE: dict[str, Hostile] = {
         "ext_blocks.Unsupported raised by the os-release probe of guest.inspect._read_root escapes: traceback")),
     "esp-directory-loop": Hostile(esp_directory_loop, frozenset({0, 20}), open_bug=(
         "mdir crashes (SIGSEGV) on a FAT directory loop and guest.esp lets runner.CommandFailed escape: traceback")),
+    "esp-zero-sectors-per-cluster": Hostile(esp_zero_sectors_per_cluster, frozenset({0, 20}), open_bug=(
+        "mdir crashes (SIGFPE) on 0 sectors per cluster and guest.esp lets runner.CommandFailed escape: traceback")),
     "vmdk-descriptor-not-ascii": Hostile(vmdk_descriptor_not_ascii, frozenset({5})),
+    "hive-string-not-text": Hostile(hive_string_not_text, frozenset({0}), requires=_can_mount_ntfs),
 }

@@ -91,6 +91,8 @@ def _hostile(name: str) -> object:
 @pytest.mark.parametrize("name", [_hostile(name) for name in hostile_disks.HOSTILE])
 def test_hostile_disk_ends_cleanly_inside_the_limits(name: str, tmp_path: Path) -> None:
     hostile = hostile_disks.HOSTILE[name]
+    if (why := hostile.requires()) is not None:
+        pytest.skip(why)
     disk = hostile.build(tmp_path / f"{name}.img")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
