@@ -239,7 +239,8 @@ def _write_field(f: BinaryIO, at: int, fld: Field, rng: random.Random) -> str:
     if len(raw) < fld.width:
         return f"{fld.name}: beyond the end"
     old = int.from_bytes(raw, order)
-    new = _values(rng, old, fld.width)
+    tiny = fld.weight > 1 and rng.random() < 0.5  # a geometry field: tiny sizes multiply counts
+    new = rng.choice((0, 1, 2, 3, 4, 8, 16)) if tiny else _values(rng, old, fld.width)
     f.seek(at)
     f.write(new.to_bytes(fld.width, order))
     return f"{fld.name} {old:#x} -> {new:#x}"
