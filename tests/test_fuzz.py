@@ -80,7 +80,7 @@ def test_the_limits_catch_a_runaway(tmp_path: Path) -> None:
     run = fuzz.run_command([sys.executable, str(script)], tmp)
     assert run.exit_code is None and "RSS" in run.killed
     assert fuzz.RSS_LIMIT <= run.peak_rss < fuzz.ADDRESS_SPACE
-    assert fuzz.judge(run, fuzz.ALLOWED_CODES, tmp) == [run.killed]
+    assert fuzz.judge(run, fuzz.ALLOWED_CODES, tmp, script.name) == [run.killed]
 
 
 def _hostile(name: str) -> object:
@@ -97,7 +97,7 @@ def test_hostile_disk_ends_cleanly_inside_the_limits(name: str, tmp_path: Path) 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     run = fuzz.run_inspect(disk, tmp)
-    assert fuzz.judge(run, hostile.codes, tmp) == [], (run.killed, run.stderr[-2000:])
+    assert fuzz.judge(run, hostile.codes, tmp, disk.name) == [], (run.killed, run.stderr[-2000:])
     if run.exit_code:
         assert run.stderr.strip().splitlines() == [run.stderr.strip().splitlines()[-1]]
         assert run.stderr.startswith(f"imgpipe: error: {disk}: ")

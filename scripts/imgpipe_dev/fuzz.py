@@ -21,7 +21,8 @@ A case passes when imgpipe, run as a subprocess of this interpreter's `imgpipe`:
   (GuestRefusedError) is a failure: inspect never refuses (it runs with refuse=False), it only
   reports; so is any other code (1 is an exception no handler mapped);
 - prints, on failing, exactly one "imgpipe: error:" line, and no "Traceback" on either stream;
-  other stderr lines must be imgpipe's own logged warnings (a tool's raw output is a failure);
+  every stderr line names the disk, as imgpipe's warnings and errors do (a library's log line
+  or a tool's raw output does not, and is a failure);
 - stays inside the wall clock (60 s) and keeps the whole process tree's resident memory under
   300 MiB (sum of VmRSS over the processes of its session, polled, and wait4's ru_maxrss);
 - leaves no process of its session running and nothing in its private TMPDIR.
@@ -396,7 +397,9 @@ def run_command(argv: Sequence[str], tmp: Path) -> Run:
                    ferr.read().decode(errors="replace"), killed, leftovers)
 
 
-def judge(run: Run, allowed: frozenset[int], tmp: Path) -> list[str]:
+def judge(run: Run, allowed: frozenset[int], tmp: Path, subject: str) -> list[str]:
+    """What is wrong with a finished run; `subject` (the disk's file name) must be named by every
+    line on stderr: imgpipe's warnings and its error do, a library's or a tool's own output does not."""
     problems = []
     if run.killed:
         problems.append(run.killed)
@@ -408,7 +411,7 @@ def judge(run: Run, allowed: frozenset[int], tmp: Path) -> list[str]:
         problems.append("traceback")
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("imgpipe: error:")]
-    noise = [line for line in lines if not line.startswith("imgpipe") and not line.startswith("warning: ")]
+    noise = [line for line in lines if subject not in line]
     if len(errors) > 1 or (run.exit_code and not errors and not run.killed):
         problems.append(f"{len(errors)} error lines on stderr")
     if noise and not run.killed:
@@ -434,7 +437,7 @@ def run_case(target: Target, b: Base, seed: int, case: int, work: Path, keep: Pa
             mutations = mutate(rng, f, target, b)
         run = run_inspect(disk, tmp)
         outcome = Outcome(seed, case, target.name, target.reader, mutations, run.exit_code, run.seconds,
-                          run.peak_rss, _tail(run), judge(run, ALLOWED_CODES, tmp))
+                          run.peak_rss, _tail(run), judge(run, ALLOWED_CODES, tmp, disk.name))
         if not outcome.ok and keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             saved = keep / disk.name
