@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import subprocess
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,41 @@ def hive_string_not_text(dest: Path) -> Path:
     return dest
 
 
+def lvm_error_without_file_name(dest: Path) -> Path:
+    """Found by the fuzzer (lvm target, seed 0, case 13): a PV label whose metadata area size
+    disagrees with the area's own header (label checksum recomputed). imgpipe refuses it (exit 20)
+    in one line, but the line says "partition 2: corrupt LVM2 metadata: ..." without the file."""
+    import lvm_disks as ld  # root and loop devices, only for this disk
+
+    raw = dest.with_suffix(".raw")
+    _, pv = ld.gpt(raw, 64 << 10, [("efi", ESP_TYPE, 1), ("lvm", ld.LVM_TYPE, 64)])
+    with ld.loops(raw, [pv]) as devices:
+        ld.lvm(devices, "pvcreate", devices[0])
+        ld.lvm(devices, "vgcreate", "rl", devices[0])
+        ld.lvm(devices, "lvcreate", "-an", "-Zn", "-L", "16M", "-n", "root", "rl")
+    with raw.open("r+b") as f:
+        f.seek(pv.offset + 512)
+        label = bytearray(f.read(512))
+        struct.pack_into("<Q", label, 112, struct.unpack_from("<Q", label, 112)[0] << 8)  # the metadata area's size
+        struct.pack_into("<I", label, 16, lvm_crc(bytes(label[20:])))
+        f.seek(pv.offset + 512)
+        f.write(label)
+    _run("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, dest)
+    raw.unlink()
+    return dest
+
+
+def lvm_crc(data: bytes) -> int:
+    """lvm's checksum: CRC-32 from its own initial value, without the usual inversions."""
+    return zlib.crc32(data, 0xF597A6CF ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+
+
+def _can_build_lvm() -> str | None:
+    import lvm_disks as ld
+
+    return None if ld.HAVE_TOOLS else "needs root, lvm2 and losetup"
+
+
 def _can_mount_ntfs() -> str | None:
     if shutil.which("mkntfs") and shutil.which("ntfs-3g") and os.path.exists("/dev/fuse"):
         return None
@@ -258,4 +294,7 @@ HOSTILE: dict[str, Hostile] = {
         "mdir crashes (SIGFPE) on 0 sectors per cluster and guest.esp lets runner.CommandFailed escape: traceback")),
     "vmdk-descriptor-not-ascii": Hostile(vmdk_descriptor_not_ascii, frozenset({5})),
     "hive-string-not-text": Hostile(hive_string_not_text, frozenset({0}), requires=_can_mount_ntfs),
+    "lvm-error-without-file-name": Hostile(lvm_error_without_file_name, requires=_can_build_lvm, open_bug=(
+        "guest.inspect passes lvm.logical_volumes the label 'partition N' without the file: its errors do not "
+        "name the disk")),
 }
