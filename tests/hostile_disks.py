@@ -189,6 +189,62 @@ def esp_zero_sectors_per_cluster(dest: Path) -> Path:
     return _esp_disk(dest, zero)
 
 
+def esp_huge_fat(dest: Path) -> Path:
+    """Found by the fuzzer (ext target, seed 4, case 117): an ESP whose boot sector says each FAT
+    is 2^31 sectors. mdir (under a 1 GiB address-space cap only) reaches ~770 MiB of RSS reading
+    it: the process tree is over 300 MiB within 2 s, though imgpipe ends with exit 0."""
+
+    def huge(f: BinaryIO, boot: bytes) -> None:
+        f.seek(36)
+        f.write(struct.pack("<I", 0x80000000))
+
+    return _esp_disk(dest, huge)
+
+
+def esp_error_without_file_name(dest: Path) -> Path:
+    """Found by the fuzzer (ext target, seed 4, cases 333 and 351): an ESP whose media byte is not
+    a DOS one. imgpipe refuses it (exit 20) in one line, but the line says "partition 1 (ESP):
+    corrupt FAT filesystem: ..." without the file."""
+
+    def media(f: BinaryIO, boot: bytes) -> None:
+        f.seek(21)
+        f.write(b"\0")
+
+    return _esp_disk(dest, media)
+
+
+def hive_error_without_file_name(dest: Path) -> Path:
+    """Found by the fuzzer (ntfs target, seed 4, cases 32 and 347): a SYSTEM hive whose current
+    control set has no Services key. imgpipe refuses it (exit 20) in one line, but the line says
+    "partition 1 /Windows/System32/config/SYSTEM: corrupt registry hive: ..." without the file."""
+    import regf_writer as rw
+    import windows_fixture as wf
+
+    w = wf.Windows("Windows Server 2022 Datacenter", "ServerDatacenter", "Server", "20348", display_version="21H2")
+    root = rw.Key("ROOT")
+    root.add("Select", {"Current": 1, "Default": 1, "LastKnownGood": 1, "Failed": 0})
+    root.add("ControlSet001\\Control", {"SystemStartOptions": "NOEXECUTE=OPTOUT"})
+    files = wf.windows_files(w) | {"Windows/System32/config/SYSTEM": rw.build(root, "SYSTEM")[0]}
+    return _ntfs_disk(dest, files)
+
+
+def _ntfs_disk(dest: Path, files: dict[str, bytes]) -> Path:
+    """A qcow2 of a 64 GiB GPT disk whose one partition is a 64 MiB NTFS holding `files`."""
+    import windows_fixture as wf
+
+    work = dest.parent / (dest.stem + ".d")
+    work.mkdir()
+    volume = wf.ntfs_volume(work / "c.img", files, 64 * MIB)
+    raw = dest.with_suffix(".raw")
+    with raw.open("wb") as f:
+        f.truncate(64 * GIB)
+    _run("sfdisk", "-q", raw, stdin=f"label: gpt\nstart=2048, size={64 * 2048}, type={BASIC_DATA}, name=c\n".encode())
+    _run("dd", f"if={volume}", f"of={raw}", "bs=1M", f"seek={MIB}", "oflag=seek_bytes", "conv=notrunc,sparse")
+    _run("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, dest)
+    raw.unlink()
+    return dest
+
+
 def vmdk_descriptor_not_ascii(dest: Path) -> Path:
     """Found by the fuzzer (vmdk target, seed 1, case 196): a sparse vmdk whose descriptor holds a
     non-ASCII byte. imgpipe refuses it (exit 5, one line), but oslo.utils' format_inspector logs
@@ -218,18 +274,7 @@ def hive_string_not_text(dest: Path) -> Path:
     struct.pack_into("<II", hive, vk + 8, 3, data_at)
     struct.pack_into("<I", hive, vk + 16, 1)  # REG_SZ
     hive[4096 + data_at + 4:4096 + data_at + 7] = b"\xd8\x00\xd8"
-    files = wf.windows_files(w) | {"Windows/System32/config/SOFTWARE": bytes(hive)}
-    work = dest.parent / (dest.stem + ".d")
-    work.mkdir()
-    volume = wf.ntfs_volume(work / "c.img", files, 64 * MIB)
-    raw = dest.with_suffix(".raw")
-    with raw.open("wb") as f:
-        f.truncate(64 * GIB)
-    _run("sfdisk", "-q", raw, stdin=f"label: gpt\nstart=2048, size={64 * 2048}, type={BASIC_DATA}, name=c\n".encode())
-    _run("dd", f"if={volume}", f"of={raw}", "bs=1M", f"seek={MIB}", "oflag=seek_bytes", "conv=notrunc,sparse")
-    _run("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, dest)
-    raw.unlink()
-    return dest
+    return _ntfs_disk(dest, wf.windows_files(w) | {"Windows/System32/config/SOFTWARE": bytes(hive)})
 
 
 def lvm_error_without_file_name(dest: Path) -> Path:
@@ -281,20 +326,28 @@ class Hostile:
     requires: Callable[[], str | None] = lambda: None  # why it cannot be built here, or None
 
 
+NAMELESS = ("errors of the LVM, FAT (mtools) and registry readers name the partition, not the file: "
+            "guest.inspect._label gives them 'partition N' without info.path")
 HOSTILE: dict[str, Hostile] = {
     "ext-group-descriptors": Hostile(ext_group_descriptors, open_bug=(
-        "ext_blocks reads the whole group-descriptor table at once and never checks the geometry against "
+        "guest/fs/ext.py reads the whole group-descriptor table at once and never checks the geometry against "
         "the partition: over 300 MiB of RSS within 3 s (issue 20 step 2, bounded readers)")),
-    # debugfs may read what ext_blocks leaves (exit 0), or the inode be refused (exit 20)
+    # debugfs may read what fs/ext.py leaves (exit 0), or the inode be refused (exit 20)
     "ext-inline-flag-on-os-release": Hostile(ext_inline_flag_on_os_release, frozenset({0, 20}), open_bug=(
-        "ext_blocks.Unsupported raised by the os-release probe of guest.inspect._read_root escapes: traceback")),
+        "fs/ext.py's Unsupported, raised lazily by the os-release probe in guest.inspect._read_root, escapes: "
+        "traceback")),
     "esp-directory-loop": Hostile(esp_directory_loop, frozenset({0, 20}), open_bug=(
-        "mdir crashes (SIGSEGV) on a FAT directory loop and guest.esp lets runner.CommandFailed escape: traceback")),
+        "mdir crashes (SIGSEGV) on a FAT directory loop and guest/fs/fat.listing lets runner.CommandFailed escape: "
+        "traceback")),
     "esp-zero-sectors-per-cluster": Hostile(esp_zero_sectors_per_cluster, frozenset({0, 20}), open_bug=(
-        "mdir crashes (SIGFPE) on 0 sectors per cluster and guest.esp lets runner.CommandFailed escape: traceback")),
+        "mdir crashes (SIGFPE) on 0 sectors per cluster and guest/fs/fat.listing lets runner.CommandFailed escape: "
+        "traceback")),
+    "esp-huge-fat": Hostile(esp_huge_fat, frozenset({0, 20}), open_bug=(
+        "mdir runs under a 1 GiB address-space cap (runner.Limits), not the inspection's budget: ~770 MiB of RSS")),
+    "esp-error-without-file-name": Hostile(esp_error_without_file_name, open_bug=NAMELESS),
+    "lvm-error-without-file-name": Hostile(lvm_error_without_file_name, requires=_can_build_lvm, open_bug=NAMELESS),
+    "hive-error-without-file-name": Hostile(hive_error_without_file_name, requires=_can_mount_ntfs,
+                                            open_bug=NAMELESS),
     "vmdk-descriptor-not-ascii": Hostile(vmdk_descriptor_not_ascii, frozenset({5})),
     "hive-string-not-text": Hostile(hive_string_not_text, frozenset({0}), requires=_can_mount_ntfs),
-    "lvm-error-without-file-name": Hostile(lvm_error_without_file_name, requires=_can_build_lvm, open_bug=(
-        "guest.inspect passes lvm.logical_volumes the label 'partition N' without the file: its errors do not "
-        "name the disk")),
 }
