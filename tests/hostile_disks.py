@@ -95,7 +95,7 @@ def ext_group_descriptors(dest: Path) -> Path:
     _run("mkfs.ext4", "-q", "-F", "-E", f"offset={part},lazy_itable_init=1,lazy_journal_init=1", raw,
          f"{size // 1024}k")
     _patch_ext_superblock(raw, part, s_blocks_per_group=1, s_desc_size=512)
-    _run("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, dest)
+    _run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, dest)
     raw.unlink()
     return dest
 
@@ -112,7 +112,7 @@ def _small_gpt(dest: Path, esp: Path | None, root: Path) -> Path:
     for image, at in ((esp, 2048 * 512), (root, root_at)):
         if image is not None:
             _run("dd", f"if={image}", f"of={raw}", "bs=1M", f"seek={at}", "oflag=seek_bytes", "conv=notrunc,sparse")
-    _run("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, dest)
+    _run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, dest)
     raw.unlink()
     return dest
 
@@ -240,7 +240,7 @@ def _ntfs_disk(dest: Path, files: dict[str, bytes]) -> Path:
         f.truncate(64 * GIB)
     _run("sfdisk", "-q", raw, stdin=f"label: gpt\nstart=2048, size={64 * 2048}, type={BASIC_DATA}, name=c\n".encode())
     _run("dd", f"if={volume}", f"of={raw}", "bs=1M", f"seek={MIB}", "oflag=seek_bytes", "conv=notrunc,sparse")
-    _run("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, dest)
+    _run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, dest)
     raw.unlink()
     return dest
 
@@ -296,7 +296,7 @@ def lvm_error_without_file_name(dest: Path) -> Path:
         struct.pack_into("<I", label, 16, lvm_crc(bytes(label[20:])))
         f.seek(pv.offset + 512)
         f.write(label)
-    _run("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, dest)
+    _run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, dest)
     raw.unlink()
     return dest
 
