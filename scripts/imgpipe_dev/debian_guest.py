@@ -43,6 +43,11 @@ ESP_SERIAL = "1EB0074A"
 LAYOUTS = ("hybrid", "uefi")
 # cloud-init for boot-check --config-drive: it proves that user data from a nova-style config drive runs.
 PACKAGES = ("systemd-sysv", "linux-image-amd64", "grub-efi-amd64-bin", "grub-pc-bin", "cloud-init")
+# systemd-networkd applies the network configuration cloud-init writes (on no datasource's word:
+# DHCP on the first NIC), as a cloud image's own network service does. Without it, a datasource
+# that waits for the network (Ec2) never reaches a metadata service. wait-online stays disabled:
+# a boot with no NIC (a config-drive check) does not wait for one.
+ENABLE_UNITS = ("systemd-networkd.service",)
 # Documentation, manuals and translations are a third of a minimal system and never read here.
 EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
             "/usr/share/lintian/*")
@@ -123,6 +128,7 @@ def _bootstrap(root: Path) -> None:
     _run("mmdebstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
          *[f"--dpkgopt=path-exclude={p}" for p in EXCLUDES],
          "--customize-hook=echo debian-guest > $1/etc/hostname",
+         f"--customize-hook=chroot $1 systemctl enable {' '.join(ENABLE_UNITS)}",
          "--customize-hook=rm -rf $1/var/cache/apt/* $1/var/lib/apt/lists/*",
          "bookworm", root)
 
