@@ -48,6 +48,7 @@ PACKAGES = ("systemd-sysv", "linux-image-amd64", "grub-efi-amd64-bin", "grub-pc-
 # that waits for the network (Ec2) never reaches a metadata service. wait-online stays disabled:
 # a boot with no NIC (a config-drive check) does not wait for one.
 ENABLE_UNITS = ("systemd-networkd.service",)
+DISABLE_UNITS = ("systemd-networkd-wait-online.service",)  # enabling networkd enables it too
 # Documentation, manuals and translations are a third of a minimal system and never read here.
 EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
             "/usr/share/lintian/*")
@@ -129,6 +130,7 @@ def _bootstrap(root: Path) -> None:
          *[f"--dpkgopt=path-exclude={p}" for p in EXCLUDES],
          "--customize-hook=echo debian-guest > $1/etc/hostname",
          f"--customize-hook=chroot $1 systemctl enable {' '.join(ENABLE_UNITS)}",
+         f"--customize-hook=chroot $1 systemctl disable {' '.join(DISABLE_UNITS)}",
          "--customize-hook=rm -rf $1/var/cache/apt/* $1/var/lib/apt/lists/*",
          "bookworm", root)
 
