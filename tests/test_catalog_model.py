@@ -124,3 +124,13 @@ def test_profile_properties_for_a_profile_the_image_lacks(tmp_path: Path) -> Non
 def test_profile_properties_reserved_key(tmp_path: Path) -> None:
     text = GOOD.replace('    tags: [lts]\n', '    tags: [lts]\n    profile_properties: {vmware: {checksum: x}}\n')
     assert "checksum: reserved by Glance" in error(tmp_path, text)
+
+
+def test_a_cloud_declares_its_metadata_paths(tmp_path: Path) -> None:
+    catalog = load(tmp_path, GOOD + "clouds:\n  east:\n    metadata: [config-drive]\n  west: {}\n")
+    assert catalog.metadata_paths("east") == frozenset({"config-drive"})
+    assert catalog.metadata_paths("west") is None and catalog.metadata_paths("north") is None
+    wrong = error(tmp_path, GOOD + "clouds:\n  east:\n    metadata: [floppy]\n")
+    assert wrong.startswith(f"{tmp_path / 'catalog.yaml'}:") and "clouds.east.metadata" in wrong
+    assert "config-drive" in wrong and "metadata-service" in wrong
+    assert "clouds.east.metadata" in error(tmp_path, GOOD + "clouds:\n  east:\n    metadata: []\n")

@@ -45,3 +45,24 @@ def test_doctor_reports_glance_formats(glance) -> None:
     assert glance_check["ok"] and "vmdk" in glance_check["detail"] and "ovf" in glance_check["detail"]
     key_manager = checks["cloud test key manager"]  # noauth: no catalog, so no signed images (not a failure)
     assert key_manager["ok"] and key_manager["detail"].startswith("none") and not key_manager["data"]["certificates"]
+
+
+def test_clouds_yaml_declares_metadata_paths(glance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """imgpipe's own key under a cloud, read through openstack.config; a wrong one is refused
+    before any request, naming the file."""
+    import os
+
+    import yaml
+
+    config = yaml.safe_load(Path(os.environ["OS_CLIENT_CONFIG_FILE"]).read_text())
+    test = config["clouds"]["test"]
+    config["clouds"] = {"drive": {**test, "imgpipe": {"metadata": ["config-drive"]}}, "plain": test,
+                        "wrong": {**test, "imgpipe": {"metadata": "config-drive"}}}
+    path = tmp_path / "clouds.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
+    assert clouds.connect("drive").metadata_paths == frozenset({"config-drive"})
+    assert clouds.connect("plain").metadata_paths is None
+    with pytest.raises(CloudConfigError, match=rf"^cloud wrong: {path}: imgpipe.metadata must list one or more of "
+                                               "config-drive, metadata-service, not 'config-drive'$"):
+        clouds.connect("wrong")

@@ -14,7 +14,7 @@ import pytest
 from imgpipe.guest.cloudinit import CloudInit, read_cloud_init
 from imgpipe.guest.facts import Fact
 from imgpipe.guest.fs.ext import ExtBlocks
-from imgpipe.guest.policy.metadata import cloudbase_verdict, verdict
+from imgpipe.guest.policy.metadata import Outcome, cloudbase_verdict, verdict
 
 DEBIAN_CFG = """\
 users:
@@ -107,13 +107,55 @@ def test_version_from_egg_info_on_rhel_layout(tmp_path: Path) -> None:
     assert ci.default_user is None  # no system_info in this file: the distro's built-in default
 
 
-def test_ec2_only_is_refused_naming_the_file(tmp_path: Path) -> None:
+def test_ec2_alone_reaches_only_the_metadata_service(tmp_path: Path) -> None:
+    """Booted: [ Ec2, None ] takes user data from a metadata service, never from a config drive.
+    A warning where the cloud's paths are unknown; refused, naming the file, on a cloud that
+    declares a config drive only."""
     ci = _read(tmp_path, _installed({"/etc/cloud/cloud.cfg.d/99-ec2.cfg": "datasource_list: [ Ec2, None ]\n"}))
     assert ci.datasource_list == Fact(["Ec2", "None"], "root /etc/cloud/cloud.cfg.d/99-ec2.cfg")
     outcome = verdict(ci, "kvm")
-    assert outcome.refusal == ("cloud-init datasource_list [Ec2, None] (from root /etc/cloud/cloud.cfg.d/99-ec2.cfg) "
-                               "asks neither OpenStack nor ConfigDrive: the guest will never get its SSH key on OpenStack")
-    assert "\n" not in outcome.refusal
+    assert outcome.refusal is None and not outcome.derived
+    assert outcome.warning is not None and outcome.warning.startswith(
+        "cloud-init datasource_list [Ec2, None] (from root /etc/cloud/cloud.cfg.d/99-ec2.cfg) reaches OpenStack "
+        "only through the metadata service: on a cloud that gives guests only a config drive")
+    refusal = verdict(ci, "kvm", frozenset({"config-drive"})).refusal
+    assert refusal == ("cloud-init datasource_list [Ec2, None] (from root /etc/cloud/cloud.cfg.d/99-ec2.cfg) reaches "
+                       "OpenStack only through the metadata service (Ec2), which kvm on a cloud declaring config "
+                       "drive does not offer: the guest will never get its SSH key there")
+    assert verdict(ci, "kvm", frozenset({"metadata-service"})) == verdict(ci, "lxc") == Outcome()
+
+
+# (datasource_list, the paths the cloud declares or None, what the rule gives)
+RULES = [
+    (["OpenStack", "ConfigDrive", "None"], None, "pass"),
+    (["OpenStack", "None"], None, "warning"),
+    (["OpenStack", "None"], {"metadata-service"}, "pass"),
+    (["OpenStack", "None"], {"config-drive"}, "refusal"),
+    (["ConfigDrive", "None"], None, "mandatory"),
+    (["ConfigDrive", "None"], {"config-drive"}, "mandatory"),
+    (["ConfigDrive", "None"], {"metadata-service"}, "refusal"),
+    (["Ec2", "None"], None, "warning"),
+    (["Ec2"], None, "warning"),
+    (["Ec2", "None"], {"config-drive", "metadata-service"}, "pass"),
+    (["Ec2", "None"], {"config-drive"}, "refusal"),
+    # ds-identify checks a longer list, and finds Ec2 only on a platform it recognises (not OpenStack)
+    (["Ec2", "NoCloud", "None"], None, "refusal"),
+    (["Ec2", "ConfigDrive", "None"], None, "mandatory"),
+    (["NoCloud", "None"], None, "refusal"),
+    ([], None, "refusal"),
+]
+
+
+@pytest.mark.parametrize(("listed", "declared", "expected"), RULES)
+def test_datasource_rule(listed: list[str], declared: set[str] | None, expected: str) -> None:
+    ci = CloudInit(installed=Fact(True, "root /usr/bin/cloud-init"), datasource_list=Fact(listed, "root 99.cfg"))
+    outcome = verdict(ci, "kvm", None if declared is None else frozenset(declared))
+    drive = outcome.derived.get("img_config_drive")
+    got = ("refusal" if outcome.refusal else "warning" if outcome.warning else
+           "mandatory" if drive is not None and drive.value == "mandatory" else
+           "pass" if outcome == Outcome() else repr(outcome))
+    assert got == expected, outcome
+    assert sum(map(bool, (outcome.refusal, outcome.warning, outcome.derived))) <= 1
 
 
 def test_config_drive_only_derives_mandatory(tmp_path: Path) -> None:
@@ -134,7 +176,7 @@ def test_later_file_wins_lexically_and_mappings_merge(tmp_path: Path) -> None:
     assert ci.datasource_list == Fact(["Ec2", "None"], "root /etc/cloud/cloud.cfg.d/90-bad.cfg")
     assert ci.default_user is not None and ci.default_user.value == "cloud"
     outcome = verdict(ci, "kvm")
-    assert outcome.refusal is not None and "90-bad.cfg" in outcome.refusal
+    assert outcome.warning is not None and "90-bad.cfg" in outcome.warning
 
     ci = _read(tmp_path / "swapped", _installed({
         "/etc/cloud/cloud.cfg.d/10-bad.cfg": "datasource_list: [Ec2, None]\n",
@@ -218,11 +260,12 @@ def test_hostile_yaml_ends_in_notes_quickly(tmp_path: Path) -> None:
 def test_lxc_has_no_config_drive(tmp_path: Path) -> None:
     drive_only = _read(tmp_path, _installed({"/etc/cloud/cloud.cfg.d/90.cfg": "datasource_list: [ConfigDrive, None]\n"}))
     outcome = verdict(drive_only, "lxc")
-    assert outcome.refusal is not None and "asks only ConfigDrive, which lxc does not offer" in outcome.refusal
+    assert outcome.refusal is not None and "only through the config drive (ConfigDrive), which lxc does not offer" \
+        in outcome.refusal
     assert verdict(drive_only, "kvm").derived["img_config_drive"].value == "mandatory"
     service_only = _read(tmp_path / "os", _installed({"/etc/cloud/cloud.cfg.d/90.cfg": "datasource_list: [OpenStack]\n"}))
-    assert verdict(service_only, "lxc") == verdict(service_only, "kvm")
-    assert verdict(service_only, "lxc").refusal is None and not verdict(service_only, "lxc").derived
+    assert verdict(service_only, "lxc") == Outcome()  # a container never has a config drive to rely on
+    assert verdict(service_only, "kvm").warning is not None and not verdict(service_only, "kvm").derived
     with pytest.raises(ValueError, match="unknown hypervisor_type 'xen'"):
         verdict(service_only, "xen")
 
@@ -236,7 +279,9 @@ def test_cloudbase_init_services() -> None:
 
     assert cloudbase_verdict(None, "kvm").warning is not None
     assert cloudbase_verdict(Fact({"installed": True, "metadata_services": None}, where), "hyperv").refusal is None
-    assert cloudbase_verdict(services("httpservice.HttpService"), "kvm") == cloudbase_verdict(None, "kvm").__class__()
+    assert cloudbase_verdict(services("httpservice.HttpService"), "kvm", frozenset({"metadata-service"})) == Outcome()
+    assert "only through the metadata service" in (cloudbase_verdict(services("httpservice.HttpService"), "kvm").warning
+                                                   or "")
     derived = cloudbase_verdict(services("configdrive.ConfigDriveService"), "vmware").derived
     assert derived["img_config_drive"].value == "mandatory"
     refusal = cloudbase_verdict(services("ec2service.EC2Service"), "kvm").refusal

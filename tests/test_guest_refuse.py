@@ -83,3 +83,27 @@ def test_missing_module_tree_warns_not_refuses(disks: dict[str, Path], tmp_path:
     code, stderr = convert(disks["nomods"], tmp_path / "out", "-p", "vmware-sparse")
     assert code == 0, stderr
     assert "no guest kernel modules found; cannot check the mptspi driver" in caplog.text
+
+
+def test_datasource_rule_is_judged_per_declared_cloud() -> None:
+    """[ Ec2, None ] on kvm: refused for a cloud that declares a config drive only (naming it), silent
+    for one that declares the metadata service, a warning (once) where a cloud declares nothing."""
+    from imgpipe import profiles
+    from imgpipe.guest.policy import refuse
+    from imgpipe.guest.facts import CloudInit, Fact, GuestFacts
+
+    listed = Fact(["Ec2", "None"], "root /etc/cloud/cloud.cfg.d/99.cfg")
+    facts = GuestFacts(cloud_init=CloudInit(installed=Fact(True, "root /usr/bin/cloud-init"), datasource_list=listed))
+    kvm = profiles.load_all()["kvm"]
+    verdict = refuse.check(Path("ec2.qcow2"), facts, kvm, dict(kvm.properties),
+                           [("drive-only", frozenset({"config-drive"})), ("both", frozenset({"config-drive",
+                            "metadata-service"})), ("plain", None), ("other", None)])
+    about = [r for r in verdict.refusals if "datasource_list" in r]
+    assert len(about) == 1 and about[0].startswith("ec2.qcow2: profile kvm on cloud drive-only: cloud-init "
+                                                   "datasource_list [Ec2, None]")
+    assert about[0].endswith("which kvm on a cloud declaring config drive does not offer: the guest will never "
+                             "get its SSH key there; or --force-boot")
+    warned = [w for w in verdict.warnings if "datasource_list" in w]
+    assert len(warned) == 1 and "only through the metadata service" in warned[0]
+    assert not [r for r in refuse.check(Path("ec2.qcow2"), facts, kvm, dict(kvm.properties)).refusals
+                if "datasource_list" in r]

@@ -27,6 +27,7 @@ LABEL = r"^[A-Za-z0-9][A-Za-z0-9._+~:-]*$"
 TEMPLATE_FIELDS = frozenset({"name", "profile", "version"})
 DEFAULT_TEMPLATE = settings.NAME_TEMPLATE
 Visibility = Literal["private", "shared", "community", "public"]
+MetadataPath = Literal["config-drive", "metadata-service"]  # guest.policy.metadata.METADATA_PATH_NAMES
 
 
 def is_url(location: str) -> bool:
@@ -144,6 +145,9 @@ class CloudSettings(BaseModel):
     stores: list[str] = Field(default_factory=list)
     all_stores: bool = False
     allow_partial_stores: bool = False
+    # How the cloud hands a guest its metadata (wins over its clouds.yaml `imgpipe: {metadata: ...}`);
+    # makes the datasource refusal exact for this cloud.
+    metadata: list[MetadataPath] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _stores_or_all(self) -> CloudSettings:
@@ -275,6 +279,10 @@ class Catalog(BaseModel):
         cfg = self.clouds.get(cloud, CloudSettings())
         return Placement(image.import_method or cfg.import_method, tuple(cfg.stores),
                          cfg.all_stores, cfg.allow_partial_stores)
+
+    def metadata_paths(self, cloud: str) -> frozenset[str] | None:
+        listed = self.clouds.get(cloud, CloudSettings()).metadata
+        return None if listed is None else frozenset(listed)
 
     @model_validator(mode="before")
     @classmethod

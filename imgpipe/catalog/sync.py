@@ -95,6 +95,8 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
     signers = _signers(work.todo)  # a key or certificate that cannot sign stops the run before any call
     with locks.clouds(opts.cache_dir, [c for i in work.images for c in i.clouds], report.shard):
         seen = survey(work, connect, sources.Checksums(opts.limits), catalog.placement)
+        for name, cloud in seen.clouds.items():  # the catalog's word on a cloud wins over its clouds.yaml
+            cloud.metadata_paths = catalog.metadata_paths(name) or cloud.metadata_paths
         actions = plan(work.todo, seen, rotate=[])
         report.failures += seen.failures  # after plan(): it records clouds whose stores it cannot read
         report.images = [_resign(a, signers.get(a.image), seen, report) for a in actions if a.action == "unchanged"]

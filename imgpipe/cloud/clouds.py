@@ -23,6 +23,7 @@ from openstack import exceptions as os_exc
 
 from imgpipe import retry, settings
 from imgpipe.errors import AuthError, CloudConfigError, ImgpipeError, UploadError
+from imgpipe.guest.policy.metadata import METADATA_PATH_NAMES as METADATA_PATHS
 
 DEFAULT_TIMEOUT = settings.REQUEST_TIMEOUT
 T = TypeVar("T")
@@ -37,6 +38,9 @@ class Cloud:
     # openstacksdk's per-cloud image hints from clouds.yaml / vendor profiles.
     hints: dict[str, Any] = field(default_factory=dict)
     limits: retry.RetryLimits = retry.DEFAULT_LIMITS
+    # How this cloud hands a guest its metadata, as its clouds.yaml entry declares it
+    # (`imgpipe: {metadata: [config-drive, metadata-service]}`); None: not declared.
+    metadata_paths: frozenset[str] | None = None
     # Learnt when a PUT /file is refused with 403: the rest of the run imports instead.
     put_forbidden: bool = False
     _learnt: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -66,6 +70,7 @@ class Cloud:
 
 
 HINT_KEYS = ("image_format", "image_api_use_tasks")
+IMGPIPE_KEY = "imgpipe"  # imgpipe's own settings in a cloud's clouds.yaml entry
 
 
 def connect(name: str | None = None, *, insecure: bool = False, cacert: str | None = None,
@@ -79,7 +84,10 @@ def connect(name: str | None = None, *, insecure: bool = False, cacert: str | No
         kwargs["cacert"] = cacert
     label = cloud_name or "OS_* environment"
     try:
-        region = os_config.OpenStackConfig(load_envvars=True).get_one(cloud=cloud_name, **kwargs)
+        loader = os_config.OpenStackConfig(load_envvars=True)
+        region = loader.get_one(cloud=cloud_name, **kwargs)
+        where = f"cloud {label}: {loader.config_filename or 'clouds.yaml'}"
+        declared = metadata_paths(region.config.get(IMGPIPE_KEY), where)
         session = region.get_session()
     except (os_exc.ConfigException, ksa_exc.MissingRequiredOptions, ksa_exc.NoMatchingPlugin) as exc:
         raise CloudConfigError(f"cloud {label}: {_first_line(exc)}") from exc
@@ -88,7 +96,20 @@ def connect(name: str | None = None, *, insecure: bool = False, cacert: str | No
     image = adapter.Adapter(session, service_type="image", endpoint_override=endpoint,
                             connect_retries=0, status_code_retries=0)
     hints = {k: region.config[k] for k in HINT_KEYS if region.config.get(k) is not None}
-    return Cloud(cloud_name or "envvars", session, image, endpoint, hints, limits)
+    return Cloud(cloud_name or "envvars", session, image, endpoint, hints, limits, declared)
+
+
+def metadata_paths(section: Any, where: str) -> frozenset[str] | None:
+    """The cloud's `imgpipe:` section in clouds.yaml: `metadata` lists the paths it offers."""
+    if section is None:
+        return None
+    if not isinstance(section, dict) or set(section) - {"metadata"}:
+        raise CloudConfigError(f"{where}: {IMGPIPE_KEY} must be a mapping with the key metadata")
+    listed = section.get("metadata")
+    if not isinstance(listed, list) or not listed or not all(p in METADATA_PATHS for p in listed):
+        raise CloudConfigError(f"{where}: {IMGPIPE_KEY}.metadata must list one or more of "
+                               f"{', '.join(METADATA_PATHS)}, not {listed!r}")
+    return frozenset(listed)
 
 
 def _image_endpoint(label: str, region: os_config.cloud_region.CloudRegion,

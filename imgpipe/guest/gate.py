@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from imgpipe.errors import GuestRefusedError
@@ -30,12 +30,14 @@ def inspect(info: ImageInfo, work_parent: Path | None = None) -> GuestFacts:
 
 
 def refuse_unbootable(info: ImageInfo, facts: GuestFacts, profiles: list[Profile],
-                      properties_of: Callable[[Profile], dict[str, str]], force_boot: bool) -> None:
+                      properties_of: Callable[[Profile], dict[str, str]], force_boot: bool,
+                      clouds: Sequence[tuple[str, frozenset[str] | None]] = ()) -> None:
     """Raises GuestRefusedError (all refusals, one line) unless forced; properties_of gives
-    each profile's image properties exactly as they will be published."""
+    each profile's image properties exactly as they will be published; clouds, the target
+    clouds' declared metadata paths."""
     refusals = []
     for profile in profiles:
-        verdict = refuse.check(info.path, facts, profile, properties_of(profile))
+        verdict = refuse.check(info.path, facts, profile, properties_of(profile), clouds)
         for warning in verdict.warnings:
             LOG.warning("%s", warning)
         refusals += verdict.refusals

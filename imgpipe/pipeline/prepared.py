@@ -45,6 +45,9 @@ class Preparation:
     refuse: bool = True  # stop profiles the guest cannot boot (inspect only reports)
     # A cache directory keyed by the source's sha256: the unpacked disk is kept there and reused.
     unpack_cache: Path | None = None
+    # Each target cloud's name and the metadata paths it declares (None: undeclared): cloud-init's
+    # datasource list is judged against each. Empty: no cloud (convert, boot-check).
+    clouds: tuple[tuple[str, frozenset[str] | None], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +105,7 @@ def prepare(src: Path, profiles: list[Profile], how: Preparation,
                                   guest_properties=how.guest_properties)
         if facts is not None and how.refuse:
             gate.refuse_unbootable(info, facts, profiles, lambda p: prepared.properties_for(p, given(p)),
-                                   how.force_boot)
+                                   how.force_boot, how.clouds)
         yield prepared
 
 

@@ -102,15 +102,16 @@ def _drives(controller: Controller, names: set[str], windows: bool) -> bool:
     return not driver or driver in names
 
 
-def metadata(facts: GuestFacts, hypervisor: str) -> Outcome:
-    """Whether cloud-init (cloudbase-init) reaches this target's metadata; img_config_drive when
-    only a config drive does. Targets nova no longer drives (xen, uml) are not judged."""
+def metadata(facts: GuestFacts, hypervisor: str, declared: frozenset[str] | None = None) -> Outcome:
+    """Whether cloud-init (cloudbase-init) reaches this target's metadata on a cloud offering the
+    `declared` paths (None: undeclared); img_config_drive when only a config drive does. Targets
+    nova no longer drives (xen, uml) are not judged."""
     if hypervisor not in METADATA_PATHS:
         return Outcome()
     if facts.cloud_init is not None:
-        return verdict(facts.cloud_init, hypervisor)
+        return verdict(facts.cloud_init, hypervisor, declared)
     if facts.windows is not None:
-        return cloudbase_verdict(facts.cloudbase_init, hypervisor)
+        return cloudbase_verdict(facts.cloudbase_init, hypervisor, declared)
     return Outcome()
 
 

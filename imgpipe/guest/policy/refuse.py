@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,10 @@ class Verdict:
     warnings: list[str] = field(default_factory=list)
 
 
-def check(src: Path, facts: GuestFacts, profile: Profile, properties: dict[str, str]) -> Verdict:
-    """Refusals (one line each, with what to do instead) and checks that could not be made."""
+def check(src: Path, facts: GuestFacts, profile: Profile, properties: dict[str, str],
+          clouds: Sequence[tuple[str, frozenset[str] | None]] = ()) -> Verdict:
+    """Refusals (one line each, with what to do instead) and checks that could not be made;
+    `clouds`: each target cloud's name and the metadata paths it declares (None: undeclared)."""
     verdict = Verdict()
     if not profile.converts:
         return verdict
@@ -30,7 +33,7 @@ def check(src: Path, facts: GuestFacts, profile: Profile, properties: dict[str, 
     else:
         _firmware(name, facts, properties, verdict)
     _drivers(name, facts, properties, verdict)
-    _metadata(name, facts, profile, verdict)
+    _metadata(name, facts, profile, verdict, clouds)
     return verdict
 
 
@@ -75,10 +78,13 @@ def _drivers(name: str, facts: GuestFacts, props: dict[str, str], verdict: Verdi
                                     f"guest lacks it ({evidence}); {OVERRIDE}")
 
 
-def _metadata(name: str, facts: GuestFacts, profile: Profile, verdict: Verdict) -> None:
-    """An image whose cloud-init never asks OpenStack boots without its SSH key."""
-    outcome = derive.metadata(facts, derive.hypervisor_of(profile))
-    if outcome.refusal:
-        verdict.refusals.append(f"{name}: {outcome.refusal}; {OVERRIDE}")
-    if outcome.warning:
-        verdict.warnings.append(f"{name}: {outcome.warning}")
+def _metadata(name: str, facts: GuestFacts, profile: Profile, verdict: Verdict,
+              clouds: Sequence[tuple[str, frozenset[str] | None]]) -> None:
+    """An image whose cloud-init never reaches the metadata a cloud offers boots without its SSH key."""
+    for cloud, declared in clouds or (("", None),):
+        outcome = derive.metadata(facts, derive.hypervisor_of(profile), declared)
+        where = f"{name} on cloud {cloud}" if cloud else name
+        if outcome.refusal:
+            verdict.refusals.append(f"{where}: {outcome.refusal}; {OVERRIDE}")
+        if outcome.warning and f"{name}: {outcome.warning}" not in verdict.warnings:
+            verdict.warnings.append(f"{name}: {outcome.warning}")
