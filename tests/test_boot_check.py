@@ -110,6 +110,52 @@ def test_config_drive_argv_is_a_machine_qemu_starts(tmp_path: Path, profile: str
     assert exited is None, output
 
 
+@pytest.mark.parametrize(("profile", "extra", "nic", "smbios"), [
+    ("kvm", {}, "virtio-net-pci", True),
+    ("qemu", {}, "virtio-net-pci", True),
+    ("kvm", {"hw_vif_model": "e1000"}, "e1000", True),
+    ("vmware", {}, "e1000", False),
+    ("vmware", {"hw_vif_model": "vmxnet3"}, "vmxnet3", False),
+    ("hyperv", {}, "e1000", False),
+    ("ironic", {}, "e1000", False),
+])
+def test_metadata_nic_and_smbios_as_nova_gives_them(tmp_path: Path, profile: str, extra: dict[str, str], nic: str,
+                                                   smbios: bool) -> None:
+    """The NIC nova's driver gives the target; nova's SMBIOS only where its libvirt driver runs the guest."""
+    machine = machine_for({**BUILTIN[profile].properties, **extra})
+    link = qemu_machine.MetadataLink("169.254.169.0/24", "guestfwd=tcp:169.254.169.254:80-cmd:true", "u-1")
+    argv = machine.argv(tmp_path / "d.raw", "raw", tmp_path / "s.log", tmp_path / "VARS.fd", metadata=link)
+    assert argv[argv.index("-netdev") + 1] == ("user,id=n0,net=169.254.169.0/24,restrict=on,"
+                                                "guestfwd=tcp:169.254.169.254:80-cmd:true")
+    assert argv[argv.index("-device", argv.index("-netdev")) + 1] == f"{nic},netdev=n0"
+    assert "-nic" not in argv
+    expected = ("type=1,manufacturer=OpenStack Foundation,product=OpenStack Nova,version=31.0.0,serial=u-1,"
+                "uuid=u-1,family=Virtual Machine")
+    assert (argv[argv.index("-smbios") + 1] == expected) if smbios else "-smbios" not in argv
+
+
+@pytest.mark.skipif(not shutil.which(qemu_machine.QEMU), reason="qemu-system-x86_64 not installed")
+@pytest.mark.parametrize("profile", ["kvm", "vmware"])
+def test_metadata_link_is_a_machine_qemu_starts(tmp_path: Path, profile: str) -> None:
+    """qemu parses the user network with the relay's guestfwd (commas doubled), the NIC and the SMBIOS."""
+    from imgpipe.boot.metadata_service import GUEST_NETWORK, Server, serving
+
+    machine = machine_for(BUILTIN[profile].properties)
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+    with serving(Server(uuid="u", hostname="h", public_key="k", user_data=b"")) as service:
+        link = qemu_machine.MetadataLink(GUEST_NETWORK, service.guestfwd(), "6a1d2e4c-1f7b-4d5e-9a0b-3c2d1e0f9a8b")
+        argv = machine.argv(disk, "raw", tmp_path / "serial.log", None, metadata=link)
+        proc = subprocess.Popen([*argv, "-S"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(1.5)
+            exited = proc.poll()
+        finally:
+            proc.kill()
+            output = proc.communicate()[0]
+    assert exited is None, output
+
+
 def test_config_drive_for_a_boot_is_nova_shaped_and_prints_the_marker(tmp_path: Path) -> None:
     """Label config-2 (isoinfo), the key ssh-keygen reads, and user data that prints the marker when
     a shell runs it (the console devices swapped for a file)."""
@@ -270,28 +316,36 @@ def test_publish_uploads_only_what_boots(glance, debian_guest: dict[str, Path], 
 # --- config drive: cloud-init in the guest takes user data from a nova-style drive ----------------
 
 EC2_ONLY = b"datasource_list: [ Ec2, None ]\n"  # what an image-build element once wrote
+CONFIG_DRIVE_ONLY = b"datasource_list: [ ConfigDrive, None ]\n"
 # Twice what the stock guest takes to print the marker here; by then the Ec2-only guest's
 # cloud-init is polling 169.254.169.254 (it would for 120 s, then fall back to DataSourceNone).
 EC2_TIMEOUT = 120
+# A guest whose marker never comes must still reach cloud-init's final stage within it (asserted).
+NEVER_TIMEOUT = 240
 
 
 @pytest.fixture(scope="module")
 def cloud_init_outputs(debian_guest: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """kvm outputs of the hybrid guest (cloud-init with Debian's datasource list) and of a copy whose
-    cloud.cfg.d/99-ec2.cfg keeps only Ec2, which convert refuses unless --force-boot."""
+    """kvm outputs of the hybrid guest (cloud-init with Debian's datasource list) and of copies whose
+    cloud.cfg.d keeps only Ec2 (converted with a warning: it reaches only the metadata service) or only
+    ConfigDrive (converted with img_config_drive=mandatory)."""
     from imgpipe_dev import debian_guest as builder
 
     out = tmp_path_factory.mktemp("cloud-init-outputs")
-    ec2 = builder.with_files(debian_guest["hybrid"], out / "ec2.raw", {"/etc/cloud/cloud.cfg.d/99-ec2.cfg": EC2_ONLY})
-    refused = _imgpipe("convert", str(ec2), "-p", "kvm", "--output-dir", str(out))
-    assert refused.returncode == 19 and "[Ec2, None]" in refused.stderr, refused.stderr
+    sources = {"stock": debian_guest["hybrid"]}
+    for name, listed in (("ec2", EC2_ONLY), ("configdrive", CONFIG_DRIVE_ONLY)):
+        sources[name] = builder.with_files(debian_guest["hybrid"], out / f"{name}.raw",
+                                           {f"/etc/cloud/cloud.cfg.d/99-{name}.cfg": listed})
     files = {}
-    for name, source, extra in (("stock", debian_guest["hybrid"], ()), ("ec2", ec2, ("--force-boot",))):
+    for name, source in sources.items():
         (out / name).mkdir()
-        proc = _imgpipe("convert", str(source), "-p", "kvm", "--output-dir", str(out / name), "--json", *extra)
+        proc = _imgpipe("convert", str(source), "-p", "kvm", "--output-dir", str(out / name), "--json")
         assert proc.returncode == 0, proc.stderr
+        assert ("[Ec2, None]" in proc.stderr and "reaches OpenStack only through the metadata service"
+                in proc.stderr) == (name == "ec2"), proc.stderr
         files[name] = Path(json.loads(proc.stdout)[0]["path"])
-    ec2.unlink()
+        if source.parent == out:
+            source.unlink()
     return files
 
 
@@ -319,3 +373,38 @@ def test_config_drive_fails_when_cloud_init_asks_only_ec2(cloud_init_outputs: di
     log = tail(Path(f"{file}.kvm.log"), 10_000)
     assert "169.254.169.254" in log and "DataSourceConfigDrive" not in log
     print(f"kvm, Ec2 only, with a config drive: failed after {seconds:.0f} s")
+
+
+# --- metadata service: cloud-init takes user data from nova's metadata service at 169.254.169.254 ---
+
+@pytest.mark.slow
+def test_metadata_service_user_data_runs_for_the_stock_list_and_ec2_alone(cloud_init_outputs: dict[str, Path]) -> None:
+    """Debian's list (ds-identify finds OpenStack by nova's SMBIOS) reads the OpenStack tree, [ Ec2, None ]
+    the EC2 tree; both print the marker after cloud-init's final stage started, over virtio-net."""
+    runs = (("stock", "/openstack/"), ("ec2", "/2009-04-04/user-data"))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = list(pool.map(lambda r: _boot(cloud_init_outputs[r[0]], "kvm", "--metadata-service"), runs))
+    report = []
+    for (name, tree), (proc, seconds) in zip(runs, done, strict=True):
+        assert proc.returncode == 0, f"{name}: {proc.stderr}"
+        result = json.loads(proc.stdout)
+        assert result["booted"] and result["metadata_service"] == "virtio-net-pci: libvirt: virtio"
+        assert result["user_data_from"].startswith(tree) and result["config_drive"] is None
+        log = tail(Path(result["log"]), 10_000)
+        marker = re.search(r"imgpipe-[0-9a-f]{16}\b", log)
+        assert marker and log.index("running 'modules:final'") < marker.start()
+        report.append(f"kvm, {name} list, metadata service: {result['seconds']:.0f} s to the marker "
+                      f"({result['user_data_from']}), {seconds:.0f} s in all")
+    print("\n".join(report))
+
+
+@pytest.mark.slow
+def test_metadata_service_fails_when_cloud_init_asks_only_config_drive(cloud_init_outputs: dict[str, Path]) -> None:
+    """[ ConfigDrive, None ]: cloud-init runs to its final stage and never asks the service: exit 21."""
+    file = cloud_init_outputs["configdrive"]
+    proc, seconds = _boot(file, "kvm", "--metadata-service", "--timeout", str(NEVER_TIMEOUT))
+    assert proc.returncode == 21, proc.stderr
+    assert "the metadata service's user data never ran" in proc.stderr
+    assert "the guest never asked the metadata service; does cloud-init ask OpenStack or Ec2?" in proc.stderr
+    assert "running 'modules:final'" in tail(Path(f"{file}.kvm.log"), 10_000)
+    print(f"kvm, ConfigDrive only, metadata service: failed after {seconds:.0f} s")

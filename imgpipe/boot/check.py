@@ -3,33 +3,39 @@ serial console for a login prompt, and stop it.
 
 A guest that does not boot rarely says so (SeaBIOS on a UEFI-only disk just prints "Booting
 from Hard Disk..." and waits), so the check is a marker on ttyS0 within a timeout, and the
-serial log is kept for the failure message. With a config drive the marker is one that only the
-drive's user data prints: booting is not enough, cloud-init must have taken the drive.
+serial log is kept for the failure message. With a config drive or a metadata service the marker
+is one that only their user data prints: booting is not enough, cloud-init must have taken it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgpipe import runner, settings
-from imgpipe.boot.machine import Firmware, Machine, machine_for, private_vars
+from imgpipe.boot.machine import Firmware, Machine, MetadataLink, machine_for, private_vars
 from imgpipe.errors import BootCheckError
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import inspect_image
+
+if TYPE_CHECKING:
+    from imgpipe.boot.metadata_service import MetadataService
 
 DEFAULT_EXPECT = settings.BOOT_EXPECT
 DEFAULT_TIMEOUT = settings.BOOT_TIMEOUT
 TAIL_LINES = 15
 POLL_SECONDS = 0.5
 CONFIG_DRIVE_HOSTNAME = "imgpipe-boot-check"
+USER_DATA_PATHS = ("/user_data", "/user-data")  # the OpenStack and the EC2 tree's
 # Made once with ssh-keygen; its private half was thrown away: nobody logs in, the guest only takes it.
 THROWAWAY_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL2fpQttEf4UE6ByM2IAzb+zb85vmlnkiHygXDwb1kmH "
                  "imgpipe-boot-check")
@@ -48,12 +54,15 @@ class BootResult:
     accel: str = ""
     skipped: str = ""
     config_drive: str = ""  # where it was attached, when the check used one
+    metadata_service: str = ""  # the NIC it was reached through, when the check offered one
+    user_data_from: str = ""  # the metadata service path the guest read its user data from
 
     def to_dict(self) -> dict[str, object]:
         return {"path": str(self.path), "profile": self.profile, "booted": self.booted,
                 "seconds": round(self.seconds, 1), "log": str(self.log) if self.log else None,
                 "firmware": self.firmware, "controller": self.controller, "why": self.why,
-                "accel": self.accel, "skipped": self.skipped or None, "config_drive": self.config_drive or None}
+                "accel": self.accel, "skipped": self.skipped or None, "config_drive": self.config_drive or None,
+                "metadata_service": self.metadata_service or None, "user_data_from": self.user_data_from or None}
 
 
 def skip_reason(profile: Profile) -> str:
@@ -68,14 +77,15 @@ def skip_reason(profile: Profile) -> str:
 def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | None = None, *,
                expect: str = DEFAULT_EXPECT, timeout: float = DEFAULT_TIMEOUT, log: Path | None = None,
                firmware: Firmware = Firmware.auto, stop: threading.Event | None = None,
-               config_drive: bool = False) -> BootResult:
+               config_drive: bool = False, metadata_service: bool = False) -> BootResult:
     """Boot `path` (a disk image qemu reads, not a package) read-only with the machine
     `properties` (default: the profile's) imply.
 
     Raises BootCheckError when `expect` does not appear on the serial console within `timeout`
     seconds or qemu stops first; the serial log is kept (at `log`, else beside the image).
     Setting `stop` (from another thread) ends the boot as failed. `config_drive` attaches a
-    nova-style config drive whose user data prints a random marker, and that marker replaces `expect`.
+    nova-style config drive, `metadata_service` gives the guest a NIC reaching a nova-style
+    metadata service at 169.254.169.254; their user data prints a random marker, which replaces `expect`.
     """
     props = dict(profile.properties if properties is None else properties)
     if reason := skip_reason(profile):
@@ -84,21 +94,26 @@ def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | Non
     machine = machine_for(props, firmware)
     serial = log or path.with_name(path.name + ".boot.log")
     firmware_log = serial.with_name(serial.name + ".firmware")
-    marker = f"imgpipe-{secrets.token_hex(8)}" if config_drive else ""
+    marker = f"imgpipe-{secrets.token_hex(8)}" if config_drive or metadata_service else ""
     pattern = re.compile(re.escape(marker) if marker else expect)
-    with tempfile.TemporaryDirectory(prefix="imgpipe-boot-") as tmp:
+    instance = str(uuid.uuid4())
+    with tempfile.TemporaryDirectory(prefix="imgpipe-boot-") as tmp, \
+            _metadata_service(metadata_service, instance, marker) as service:
         vars_copy = private_vars(Path(tmp)) if machine.firmware is Firmware.uefi else None
-        iso = boot_config_drive(Path(tmp) / "config-2.iso", marker) if marker else None
-        argv = machine.argv(path, fmt, serial, vars_copy, firmware_log, iso)
+        iso = boot_config_drive(Path(tmp) / "config-2.iso", marker, instance) if config_drive else None
+        link = MetadataLink(service.network, service.guestfwd(), instance) if service else None
+        argv = machine.argv(path, fmt, serial, vars_copy, firmware_log, iso, link)
         serial.unlink(missing_ok=True)
         seconds, outcome = _watch(argv, Path(tmp) / "qemu.out", serial, pattern, timeout,
                                   stop or threading.Event())
+    read = [p for p in service.paths() if p.endswith(USER_DATA_PATHS)] if service else []
     if marker and outcome.startswith("no match"):
-        outcome = (f"the config drive's user data never ran ({marker} not on the serial console within "
-                   f"{timeout:g} s; does cloud-init ask ConfigDrive?)")
+        outcome = _never_ran(marker, timeout, config_drive, service)
     result = BootResult(path, profile.name, outcome == "", seconds, serial, machine.firmware.value,
                         machine.controller.name, machine.why, "kvm" if machine.kvm else "tcg",
-                        config_drive=machine.config_drive.why if marker else "")
+                        config_drive=machine.config_drive.why if config_drive else "",
+                        metadata_service=f"{machine.nic.model}: {machine.nic.why}" if service else "",
+                        user_data_from=read[0] if read else "")
     if outcome:
         shown = serial if tail(serial) else firmware_log  # nothing on ttyS0: the firmware's last words
         raise BootCheckError(f"{path}: did not boot as {profile.name} ({_describe(machine)}): {outcome}; "
@@ -125,12 +140,43 @@ def _watch(argv: list[str], qemu_out: Path, serial: Path, pattern: re.Pattern[st
                 return elapsed, "stopped: the run was interrupted"
 
 
-def boot_config_drive(dest: Path, marker: str) -> Path:
-    """A drive as nova builds one for a new server: random uuid, a key, user data printing `marker`."""
+def boot_config_drive(dest: Path, marker: str, instance: str | None = None) -> Path:
+    """A drive as nova builds one for a new server: its uuid, a key, user data printing `marker`."""
     from imgpipe.boot.config_drive import build_config_drive, marker_user_data  # pycdlib: only when asked
 
-    return build_config_drive(dest, uuid=str(uuid.uuid4()), hostname=CONFIG_DRIVE_HOSTNAME,
+    return build_config_drive(dest, uuid=instance or str(uuid.uuid4()), hostname=CONFIG_DRIVE_HOSTNAME,
                               public_key=THROWAWAY_KEY, user_data=marker_user_data(marker))
+
+
+@contextlib.contextmanager
+def _metadata_service(wanted: bool, instance: str, marker: str) -> Iterator[MetadataService | None]:
+    """nova's metadata service for the server the config drive describes too, while the guest runs."""
+    if not wanted:
+        yield None
+        return
+    from imgpipe.boot.config_drive import marker_user_data
+    from imgpipe.boot.metadata_service import Server, serving
+
+    with serving(Server(uuid=instance, hostname=CONFIG_DRIVE_HOSTNAME, public_key=THROWAWAY_KEY,
+                        user_data=marker_user_data(marker))) as service:
+        yield service
+
+
+def _never_ran(marker: str, timeout: float, config_drive: bool, service: MetadataService | None) -> str:
+    """Why the marker is missing, with what the guest asked the metadata service for."""
+    sources, asks, heard = [], [], ""
+    if config_drive:
+        sources, asks = ["the config drive's"], ["ConfigDrive"]
+    if service is not None:
+        sources.append("the metadata service's")
+        asks.append("OpenStack or Ec2")
+        read = service.paths()
+        user_data = [p for p in read if p.endswith(USER_DATA_PATHS)]
+        heard = (f"; the guest read its user data ({user_data[0]}) but did not run it" if user_data else
+                 f"; the guest read {len(read)} paths from the metadata service, not its user data" if read else
+                 "; the guest never asked the metadata service")
+    return (f"{' and '.join(sources)} user data never ran ({marker} not on the serial console within "
+            f"{timeout:g} s{heard}; does cloud-init ask {' or '.join(asks)}?)")
 
 
 def _describe(machine: Machine) -> str:

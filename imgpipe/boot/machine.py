@@ -22,6 +22,8 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 MEMORY_MIB = 1024
 # /dev/kvm alone proves nothing here: kvm_pvm (nested) provides it but cannot run a stock guest.
 KVM_MODULES = (Path("/sys/module/kvm_intel"), Path("/sys/module/kvm_amd"))
+# nova.version's vendor and product strings, and a release's version (2025.1)
+NOVA_VENDOR, NOVA_PRODUCT, NOVA_VERSION = "OpenStack Foundation", "OpenStack Nova", "31.0.0"
 
 
 class Firmware(str, enum.Enum):
@@ -128,6 +130,62 @@ def config_drive_slot(properties: Mapping[str, str], controller: Device) -> Conf
     return ConfigDriveSlot(extra, device.format(unit=int(root_on_ide0)), True, why)
 
 
+@dataclass(frozen=True)
+class Nic:
+    """The guest's network device: a qemu -device model standing in for the target's NIC."""
+
+    model: str
+    why: str
+
+
+# nova's hw_vif_model values (network/model.py VIF_MODEL_*) that qemu has a device for
+VIF_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139",
+              "ne2k_pci": "ne2k_pci", "pcnet": "pcnet", "vmxnet3": "vmxnet3"}
+
+
+def nic_for(properties: Mapping[str, str]) -> Nic:
+    """hw_vif_model wins, as in nova's libvirt (get_vif_model) and VMware drivers; otherwise
+    libvirt kvm/qemu give virtio (use_virtio_for_bridges), VMware e1000 (its DEFAULT_VIF_MODEL);
+    Hyper-V's synthetic NIC and a bare-metal node's NIC have no qemu model: e1000 stands in."""
+    if model := properties.get("hw_vif_model", "").lower():
+        if model in VIF_MODELS:
+            return Nic(VIF_MODELS[model], f"hw_vif_model={model}")
+        return Nic("virtio-net-pci", f"hw_vif_model={model} has no qemu stand-in; virtio-net")
+    hypervisor = properties.get("hypervisor_type", "").lower()
+    if hypervisor == "vmware":
+        return Nic("e1000", "VMware: nova's default vif model e1000")
+    if hypervisor == "hyperv":
+        return Nic("e1000", "Hyper-V's synthetic NIC has no qemu stand-in; e1000")
+    if not hypervisor and "img_type" in properties:
+        return Nic("e1000", "Ironic: the node's NIC; e1000 stands in")
+    return Nic("virtio-net-pci", "libvirt: virtio")
+
+
+def libvirt_guest(properties: Mapping[str, str]) -> bool:
+    """Whether nova's libvirt driver runs this target: it alone gives the guest nova's SMBIOS."""
+    hypervisor = properties.get("hypervisor_type", "").lower()
+    return hypervisor in ("kvm", "qemu") or (not hypervisor and "img_type" not in properties)
+
+
+@dataclass(frozen=True)
+class MetadataLink:
+    """A guest NIC on an isolated QEMU user network (restrict=on: QEMU's DHCP, and only the
+    `guestfwd` forward, nothing leaves the machine) carrying nova's metadata service, and the
+    instance uuid the SMBIOS and the metadata agree on."""
+
+    network: str  # the guest network, containing the metadata address
+    guestfwd: str  # the -netdev user guestfwd=... option
+    uuid: str
+
+    def argv(self, nic: Nic, smbios: bool) -> list[str]:
+        args = ["-netdev", f"user,id=n0,net={self.network},restrict=on,{self.guestfwd}",
+                "-device", f"{nic.model},netdev=n0"]
+        if smbios:  # what nova's libvirt driver sets (_get_guest_config_sysinfo, sysinfo_serial=unique)
+            args += ["-smbios", f"type=1,manufacturer={NOVA_VENDOR},product={NOVA_PRODUCT},version={NOVA_VERSION},"
+                                f"serial={self.uuid},uuid={self.uuid},family=Virtual Machine"]
+        return args
+
+
 def kvm_works() -> bool:
     return Path("/dev/kvm").exists() and any(m.exists() for m in KVM_MODULES)
 
@@ -139,15 +197,18 @@ class Machine:
     why: str
     kvm: bool
     config_drive: ConfigDriveSlot
+    nic: Nic
+    smbios: bool  # nova's SMBIOS (product "OpenStack Nova"): only its libvirt driver sets it
 
     def argv(self, image: Path, fmt: str, serial_log: Path, vars_copy: Path | None,
-             firmware_log: Path | None = None, config_drive: Path | None = None) -> list[str]:
-        """Never writes the image (snapshot=on); no display, no network, stop instead of reboot.
+             firmware_log: Path | None = None, config_drive: Path | None = None,
+             metadata: MetadataLink | None = None) -> list[str]:
+        """Never writes the image (snapshot=on); no display, stop instead of reboot.
 
         SeaBIOS writes its messages ("Booting from Hard Disk...") to the debug port, not ttyS0:
         firmware_log keeps them for a guest that never reaches its kernel. `config_drive` (an ISO)
-        is attached where nova attaches it on this target. No network: cloud-init then has only
-        the config drive, and nothing waits for a DHCP lease.
+        is attached where nova attaches it on this target. No network unless `metadata`: cloud-init
+        then has only the config drive, and nothing waits for a DHCP lease.
         """
         accel = ["-enable-kvm", "-cpu", "host"] if self.kvm else ["-accel", "tcg", "-cpu", "max"]
         firmware: list[str] = []
@@ -156,7 +217,8 @@ class Machine:
             firmware = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                         "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
         return [QEMU, "-machine", "pc", *accel,
-                "-m", str(MEMORY_MIB), "-display", "none", "-no-reboot", "-nic", "none",
+                "-m", str(MEMORY_MIB), "-display", "none", "-no-reboot",
+                *(metadata.argv(self.nic, self.smbios) if metadata else ["-nic", "none"]),
                 "-serial", f"file:{serial_log}", "-monitor", "none", *firmware,
                 "-drive", f"file={image},format={fmt},if=none,id=d0,snapshot=on",
                 *self.controller.argv(),
@@ -168,7 +230,8 @@ class Machine:
 def machine_for(properties: Mapping[str, str], firmware: Firmware = Firmware.auto) -> Machine:
     chosen = firmware_for(properties) if firmware is Firmware.auto else firmware
     controller, why = controller_for(properties, chosen)
-    return Machine(chosen, controller, why, kvm_works(), config_drive_slot(properties, controller))
+    return Machine(chosen, controller, why, kvm_works(), config_drive_slot(properties, controller),
+                   nic_for(properties), libvirt_guest(properties))
 
 
 def private_vars(directory: Path) -> Path:

@@ -175,6 +175,7 @@ class MetadataService:
 
     port: int
     requests: list[tuple[str, str, int]] = field(default_factory=list)
+    network: str = GUEST_NETWORK
 
     def guestfwd(self) -> str:
         """The -netdev user option that sends the guest's connections to ADDRESS:80 here: QEMU

@@ -36,6 +36,10 @@ def boot_check_cmd(
     config_drive: Annotated[bool, typer.Option(
         "--config-drive", help="Attach a config drive as nova does for the profile; pass only when its user "
                                "data prints a random marker on the serial console (replaces --expect).")] = False,
+    metadata_service: Annotated[bool, typer.Option(
+        "--metadata-service", help="Give the guest a NIC on an isolated network where a nova-style metadata "
+                                   "service answers at 169.254.169.254, and nova's SMBIOS; pass only when its "
+                                   "user data prints a random marker (replaces --expect).")] = False,
     prop: PropertyOpt = None,
     guest_properties: GuestPropertiesOpt = True,
     as_json: JsonOpt = False,
@@ -53,7 +57,7 @@ def boot_check_cmd(
                       guest_properties=guest_properties)
     try:
         result = boot_file(file, chosen, _properties(prop), how, expect=expect, timeout=timeout, log=log,
-                           firmware=firmware, config_drive=config_drive)
+                           firmware=firmware, config_drive=config_drive, metadata_service=metadata_service)
     except errors.BootCheckError as exc:
         if not as_json:
             render.err.print(exc.tail, highlight=False, markup=False)
@@ -64,6 +68,8 @@ def boot_check_cmd(
         render.err.print(f"skipped: {file} ({chosen.name}) is {result.skipped}", highlight=False)
     else:
         took = f"; user data from the config drive ran ({result.config_drive})" if result.config_drive else ""
+        if result.user_data_from:
+            took += f"; user data from the metadata service's {result.user_data_from} ran ({result.metadata_service})"
         render.out.print(f"booted {file} as {chosen.name} in {result.seconds:.0f} s ({result.firmware}, "
                          f"{result.controller}: {result.why}, {result.accel}){took}; serial log {result.log}",
                          highlight=False, soft_wrap=True)

@@ -206,6 +206,9 @@ def publish_cmd(
         min=1, metavar="SECONDS", help="With --boot-check: seconds per boot.")] = settings.BOOT_TIMEOUT,
     boot_config_drive: Annotated[bool, typer.Option("--config-drive", help="With --boot-check: attach a config "
                                                     "drive as nova does; pass only when its user data runs.")] = False,
+    boot_metadata_service: Annotated[bool, typer.Option(
+        "--metadata-service", help="With --boot-check: serve nova's metadata service to the guest; pass only "
+                                   "when its user data runs.")] = False,
     force_boot: ForceBootOpt = False,
     guest_properties: GuestPropertiesOpt = True,
     sign_key: SignKeyOpt = None,
@@ -228,7 +231,8 @@ def publish_cmd(
     from imgpipe.pipeline.publish import BootCheck, PublishRequest, publish
 
     work = work_dir or Path(tempfile.gettempdir())
-    checks = BootCheck(work, boot_expect, boot_timeout, config_drive=boot_config_drive) if boot else None
+    checks = BootCheck(work, boot_expect, boot_timeout, config_drive=boot_config_drive,
+                       metadata_service=boot_metadata_service) if boot else None
     req = PublishRequest(source=src, profiles=selected, name=name, name_template=name_template,
                          properties=_properties(prop), tags=tag or [], visibility=visibility.value, force=force,
                          profile_properties=_profile_properties(profile_prop, selected), boot_check=checks,

@@ -74,6 +74,7 @@ class BootCheck:
     timeout: float = DEFAULT_TIMEOUT
     parallel: int = 2  # TCG guests: one per core on the machines this runs on
     config_drive: bool = False  # pass only when user data from a nova-style config drive runs
+    metadata_service: bool = False  # the same through a nova-style metadata service
 
 
 @dataclass
@@ -98,7 +99,8 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options, progress: P
     for gone in owner.sweep(opts.out_dir, WORK_PREFIX):
         LOG.warning("removed %s, the work directory of a dead run", gone)
     with _Run.started(req, clouds, sha, opts.out_dir, progress) as run, \
-            prepare(req.source, todo, replace(how or Preparation(), work_dir=run.work, scratch_dir=run.work),
+            prepare(req.source, todo, replace(how or Preparation(), work_dir=run.work, scratch_dir=run.work,
+                                              clouds=tuple((c.name, c.metadata_paths) for c in clouds)),
                     req.given, sha) as prepared:
         report.derived = {p.name: derive.to_dict(prepared.derived(p)) for p in todo} if prepared.facts else {}
         group_opts = replace(conversion_options(prepared, todo, opts, req.given), out_dir=run.work, out_file=None,
@@ -192,7 +194,7 @@ def _boot(check: BootCheck, up: UploadRequest, profile: Profile, stop: threading
     """Boot with exactly the properties the image will carry; the log outlives the work dir."""
     log = check.log_dir / (up.name.replace("/", "_") + ".boot.log")
     result = boot_output(up.path, profile, up.properties, expect=check.expect, timeout=check.timeout, log=log,
-                         stop=stop, config_drive=check.config_drive)
+                         stop=stop, config_drive=check.config_drive, metadata_service=check.metadata_service)
     if result.skipped:
         LOG.warning("%s: boot check skipped: %s", up.name, result.skipped)
     return result
