@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from imgpipe import settings
 from imgpipe.cloud.import_method import ImportMethod, Placement
 from imgpipe.errors import CatalogError
+from imgpipe.metadata_paths import MetadataPath
 from imgpipe.profiles import RESERVED, RESERVED_PREFIXES, Profile, describe_validation_error
 
 # Set on every image a catalog sync creates, next to publish's imgpipe_profile/_source_sha256.
@@ -27,7 +28,6 @@ LABEL = r"^[A-Za-z0-9][A-Za-z0-9._+~:-]*$"
 TEMPLATE_FIELDS = frozenset({"name", "profile", "version"})
 DEFAULT_TEMPLATE = settings.NAME_TEMPLATE
 Visibility = Literal["private", "shared", "community", "public"]
-MetadataPath = Literal["config-drive", "metadata-service"]  # guest.policy.metadata.METADATA_PATH_NAMES
 
 
 def is_url(location: str) -> bool:

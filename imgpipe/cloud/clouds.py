@@ -23,7 +23,7 @@ from openstack import exceptions as os_exc
 
 from imgpipe import retry, settings
 from imgpipe.errors import AuthError, CloudConfigError, ImgpipeError, UploadError
-from imgpipe.guest.policy.metadata import METADATA_PATH_NAMES as METADATA_PATHS
+from imgpipe.metadata_paths import NAMES as METADATA_PATHS
 
 DEFAULT_TIMEOUT = settings.REQUEST_TIMEOUT
 T = TypeVar("T")

@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from imgpipe.guest.facts import CloudInit, Fact
+from imgpipe.metadata_paths import CONFIG_DRIVE, METADATA_SERVICE
 
-METADATA_SERVICE = "metadata-service"
-CONFIG_DRIVE = "config-drive"
-METADATA_PATH_NAMES = (CONFIG_DRIVE, METADATA_SERVICE)  # what a cloud may declare it offers
 _BOTH = frozenset({METADATA_SERVICE, CONFIG_DRIVE})
 # How a guest on each nova hypervisor_type can get its metadata. libvirt-lxc: nova builds the
 # config drive ISO but attaches it only to non-LXC domains (_get_guest_storage_config), and sets
