@@ -320,8 +320,9 @@ CONFIG_DRIVE_ONLY = b"datasource_list: [ ConfigDrive, None ]\n"
 # Twice what the stock guest takes to print the marker here; by then the Ec2-only guest's
 # cloud-init is polling 169.254.169.254 (it would for 120 s, then fall back to DataSourceNone).
 EC2_TIMEOUT = 120
-# A guest whose marker never comes must still reach cloud-init's final stage within it (asserted).
-NEVER_TIMEOUT = 240
+# Generous for a loaded machine: a boot that passes ends at the marker, one that fails when
+# cloud-init prints its final message.
+METADATA_TIMEOUT = 600
 
 
 @pytest.fixture(scope="module")
@@ -383,7 +384,8 @@ def test_metadata_service_user_data_runs_for_the_stock_list_and_ec2_alone(cloud_
     the EC2 tree; both print the marker after cloud-init's final stage started, over virtio-net."""
     runs = (("stock", "/openstack/"), ("ec2", "/2009-04-04/user-data"))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        done = list(pool.map(lambda r: _boot(cloud_init_outputs[r[0]], "kvm", "--metadata-service"), runs))
+        done = list(pool.map(lambda r: _boot(cloud_init_outputs[r[0]], "kvm", "--metadata-service", "--timeout",
+                                             str(METADATA_TIMEOUT)), runs))
     report = []
     for (name, tree), (proc, seconds) in zip(runs, done, strict=True):
         assert proc.returncode == 0, f"{name}: {proc.stderr}"
@@ -400,11 +402,13 @@ def test_metadata_service_user_data_runs_for_the_stock_list_and_ec2_alone(cloud_
 
 @pytest.mark.slow
 def test_metadata_service_fails_when_cloud_init_asks_only_config_drive(cloud_init_outputs: dict[str, Path]) -> None:
-    """[ ConfigDrive, None ]: cloud-init runs to its final stage and never asks the service: exit 21."""
+    """[ ConfigDrive, None ]: cloud-init runs to its end with DataSourceNone and never asks the service:
+    exit 21 as soon as cloud-init says it finished."""
     file = cloud_init_outputs["configdrive"]
-    proc, seconds = _boot(file, "kvm", "--metadata-service", "--timeout", str(NEVER_TIMEOUT))
+    proc, seconds = _boot(file, "kvm", "--metadata-service", "--timeout", str(METADATA_TIMEOUT))
     assert proc.returncode == 21, proc.stderr
     assert "the metadata service's user data never ran" in proc.stderr
-    assert "the guest never asked the metadata service; does cloud-init ask OpenStack or Ec2?" in proc.stderr
-    assert "running 'modules:final'" in tail(Path(f"{file}.kvm.log"), 10_000)
+    said = (r"not on the serial console: cloud-init finished with DataSourceNone after \d+ s; the guest never asked "
+            r"the metadata service; does cloud-init ask OpenStack or Ec2\?")
+    assert re.search(said, proc.stderr), proc.stderr
     print(f"kvm, ConfigDrive only, metadata service: failed after {seconds:.0f} s")

@@ -36,6 +36,8 @@ TAIL_LINES = 15
 POLL_SECONDS = 0.5
 CONFIG_DRIVE_HOSTNAME = "imgpipe-boot-check"
 USER_DATA_PATHS = ("/user_data", "/user-data")  # the OpenStack and the EC2 tree's
+# cloud-init's final message on the console: past it, user data that has not run never will.
+CLOUD_INIT_DONE = re.compile(r"Cloud-init v\. \S+ finished at [^\n]*?Datasource (\w+)")
 # Made once with ssh-keygen; its private half was thrown away: nobody logs in, the guest only takes it.
 THROWAWAY_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL2fpQttEf4UE6ByM2IAzb+zb85vmlnkiHygXDwb1kmH "
                  "imgpipe-boot-check")
@@ -105,10 +107,10 @@ def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | Non
         argv = machine.argv(path, fmt, serial, vars_copy, firmware_log, iso, link)
         serial.unlink(missing_ok=True)
         seconds, outcome = _watch(argv, Path(tmp) / "qemu.out", serial, pattern, timeout,
-                                  stop or threading.Event())
+                                  stop or threading.Event(), CLOUD_INIT_DONE if marker else None)
     read = [p for p in service.paths() if p.endswith(USER_DATA_PATHS)] if service else []
-    if marker and outcome.startswith("no match"):
-        outcome = _never_ran(marker, timeout, config_drive, service)
+    if marker and outcome.startswith(("no match", "cloud-init finished")):
+        outcome = _never_ran(marker, outcome, config_drive, service)
     result = BootResult(path, profile.name, outcome == "", seconds, serial, machine.firmware.value,
                         machine.controller.name, machine.why, "kvm" if machine.kvm else "tcg",
                         config_drive=machine.config_drive.why if config_drive else "",
@@ -123,14 +125,18 @@ def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | Non
 
 
 def _watch(argv: list[str], qemu_out: Path, serial: Path, pattern: re.Pattern[str],
-           timeout: float, stop: threading.Event) -> tuple[float, str]:
-    """Seconds taken and "" on success, else what went wrong; qemu is gone when this returns."""
+           timeout: float, stop: threading.Event, give_up: re.Pattern[str] | None = None) -> tuple[float, str]:
+    """Seconds taken and "" on success, else what went wrong; qemu is gone when this returns.
+    `give_up` on the console without `pattern` before it ends the boot as failed."""
     started = time.monotonic()
     with open(qemu_out, "wb") as out, runner.spawn(argv, output=out) as proc:
         while True:
             elapsed = time.monotonic() - started
-            if pattern.search(_text(serial)):
+            text = _text(serial)
+            if pattern.search(text):
                 return elapsed, ""
+            if give_up and (done := give_up.search(text)):
+                return elapsed, f"cloud-init finished with {done.group(1)} after {elapsed:.0f} s"
             if proc.poll() is not None:
                 message = qemu_out.read_text(errors="replace").strip().splitlines()[-1:] or [""]
                 return elapsed, f"qemu exited with code {proc.returncode} {message[0]}".strip()
@@ -162,7 +168,7 @@ def _metadata_service(wanted: bool, instance: str, marker: str) -> Iterator[Meta
         yield service
 
 
-def _never_ran(marker: str, timeout: float, config_drive: bool, service: MetadataService | None) -> str:
+def _never_ran(marker: str, why: str, config_drive: bool, service: MetadataService | None) -> str:
     """Why the marker is missing, with what the guest asked the metadata service for."""
     sources, asks, heard = [], [], ""
     if config_drive:
@@ -172,11 +178,11 @@ def _never_ran(marker: str, timeout: float, config_drive: bool, service: Metadat
         asks.append("OpenStack or Ec2")
         read = service.paths()
         user_data = [p for p in read if p.endswith(USER_DATA_PATHS)]
-        heard = (f"; the guest read its user data ({user_data[0]}) but did not run it" if user_data else
+        heard = (f"; the guest read its user data ({user_data[0]})" if user_data else
                  f"; the guest read {len(read)} paths from the metadata service, not its user data" if read else
                  "; the guest never asked the metadata service")
-    return (f"{' and '.join(sources)} user data never ran ({marker} not on the serial console within "
-            f"{timeout:g} s{heard}; does cloud-init ask {' or '.join(asks)}?)")
+    return (f"{' and '.join(sources)} user data never ran ({marker} not on the serial console: {why}"
+            f"{heard}; does cloud-init ask {' or '.join(asks)}?)")
 
 
 def _describe(machine: Machine) -> str:
