@@ -316,6 +316,29 @@ def test_cloud_init_asking_only_ec2_converts_with_a_warning(datasources: dict[st
             "reaches OpenStack only through the metadata service") in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
+def test_cloud_init_asking_only_ec2_is_refused_for_a_cloud_declaring_config_drive_only(
+        glance, datasources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """clouds.yaml's imgpipe: {metadata: [config-drive]} makes the rule exact for that cloud: publish
+    refuses before converting or uploading anything (exit 19, naming the cloud)."""
+    import yaml
+
+    from imgpipe.cloud import clouds
+    from imgpipe.cloud import glance as glance_api
+
+    config = yaml.safe_load(Path(os.environ["OS_CLIENT_CONFIG_FILE"]).read_text())
+    config["clouds"]["drive-only"] = {**config["clouds"]["test"], "imgpipe": {"metadata": ["config-drive"]}}
+    (tmp_path / "clouds.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    (tmp_path / "work").mkdir()
+    line = refused(imgpipe("publish", str(datasources["ec2"]), "-p", "kvm", "--name", "ec2-drive-only",
+                           "--cloud", "drive-only", "--work-dir", str(tmp_path / "work")), 19)
+    assert ("profile kvm on cloud drive-only: cloud-init datasource_list [Ec2, None] (from partition 4 "
+            "/etc/cloud/cloud.cfg.d/99-datasource.cfg) reaches OpenStack only through the metadata service") in line
+    assert glance_api.list_images(clouds.connect("test"), {"name": "ec2-drive-only-kvm"}) == []
+    assert list((tmp_path / "work").iterdir()) == []
+
+
 def test_cloud_init_asking_only_configdrive_derives_a_mandatory_config_drive(datasources: dict[str, Path]) -> None:
     report = inspect(datasources["configdrive"])
     assert props(report, "kvm")["img_config_drive"] == "mandatory"
