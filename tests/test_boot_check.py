@@ -116,6 +116,7 @@ def test_config_drive_argv_is_a_machine_qemu_starts(tmp_path: Path, profile: str
     ("kvm", {"hw_vif_model": "e1000"}, "e1000", True),
     ("vmware", {}, "e1000", False),
     ("vmware", {"hw_vif_model": "vmxnet3"}, "vmxnet3", False),
+    ("vmware", {"hw_vif_model": "VirtualVmxnet3"}, "vmxnet3", False),
     ("hyperv", {}, "e1000", False),
     ("ironic", {}, "e1000", False),
 ])

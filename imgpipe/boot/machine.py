@@ -138,9 +138,11 @@ class Nic:
     why: str
 
 
-# nova's hw_vif_model values (network/model.py VIF_MODEL_*) that qemu has a device for
+# nova's hw_vif_model values (network/model.py VIF_MODEL_*, and the VMware names its VMware driver
+# takes as they are: vm_util.convert_vif_model) that qemu has a device for, lower-cased
 VIF_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139",
-              "ne2k_pci": "ne2k_pci", "pcnet": "pcnet", "vmxnet3": "vmxnet3"}
+              "ne2k_pci": "ne2k_pci", "pcnet": "pcnet", "vmxnet3": "vmxnet3", "virtuale1000": "e1000",
+              "virtuale1000e": "e1000e", "virtualpcnet32": "pcnet", "virtualvmxnet3": "vmxnet3"}
 
 
 def nic_for(properties: Mapping[str, str]) -> Nic:
