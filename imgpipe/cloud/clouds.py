@@ -96,7 +96,7 @@ def connect(name: str | None = None, *, insecure: bool = False, cacert: str | No
     image = adapter.Adapter(session, service_type="image", endpoint_override=endpoint,
                             connect_retries=0, status_code_retries=0)
     hints = {k: region.config[k] for k in HINT_KEYS if region.config.get(k) is not None}
-    return Cloud(cloud_name or "envvars", session, image, endpoint, hints, limits, declared)
+    return Cloud(cloud_name or "envvars", session, image, endpoint, hints, limits, metadata_paths=declared)
 
 
 def metadata_paths(section: Any, where: str) -> frozenset[str] | None:
