@@ -98,6 +98,22 @@ class Export:
         return _recv(self.conn, length, self.label)
 
 
+@dataclass(frozen=True)
+class Window:
+    """One partition of a whole-disk export: offsets are the partition's, reads stay inside it."""
+
+    disk: Export
+    start: int
+    size: int
+    label: str
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise NbdError(f"{self.label}: read of {length} bytes at {offset} is outside "
+                           f"the {self.size}-byte partition")
+        return self.disk.read(self.start + offset, length)
+
+
 @contextlib.contextmanager
 def export(src: qemu.Source, label: str) -> Iterator[Export]:
     """Serve src (a partition window or a whole image) read-only for the block's duration."""

@@ -83,16 +83,6 @@ def data_extents(src: Source) -> list[tuple[int, int]]:
     return ranges
 
 
-def read_head(src: Source, dest: Path, length: int) -> bytes:
-    """The first `length` bytes of the guest-visible disk (or window), via `qemu-img dd`."""
-    block = 65536
-    spec = ["--image-opts", f"if={src.image_opts()}"] if src.offset is not None else \
-        ["-f", src.format, f"if={src.path}"]
-    run([QEMU_IMG, "dd", *spec, "-O", "raw", f"bs={block}", f"count={-(-length // block)}", f"of={dest}"],
-        limits=IO_LIMITS)
-    return dest.read_bytes()[:length]
-
-
 def convert(
     src: Source,
     dest: Path,

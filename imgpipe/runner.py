@@ -22,7 +22,7 @@ LOG = logging.getLogger("imgpipe.run")
 
 # Debian package that provides each external tool, for the "not installed" message.
 PACKAGES = {"qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils", "sfdisk": "fdisk",
-            "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs", "mdir": "mtools", "mcopy": "mtools",
+            "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs",
             "ntfsls": "ntfs-3g", "xz": "xz-utils", "zstd": "zstd", "lbzip2": "lbzip2", "bzip2": "bzip2",
             "qemu-system-x86_64": "qemu-system-x86"}
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from imgpipe.guest.facts import Fact
 from imgpipe.guest.fs import fat
 
@@ -12,17 +10,15 @@ PE_MACHINES = {0x8664: "x86_64", 0xAA64: "aarch64", 0x14C: "i686", 0x5064: "risc
 _PE_HEAD = 4096
 
 
-def loaders(image: Path, label: str) -> list[Fact]:
+def loaders(esp: fat.Fat, label: str) -> list[Fact]:
     """Every *.EFI file under EFI/ that is a real PE image, with its architecture as the value."""
     found = []
-    for path in fat.listing(image, label, "::/EFI"):
-        if not path.lower().endswith(".efi"):
+    for file in esp.files("EFI"):
+        if not file.path.lower().endswith(".efi"):
             continue
-        head = fat.head(image, path, _PE_HEAD)
-        arch = _pe_machine(head) if head is not None else None
+        arch = _pe_machine(esp.read(file, _PE_HEAD))
         if arch is not None:
-            found.append(Fact({"path": path.removeprefix("::/"), "architecture": arch},
-                              f"{label} {path.removeprefix('::/')} (PE machine)"))
+            found.append(Fact({"path": file.path, "architecture": arch}, f"{label} {file.path} (PE machine)"))
     return found
 
 

@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from imgpipe import nbd
 from imgpipe.errors import GuestRefusedError
 from imgpipe.guest.facts import GuestFacts
 from imgpipe.guest.inspect import inspect_guest
@@ -17,13 +18,13 @@ from imgpipe.source.inspect import ImageInfo
 LOG = logging.getLogger("imgpipe.guest")
 
 
-def inspect(info: ImageInfo, work_parent: Path | None = None) -> GuestFacts:
-    """Facts for derivation and refusal; what could not be checked is logged once.
+def inspect(info: ImageInfo, disk: nbd.Export, work_parent: Path | None = None) -> GuestFacts:
+    """Facts for derivation and refusal, read through `disk`; what could not be checked is logged once.
 
-    The copied partitions go to work_parent (default $TMPDIR), not beside the outputs, so the
-    output directory's space check still comes first."""
+    The partitions a tool must read from a copy go to work_parent (default $TMPDIR), not beside
+    the outputs, so the output directory's space check still comes first."""
     with tempfile.TemporaryDirectory(prefix="imgpipe-guest-", dir=work_parent) as work:
-        facts = inspect_guest(info, Path(work))
+        facts = inspect_guest(info, disk, Path(work))
     for note in facts.unchecked:
         LOG.warning("%s: %s", info.path.name, note)
     return facts

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from imgpipe import nbd
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest import efi, linux, windows
 from imgpipe.guest.facts import Fact, GuestFacts
-from imgpipe.guest.fs import ntfs, partition, registry, tree
+from imgpipe.guest.fs import fat, ntfs, partition, registry, tree
 from imgpipe.guest.fs.ext import Unsupported
 from imgpipe.guest.fs.registry import Format, Opened, Role
 from imgpipe.source import partitions
@@ -38,43 +37,49 @@ class Volume:
 
 
 
-def inspect_guest(info: ImageInfo, work: Path) -> GuestFacts:
-    """Every fact about the guest, read without mounting or running anything from it."""
+def inspect_guest(info: ImageInfo, disk: nbd.Export, work: Path) -> GuestFacts:
+    """Every fact about the guest, read without mounting or running anything from it.
+
+    Everything on the hot path (partition probes, the ESP, filesystems, LVM) is read through
+    `disk`, the one qemu-nbd export of the whole image; only what no in-process reader parses
+    (ext inline_data, NTFS) is copied out for a tool (work)."""
+    try:
+        return _inspect(info, disk, work)
+    except nbd.NbdError as exc:
+        raise GuestInspectionError(str(exc)) from exc
+
+
+def _inspect(info: ImageInfo, disk: nbd.Export, work: Path) -> GuestFacts:
     facts = GuestFacts()
     parts: list[Partition | None] = list(info.partitions) if info.table else [None]
-    found = {p.number if p else 0: _probe(info, p, work) for p in parts}
+    windows = {p.number if p else 0: _window(info, disk, p) for p in parts}
+    found = {n: registry.probe(w.read(0, min(registry.PROBE_BYTES, w.size))) for n, w in windows.items()}
     roles = {n: f.role if f else None for n, f in found.items()}
     facts.bios = _bios(info.head, info)
     for part in parts:
         if part is not None and part.kind == "efi" and roles[part.number] is Role.ESP:
-            image = partition.extract(info, part, work / f"part{part.number}.raw")
-            facts.uefi_loaders += efi.loaders(image, f"partition {part.number} (ESP)")
+            label = f"partition {part.number} (ESP)"
+            esp = windows[part.number]
+            facts.uefi_loaders += efi.loaders(fat.Fat(esp.read, esp.size, f"{info.path}: {label}"), label)
     loader_arch = {f.value["architecture"] for f in facts.uefi_loaders}
     if loader_arch:
         facts.architecture = Fact(min(loader_arch), facts.uefi_loaders[0].evidence)
-    try:
-        with contextlib.ExitStack() as exports:
-            volumes = _volumes(info, parts, found, exports, facts)
-            if volumes:
-                _read_root(info, volumes, work, facts)
-            elif (info.table and not any(found.values())) \
-                    or any(r in (Role.VOLUMES, Role.LINUX) for r in roles.values()):
-                facts.unchecked.append("no Linux root filesystem (ext2/3/4, xfs, btrfs, on LVM or not) found")
-    except nbd.NbdError as exc:
-        raise GuestInspectionError(str(exc)) from exc
+    volumes = _volumes(parts, windows, found, facts)
+    if volumes:
+        _read_root(info, volumes, work, facts)
+    elif (info.table and not any(found.values())) \
+            or any(r in (Role.VOLUMES, Role.LINUX) for r in roles.values()):
+        facts.unchecked.append("no Linux root filesystem (ext2/3/4, xfs, btrfs, on LVM or not) found")
     for part in parts:
         if roles[part.number if part else 0] is Role.WINDOWS:
             _read_ntfs(info, part, work, facts)
     return facts
 
 
-def _probe(info: ImageInfo, part: Partition | None, work: Path) -> Format | None:
-    if part is None and len(info.head) >= registry.PROBE_BYTES:  # a bare filesystem: its start is the head
-        head = info.head[:registry.PROBE_BYTES]
-    else:
-        name = f"probe{part.number if part else 0}.raw"
-        head = partition.probe(info, part, work / name, registry.PROBE_BYTES)
-    return registry.probe(head)
+def _window(info: ImageInfo, disk: nbd.Export, part: Partition | None) -> nbd.Window:
+    if part is None:
+        return nbd.Window(disk, 0, disk.size, f"{info.path}: whole disk")
+    return nbd.Window(disk, part.start, part.size, f"{info.path}: {_label(part)}")
 
 
 def _label(part: Partition | None) -> str:
@@ -99,8 +104,8 @@ def _bios(head: bytes, info: ImageInfo) -> Fact | None:
     return Fact(loader.lower(), where + tail)
 
 
-def _volumes(info: ImageInfo, parts: list[Partition | None], found: dict[int, Format | None],
-             exports: contextlib.ExitStack, facts: GuestFacts) -> list[Volume]:
+def _volumes(parts: list[Partition | None], windows: dict[int, nbd.Window], found: dict[int, Format | None],
+             facts: GuestFacts) -> list[Volume]:
     """Every Linux filesystem, on a partition or an LVM volume, in the order a root is looked
     for: typed root partitions, Linux-typed ones, any other, then logical volumes; the largest first."""
     plain: list[Volume] = []
@@ -110,7 +115,7 @@ def _volumes(info: ImageInfo, parts: list[Partition | None], found: dict[int, Fo
         if fs is None or (fs.open is None and fs.volumes is None):
             continue
         label = _label(part)
-        disk = exports.enter_context(nbd.export(info.window(part), f"{info.path}: {label}"))
+        disk = windows[part.number if part else 0]
         if fs.volumes is None:
             typed = part is not None and (part.type in partitions.ROOT_TYPES or part.kind == "linux")
             plain.append(Volume(label=label, fs=fs, part=part, read=disk.read, size=disk.size, typed=typed))

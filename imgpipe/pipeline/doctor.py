@@ -38,8 +38,6 @@ class Need:
 NEEDS = (
     Need("qemu-img", "qemu-utils", "every command that reads or writes an image", required=True),
     Need("qemu-nbd", "qemu-utils", f"{GUEST_INSPECTION}; the native streamOptimized writer", required=True),
-    Need("mdir", "mtools", f"{GUEST_INSPECTION}: UEFI loaders on the ESP", required=True),
-    Need("mcopy", "mtools", f"{GUEST_INSPECTION}: UEFI loaders on the ESP", required=True),
     Need("debugfs", "e2fsprogs", f"{GUEST_INSPECTION}: ext4 files the built-in reader leaves (inline data)"),
     Need("ntfsls", "ntfs-3g", f"{GUEST_INSPECTION}: Windows guests"),
     Need("ntfsinfo", "ntfs-3g", f"{GUEST_INSPECTION}: Windows guests"),

@@ -19,7 +19,7 @@ from imgpipe.guest.facts import Fact, GuestFacts
 from imgpipe.guest.policy import derive
 from imgpipe.profiles import Profile
 from imgpipe.source import unpack
-from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE, ImageInfo, inspect_image, open_source
+from imgpipe.source.inspect import DEFAULT_MAX_VIRTUAL_SIZE, ImageInfo, open_source, opened
 
 # Per profile: the properties the user gave for its image (--property, --profile-property,
 # a catalog's properties), which win over everything else.
@@ -99,8 +99,9 @@ def prepare(src: Path, profiles: list[Profile], how: Preparation,
         yield PreparedSource(source=src, disk=src, info=None, facts=None)
         return
     with _unpacked(src, how, sha256) as disk, unpack.named_as(src, disk):
-        info = inspect_image(disk, how.claimed_format, how.max_virtual_size)
-        facts = gate.inspect(info, how.scratch_dir) if profiles or not how.refuse else None
+        with opened(disk, how.claimed_format, how.max_virtual_size) as image:
+            facts = gate.inspect(image.info, image.disk, how.scratch_dir) if profiles or not how.refuse else None
+        info = image.info
         prepared = PreparedSource(source=src, disk=disk, info=info, facts=facts,
                                   guest_properties=how.guest_properties)
         if facts is not None and how.refuse:

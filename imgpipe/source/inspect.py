@@ -7,13 +7,15 @@ with an explicit -f and under CPU/memory limits.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgpipe import qemu
+from imgpipe import nbd, qemu
 from imgpipe.errors import (
     FormatMismatchError,
     ImageTooLargeError,
@@ -30,7 +32,8 @@ from imgpipe.units import human_size
 if TYPE_CHECKING:
     from oslo_utils.imageutils import format_inspector
 
-__all__ = ["DEFAULT_MAX_VIRTUAL_SIZE", "ImageInfo", "detect_format", "inspect_image", "open_source"]
+__all__ = ["DEFAULT_MAX_VIRTUAL_SIZE", "ImageInfo", "OpenImage", "detect_format", "inspect_image", "open_source",
+           "opened"]
 
 # format_inspector name -> qemu-img driver name, for the formats imgpipe accepts as sources.
 QEMU_DRIVER = {"raw": "raw", "gpt": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhd": "vpc",
@@ -97,12 +100,45 @@ def open_source(path: Path) -> None:
         raise SourceError(f"{path}: permission denied")
 
 
+@dataclass
+class OpenImage:
+    """A source past the checks that decide whether qemu may open it, served for reading:
+    `disk` reads the guest-visible bytes (qemu stays the reader of the container)."""
+
+    info: ImageInfo
+    disk: nbd.Export
+
+
+@contextlib.contextmanager
+def opened(path: Path, claimed: str | None = None,
+           max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE) -> Iterator[OpenImage]:
+    """The source checked and served for the block's duration, its partition table read.
+
+    format_inspector and `qemu-img info` come first: they decide whether qemu may open the file
+    at all (backing files, external extents, size). `qemu-img check` walks all the metadata and
+    takes longest: it runs beside the reads, and its verdict is joined when the block ends,
+    winning over any error the corruption caused inside it."""
+    info = _first_checks(path, claimed, max_virtual_size)
+    with _checked_beside(info), contextlib.ExitStack() as stack:
+        try:
+            disk = stack.enter_context(nbd.export(info.source(), str(path)))
+            _read_partitions(info, disk)
+        except nbd.NbdError as exc:
+            raise UnsafeImageError(f"{path}: cannot read the partition table: {exc}") from exc
+        yield OpenImage(info, disk)
+
+
 def inspect_image(
     path: Path,
     claimed: str | None = None,
     max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE,
 ) -> ImageInfo:
     """Run every safety check, cheapest and least exposed first; raise on the first failure."""
+    with opened(path, claimed, max_virtual_size) as image:
+        return image.info
+
+
+def _first_checks(path: Path, claimed: str | None, max_virtual_size: int) -> ImageInfo:
     open_source(path)
     what = archive_kind(path)
     if what:
@@ -132,11 +168,36 @@ def inspect_image(
         raise ImageTooLargeError(
             f"{path}: virtual size {human_size(info.virtual_size)} exceeds the limit of {human_size(max_virtual_size)} "
             "(--max-virtual-size)")
-    if driver in CHECKABLE:
-        _qemu_check(path, driver)
-        info.checks.append("qemu-img check found no corruption")
-    _read_partitions(info)
     return info
+
+
+@contextlib.contextmanager
+def _checked_beside(info: ImageInfo) -> Iterator[None]:
+    """`qemu-img check` on a thread for the block's duration; its failure is raised at the end."""
+    if info.format not in CHECKABLE:
+        yield
+        return
+    failed: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            _qemu_check(info.path, info.format)
+        except Exception as exc:  # re-raised on the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=check, name="qemu-img check", daemon=True)
+    thread.start()
+    try:
+        yield
+    except BaseException as exc:
+        thread.join()
+        if failed:
+            raise failed[0] from exc
+        raise
+    thread.join()
+    if failed:
+        raise failed[0]
+    info.checks.append("qemu-img check found no corruption")
 
 
 def detect_format(path: Path, expected: str | None = None) -> format_inspector.FileInspector | None:
@@ -199,15 +260,9 @@ def _qemu_check(path: Path, driver: str) -> None:
         raise UnsafeImageError(f"{path}: truncated or corrupt {driver} image ({exc})") from exc
 
 
-def _read_partitions(info: ImageInfo) -> None:
-    with tempfile.TemporaryDirectory(prefix="imgpipe-head-") as tmp:
-        try:
-            head = qemu.read_head(info.source(), Path(tmp) / "head.raw",
-                                  min(partitions.HEAD_BYTES, info.virtual_size))
-        except CommandFailed as exc:
-            raise UnsafeImageError(f"{info.path}: cannot read the partition table: {exc}") from exc
-    info.head = head
+def _read_partitions(info: ImageInfo, disk: nbd.Export) -> None:
+    info.head = disk.read(0, min(partitions.HEAD_BYTES, info.virtual_size))
     try:
-        info.table, info.partitions = partitions.parse(head, info.virtual_size)
+        info.table, info.partitions = partitions.parse(info.head, info.virtual_size)
     except partitions.PartitionTableError as exc:
         raise UnsafeImageError(f"{info.path}: bad partition table: {exc}") from exc

@@ -1,4 +1,5 @@
-"""Partitions of any qemu-readable image as raw files that filesystem tools can read unmounted.
+"""Partitions of any qemu-readable image as raw files, for the tools that read what no
+in-process reader parses (debugfs for ext inline_data, ntfs-3g).
 
 qemu-img copies just one partition's window (the raw driver's offset/size over the real
 format) into a sparse raw file: only allocated clusters are written, so the cost follows the
@@ -21,14 +22,8 @@ from imgpipe.source.partitions import Partition
 TOOL_LIMITS = qemu.INFO_LIMITS
 
 
-def probe(info: ImageInfo, part: Partition | None, dest: Path, length: int) -> bytes:
-    """The first `length` bytes of a partition, for signature checks."""
-    with _translated(info, dest):
-        return qemu.read_head(info.window(part), dest, length)
-
-
 def extract(info: ImageInfo, part: Partition | None, dest: Path) -> Path:
-    """A sparse raw copy of one partition, for debugfs/mtools/ntfs-3g to read."""
+    """A sparse raw copy of one partition, for debugfs/ntfs-3g to read."""
     with _translated(info, dest):
         run([qemu.QEMU_IMG, "convert", *info.window(part).args(), "-O", "raw", str(dest)], limits=qemu.IO_LIMITS)
     return dest
