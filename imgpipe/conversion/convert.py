@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from imgpipe.profiles import Profile
 from imgpipe.progress import Progress
 from imgpipe.runner import CommandFailed
 from imgpipe.source import partitions
-from imgpipe.source.inspect import QEMU_DRIVER, ImageInfo, detect_format, inspect_image, open_source
+from imgpipe.source.inspect import QEMU_DRIVER, ImageInfo, detect_format, inspect_image, inspector_module, open_source
 from imgpipe.units import human_size
 
 EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
@@ -114,7 +115,8 @@ def conversion_groups(profiles: list[Profile]) -> list[list[Profile]]:
 
 
 def convert_image(info: ImageInfo, profiles: list[Profile], opts: Options,
-                  progress: Progress | None = None) -> list[Output]:
+                  progress: Progress | None = None, early: EarlyCopies | None = None) -> list[Output]:
+    """early: passthrough copies started while the guest was inspected (taken over here)."""
     bases = _plan(info, profiles, opts)
     outputs = [o for b in bases for _, o in b.outputs]
     if opts.out_file and len(outputs) > 1:
@@ -128,7 +130,7 @@ def convert_image(info: ImageInfo, profiles: list[Profile], opts: Options,
     scratch: list[Path] = []
     try:
         for base in bases:
-            _run_base(base, opts, progress, temps, scratch)
+            _run_base(base, opts, progress, temps, scratch, early)
         for temp, final in temps:
             atomic.commit(temp, final)
     finally:
@@ -136,6 +138,71 @@ def convert_image(info: ImageInfo, profiles: list[Profile], opts: Options,
     for out in outputs:
         out.size = out.path.stat().st_size
     return outputs
+
+
+class EarlyCopies:
+    """Passthrough outputs copied while the guest is still being inspected.
+
+    A passthrough output is the verified container byte for byte: it needs nothing from the
+    guest, only the checks that let qemu open the file (format_inspector, `qemu-img info`), so
+    its copy (a full one where the filesystem has no reflinks) overlaps the guest reads and
+    `qemu-img check`. Nothing is committed early: convert_image takes the temps over once the
+    source is prepared; a refusal or a failed check leaves them to be discarded here.
+    """
+
+    def __init__(self) -> None:
+        self._copies: dict[Path, tuple[Path, threading.Thread, list[BaseException]]] = {}
+
+    def start(self, info: ImageInfo, profiles: list[Profile], opts: Options) -> None:
+        """Start copying what passes through; info has no partition table yet, so profiles that
+        extract a partition are left to convert_image (as is any output planned differently there)."""
+        whole = [p for p in profiles if not p.extract and not p.package]
+        for base in _plan(info, whole, opts):
+            (_, out), *more = base.outputs
+            if not base.passthrough or more or out.path == base.window.path or out.path in self._copies:
+                continue
+            if shutil.disk_usage(out.path.parent).free < base.window.path.stat().st_size + SPACE_MARGIN:
+                continue  # convert_image's space check says so, before anything is written
+            tmp = atomic.temp_beside(out.path)
+            failed: list[BaseException] = []
+            thread = threading.Thread(target=self._copy, args=(base.window.path, tmp, failed),
+                                      name=f"copy {out.path.name}", daemon=True)
+            self._copies[out.path] = (tmp, thread, failed)
+            thread.start()
+
+    @staticmethod
+    def _copy(src: Path, tmp: Path, failed: list[BaseException]) -> None:
+        try:
+            passthrough.copy(src, tmp)
+            atomic.fsync_path(tmp)
+        except Exception as exc:  # re-raised by take() on the caller's thread
+            failed.append(exc)
+
+    def take(self, final: Path) -> Path | None:
+        """The finished temp copy for final (the caller now owns it), or None."""
+        if final not in self._copies:
+            return None
+        tmp, thread, failed = self._copies.pop(final)
+        thread.join()
+        if failed:
+            tmp.unlink(missing_ok=True)
+            raise failed[0]
+        return tmp
+
+    def discard(self) -> None:
+        for tmp, thread, _ in self._copies.values():
+            thread.join()
+            tmp.unlink(missing_ok=True)
+        self._copies.clear()
+
+
+@contextlib.contextmanager
+def early_copies() -> Iterator[EarlyCopies]:
+    early = EarlyCopies()
+    try:
+        yield early
+    finally:
+        early.discard()
 
 
 def _plan(info: ImageInfo, profiles: list[Profile], opts: Options) -> list[_Base]:
@@ -230,7 +297,7 @@ def _check_space(bases: list[_Base], directory: Path) -> None:
 
 
 def _run_base(base: _Base, opts: Options, progress: Progress | None,
-              pairs: list[tuple[Path, Path]], scratch: list[Path]) -> None:
+              pairs: list[tuple[Path, Path]], scratch: list[Path], early: EarlyCopies | None = None) -> None:
     """Convert once, check, then derive each output as a (temp, final) pair.
 
     Temps are recorded before they are written so the caller can always clean them up.
@@ -240,7 +307,7 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
     first = base.outputs[0][1]
     started = time.monotonic()
     if base.passthrough:
-        _pass_through(base, opts, pairs, started)
+        _pass_through(base, opts, pairs, started, early)
         return
     tmp = atomic.temp_beside(first.path)
     scratch.append(tmp)
@@ -269,16 +336,21 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
         out.seconds = time.monotonic() - started
 
 
-def _pass_through(base: _Base, opts: Options, pairs: list[tuple[Path, Path]], started: float) -> None:
+def _pass_through(base: _Base, opts: Options, pairs: list[tuple[Path, Path]], started: float,
+                  early: EarlyCopies | None) -> None:
     """The verified source is the output: used where it is, or copied (reflinked) under a temp name.
 
     A byte-identical copy compares equal by construction, so --verify has nothing to run.
     """
     (_, out), = base.outputs  # passthrough never applies to packaged outputs
     if out.path != base.window.path:
-        tmp = atomic.temp_beside(out.path)
-        pairs.append((tmp, out.path))
-        passthrough.copy(base.window.path, tmp)
+        copied = early.take(out.path) if early is not None else None
+        if copied is not None:
+            pairs.append((copied, out.path))
+        else:
+            tmp = atomic.temp_beside(out.path)
+            pairs.append((tmp, out.path))
+            passthrough.copy(base.window.path, tmp)
     out.verified = opts.verify
     out.seconds = time.monotonic() - started
 
@@ -331,18 +403,17 @@ def _disk(window: qemu.Source, workers: int) -> Iterator[Disk]:
 
 def _reinspect(path: Path, out_format: str, virtual_size: int, label: str) -> None:
     """Check the output the way Glance will: content format, safety checks, virtual size."""
-    from oslo_utils.imageutils import format_inspector
-
+    fi = inspector_module()
     try:
         inspector = detect_format(path)
-    except format_inspector.ImageFormatError as exc:
+    except fi.ImageFormatError as exc:
         raise ConversionError(f"{label}: output is ambiguous: {exc}") from exc
     detected = str(inspector) if inspector else "unknown"
     if inspector is None or QEMU_DRIVER.get(detected) != out_format:
         raise ConversionError(f"{label}: output detected as {detected}, expected {out_format}")
     try:
         inspector.safety_check()
-    except format_inspector.SafetyCheckFailed as exc:
+    except fi.SafetyCheckFailed as exc:
         raise ConversionError(f"{label}: output fails safety checks: {exc}") from exc
     actual = int(qemu.info(path, out_format)["virtual-size"])
     if actual != virtual_size:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from imgpipe.conversion.convert import Options, Output, convert_image, docker_output
+from imgpipe.conversion.convert import Options, Output, convert_image, docker_output, early_copies
 from imgpipe.errors import ConversionError, ProfileError
 from imgpipe.pipeline.prepared import Given, Preparation, PreparedSource, prepare
 from imgpipe.profiles import Profile
@@ -47,7 +47,8 @@ def convert_source(src: Path, profiles: list[Profile], opts: Options, progress: 
     unpacked copy lives beside the outputs only while it is converted."""
     check_outputs(src, profiles, opts)
     work = opts.out_file.parent if opts.out_file else opts.out_dir
-    with prepare(src, profiles, replace(how or Preparation(), work_dir=work), _given_in(opts)) as prepared:
+    with early_copies() as early, prepare(src, profiles, replace(how or Preparation(), work_dir=work), _given_in(opts),
+                                          admitted=lambda info: early.start(info, profiles, opts)) as prepared:
         if prepared.info is None:
             return [docker_output(src, profiles)]
-        return convert_image(prepared.info, profiles, conversion_options(prepared, profiles, opts), progress)
+        return convert_image(prepared.info, profiles, conversion_options(prepared, profiles, opts), progress, early)

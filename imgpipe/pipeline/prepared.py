@@ -84,8 +84,13 @@ class PreparedSource:
 
 @contextlib.contextmanager
 def prepare(src: Path, profiles: list[Profile], how: Preparation,
-            given: Given = no_given, sha256: str | None = None) -> Iterator[PreparedSource]:
+            given: Given = no_given, sha256: str | None = None,
+            admitted: Callable[[ImageInfo], None] | None = None) -> Iterator[PreparedSource]:
     """The prepared source for as long as the caller converts or boots it.
+
+    admitted(info) is called once the checks that let qemu open the disk passed, before its
+    partition table and guest are read and while `qemu-img check` still runs: for work that
+    needs only the container (a passthrough copy), never for anything that commits.
 
     Raises GuestRefusedError (all refusals in one line) for profiles the guest cannot boot,
     judged on the properties each image will carry, unless how.force_boot.
@@ -99,7 +104,7 @@ def prepare(src: Path, profiles: list[Profile], how: Preparation,
         yield PreparedSource(source=src, disk=src, info=None, facts=None)
         return
     with _unpacked(src, how, sha256) as disk, unpack.named_as(src, disk):
-        with opened(disk, how.claimed_format, how.max_virtual_size) as image:
+        with opened(disk, how.claimed_format, how.max_virtual_size, admitted) as image:
             facts = gate.inspect(image.info, image.disk, how.scratch_dir) if profiles or not how.refuse else None
         info = image.info
         prepared = PreparedSource(source=src, disk=disk, info=info, facts=facts,
