@@ -78,17 +78,23 @@ class Fat:
     def files(self, directory: str) -> list[FatFile]:
         """Every file under `directory` (matched case-insensitively, as FAT does), depth first
         in directory order; [] when it does not exist."""
-        entries = self._root()
-        where = ""
-        for name in (c for c in directory.split("/") if c):
-            found = next((e for e in entries if e[0].lower() == name.lower() and e[1]), None)
-            if found is None:
-                return []
-            where = f"{where}/{found[0]}".lstrip("/")
-            entries = self._directory(found[2], where)
+        found = self._descend(directory)
+        if found is None:
+            return []
+        where, entries = found
         out: list[FatFile] = []
         self._walk(entries, where, 0, out, set())
         return out
+
+    def find(self, path: str) -> FatFile | None:
+        """The file at `path` ("EFI/BOOT/BOOTX64.EFI", any case), or None."""
+        directory, _, name = path.strip("/").rpartition("/")
+        found = self._descend(directory)
+        if found is None:
+            return None
+        where, entries = found
+        hit = next((e for e in entries if e[0].lower() == name.lower() and not e[1]), None)
+        return FatFile(f"{where}/{hit[0]}".lstrip("/"), hit[2], hit[3]) if hit else None
 
     def read(self, file: FatFile, length: int, offset: int = 0) -> bytes:
         """Up to `length` bytes of a file from `offset`, following only as much chain as needed."""
@@ -102,6 +108,18 @@ class Fat:
         data = b"".join(self._cluster(c) for c in chain[first:last + 1])
         skip = offset - first * self.cluster_bytes
         return data[skip:skip + length]
+
+    def _descend(self, directory: str) -> tuple[str, list[tuple[str, bool, int, int]]] | None:
+        """(its path as stored, its entries) of a directory, or None when it does not exist."""
+        entries = self._root()
+        where = ""
+        for name in (c for c in directory.split("/") if c):
+            found = next((e for e in entries if e[0].lower() == name.lower() and e[1]), None)
+            if found is None:
+                return None
+            where = f"{where}/{found[0]}".lstrip("/")
+            entries = self._directory(found[2], where)
+        return where, entries
 
     def _walk(self, entries: list[tuple[str, bool, int, int]], where: str, depth: int, out: list[FatFile],
               seen: set[int]) -> None:
