@@ -8,11 +8,7 @@ with an explicit -f and under CPU/memory limits.
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
-import importlib.util
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -208,28 +204,11 @@ def _checked_beside(info: ImageInfo) -> Iterator[None]:
     info.checks.append("qemu-img check found no corruption")
 
 
-@functools.cache
 def inspector_module() -> ModuleType:
-    """oslo_utils.imageutils.format_inspector, imported when a file is really inspected and
-    without its package's __init__.
+    """oslo_utils' format_inspector, imported when a file is really inspected, not at start-up."""
+    from oslo_utils.imageutils import format_inspector
 
-    That __init__ imports oslo's QemuImgInfo and with it strutils, which compiles about a hundred
-    password-masking regexes at import (110 ms of a 1.9 s kvm convert on the loaded 2-core
-    machine; 45-90 ms idle) that imgpipe never uses. A stand-in package (the real one's spec, not
-    run) serves only this import and leaves sys.modules with what it imported: anyone else
-    importing oslo_utils.imageutils later gets the real package and its own inspector."""
-    name, package = "oslo_utils.imageutils.format_inspector", "oslo_utils.imageutils"
-    spec = None if package in sys.modules else importlib.util.find_spec(package)
-    if spec is None or spec.submodule_search_locations is None:
-        return importlib.import_module(name)
-    before = set(sys.modules)
-    sys.modules[package] = importlib.util.module_from_spec(spec)
-    try:
-        return importlib.import_module(name)
-    finally:
-        for loaded in set(sys.modules) - before:
-            if loaded.startswith(package + ".") or loaded == package:
-                del sys.modules[loaded]
+    return format_inspector
 
 
 def detect_format(path: Path, expected: str | None = None) -> format_inspector.FileInspector | None:
