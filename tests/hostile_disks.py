@@ -326,7 +326,7 @@ class Hostile:
     requires: Callable[[], str | None] = lambda: None  # why it cannot be built here, or None
 
 
-NAMELESS = ("errors of the LVM, FAT (mtools) and registry readers name the partition, not the file: "
+NAMELESS = ("errors of the LVM, FAT and registry readers name the partition, not the file: "
             "guest.inspect._label gives them 'partition N' without info.path")
 HOSTILE: dict[str, Hostile] = {
     "ext-group-descriptors": Hostile(ext_group_descriptors, open_bug=(
@@ -336,14 +336,9 @@ HOSTILE: dict[str, Hostile] = {
     "ext-inline-flag-on-os-release": Hostile(ext_inline_flag_on_os_release, frozenset({0, 20}), open_bug=(
         "fs/ext.py's Unsupported, raised lazily by the os-release probe in guest.inspect._read_root, escapes: "
         "traceback")),
-    "esp-directory-loop": Hostile(esp_directory_loop, frozenset({0, 20}), open_bug=(
-        "mdir crashes (SIGSEGV) on a FAT directory loop and guest/fs/fat.listing lets runner.CommandFailed escape: "
-        "traceback")),
-    "esp-zero-sectors-per-cluster": Hostile(esp_zero_sectors_per_cluster, frozenset({0, 20}), open_bug=(
-        "mdir crashes (SIGFPE) on 0 sectors per cluster and guest/fs/fat.listing lets runner.CommandFailed escape: "
-        "traceback")),
-    "esp-huge-fat": Hostile(esp_huge_fat, frozenset({0, 20}), open_bug=(
-        "mdir runs under a 1 GiB address-space cap (runner.Limits), not the inspection's budget: ~770 MiB of RSS")),
+    "esp-directory-loop": Hostile(esp_directory_loop, frozenset({0, 20})),
+    "esp-zero-sectors-per-cluster": Hostile(esp_zero_sectors_per_cluster, frozenset({0, 20})),
+    "esp-huge-fat": Hostile(esp_huge_fat, frozenset({0, 20})),
     "esp-error-without-file-name": Hostile(esp_error_without_file_name, open_bug=NAMELESS),
     "lvm-error-without-file-name": Hostile(lvm_error_without_file_name, requires=_can_build_lvm, open_bug=NAMELESS),
     "hive-error-without-file-name": Hostile(hive_error_without_file_name, requires=_can_mount_ntfs,
