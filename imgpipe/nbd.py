@@ -65,11 +65,12 @@ class Export:
         self._check(offset, length)
         first, last = offset // CHUNK, (offset + length - 1) // CHUNK if length else offset // CHUNK
         missing = [c for c in range(first, last + 1) if c not in self._chunks]
+        if missing and len(self._chunks) + len(missing) > CACHED_CHUNKS:
+            self._chunks.clear()  # the chunks of this read that were cached go too: read them again
+            missing = list(range(first, last + 1))
         if missing:
             start = missing[0] * CHUNK
             got = self._read(start, min((missing[-1] + 1) * CHUNK, self.size) - start)
-            if len(self._chunks) + len(missing) > CACHED_CHUNKS:
-                self._chunks.clear()
             for c in missing:
                 self._chunks[c] = got[(c - missing[0]) * CHUNK:(c - missing[0] + 1) * CHUNK]
         data = b"".join(self._chunks[c] for c in range(first, last + 1))

@@ -32,3 +32,17 @@ def test_an_unreadable_image_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(nbd.NbdError, match="bad.qcow2: qemu-nbd cannot serve it"):
         with nbd.export(qemu.Source(bad, "qcow2"), str(bad)):
             pass
+
+
+def test_a_read_that_overflows_the_cache_returns_its_bytes(tmp_path: Path) -> None:
+    """The cache is emptied when it would overflow: a read half in it (chunks cached before) and
+    half not must fetch the cached half again, not look for it in the emptied cache."""
+    raw = tmp_path / "disk.raw"
+    chunks = nbd.CACHED_CHUNKS + 4
+    data = os.urandom(chunks * nbd.CHUNK)
+    raw.write_bytes(data)
+    with nbd.export(qemu.Source(raw, "raw"), "w") as disk:
+        for c in range(nbd.CACHED_CHUNKS - 1):  # the cache one chunk short of full
+            disk.read(c * nbd.CHUNK, 1)
+        offset, length = (nbd.CACHED_CHUNKS - 2) * nbd.CHUNK, 3 * nbd.CHUNK  # one cached chunk, two not
+        assert disk.read(offset, length) == data[offset:offset + length]
