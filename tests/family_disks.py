@@ -256,13 +256,13 @@ def cloudbase_conf(services: list[str] | None) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
-def windows(dest: Path, w: wf.Windows, services: list[str] | None) -> Path:
+def windows(dest: Path, w: wf.Windows, services: list[str] | None, boot_manager: bytes = sample_disk.PE_X86_64) -> Path:
     """Windows as its installer lays out a GPT disk: ESP, MSR, C: on NTFS (UEFI only)."""
     work = dest.parent / (dest.stem + ".d")
     work.mkdir()
     files = wf.windows_files(w) | {wf.CLOUDBASE_CONF: cloudbase_conf(services)}
     ntfs = wf.ntfs_volume(work / "c.img", files, 1800 * MIB)
-    loaders = {"EFI/Microsoft/Boot/bootmgfw.efi": sample_disk.PE_X86_64, "EFI/BOOT/BOOTX64.EFI": sample_disk.PE_X86_64}
+    loaders = {"EFI/Microsoft/Boot/bootmgfw.efi": boot_manager, "EFI/BOOT/BOOTX64.EFI": boot_manager}
     return disk(dest, [Part("esp", ld.ESP_TYPE, 100, esp(work / "esp.img", loaders)), Part("msr", MSR, 16),
                        Part("c", BASIC_DATA, 1800, ntfs)], bios=False)
 

@@ -33,6 +33,8 @@ class Guest:
     ext_features: str = ""  # mkfs.ext4 -O, e.g. "inline_data"
     corrupt: bool = False
     links: dict[str, str] = field(default_factory=dict)  # path in the guest -> symlink target
+    elf: bytes = sample_disk.ELF_X86_64  # /sbin/init's (and qemu-ga's) ELF header
+    files: dict[str, bytes] = field(default_factory=dict)  # path in the root (e.g. boot/vmlinuz-6.1.0-test) -> bytes
 
 
 def build(dest: Path, g: Guest) -> Path:
@@ -75,10 +77,10 @@ def _root_fs(image: Path, tree: Path, g: Guest, mib: int) -> None:
         (etc / "os-release").write_text(OS_RELEASES[g.os_release])
     if g.init:
         (tree / "sbin").mkdir()
-        (tree / "sbin" / "init").write_bytes(sample_disk.ELF_X86_64)
+        (tree / "sbin" / "init").write_bytes(g.elf)
     if g.agent:
         (tree / "usr" / "sbin").mkdir(parents=True)
-        (tree / "usr" / "sbin" / "qemu-ga").write_bytes(sample_disk.ELF_X86_64)
+        (tree / "usr" / "sbin" / "qemu-ga").write_bytes(g.elf)
     base = tree / "lib" / "modules" / "6.1.0-test"
     for rel in g.modules:
         (base / "kernel" / "drivers" / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,9 @@ def _root_fs(image: Path, tree: Path, g: Guest, mib: int) -> None:
     if g.builtin:
         base.mkdir(parents=True, exist_ok=True)
         (base / "modules.builtin").write_text("".join(f"kernel/drivers/{m}\n" for m in g.builtin))
+    for path, data in g.files.items():
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_bytes(data)
     for path, target in g.links.items():
         (tree / path).parent.mkdir(parents=True, exist_ok=True)
         (tree / path).symlink_to(target)

@@ -206,7 +206,7 @@ def test_inspect_text_shows_what_all_profiles_share_once(sample_qcow2: Path) -> 
     everyone = next(line for line in lines if "architecture=x86_64" in line)
     assert re.search(r"all \d+ profiles", everyone)
     assert sum("architecture=" in line for line in lines) == 1
-    assert any("hw_qemu_guest_agent=yes" in line and "kvm, kvm-raw, qemu" in line for line in lines)
+    assert any("hw_qemu_guest_agent=yes" in line and "kvm, kvm-raw, kvm-secureboot, qemu" in line for line in lines)
     assert "debian" in stdout and "uefi" in stdout  # the guest facts
     code, stdout, _ = imgpipe("inspect", sample_qcow2, "-p", "kvm", "-p", "vmware")
     derived = stdout[stdout.index("derived properties"):]

@@ -19,10 +19,12 @@ from typing import Any
 
 import family_disks as fd
 import guest_disks as gd
+import pe_fixture as pf
 import pytest
 import windows_fixture as wf
 
 from imgpipe.guest.fs import ntfs
+from imgpipe.guest.policy import nova
 
 IMGPIPE = Path(sys.executable).with_name("imgpipe")
 TOOLS = ("mkfs.xfs", "xfs_db", "mkfs.btrfs", "lvm", "losetup", "sfdisk", "mkfs.vfat", "mcopy", "qemu-img")
@@ -235,7 +237,12 @@ def windows(base: Path) -> dict[str, Path]:
         "11-ec2": (wf.Windows("Windows 10 Pro", "Professional", "Client", "22631", "23H2", drivers={"netkvm": 3}),
                    [f"{CLOUDBASE}.ec2service.EC2Service"]),
     }
-    return {name: fd.windows(base / f"windows-{name}.qcow2", w, services) for name, (w, services) in variants.items()}
+    disks = {name: fd.windows(base / f"windows-{name}.qcow2", w, services) for name, (w, services) in variants.items()}
+    # Windows' boot manager as Microsoft signs it (a made-up CA carrying the name the firmware's db holds)
+    signed = pf.pe_image(signers=(pf.key("Microsoft Windows", "Microsoft Windows Production PCA 2011"),))
+    disks["11-signed"] = fd.windows(base / "windows-11-signed.qcow2", variants["11-ec2"][0],
+                                    [f"{CLOUDBASE}.httpservice.HttpService"], signed)
+    return disks
 
 
 @needs_ntfs
@@ -289,6 +296,17 @@ def test_windows_11_client_and_cloudbase_init_asking_only_ec2(windows: dict[str,
     assert props(report, "vmware")["vmware_ostype"] == "windows11_64Guest"
     assert props(report, "kvm")["os_version"] == "10"
     assert "hw_vif_model" not in props(report, "kvm") and props(report, "kvm")["hw_disk_bus"] == "sata"
+    tpm = {"hw_tpm_version": "2.0", "hw_tpm_model": "tpm-crb", "hw_firmware_type": "uefi", "hw_machine_type": "q35"}
+    assert {k: props(report, "kvm")[k] for k in tpm} == tpm
+    assert all(value in nova.ENUMS[key] for key, value in tpm.items() if key in nova.ENUMS)
+    assert "CurrentBuildNumber=22631 >= 22000, InstallationType=Client" in why(report, "kvm", "hw_tpm_version")
+    # its boot manager is not signed: Secure Boot would refuse it, so os_secure_boot is not derived
+    assert "os_secure_boot" not in props(report, "kvm") and "hw_tpm_version" not in props(report, "vmware")
+    signed = inspect(windows["11-signed"])
+    assert {k: props(signed, "kvm")[k] for k in tpm} == tpm and props(signed, "kvm")["os_secure_boot"] == "required"
+    assert signed["guest"]["secure_boot"]["value"]["steps"][0]["trusted_by"] == "Microsoft Windows Production PCA 2011"
+    server = inspect(windows["2022-virtio"])
+    assert "hw_tpm_version" not in props(server, "kvm")
     line = refused(imgpipe("convert", str(windows["11-ec2"]), "-p", "kvm", "--output-dir", str(tmp_path)), 19)
     assert f"cloudbase-init metadata_services [EC2Service] (from partition 3 /{wf.CLOUDBASE_CONF}" in line, line
     assert "asks neither HttpService nor ConfigDriveService" in line

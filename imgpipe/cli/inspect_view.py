@@ -80,9 +80,22 @@ def _guest_rows(facts: GuestFacts, evidence: bool) -> list[Row]:
         elif value is None and fact is not None and label == "cloud-init datasource_list":
             value = "not set (cloud-init's built-in list)"
         rows.append((label, told(value, fact) if fact else "not found"))
+    if facts.architecture_conflict:
+        rows.append(("architecture conflict", facts.architecture_conflict))
+    if facts.secure_boot is not None:
+        rows.append(("secure boot", told(_chain(facts.secure_boot.value), facts.secure_boot)))
     rows += [("cloud-init note", note) for note in (ci.notes + ci.unread if ci else [])]
     rows += [("not checked", note) for note in facts.unchecked]
     return rows
+
+
+def _chain(chain: dict[str, Any]) -> str:
+    """"passes: BOOTX64.EFI <- Microsoft Corporation UEFI CA 2011, grubx64.efi <- Debian Secure Boot CA, ..."."""
+    steps = ", ".join(f"{s['path'].split(' ')[-1].rsplit('/', 1)[-1]} <- {s['trusted_by'] or 'untrusted'}"
+                      for s in chain["steps"])
+    verdict = "passes Microsoft-keyed firmware" if chain["passes"] else f"refused: {chain['refused']}"
+    unread = f"; not read: {'; '.join(chain['unread'])}" if chain["unread"] else ""
+    return f"{verdict} ({steps}){unread}"
 
 
 def _derived_section(derived: Derived, evidence: bool) -> tuple[str, list[Row]]:

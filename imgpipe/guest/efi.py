@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
+from imgpipe.guest import pe
 from imgpipe.guest.facts import Fact
 from imgpipe.guest.fs import fat
-
-# PE/COFF machine field -> nova architecture.
-PE_MACHINES = {0x8664: "x86_64", 0xAA64: "aarch64", 0x14C: "i686", 0x5064: "riscv64", 0x1C4: "armv7l"}
-_PE_HEAD = 4096
 
 
 def loaders(esp: fat.Fat, label: str) -> list[Fact]:
@@ -16,16 +13,13 @@ def loaders(esp: fat.Fat, label: str) -> list[Fact]:
     for file in esp.files("EFI"):
         if not file.path.lower().endswith(".efi"):
             continue
-        arch = _pe_machine(esp.read(file, _PE_HEAD))
+        arch = pe.machine(esp.read(file, pe.HEAD))
         if arch is not None:
             found.append(Fact({"path": file.path, "architecture": arch}, f"{label} {file.path} (PE machine)"))
     return found
 
 
-def _pe_machine(head: bytes) -> str | None:
-    if head[:2] != b"MZ" or len(head) < 64:
-        return None
-    pe = int.from_bytes(head[60:64], "little")
-    if head[pe:pe + 4] != b"PE\0\0":
-        return None
-    return PE_MACHINES.get(int.from_bytes(head[pe + 4:pe + 6], "little"), "unknown")
+def read(esp: fat.Fat, path: str, limit: int) -> bytes | None:
+    """A file on the ESP (a path like EFI/BOOT/BOOTX64.EFI, any case), whole up to `limit` bytes."""
+    file = esp.find(path)
+    return esp.read(file, limit) if file is not None else None

@@ -32,6 +32,8 @@ class GuestFacts:
     uefi_loaders: list[Fact] = field(default_factory=list)
     bios: Fact | None = None
     architecture: Fact | None = None
+    architecture_sources: list[Fact] = field(default_factory=list)  # ELF, PE, kernel header: each said
+    architecture_conflict: str | None = None  # two sources disagree: both named
     root: Fact | None = None
     os_release: Fact | None = None
     os_type: Fact | None = None
@@ -44,6 +46,7 @@ class GuestFacts:
     windows: Fact | None = None  # SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion values
     windows_drivers: Fact | None = None  # SYSTEM services: name -> start, enabled, image path
     cloudbase_init: Fact | None = None
+    secure_boot: Fact | None = None  # value: secureboot.Chain.value() of the removable-path loader's chain
     unchecked: list[str] = field(default_factory=list)
 
     @property

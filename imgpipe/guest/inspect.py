@@ -9,7 +9,7 @@ from pathlib import Path
 
 from imgpipe import nbd
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest import efi, linux, windows
+from imgpipe.guest import architecture, efi, linux, secureboot, windows
 from imgpipe.guest.facts import Fact, GuestFacts
 from imgpipe.guest.fs import fat, ntfs, partition, registry, tree
 from imgpipe.guest.fs.ext import Unsupported
@@ -56,23 +56,29 @@ def _inspect(info: ImageInfo, disk: nbd.Export, work: Path) -> GuestFacts:
     found = {n: registry.probe(w.read(0, min(registry.PROBE_BYTES, w.size))) for n, w in windows.items()}
     roles = {n: f.role if f else None for n, f in found.items()}
     facts.bios = _bios(info.head, info)
+    esps: list[tuple[fat.Fat, str]] = []
     for part in parts:
         if part is not None and part.kind == "efi" and roles[part.number] is Role.ESP:
             label = f"partition {part.number} (ESP)"
             esp = windows[part.number]
-            facts.uefi_loaders += efi.loaders(fat.Fat(esp.read, esp.size, f"{info.path}: {label}"), label)
-    loader_arch = {f.value["architecture"] for f in facts.uefi_loaders}
-    if loader_arch:
-        facts.architecture = Fact(min(loader_arch), facts.uefi_loaders[0].evidence)
+            esps.append((fat.Fat(esp.read, esp.size, f"{info.path}: {label}"), label))
+            facts.uefi_loaders += efi.loaders(*esps[-1])
+    kernel_signatures: Fact | None = None
     volumes = _volumes(parts, windows, found, facts)
     if volumes:
-        _read_root(info, volumes, work, facts)
+        kernel_signatures = _read_root(info, volumes, work, facts)
     elif (info.table and not any(found.values())) \
             or any(r in (Role.VOLUMES, Role.LINUX) for r in roles.values()):
         facts.unchecked.append("no Linux root filesystem (ext2/3/4, xfs, btrfs, on LVM or not) found")
     for part in parts:
         if roles[part.number if part else 0] is Role.WINDOWS:
             _read_ntfs(info, part, work, facts)
+    loaders = [Fact(f.value["architecture"], f.evidence) for f in facts.uefi_loaders]
+    facts.architecture_sources = loaders + facts.architecture_sources
+    decided = architecture.decide(loaders, facts.architecture_sources[len(loaders):])
+    facts.architecture, facts.architecture_conflict = decided.architecture, decided.conflict
+    if facts.architecture is not None:
+        facts.secure_boot = _secure_boot(esps, facts.architecture.value, kernel_signatures)
     return facts
 
 
@@ -80,6 +86,23 @@ def _window(info: ImageInfo, disk: nbd.Export, part: Partition | None) -> nbd.Wi
     if part is None:
         return nbd.Window(disk, 0, disk.size, f"{info.path}: whole disk")
     return nbd.Window(disk, part.start, part.size, f"{info.path}: {_label(part)}")
+
+
+def _secure_boot(esps: list[tuple[fat.Fat, str]], arch: str, kernel: Fact | None) -> Fact | None:
+    """The chain from the ESP's removable-path loader for the guest's architecture."""
+    path = secureboot.REMOVABLE.get(arch)
+    for esp, label in esps if path else []:
+        assert path is not None
+        loader = efi.read(esp, path, secureboot.LOADER_LIMIT)
+        if loader is None:
+            continue
+        directory, _, _ = path.rpartition("/")
+        after = secureboot.SHIM_NEXT.get(arch)
+        found = efi.read(esp, f"{directory}/{after}", secureboot.LOADER_LIMIT) if after else None
+        next_stage = (f"{label} {directory}/{after}", found) if found is not None else None
+        chain = secureboot.judge(f"{label} {path}", loader, next_stage, kernel)
+        return Fact(chain.value(), f"{label} {path} and what it chains to (Authenticode signatures)")
+    return None
 
 
 def _label(part: Partition | None) -> str:
@@ -132,7 +155,7 @@ def _volumes(parts: list[Partition | None], windows: dict[int, nbd.Window], foun
     return sorted(plain, key=lambda v: (rank[id(v)], -v.size)) + sorted(on_lvm, key=lambda v: -v.size)
 
 
-def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestFacts) -> None:
+def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestFacts) -> Fact | None:
     """The root is the filesystem holding os-release (not the largest partition: RHEL-family
     images keep /boot apart); a separate /boot is the one holding kernels or a boot loader."""
     opened: list[tuple[Volume, Opened]] = []
@@ -146,7 +169,7 @@ def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestF
             root = opened[-1]
     if root is None:
         if not opened:
-            return
+            return None
         root = opened[0]
         facts.unchecked.append(f"no filesystem holds /etc/os-release; {root[0].label} taken as the root")
     volume, fs = root
@@ -166,19 +189,19 @@ def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestF
         facts.boot = Fact({"partition": boot[0].part.number if boot[0].part else 0, "filesystem": boot[0].fs.name},
                           f"{boot[0].label} holds kernels or a boot loader at its top: /boot")
     boot_tree, boot_label = (boot[1], boot[0].label) if boot else (None, "")
-    ask_arch = facts.architecture is None
     try:
-        found = linux.read_linux(fs.tree, volume.label, boot_tree, boot_label, architecture=ask_arch)
+        found = linux.read_linux(fs.tree, volume.label, boot_tree, boot_label)
     except Unsupported as exc:  # met on the way (an inline_data inode): start over from a full copy
         fallback = _debugfs(info, volume, work, exc)
         if fallback is None:
             raise GuestInspectionError(f"{info.path}: {volume.label}: {exc}") from exc
-        found = linux.read_linux(fallback.tree, volume.label, boot_tree, boot_label, architecture=ask_arch)
+        found = linux.read_linux(fallback.tree, volume.label, boot_tree, boot_label)
     facts.os_release, facts.os_type = found.os_release, found.os_type or facts.os_type
     facts.init, facts.guest_agent = found.init, found.guest_agent
-    facts.architecture = facts.architecture or found.architecture
+    facts.architecture_sources += found.architectures
     facts.kernel, facts.drivers, facts.cloud_init = found.kernel, found.drivers, found.cloud_init
     facts.unchecked += found.unchecked
+    return found.kernel_signatures
 
 
 def _open(info: ImageInfo, volume: Volume, work: Path, facts: GuestFacts) -> Opened | None:

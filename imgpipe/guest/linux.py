@@ -7,15 +7,14 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from imgpipe.guest import cloudinit
+from imgpipe.guest import architecture, authenticode, cloudinit, pe
 from imgpipe.guest.facts import CloudInit, Fact
 from imgpipe.guest.fs import tree
 
-ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x03: "i686", 0xF3: "riscv64", 0x28: "armv7l",
-                0x16: "s390x", 0x15: "ppc64le"}
 INIT_PATHS = ("/sbin/init", "/usr/lib/systemd/systemd", "/lib/systemd/systemd")
 AGENT_PATHS = ("/usr/sbin/qemu-ga", "/usr/bin/qemu-ga")
-ELF_PATHS = ("/sbin/init", "/bin/sh", "/usr/bin/env")
+ELF_PATHS = ("/sbin/init", "/bin/sh")
+KERNEL_LIMIT = 256 << 20
 # Storage driver -> its directory under lib/modules/<version>/kernel/.
 DRIVERS = {"virtio_blk": "drivers/block", "virtio_scsi": "drivers/scsi", "vmw_pvscsi": "drivers/scsi",
            "hv_storvsc": "drivers/scsi", "sym53c8xx": "drivers/scsi/sym53c8xx_2",
@@ -33,29 +32,37 @@ class Linux:
     os_type: Fact | None
     init: Fact | None
     guest_agent: Fact | None
-    architecture: Fact | None
+    architectures: list[Fact]  # each ELF binary's and the kernel image's, for architecture.decide
     kernel: Fact | None
+    kernel_signatures: Fact | None  # the kernel image's Authenticode signers (value: authenticode.Signed)
     drivers: Fact | None
     cloud_init: CloudInit
     unchecked: list[str]
 
 
-def read_linux(guest: tree.Tree, label: str, boot: tree.Tree | None = None, boot_label: str = "", *,
-               architecture: bool = True) -> Linux:
-    """`boot` is a separate /boot; `architecture` False when the EFI loaders already told it."""
+def read_linux(guest: tree.Tree, label: str, boot: tree.Tree | None = None, boot_label: str = "") -> Linux:
+    """`boot` is a separate /boot."""
     unchecked: list[str] = []
     os_release = _os_release(guest, label, unchecked)
     init = _first_file(guest, INIT_PATHS, label)
     guest_agent = _first_file(guest, AGENT_PATHS, label)
-    arch = _elf_arch(guest, label) if architecture else None
+    arches = _elf_arches(guest, label)
     kernel = _kernel(guest, label, boot, boot_label)
+    image = _kernel_image(guest, label, boot, boot_label, kernel.value if kernel else None)
+    signatures = None
+    if image is not None:
+        where, data = image
+        if (found := architecture.kernel(data[:architecture.KERNEL_HEAD])) is not None:
+            arches.append(Fact(found[0], f"{where} ({found[1]})"))
+        signatures = _signatures(data, where)
     drivers = _drivers(guest, label, kernel.value if kernel else None)
     cloud_init = cloudinit.read_cloud_init(guest, label, boot, boot_label)
     if drivers is None:
         unchecked.append(f"{label}: no kernel module tree under /lib/modules; disk driver checks "
                          "not made")
     return Linux(os_release=os_release, os_type=Fact("linux", os_release.evidence) if os_release else None,
-                 init=init, guest_agent=guest_agent, architecture=arch, kernel=kernel, drivers=drivers,
+                 init=init, guest_agent=guest_agent, architectures=arches, kernel=kernel,
+                 kernel_signatures=signatures, drivers=drivers,
                  cloud_init=cloud_init, unchecked=unchecked)
 
 
@@ -84,15 +91,37 @@ def _first_file(guest: tree.Tree, paths: tuple[str, ...], label: str) -> Fact | 
     return None
 
 
-def _elf_arch(guest: tree.Tree, label: str) -> Fact | None:
+def _elf_arches(guest: tree.Tree, label: str) -> list[Fact]:
+    found = []
     for path in ELF_PATHS:
         got = tree.read(guest, path, 64)
-        if got and got[1][:4] == b"\x7fELF" and len(got[1]) >= 20:
-            little = got[1][5] == 1
-            machine = int.from_bytes(got[1][18:20], "little" if little else "big")
-            if machine in ELF_MACHINES:
-                return Fact(ELF_MACHINES[machine], f"{label} {got[0]} (ELF e_machine {machine:#x})")
+        if got and (machine := architecture.elf(got[1])) is not None:
+            found.append(Fact(machine[0], f"{label} {got[0]} (ELF e_machine {machine[1]:#x})"))
+    return found
+
+
+def _kernel_image(guest: tree.Tree, label: str, boot: tree.Tree | None, boot_label: str,
+                  version: str | None) -> tuple[str, bytes] | None:
+    """The bytes of the kernel that boots (vmlinuz-<version>) and where they were read."""
+    if version is None:
+        return None
+    for where, boot_tree, path in ((boot_label, boot, f"/vmlinuz-{version}"),
+                                   (label, guest, f"/boot/vmlinuz-{version}")):
+        got = tree.read(boot_tree, path, KERNEL_LIMIT) if boot_tree is not None else None
+        if got is not None:
+            return f"{where} {path}", got[1]
     return None
+
+
+def _signatures(data: bytes, where: str) -> Fact | None:
+    """The kernel's Authenticode signatures (an EFI-stub kernel is a PE image; a gzip'd arm64
+    Image is not, and an unsigned one has none)."""
+    if not pe.is_pe(data[:pe.HEAD]):
+        return Fact(authenticode.Signed((), ("not a PE image: no Authenticode signature",)), where)
+    try:
+        return Fact(authenticode.signatures(data), where)
+    except pe.PeError as exc:
+        return Fact(authenticode.Signed((), (str(exc),)), where)
 
 
 def _kernel(guest: tree.Tree, label: str, boot: tree.Tree | None, boot_label: str) -> Fact | None:

@@ -72,7 +72,10 @@ class PreparedSource:
         except that a controller the guest can boot from replaces the profile's default one."""
         derived = {k: str(f.value) for k, f in self.derived(profile).items()}
         over = {k: v for k, v in derived.items() if k in derive.OVER_PROFILE}
-        return {**derived, **profile.properties, **over, **(given or {})}
+        merged = {**derived, **profile.properties, **over, **(given or {})}
+        if not profile.converts:
+            return merged
+        return merged | derive.implied(merged, self.facts, derive.hypervisor_of(profile))
 
     @property
     def root_partition(self) -> int | None:

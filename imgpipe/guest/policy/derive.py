@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from imgpipe.guest.facts import Fact, GuestFacts
-from imgpipe.guest.policy import osinfo
+from imgpipe.guest.policy import nova, osinfo
 from imgpipe.guest.policy.controllers import CONTROLLERS, Controller
 from imgpipe.guest.policy.metadata import METADATA_PATHS, Outcome, cloudbase_verdict, verdict
 from imgpipe.profiles import Profile
@@ -55,12 +55,15 @@ def properties(facts: GuestFacts, profile: Profile) -> dict[str, Fact]:
     if profile.extract != "root-partition" and facts.uefi and facts.bios is None:
         derived["hw_firmware_type"] = Fact("uefi", "boots only with UEFI: "
                                            + ", ".join(f.evidence for f in facts.uefi_loaders))
-    if facts.architecture:
+    arch = facts.architecture.value if facts.architecture else None
+    if facts.architecture and arch in nova.ARCHITECTURES:
         derived["architecture"] = facts.architecture
+    if facts.architecture and arch == "aarch64" and hypervisor in QEMU_HYPERVISORS:
+        derived.update(_aarch64(facts.architecture))
     if facts.os_type:
         derived["os_type"] = facts.os_type
     windows = facts.os_type if facts.os_type and facts.os_type.value == "windows" else None
-    if hypervisor == "vmware":
+    if hypervisor == "vmware" and (arch is None or arch in nova.X86):
         derived.update(_vmware(facts, windows))
     elif facts.os_release:
         derived.update(_os_distro(facts.os_release))
@@ -68,9 +71,56 @@ def properties(facts: GuestFacts, profile: Profile) -> dict[str, Fact]:
         derived.update(_windows_distro(facts, windows))
     if hypervisor in QEMU_HYPERVISORS and facts.guest_agent:
         derived["hw_qemu_guest_agent"] = Fact("yes", facts.guest_agent.evidence)
+    if hypervisor in QEMU_HYPERVISORS and (win11 := windows_11(facts)) is not None:
+        derived.update(_vtpm(facts, win11))
     derived.update(controllers(facts, profile, hypervisor))
     derived.update(metadata(facts, hypervisor).derived)
     return derived
+
+
+def _aarch64(arch: Fact) -> dict[str, Fact]:
+    """What nova's libvirt driver defaults only when hw_architecture is set, never from
+    hw_emulation_architecture: said outright, so no host setting changes it."""
+    why = f"aarch64 ({arch.evidence}): nova's libvirt driver boots Arm guests only with UEFI on a virt machine"
+    return {"hw_firmware_type": Fact("uefi", why), "hw_machine_type": Fact("virt", why)}
+
+
+def windows_11(facts: GuestFacts) -> str | None:
+    """Evidence that the guest is a Windows 11 client (CurrentBuildNumber >= 22000, not a server),
+    which requires UEFI, Secure Boot and TPM 2.0; None otherwise."""
+    if facts.windows is None:
+        return None
+    v = facts.windows.value
+    build, kind = v.get("CurrentBuildNumber"), str(v.get("InstallationType") or v.get("EditionID") or "")
+    if not isinstance(build, int) or build < osinfo.WINDOWS_11_BUILD or "server" in kind.lower():
+        return None
+    return f"{facts.windows.evidence} (CurrentBuildNumber={build} >= {osinfo.WINDOWS_11_BUILD}, " \
+           f"InstallationType={kind or '?'}: Windows 11 requires UEFI, Secure Boot and TPM 2.0)"
+
+
+def _vtpm(facts: GuestFacts, why: str) -> dict[str, Fact]:
+    derived = {"hw_tpm_version": Fact("2.0", why), "hw_tpm_model": Fact("tpm-crb", why),
+               "hw_firmware_type": Fact("uefi", why), "hw_machine_type": Fact("q35", why)}
+    chain = facts.secure_boot.value if facts.secure_boot else None
+    if chain is None or chain["passes"]:
+        shown = why if chain is None else f"{why}; chain: {facts.secure_boot.evidence if facts.secure_boot else ''}"
+        derived["os_secure_boot"] = Fact("required", shown)
+    return derived
+
+
+def implied(properties: dict[str, str], facts: GuestFacts | None, hypervisor: str) -> dict[str, str]:
+    """What os_secure_boot=required needs on nova's libvirt driver and is not given: UEFI, and on
+    x86_64 a q35 machine (on pc the driver ignores Secure Boot). Contradicting values are left
+    to refuse."""
+    if properties.get("os_secure_boot", "").lower() != "required" or hypervisor not in QEMU_HYPERVISORS:
+        return {}
+    added = {}
+    if "hw_firmware_type" not in properties:
+        added["hw_firmware_type"] = "uefi"
+    arch = properties.get("architecture") or (facts.architecture.value if facts and facts.architecture else "x86_64")
+    if arch == "x86_64" and "hw_machine_type" not in properties:
+        added["hw_machine_type"] = "q35"
+    return added
 
 
 def controllers(facts: GuestFacts, profile: Profile, hypervisor: str) -> dict[str, Fact]:

@@ -69,8 +69,9 @@ WINDOWS_SERVER: tuple[tuple[int, str], ...] = (
     (9200, "windows8Server64Guest"),  # Server 2012, 2012 R2
     (0, "windows7Server64Guest"),  # Server 2008 R2 and older
 )
+WINDOWS_11_BUILD = 22000
 WINDOWS_CLIENT: tuple[tuple[int, str], ...] = (
-    (22000, "windows11_64Guest"),
+    (WINDOWS_11_BUILD, "windows11_64Guest"),
     (10240, "windows9_64Guest"),  # Windows 10
     (9200, "windows8_64Guest"),  # Windows 8, 8.1
     (0, "windows7_64Guest"),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgpipe.guest.facts import GuestFacts
-from imgpipe.guest.policy import derive
+from imgpipe.guest.policy import derive, nova
 from imgpipe.guest.policy.controllers import CONTROLLERS
 from imgpipe.profiles import Profile
 
@@ -34,7 +34,52 @@ def check(src: Path, facts: GuestFacts, profile: Profile, properties: dict[str, 
         _firmware(name, facts, properties, verdict)
     _drivers(name, facts, properties, verdict)
     _metadata(name, facts, profile, verdict, clouds)
+    _architecture(name, facts, derive.hypervisor_of(profile), verdict)
+    _secure_boot(name, facts, properties, derive.hypervisor_of(profile), verdict)
+    verdict.refusals += [f"{name}: {problem}; {OVERRIDE}" for problem in nova.problems(properties)]
     return verdict
+
+
+def _architecture(name: str, facts: GuestFacts, hypervisor: str, verdict: Verdict) -> None:
+    if facts.architecture_conflict:
+        verdict.refusals.append(f"{name}: the guest's architecture disagrees with itself: "
+                                f"{facts.architecture_conflict}; {OVERRIDE}")
+    if facts.architecture is None:
+        return
+    arch = facts.architecture.value
+    if arch not in nova.X86 and hypervisor in nova.X86_ONLY:
+        verdict.refusals.append(f"{name}: the guest is {arch} ({facts.architecture.evidence}), but "
+                                f"{nova.X86_ONLY[hypervisor]} runs only x86 guests; use -p kvm, {OVERRIDE}")
+    elif arch not in nova.ARCHITECTURES:
+        verdict.warnings.append(f"{name}: the guest is {arch}, which nova has no name for: architecture not set")
+
+
+def _secure_boot(name: str, facts: GuestFacts, props: dict[str, str], hypervisor: str, verdict: Verdict) -> None:
+    """os_secure_boot=required (asked or derived) for a chain Microsoft-keyed firmware refuses, or
+    with firmware or a machine on which nova's libvirt driver cannot turn Secure Boot on."""
+    if props.get("os_secure_boot", "").lower() != "required":
+        return
+    chain = facts.secure_boot
+    if chain is not None and not chain.value["passes"]:
+        verdict.refusals.append(f"{name}: os_secure_boot=required, but {chain.value['refused']}; sign the chain "
+                                f"(shim-signed, grub-efi-*-signed, a signed kernel) or drop os_secure_boot, {OVERRIDE}")
+    elif chain is None and not facts.uefi:
+        verdict.refusals.append(f"{name}: os_secure_boot=required, but the disk has no EFI loader to verify; "
+                                f"{OVERRIDE}")
+    elif chain is None:
+        verdict.warnings.append(f"{name}: os_secure_boot=required, but no removable-path loader was read: "
+                                "its signatures not checked")
+    if hypervisor not in derive.QEMU_HYPERVISORS:
+        return
+    firmware = props.get("hw_firmware_type", "").lower()
+    if firmware != "uefi":
+        verdict.refusals.append(f"{name}: os_secure_boot=required needs hw_firmware_type=uefi, not "
+                                f"{firmware or 'unset (bios)'}; {OVERRIDE}")
+    machine = props.get("hw_machine_type", "").lower()
+    arch = props.get("architecture") or (facts.architecture.value if facts.architecture else "x86_64")
+    if arch == "x86_64" and not machine.startswith(("q35", "pc-q35")):
+        verdict.refusals.append(f"{name}: os_secure_boot=required on x86_64 needs hw_machine_type=q35 (nova's "
+                                f"libvirt driver ignores Secure Boot on {machine or 'its pc default'}); {OVERRIDE}")
 
 
 def _firmware(name: str, facts: GuestFacts, props: dict[str, str], verdict: Verdict) -> None:

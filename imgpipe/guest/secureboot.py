@@ -1,0 +1,113 @@
+"""Whether a guest's boot chain passes firmware that enforces Secure Boot with Microsoft's keys
+(the default of PCs and of OVMF/AAVMF's .ms variable stores, and what nova's libvirt driver
+boots with os_secure_boot=required).
+
+The chain, as the firmware walks it: the removable-path loader (EFI/BOOT/BOOTX64.EFI,
+BOOTAA64.EFI) must chain to a CA in the firmware's db; when it is shim, it trusts its own
+.vendor_cert besides, and verifies the GRUB beside it (grubx64.efi), which through shim's
+protocol verifies the kernel. Each step is judged from its Authenticode signers (guest.authenticode);
+a step that was not read is named, never assumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from imgpipe.guest import authenticode, pe
+from imgpipe.guest.facts import Fact
+
+REMOVABLE = {"x86_64": "EFI/BOOT/BOOTX64.EFI", "aarch64": "EFI/BOOT/BOOTAA64.EFI", "i686": "EFI/BOOT/BOOTIA32.EFI",
+             "riscv64": "EFI/BOOT/BOOTRISCV64.EFI"}
+# What shim loads after itself, from its own directory (shim's DEFAULT_LOADER).
+SHIM_NEXT = {"x86_64": "grubx64.efi", "aarch64": "grubaa64.efi", "i686": "grubia32.efi"}
+LOADER_LIMIT = 64 << 20
+
+
+@dataclass(frozen=True)
+class Step:
+    path: str
+    signers: tuple[tuple[str, ...], ...]  # each signature's chain, leaf first
+    trusted_by: str | None  # the CA (db entry or shim's vendor certificate) that admits it
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "signers": [" <- ".join(c) for c in self.signers], "trusted_by": self.trusted_by}
+
+
+@dataclass
+class Chain:
+    """What was read of the chain; `passes` is False as soon as one step would be refused."""
+
+    steps: list[Step] = field(default_factory=list)
+    refused: str = ""  # the first step the firmware or shim would refuse, and why
+    unread: list[str] = field(default_factory=list)
+    shim: dict[str, Any] | None = None  # vendor_cert and sbat of a shim loader
+
+    @property
+    def passes(self) -> bool:
+        return not self.refused
+
+    def value(self) -> dict[str, Any]:
+        return {"passes": self.passes, "refused": self.refused or None, "steps": [s.to_dict() for s in self.steps],
+                "shim": self.shim, "unread": self.unread}
+
+
+def judge(loader_path: str, loader: bytes, next_stage: tuple[str, bytes] | None, kernel: Fact | None,
+          keys: tuple[str, ...] = authenticode.MICROSOFT_DB) -> Chain:
+    """The chain from the loader's bytes, the bytes of what a shim loads next (None: not found),
+    and the kernel's signatures (a Fact of authenticode.Signed; None: no kernel read, as on Windows)."""
+    chain = Chain()
+    first = _step(loader_path, loader, keys)
+    chain.steps.append(first)
+    if first.trusted_by is None:
+        chain.refused = _why(first, "the firmware", keys)
+        return chain
+    vendor = _vendor(loader)
+    if vendor is None:
+        return chain  # not a shim: a loader admitted by the db runs what it likes (Windows' boot manager)
+    chain.shim = {"vendor_cert": vendor, "sbat": authenticode.sbat(loader)}
+    shim_keys = (vendor, *keys)
+    if next_stage is None:
+        chain.unread.append(f"what shim loads next ({loader_path.rsplit('/', 1)[0]}/grub*.efi) is not on the ESP")
+    else:
+        grub = _step(*next_stage, shim_keys)
+        chain.steps.append(grub)
+        if grub.trusted_by is None:
+            chain.refused = _why(grub, "shim (Verification failed)", shim_keys)
+            return chain
+    if kernel is None:
+        chain.unread.append("no kernel image read: its signature not checked")
+        return chain
+    signed: authenticode.Signed = kernel.value
+    step = Step(kernel.evidence, tuple(s.chain for s in signed.signatures),
+                next((n for s in signed.signatures if (n := s.chains_to(shim_keys))), None), signed.unreadable)
+    chain.steps.append(step)
+    if step.trusted_by is None:
+        chain.refused = _why(step, "GRUB through shim's verifier (bad shim signature)", shim_keys)
+    return chain
+
+
+def _step(path: str, data: bytes, keys: tuple[str, ...]) -> Step:
+    try:
+        signed = authenticode.signatures(data)
+    except pe.PeError as exc:
+        return Step(path, (), None, (str(exc),))
+    trusted = next((n for s in signed.signatures if (n := s.chains_to(keys))), None)
+    return Step(path, tuple(s.chain for s in signed.signatures), trusted, signed.unreadable)
+
+
+def _vendor(loader: bytes) -> str | None:
+    try:
+        return authenticode.vendor_cert(loader)
+    except pe.PeError:
+        return None
+
+
+def _why(step: Step, judge_name: str, keys: tuple[str, ...]) -> str:
+    if not step.signers:
+        what = "is not signed" + (f" ({step.notes[0]})" if step.notes else "")
+    else:
+        what = "is signed by " + "; ".join(" <- ".join(c) for c in step.signers) + ", none of them " + \
+            f"chaining to {' / '.join(keys[:2]) if judge_name == 'the firmware' else ' / '.join(keys[:1])}"
+    return f"{step.path} {what}: {judge_name} refuses it"
