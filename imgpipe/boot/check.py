@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgpipe import runner, settings
+from imgpipe.boot.firmware import REFUSED
 from imgpipe.boot.machine import Firmware, Machine, MetadataLink, machine_for, private_vars
+from imgpipe.boot.tpm import PROBED, swtpm
 from imgpipe.errors import BootCheckError
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import inspect_image
@@ -34,6 +36,7 @@ DEFAULT_EXPECT = settings.BOOT_EXPECT
 DEFAULT_TIMEOUT = settings.BOOT_TIMEOUT
 TAIL_LINES = 15
 POLL_SECONDS = 0.5
+PANIC = re.compile(r"Kernel panic - not syncing[^\n]*")
 CONFIG_DRIVE_HOSTNAME = "imgpipe-boot-check"
 USER_DATA_PATHS = ("/user_data", "/user-data")  # the OpenStack and the EC2 tree's
 # cloud-init's final message on the console: past it, user data that has not run never will.
@@ -99,15 +102,20 @@ def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | Non
     marker = f"imgpipe-{secrets.token_hex(8)}" if config_drive or metadata_service else ""
     pattern = re.compile(re.escape(marker) if marker else expect)
     instance = str(uuid.uuid4())
-    with tempfile.TemporaryDirectory(prefix="imgpipe-boot-") as tmp, \
+    with tempfile.TemporaryDirectory(prefix="imgpipe-boot-") as tmp, contextlib.ExitStack() as helpers, \
             _metadata_service(metadata_service, instance, marker) as service:
-        vars_copy = private_vars(Path(tmp)) if machine.firmware is Firmware.uefi else None
+        vars_copy = private_vars(Path(tmp), machine.platform.vars_template) \
+            if machine.firmware is Firmware.uefi else None
         iso = boot_config_drive(Path(tmp) / "config-2.iso", marker, instance) if config_drive else None
+        socket = helpers.enter_context(swtpm(machine.tpm, Path(tmp))) if machine.tpm else None
         link = MetadataLink(service.network, service.guestfwd(), instance) if service else None
-        argv = machine.argv(path, fmt, serial, vars_copy, firmware_log, iso, link)
+        argv = machine.argv(path, fmt, serial, vars_copy, firmware_log, iso, link, socket)
         serial.unlink(missing_ok=True)
+        firmware_log.unlink(missing_ok=True)
         seconds, outcome = _watch(argv, Path(tmp) / "qemu.out", serial, pattern, timeout,
-                                  stop or threading.Event(), CLOUD_INIT_DONE if marker else None)
+                                  stop or threading.Event(), CLOUD_INIT_DONE if marker else None, firmware_log)
+        if not outcome:
+            outcome = _unproven(machine, _text(serial))
     read = [p for p in service.paths() if p.endswith(USER_DATA_PATHS)] if service else []
     if marker and outcome.startswith(("no match", "cloud-init finished")):
         outcome = _never_ran(marker, outcome, config_drive, service)
@@ -125,18 +133,24 @@ def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | Non
 
 
 def _watch(argv: list[str], qemu_out: Path, serial: Path, pattern: re.Pattern[str],
-           timeout: float, stop: threading.Event, give_up: re.Pattern[str] | None = None) -> tuple[float, str]:
+           timeout: float, stop: threading.Event, give_up: re.Pattern[str] | None = None,
+           firmware_log: Path | None = None) -> tuple[float, str]:
     """Seconds taken and "" on success, else what went wrong; qemu is gone when this returns.
-    `give_up` on the console without `pattern` before it ends the boot as failed."""
+    `give_up` on the console without `pattern` before it ends the boot as failed; so does a loader
+    Secure Boot refuses (the firmware then waits in its boot manager) and a kernel panic."""
     started = time.monotonic()
     with open(qemu_out, "wb") as out, runner.spawn(argv, output=out) as proc:
         while True:
             elapsed = time.monotonic() - started
-            text = _text(serial)
-            if pattern.search(text):
+            console = _text(serial)
+            if pattern.search(console):
                 return elapsed, ""
-            if give_up and (done := give_up.search(text)):
+            if give_up and (done := give_up.search(console)):
                 return elapsed, f"cloud-init finished with {done.group(1)} after {elapsed:.0f} s"
+            if refused := REFUSED.search(console + "\n" + (_text(firmware_log) if firmware_log else "")):
+                return elapsed, f"Secure Boot refused the boot chain: {_clean(refused.group(0))!r}"
+            if panic := PANIC.search(console):  # with -no-reboot qemu would sit there until the timeout
+                return elapsed, f"the guest's kernel panicked: {_clean(panic.group(0))!r}"
             if proc.poll() is not None:
                 message = qemu_out.read_text(errors="replace").strip().splitlines()[-1:] or [""]
                 return elapsed, f"qemu exited with code {proc.returncode} {message[0]}".strip()
@@ -144,6 +158,18 @@ def _watch(argv: list[str], qemu_out: Path, serial: Path, pattern: re.Pattern[st
                 return elapsed, f"no match for {pattern.pattern!r} within {timeout:g} s"
             if stop.wait(POLL_SECONDS):
                 return elapsed, "stopped: the run was interrupted"
+
+
+def _unproven(machine: Machine, console: str) -> str:
+    """What the properties asked for that the guest's console does not show (it booted, but not
+    as the target would boot it): Secure Boot enforced, a TPM found."""
+    needed = machine.platform.proofs() + ([("a TPM found by the kernel", PROBED)] if machine.tpm else [])
+    missing = [what for what, line in needed if not line.search(console)]
+    return f"booted, but the console never showed {' nor '.join(missing)}" if missing else ""
+
+
+def _clean(line: str) -> str:
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", line).strip()[:160]
 
 
 def boot_config_drive(dest: Path, marker: str, instance: str | None = None) -> Path:
@@ -186,7 +212,11 @@ def _never_ran(marker: str, why: str, config_drive: bool, service: MetadataServi
 
 
 def _describe(machine: Machine) -> str:
-    return f"{machine.firmware.value}, {machine.controller.name}, {'kvm' if machine.kvm else 'tcg'}"
+    platform = machine.platform
+    extra = [platform.arch] if platform.arch != "x86_64" else []
+    extra += ["Secure Boot"] if platform.secure_boot else []
+    extra += [f"TPM {machine.tpm.version} {machine.tpm.model}"] if machine.tpm else []
+    return ", ".join([machine.firmware.value, machine.controller.name, *extra, "kvm" if machine.kvm else "tcg"])
 
 
 def _text(serial: Path) -> str:

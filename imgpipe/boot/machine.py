@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgpipe.boot.firmware import Platform, architecture_of, platform_for
+from imgpipe.boot.tpm import Tpm, tpm_for
 from imgpipe.guest.policy.controllers import AHCI, CONTROLLERS, IDE, LSI, PVSCSI, VIRTIO_BLK, VIRTIO_SCSI, Device
 
 QEMU = "qemu-system-x86_64"
@@ -33,7 +35,10 @@ class Firmware(str, enum.Enum):
 
 
 def firmware_for(properties: Mapping[str, str]) -> Firmware:
-    """nova boots BIOS unless hw_firmware_type=uefi; Hyper-V Gen2 is UEFI only, Gen1 BIOS only."""
+    """nova boots BIOS unless hw_firmware_type=uefi; Hyper-V Gen2 is UEFI only, Gen1 BIOS only;
+    Arm guests only UEFI."""
+    if architecture_of(properties) == "aarch64":
+        return Firmware.uefi
     machine = properties.get("hw_machine_type", "").lower()
     if machine == "hyperv-gen2":
         return Firmware.uefi
@@ -112,6 +117,11 @@ def config_drive_slot(properties: Mapping[str, str], controller: Device) -> Conf
     """
     hypervisor = properties.get("hypervisor_type", "").lower()
     root_on_ide0 = controller is IDE
+    if architecture_of(properties) == "aarch64" and hypervisor in ("", "kvm", "qemu") \
+            and "img_type" not in properties:
+        bus = properties.get("hw_cdrom_bus", "").lower() or "scsi"  # nova's aarch64 default (blockinfo)
+        extra, device = _CDROM_ON.get(bus, _CDROM_ON["scsi"])
+        return ConfigDriveSlot(extra, device.format(unit=0), True, f"libvirt aarch64: a cdrom on {bus}")
     if hypervisor == "vmware":
         return ConfigDriveSlot((), _CDROM_ON["ide"][1].format(unit=int(root_on_ide0)), True,
                                "VMware: a CD-ROM on IDE")
@@ -201,10 +211,12 @@ class Machine:
     config_drive: ConfigDriveSlot
     nic: Nic
     smbios: bool  # nova's SMBIOS (product "OpenStack Nova"): only its libvirt driver sets it
+    platform: Platform
+    tpm: Tpm | None = None
 
     def argv(self, image: Path, fmt: str, serial_log: Path, vars_copy: Path | None,
              firmware_log: Path | None = None, config_drive: Path | None = None,
-             metadata: MetadataLink | None = None) -> list[str]:
+             metadata: MetadataLink | None = None, tpm_socket: Path | None = None) -> list[str]:
         """Never writes the image (snapshot=on); no display, stop instead of reboot.
 
         SeaBIOS writes its messages ("Booting from Hard Disk...") to the debug port, not ttyS0:
@@ -212,19 +224,22 @@ class Machine:
         is attached where nova attaches it on this target. No network unless `metadata`: cloud-init
         then has only the config drive, and nothing waits for a DHCP lease.
         """
-        accel = ["-enable-kvm", "-cpu", "host"] if self.kvm else ["-accel", "tcg", "-cpu", "max"]
+        accel = ["-enable-kvm", "-cpu", "host"] if self.kvm else ["-accel", "tcg", "-cpu", self.platform.tcg_cpu]
         firmware: list[str] = []
         if self.firmware is Firmware.uefi:
             assert vars_copy is not None
-            firmware = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            firmware = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.platform.code}",
                         "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
-        return [QEMU, "-machine", "pc", *accel,
+        if self.platform.arch == "aarch64":
+            firmware_log = None  # the virt machine has no ISA debug port
+        return [self.platform.qemu, *self.platform.argv(), *accel,
                 "-m", str(MEMORY_MIB), "-display", "none", "-no-reboot",
                 *(metadata.argv(self.nic, self.smbios) if metadata else ["-nic", "none"]),
                 "-serial", f"file:{serial_log}", "-monitor", "none", *firmware,
                 "-drive", f"file={image},format={fmt},if=none,id=d0,snapshot=on",
                 *self.controller.argv(),
                 *(self.config_drive.argv(config_drive) if config_drive else []),
+                *(self.tpm.argv(tpm_socket, self.platform.arch) if self.tpm and tpm_socket else []),
                 *(["-debugcon", f"file:{firmware_log}", "-global", "isa-debugcon.iobase=0x402"]
                   if firmware_log else [])]
 
@@ -232,12 +247,15 @@ class Machine:
 def machine_for(properties: Mapping[str, str], firmware: Firmware = Firmware.auto) -> Machine:
     chosen = firmware_for(properties) if firmware is Firmware.auto else firmware
     controller, why = controller_for(properties, chosen)
-    return Machine(chosen, controller, why, kvm_works(), config_drive_slot(properties, controller),
-                   nic_for(properties), libvirt_guest(properties))
+    platform = platform_for(properties, chosen is Firmware.uefi)
+    kvm = kvm_works() and platform.arch in ("x86_64", "i686")
+    seen = {**properties, "hw_machine_type": properties.get("hw_machine_type") or platform.machine.split(",")[0]}
+    return Machine(chosen, controller, why, kvm, config_drive_slot(seen, controller), nic_for(properties),
+                   libvirt_guest(properties), platform, tpm_for(properties))
 
 
-def private_vars(directory: Path) -> Path:
-    """OVMF writes its variable store: each boot gets its own copy of the template."""
-    copy = directory / "OVMF_VARS.fd"
-    shutil.copyfile(OVMF_VARS, copy)
+def private_vars(directory: Path, template: Path = OVMF_VARS) -> Path:
+    """The firmware writes its variable store: each boot gets its own copy of the template."""
+    copy = directory / template.name
+    shutil.copyfile(template, copy)
     return copy

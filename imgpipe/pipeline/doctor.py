@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgpipe import profiles
+from imgpipe.boot.firmware import AAVMF, OVMF
 from imgpipe.boot.machine import OVMF_CODE, OVMF_VARS, QEMU
 from imgpipe.cloud.connection import ConnectOptions
 from imgpipe.cloud.doctor import Check, cloud_checks
@@ -50,6 +51,13 @@ NEEDS = (
     Need(QEMU, "qemu-system-x86", "boot-check and publish --boot-check"),
     Need("OVMF code", "ovmf", "boot-check of UEFI images", path=OVMF_CODE),
     Need("OVMF variables", "ovmf", "boot-check of UEFI images", path=OVMF_VARS),
+    Need("OVMF Secure Boot code", "ovmf", "boot-check with os_secure_boot=required",
+         path=OVMF / "OVMF_CODE_4M.secboot.fd"),
+    Need("OVMF Microsoft keys", "ovmf", "boot-check with os_secure_boot=required", path=OVMF / "OVMF_VARS_4M.ms.fd"),
+    Need("qemu-system-aarch64", "qemu-system-arm", "boot-check of aarch64 images"),
+    Need("AAVMF code", "qemu-efi-aarch64", "boot-check of aarch64 images", path=AAVMF / "AAVMF_CODE.fd"),
+    Need("AAVMF variables", "qemu-efi-aarch64", "boot-check of aarch64 images", path=AAVMF / "AAVMF_VARS.fd"),
+    Need("swtpm", "swtpm", "boot-check with hw_tpm_version (vTPM)"),
 )
 
 
