@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,23 @@ def test_unsigned_loader_is_refused_and_forced_ends_on_access_denied(strict_gues
     assert proc.returncode == 21, proc.stderr
     line = next(line for line in proc.stderr.splitlines() if line.startswith("imgpipe: error:"))
     assert "Secure Boot refused the boot chain: 'BdsDxe: failed to load Boot" in line and "Access Denied" in line
+
+
+@pytest.mark.bench
+def test_print_strict_boot_times(strict_guests: dict[str, Path], tmp_path: Path) -> None:
+    """`make bench`: seconds to the marker, one boot at a time, beside today's plain UEFI boot."""
+    cases = (("plain UEFI (OVMF, virtio-blk)", strict_guests["unsigned"], "kvm", ("--property", "hw_firmware_type=uefi")),
+             ("aarch64 TCG (AAVMF, cortex-a57)", strict_guests["arm64"], "kvm", ()),
+             ("Secure Boot (q35+SMM, OVMF secboot)", strict_guests["signed"], "kvm-secureboot", ()),
+             ("Secure Boot + TPM 2.0 crb (swtpm)", strict_guests["signed"], "kvm-secureboot",
+              ("--property", "hw_tpm_version=2.0", "--property", "hw_tpm_model=tpm-crb")),
+             ("Secure Boot refusing an unsigned loader", strict_guests["unsigned"], "kvm-secureboot", ()))
+    for name, disk, profile, extra in cases:
+        started = time.monotonic()
+        proc = _imgpipe("boot-check", str(disk), "-p", profile, "--json", "--timeout", "400",
+                        "--log", str(tmp_path / "boot.log"), *extra)
+        got = json.loads(proc.stdout) if proc.returncode == 0 else None
+        wall = time.monotonic() - started
+        shown = f"{got['seconds']:.0f} s to the marker ({wall:.0f} s wall)" if got else \
+            f"exit {proc.returncode} after {wall:.0f} s wall (with inspection)"
+        print(f"\nboot-check, {name}: {shown}")
