@@ -137,7 +137,9 @@ def test_rocky_derives_in_openstack_words(rocky: tuple[Path, dict[str, Any]]) ->
                                     "os_version": "9.4", "hw_qemu_guest_agent": "yes"}
     assert why(report, "kvm", "os_distro") == "partition 4 /etc/os-release -> /usr/lib/os-release (ID=rocky)"
     assert why(report, "kvm", "os_version") == "partition 4 /etc/os-release -> /usr/lib/os-release (VERSION_ID)"
-    assert why(report, "kvm", "architecture") == "partition 2 (ESP) EFI/BOOT/BOOTX64.EFI (PE machine)"
+    assert why(report, "kvm", "architecture") == ("partition 2 (ESP) EFI/BOOT/BOOTX64.EFI (PE machine); partition 4 "
+                                                  "/usr/lib/systemd/systemd (ELF e_machine 0x3e); partition 4 /usr/bin/sh "
+                                                  "(ELF e_machine 0x3e)")
     assert why(report, "kvm", "hw_qemu_guest_agent") == "partition 4 /usr/bin/qemu-ga"
     for profile in ("vmware", "vmware-ova"):
         assert props(report, profile) == {"architecture": "x86_64", "os_type": "linux",

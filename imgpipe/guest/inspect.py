@@ -73,9 +73,11 @@ def _inspect(info: ImageInfo, disk: nbd.Export, work: Path) -> GuestFacts:
     for part in parts:
         if roles[part.number if part else 0] is Role.WINDOWS:
             _read_ntfs(info, part, work, facts)
-    loaders = [Fact(f.value["architecture"], f.evidence) for f in facts.uefi_loaders]
-    facts.architecture_sources = loaders + facts.architecture_sources
-    decided = architecture.decide(loaders, facts.architecture_sources[len(loaders):])
+    loaders = [Fact(f.value["architecture"], f.evidence) for f in facts.uefi_loaders
+               if f.value["architecture"] != "unknown"]
+    inside = facts.architecture_sources  # the kernel's and the ELF binaries', read with the root
+    facts.architecture_sources = loaders + inside
+    decided = architecture.decide(loaders, inside)
     facts.architecture, facts.architecture_conflict = decided.architecture, decided.conflict
     if facts.architecture is not None:
         facts.secure_boot = _secure_boot(esps, facts.architecture.value, kernel_signatures)
@@ -91,8 +93,9 @@ def _window(info: ImageInfo, disk: nbd.Export, part: Partition | None) -> nbd.Wi
 def _secure_boot(esps: list[tuple[fat.Fat, str]], arch: str, kernel: Fact | None) -> Fact | None:
     """The chain from the ESP's removable-path loader for the guest's architecture."""
     path = secureboot.REMOVABLE.get(arch)
-    for esp, label in esps if path else []:
-        assert path is not None
+    if path is None:
+        return None
+    for esp, label in esps:
         loader = efi.read(esp, path, secureboot.LOADER_LIMIT)
         if loader is None:
             continue
