@@ -100,6 +100,11 @@ def test_config_drive_argv_is_a_machine_qemu_starts(tmp_path: Path, profile: str
                                                     bus: tuple[str, ...], device: str, cdrom: bool) -> None:
     """qemu itself checks the buses, units and read-only media (-S: it builds the machine, then waits)."""
     argv, _ = _config_drive_argv(tmp_path, profile, extra)
+    _qemu_builds_the_machine(argv)
+
+
+def _qemu_builds_the_machine(argv: list[str]) -> None:
+    """qemu with -S builds the machine, then waits: still running after a moment means it took argv."""
     proc = subprocess.Popen([*argv, "-S"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(1.5)
@@ -146,15 +151,7 @@ def test_metadata_link_is_a_machine_qemu_starts(tmp_path: Path, profile: str) ->
     disk.write_bytes(b"\0" * (1 << 20))
     with serving(Server(uuid="u", hostname="h", public_key="k", user_data=b"")) as service:
         link = qemu_machine.MetadataLink(GUEST_NETWORK, service.guestfwd(), "6a1d2e4c-1f7b-4d5e-9a0b-3c2d1e0f9a8b")
-        argv = machine.argv(disk, "raw", tmp_path / "serial.log", None, metadata=link)
-        proc = subprocess.Popen([*argv, "-S"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            time.sleep(1.5)
-            exited = proc.poll()
-        finally:
-            proc.kill()
-            output = proc.communicate()[0]
-    assert exited is None, output
+        _qemu_builds_the_machine(machine.argv(disk, "raw", tmp_path / "serial.log", None, metadata=link))
 
 
 def test_config_drive_for_a_boot_is_nova_shaped_and_prints_the_marker(tmp_path: Path) -> None:
