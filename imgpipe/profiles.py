@@ -109,6 +109,9 @@ class Profile(BaseModel):
     warning: str | None = None
     # Upload a source that already is this profile's output as it is (see conversion/passthrough).
     passthrough: bool = True
+    # Part of 'all'. Off for a profile that refuses most guests by design (Secure Boot required):
+    # 'all' must not turn a publish of an ordinary guest into a refusal.
+    in_all: bool = True
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("properties", mode="before")
@@ -275,9 +278,10 @@ def load_all(extra_dirs: Iterable[Path] = ()) -> dict[str, Profile]:
 def select(names: Iterable[str], available: dict[str, Profile]) -> list[Profile]:
     """Resolve requested names in order, without repeats.
 
-    'all' means every disk-image profile: docker takes a different kind of source.
+    'all' means every disk-image profile (docker takes a different kind of source) but those
+    named alone (in_all: false).
     """
-    disk_images = sorted(n for n, p in available.items() if p.converts)
+    disk_images = sorted(n for n, p in available.items() if p.converts and p.in_all)
     wanted: list[str] = []
     for name in names:
         for one in (disk_images if name == "all" else [name]):

@@ -116,6 +116,8 @@ def test_select_all_excludes_docker_and_rejects_unknown() -> None:
     loaded = profiles.load_all()
     names = [p.name for p in profiles.select(["all"], loaded)]
     assert "docker" not in names and "vmware" in names
+    assert "kvm-secureboot" not in names  # in_all: false, it refuses most guests by design
+    assert [p.name for p in profiles.select(["all", "kvm-secureboot"], loaded)][-1] == "kvm-secureboot"
     with pytest.raises(ProfileError, match="unknown profile 'nope'"):
         profiles.select(["nope"], loaded)
 

@@ -64,7 +64,8 @@ SrcArg = Annotated[Path, typer.Argument(
                         "compressed.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 ProfileOpt = Annotated[list[str], typer.Option(
-    "--profile", "-p", metavar="PROFILE", help="Target profile (repeatable; 'all' for every one).")]
+    "--profile", "-p", metavar="PROFILE",
+    help="Target profile (repeatable; 'all' for every disk-image one but kvm-secureboot).")]
 OneProfileOpt = Annotated[str, typer.Option(
     "--profile", "-p", metavar="PROFILE", help="Profile the file was made for.")]
 
