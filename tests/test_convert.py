@@ -168,3 +168,16 @@ def test_converted_size_checks_the_file_against_its_profile(all_outputs: dict[st
         converted_size(all_outputs["kvm"], known["vmware"])
     with pytest.raises(UnsafeImageError, match="not a Xen tgz"):
         converted_size(all_outputs["kvm"], known["xen"])
+
+
+def test_outputs_honour_the_umask(sample_qcow2: Path, tmp_path: Path) -> None:
+    """Outputs get the mode any new file gets (0666 less the umask), not a fixed 0644."""
+    import os
+
+    selected = profiles.select(["kvm"], profiles.load_all())
+    old = os.umask(0o027)
+    try:
+        [out] = convert_source(sample_qcow2, selected, Options(out_file=tmp_path / "private.qcow2"))
+    finally:
+        os.umask(old)
+    assert out.path.stat().st_mode & 0o777 == 0o640

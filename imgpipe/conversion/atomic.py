@@ -23,10 +23,25 @@ def fsync_path(path: Path) -> None:
 
 
 def commit(temp: Path, final: Path) -> None:
+    """mkstemp made temp 0600: give the output the mode open() would have (0666 less the umask)."""
     fsync_path(temp)
-    os.chmod(temp, 0o644)
+    os.chmod(temp, 0o666 & ~umask())
     os.replace(temp, final)
     fsync_path(final.parent)
+
+
+def umask() -> int:
+    """The process umask, read without setting it (os.umask would race other threads)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    for line in status.splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    current = os.umask(0o022)  # kernels before 4.7: set and restore
+    os.umask(current)
+    return current
 
 
 def discard(paths: list[Path]) -> None:
