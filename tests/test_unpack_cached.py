@@ -31,3 +31,14 @@ def test_decompressed_once_per_sha256(sample_qcow2: Path, tmp_path: Path, monkey
     assert unpack.cached(sample_qcow2, "0" * 64, cache) == sample_qcow2  # a plain disk is used in place
     assert prune(cache, keep=set(), unused_for=-1) == [cache / "sources" / sha]
     assert not disk.exists()
+
+
+def test_errors_keep_their_fields_when_renamed(tmp_path: Path) -> None:
+    """A boot-check of an unpacked OVA's disk names the OVA and keeps its serial-log tail."""
+    from imgpipe.errors import BootCheckError
+
+    src, disk = tmp_path / "vendor.ova", tmp_path / "work" / "disk1.vmdk"
+    with pytest.raises(BootCheckError) as caught, unpack.named_as(src, disk):
+        raise BootCheckError(f"{disk}: no login prompt within 60 s", tail="[    0.1] Kernel panic")
+    assert str(caught.value) == f"{src}: no login prompt within 60 s"
+    assert caught.value.tail == "[    0.1] Kernel panic"

@@ -9,6 +9,7 @@ the result is then inspected like any other source.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import tempfile
 from collections.abc import Iterator
@@ -88,7 +89,9 @@ def named_as(src: Path, disk: Path) -> Iterator[None]:
     except ImgpipeError as exc:
         if disk == src or str(disk) not in str(exc):
             raise
-        raise type(exc)(str(exc).replace(str(disk), str(src))) from exc
+        renamed = copy.copy(exc)  # keeps its fields (a boot-check's serial-log tail)
+        renamed.args = (str(exc).replace(str(disk), str(src)),)
+        raise renamed from exc
 
 
 @contextlib.contextmanager
