@@ -104,3 +104,7 @@ class KeyManagerError(ImgpipeError):
 
 class SignatureInvalidError(ImgpipeError):
     """An image's signature or its certificate does not verify (as nova would find on boot)."""
+
+
+class OverBudgetError(GuestInspectionError):
+    """A tool reading an untrusted image went over its wall clock, CPU or output budget."""

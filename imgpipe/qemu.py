@@ -11,8 +11,9 @@ from typing import Any
 from imgpipe.runner import Limits, Result, run
 
 QEMU_IMG = "qemu-img"
-# nova's limits for `qemu-img info` on untrusted images.
-INFO_LIMITS = Limits(cpu_seconds=30, address_space=1 << 30)
+# nova's limits for `qemu-img info` on untrusted images, plus a wall clock and an output cap
+# (qemu-img map of a hostile qcow2, debugfs or mdir listing a hostile directory).
+INFO_LIMITS = Limits(cpu_seconds=30, address_space=1 << 30, wall_seconds=120.0, max_output=64 << 20)
 # check and dd do I/O through qemu's thread pool (up to 64 threads, 8 MiB stack each), which
 # under 1 GiB fails intermittently with "qemu_thread_create: Resource temporarily unavailable".
 IO_LIMITS = Limits(cpu_seconds=120, address_space=4 << 30)

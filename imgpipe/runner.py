@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-import io
+import ctypes
+import functools
 import logging
+import os
 import re
 import resource
+import selectors
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from imgpipe import retry
-from imgpipe.errors import ToolMissingError
+from imgpipe.errors import OverBudgetError, ToolMissingError
 
 LOG = logging.getLogger("imgpipe.run")
 
@@ -27,17 +34,27 @@ PACKAGES = {"qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils", "sfdisk": "fdisk
             "qemu-system-x86_64": "qemu-system-x86"}
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+STDERR_KEPT = 1 << 20  # the end of stderr is where tools say what went wrong
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits for commands that parse untrusted images (nova uses the same)."""
+    """Resource limits for commands that parse untrusted images (nova uses the same).
+
+    The CPU limit alone lets a tool that blocks or sleeps run for ever, and one that prints
+    without end fill the memory of whoever keeps its output: wall_seconds and max_output
+    bound both. Over either, the command is killed and OverBudgetError raised.
+    """
 
     cpu_seconds: int = 30
     address_space: int = 1 << 30
+    wall_seconds: float | None = None
+    max_output: int | None = None  # bytes of stdout kept in memory
 
     def apply(self) -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds))
+        # SIGXCPU at the soft limit says why the command ended; SIGKILL a second later if ignored.
+        resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 1))
         resource.setrlimit(resource.RLIMIT_AS, (self.address_space, self.address_space))
 
 
@@ -85,26 +102,36 @@ def run(
 
 
 @contextlib.contextmanager
-def stream(argv: Sequence[str]) -> Iterator[IO[bytes]]:
+def stream(argv: Sequence[str], *, limits: Limits | None = None) -> Iterator[IO[bytes]]:
     """Run argv with its stdout as a pipe the caller reads (a decompressor feeding a bounded copy).
 
     Not retried: the caller has consumed the output. If the caller stops early (an error, a
-    limit), the command is killed; otherwise a non-zero exit raises CommandFailed.
+    limit), the command is killed; otherwise a non-zero exit raises CommandFailed. Past
+    limits.wall_seconds the command is killed and the block ends in OverBudgetError.
     """
     require(argv[0])
     LOG.info("run: %s", shlex.join(argv))
     with tempfile.TemporaryFile() as stderr, subprocess.Popen(
-            list(argv), stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL) as proc:
+            list(argv), stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
+            preexec_fn=_child_setup(limits)) as proc:
         assert proc.stdout is not None
+        timer = threading.Timer(limits.wall_seconds, proc.kill) if limits and limits.wall_seconds else None
+        if timer:
+            timer.start()
         try:
             yield proc.stdout
         except BaseException:
             proc.kill()
             raise
+        finally:
+            if timer:
+                timer.cancel()
         returncode = proc.wait()
+        if timer and timer.finished.is_set() and returncode == -signal.SIGKILL and limits:
+            raise _over(argv, f"ran longer than {limits.wall_seconds:g} s")
         if returncode != 0:
             stderr.seek(0)
-            raise CommandFailed(Result(tuple(argv), returncode, "", stderr.read().decode(errors="replace")))
+            raise CommandFailed(Result(tuple(argv), returncode, "", _tail(stderr.read()).decode(errors="replace")))
 
 
 def _run_once(
@@ -114,17 +141,18 @@ def _run_once(
     on_progress: Callable[[float], None] | None,
 ) -> Result:
     LOG.info("run: %s", shlex.join(argv))
-    preexec = limits.apply if limits else None
-    if on_progress is None:
-        proc = subprocess.run(
-            list(argv), capture_output=True, preexec_fn=preexec, check=False, stdin=subprocess.DEVNULL
-        )
-        stdout, stderr, returncode = proc.stdout, proc.stderr, proc.returncode
-    else:
-        stdout, stderr, returncode = _run_with_progress(argv, preexec, on_progress)
+    with subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                          preexec_fn=_child_setup(limits)) as proc:
+        try:
+            stdout, stderr = _communicate(proc, argv, limits, on_progress)
+        except BaseException:
+            proc.kill()
+            raise
+    if limits and proc.returncode == -signal.SIGXCPU:
+        raise _over(argv, f"used more than {limits.cpu_seconds} s of CPU")
     result = Result(
         tuple(argv),
-        returncode,
+        proc.returncode,
         stdout.decode(errors="replace"),
         stderr.decode(errors="replace"),
     )
@@ -133,29 +161,85 @@ def _run_once(
     return result
 
 
-def _run_with_progress(
-    argv: Sequence[str],
-    preexec: Callable[[], None] | None,
-    on_progress: Callable[[float], None],
-) -> tuple[bytes, bytes, int]:
-    with subprocess.Popen(
-        list(argv),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=preexec,
-    ) as proc:
-        assert isinstance(proc.stdout, io.BufferedReader) and proc.stderr is not None
-        seen = b""
-        while chunk := proc.stdout.read1(4096):
-            seen = (seen + chunk)[-256:]
-            matches = _PROGRESS.findall(seen)
-            if matches:
-                on_progress(float(matches[-1]))
-                seen = b""
-        stderr = proc.stderr.read()
-        proc.wait()
-    return b"", stderr, proc.returncode
+def _communicate(proc: subprocess.Popen[bytes], argv: Sequence[str], limits: Limits | None,
+                 on_progress: Callable[[float], None] | None) -> tuple[bytes, bytes]:
+    """Read stdout and stderr together (one left unread fills its pipe and blocks the command),
+    within the wall clock and the output cap; with on_progress, stdout is only parsed."""
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + limits.wall_seconds if limits and limits.wall_seconds else None
+    cap = limits.max_output if limits else None
+    out, err, seen = bytearray(), bytearray(), b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ, out)
+        selector.register(proc.stderr, selectors.EVENT_READ, err)
+        while selector.get_map():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise _over(argv, f"ran longer than {limits.wall_seconds:g} s" if limits else "")
+            for key, _ in selector.select(left):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                elif key.data is err:
+                    err += chunk
+                    del err[:-STDERR_KEPT]
+                elif on_progress is not None:
+                    seen = (seen + chunk)[-256:]
+                    if matches := _PROGRESS.findall(seen):
+                        on_progress(float(matches[-1]))
+                        seen = b""
+                else:
+                    out += chunk
+                    if cap is not None and len(out) > cap:
+                        raise _over(argv, f"printed more than {_size(cap)}")
+    try:
+        proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise _over(argv, f"ran longer than {limits.wall_seconds:g} s" if limits else "") from None
+    return bytes(out), bytes(err)
+
+
+def _over(argv: Sequence[str], what: str) -> OverBudgetError:
+    """One line: the file the command read (the last argument naming an existing file), the
+    tool, and the limit it went over."""
+    files = [a for a in argv[1:] if os.path.isfile(a)]
+    subject = f"{files[-1]}: " if files else ""
+    return OverBudgetError(f"{subject}{Path(argv[0]).name} over budget: {what}; stopped")
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
+
+
+def _tail(data: bytes) -> bytes:
+    return data[-STDERR_KEPT:]
+
+
+@functools.cache
+def _prctl() -> Callable[..., int]:
+    """Loaded in the parent: a child between fork and exec should not load libraries."""
+    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl
+
+
+def _child_setup(limits: Limits | None) -> Callable[[], None]:
+    """What runs in each child before exec: die with imgpipe, then the limits.
+
+    PR_SET_PDEATHSIG fires when the thread that started the child ends; every command here
+    is started and waited for (or killed) by one thread, so that is when imgpipe lets go of
+    it, and an imgpipe killed outright (OOM killer, SIGKILL) takes its children with it.
+    """
+    prctl = _prctl()
+    parent = os.getpid()
+
+    def setup() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # imgpipe died before prctl took effect
+            os._exit(1)
+        if limits is not None:
+            limits.apply()
+
+    return setup
 
 
 @contextlib.contextmanager
@@ -164,12 +248,12 @@ def spawn(argv: Sequence[str], *, output: IO[bytes],
     """Start a long-running command (a guest under qemu, an NBD server) the caller uses and ends.
 
     stdout and stderr go to `output`. Whatever way the block is left (done, timeout, Ctrl-C),
-    the command is killed and reaped: no process outlives the caller.
+    the command is killed and reaped: no process outlives the caller, even one killed outright.
     """
     require(argv[0])
     LOG.info("run: %s", shlex.join(argv))
     with subprocess.Popen(list(argv), stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                          preexec_fn=limits.apply if limits else None) as proc:
+                          preexec_fn=_child_setup(limits)) as proc:
         try:
             yield proc
         finally:

@@ -18,7 +18,7 @@ from imgpipe.guest.fs.partition import TOOL_LIMITS
 from imgpipe.guest.fs.tree import Node
 from imgpipe.runner import CommandFailed, run, stream
 
-_TOOLS = ("ntfsls", "ntfsinfo", "ntfscat", "prlimit")
+_TOOLS = ("ntfsls", "ntfsinfo", "ntfscat")
 _ATTRIBUTES = re.compile(r"File attributes:.*\(0x([0-9a-fA-F]+)\)")
 _REPARSE_POINT = 0x400  # junctions, symlinks, deduplicated and cloud files: their $DATA is not the content
 _CHUNK = 1 << 20
@@ -60,7 +60,7 @@ class NtfsTree:
         chunks: list[bytes] = []
         size = 0
         try:
-            with stream(_limited(["ntfscat", "-f", str(self.image), real])) as out:
+            with stream(["ntfscat", "-f", str(self.image), real], limits=TOOL_LIMITS) as out:
                 while size < limit and (chunk := out.read(min(_CHUNK, limit - size))):
                     chunks.append(chunk)
                     size += len(chunk)
@@ -140,7 +140,3 @@ def _fold(name: str) -> str:
     """NTFS compares names through its $UpCase table, one UTF-16 unit at a time: no 'ß' -> 'SS'."""
     return "".join(up if len(up := c.upper()) == 1 else c for c in name)
 
-
-def _limited(argv: list[str]) -> list[str]:
-    """argv under prlimit: runner.stream (the only streaming runner) takes no Limits."""
-    return ["prlimit", f"--cpu={TOOL_LIMITS.cpu_seconds}", f"--as={TOOL_LIMITS.address_space}", "--", *argv]
