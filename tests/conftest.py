@@ -51,3 +51,28 @@ def glance(glance_server, monkeypatch: pytest.MonkeyPatch):
     only (as a user would set it), so other tests' clouds.yaml files are not shadowed."""
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(glance_server.clouds_yaml))
     return glance_server
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A test fails on any HTTP 5xx a local Glance or Keystone of this session answered while
+    it ran, unless the test's fault proxy injected the fault (issue 20: "database is locked"
+    500s hidden by retries). Logs are read from where each test left off."""
+    from imgpipe_dev import localcloud
+
+    base = tmp_path_factory.getbasetemp()
+
+    def logs() -> dict[Path, int]:
+        found = [*base.glob("*/logs/*.log"), *base.glob("*/*/logs/*.log")]
+        return {log: log.stat().st_size for log in found if log.name in ("glance.log", "keystone.log")}
+
+    before = logs()
+    yield
+    errors = []
+    for log, size in logs().items():
+        with log.open("rb") as f:
+            f.seek(before.get(log, 0))
+            errors += [f"{log}: {line}" for line in localcloud.server_errors(f.read().decode(errors="replace"))]
+    if errors:
+        pytest.fail(f"{request.node.name}: the local cloud answered {len(errors)} server error(s) nobody injected:\n"
+                    + "\n".join(errors[:10]), pytrace=False)

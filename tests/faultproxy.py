@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from imgpipe_dev.localcloud import FAULT_HEADER
+
 
 @dataclass
 class Fault:
@@ -91,6 +93,8 @@ class FaultProxy:
                 if fault and fault.kind == "stall":
                     time.sleep(fault.seconds)
                     return
+                if fault:  # the server's access log shows what it answered to an injected fault
+                    head += f"\r\n{FAULT_HEADER}: {fault.kind}".encode()
                 upstream.sendall(head + b"\r\n\r\n")
                 buf = self._forward_body(client, upstream, buf, length, fault)
         except OSError:

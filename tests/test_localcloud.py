@@ -148,3 +148,43 @@ def test_instances_are_independent(noauth_cloud, keystone_cloud):
     admin_view = _glance(keystone_cloud, keystone_cloud.admin_name).images.list()
 
     assert "only-in-noauth" not in {image.name for image in admin_view}
+
+
+def test_parallel_writers_get_no_server_errors(noauth_cloud):
+    """Parallel create/upload/patch/delete: SQLite used to answer "database is locked" (500)."""
+    import threading
+
+    import requests
+
+    url, answers = noauth_cloud.glance_url, []
+
+    def writer(n: int) -> None:
+        with requests.Session() as http:
+            for i in range(4):
+                made = http.post(f"{url}/v2/images", json={"name": f"par-{n}-{i}", "disk_format": "raw",
+                                                           "container_format": "bare"})
+                answers.append(made.status_code)
+                if made.status_code != 201:
+                    continue
+                image = f"{url}/v2/images/{made.json()['id']}"
+                answers.append(http.put(f"{image}/file", data=b"x" * 4096,
+                                        headers={"Content-Type": "application/octet-stream"}).status_code)
+                answers.append(http.patch(image, json=[{"op": "add", "path": "/k", "value": "v"}], headers={
+                    "Content-Type": "application/openstack-images-v2.1-json-patch"}).status_code)
+                answers.append(http.delete(image).status_code)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(set(answers)) == [200, 201, 204] and len(answers) == 6 * 4 * 4
+    log = localcloud.server_errors(noauth_cloud.logs["glance"].read_text())
+    assert log == []
+
+
+def test_server_errors_are_those_nobody_injected():
+    line = '127.0.0.1 - - [06/Dec/2026:17:28:11 +0000] "PUT /v2/images/x/file HTTP/1.1" {} 12 "-" "ua" fault={}'
+    log = "\n".join([line.format(500, "-"), line.format(500, "reset"), line.format(204, "-"),
+                     line.format(503, "-"), "2026-12-06 17:28:11 ERROR glance 500 fault=-"])
+    assert localcloud.server_errors(log) == [line.format(500, "-"), line.format(503, "-")]

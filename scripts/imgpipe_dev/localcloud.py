@@ -70,6 +70,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import secrets
 import sqlite3
 import signal
@@ -93,6 +94,9 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 SERVICES = ("glance", "keystone", "barbican")
 SQLITE_BUSY_SECONDS = 60  # how long a locked sqlite write waits before failing
+FAULT_HEADER = "X-Imgpipe-Fault"
+ACCESS_LOG_FORMAT = ('%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" '
+                     f'fault=%({{{FAULT_HEADER.lower()}}}i)s')
 NOAUTH_POLICY = "noauth-policy.yaml"
 # Import tasks need an owner (tasks.owner is NOT NULL) and Glance's noauth context has no
 # project: import-enabled noauth clouds use this context instead (a module in etc/).
@@ -103,6 +107,26 @@ OWNED_NOAUTH = (
     "    def process_request(self, req):\n"
     "        req.context = glance.context.RequestContext(\n"
     "            user_id='noauth', project_id='noauth', roles=['admin'], is_admin=True)\n")
+
+
+# oslo.db opens every SQLite transaction with a plain (deferred) BEGIN. A transaction that
+# reads and then writes while another connection writes fails at once with "database is
+# locked" (HTTP 500): SQLite does not wait where waiting could deadlock, whatever the busy
+# timeout. BEGIN IMMEDIATE takes the write lock first, so writers queue within the timeout.
+# A gunicorn hook (in each worker, before the app loads) installs it for every engine:
+# class-level listeners run before oslo.db's own, which then sees the transaction begun.
+SQLITE_BEGIN_IMMEDIATE = """
+
+def post_fork(server, worker):
+    from sqlalchemy import event, text
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "begin")
+    def begin_immediate(conn):
+        if conn.dialect.name == "sqlite" and "in_transaction" not in conn.info:
+            conn.execute(text("BEGIN IMMEDIATE"))
+            conn.info["in_transaction"] = True
+"""
 
 
 class LocalCloudError(RuntimeError):
@@ -411,12 +435,15 @@ def _spawn_gunicorn(venv: Path, state_dir: Path, server: _Server) -> subprocess.
         "proc_name": f"localcloud {service} {state_dir}",
         "workers": 1, "worker_class": "gthread", "threads": server.threads,
         "timeout": 300, "graceful_timeout": 5, "accesslog": "-",
+        # gunicorn's default line and the fault a test proxy injected into the request, so
+        # the test suite can tell the server errors it provoked from real ones.
+        "access_log_format": ACCESS_LOG_FORMAT,
         # gunicorn >= 24 opens ~/.gunicorn/gunicorn.ctl, one path for every
         # instance: side-by-side clouds would fight over it.
         "control_socket_disable": True,
     }
     (workdir / "gunicorn.conf.py").write_text(
-        "".join(f"{key} = {value!r}\n" for key, value in settings.items()))
+        "".join(f"{key} = {value!r}\n" for key, value in settings.items()) + SQLITE_BEGIN_IMMEDIATE)
     log = _log_path(state_dir, service)
     with open(log, "ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service} on "
@@ -428,6 +455,16 @@ def _spawn_gunicorn(venv: Path, state_dir: Path, server: _Server) -> subprocess.
     stat = _proc_stat(proc.pid)
     _pid_path(state_dir, service).write_text(f"{proc.pid} {stat[2] if stat else 0}\n")
     return proc
+
+
+_ACCESS_5XX = re.compile(r'^\S+ \S+ \S+ \[[^\]]*\] "[^"]*" 5\d\d .* fault=(\S+)$')
+
+
+def server_errors(log_text: str) -> list[str]:
+    """The access-log lines of a server's log where it answered 5xx to a request nobody
+    injected a fault into (tests/faultproxy.py marks the ones it breaks)."""
+    return [line for line in log_text.splitlines()
+            if (found := _ACCESS_5XX.match(line)) and found.group(1) == "-"]
 
 
 def _wait_until_answers(proc: subprocess.Popen[bytes], url: str, log: Path,
@@ -575,11 +612,15 @@ def _prepare_glance(venv: Path, state_dir: Path, port: int, keystone_url: str | 
         _run_setup(state_dir, [str(venv / "bin" / "glance-manage"),
                                "--config-file", str(conf), "db_sync"])
         _mark_initialized(base)
-    # Concurrent uploads (8 gunicorn threads) otherwise often hit "database is locked"
-    # 500s in the rollback-journal mode; WAL lets readers and one writer overlap.
-    with sqlite3.connect(base / "glance.sqlite") as db:
-        db.execute("PRAGMA journal_mode=WAL")
+    _wal(base / "glance.sqlite")
     return env
+
+
+def _wal(db_file: Path) -> None:
+    """WAL (persistent in the file) lets readers and the one writer overlap: in the rollback
+    journal mode every write waits for all reads, and parallel publishes saw 500s."""
+    with sqlite3.connect(db_file) as db:
+        db.execute("PRAGMA journal_mode=WAL")
 
 
 # --------------------------------------------------------------------------
@@ -623,6 +664,7 @@ def _prepare_keystone(venv: Path, state_dir: Path, port: int,
                                "--bootstrap-internal-url", url],
                    env={"OS_BOOTSTRAP_PASSWORD": passwords["admin"]})
         _mark_initialized(base)
+    _wal(base / "keystone.sqlite")
     return {"OS_KEYSTONE_CONFIG_DIR": str(etc)}
 
 
