@@ -106,5 +106,15 @@ class SignatureInvalidError(ImgpipeError):
     """An image's signature or its certificate does not verify (as nova would find on boot)."""
 
 
+class OutputPathError(ImgpipeError):
+    """The output cannot go where it was asked to (a directory given as -o, a missing or
+    read-only output directory): refused before any work."""
+
+
+class LocalIOError(ImgpipeError):
+    """The operating system refused to read or write a local file (permissions, an I/O error,
+    a file where a directory was expected); any OSError that reaches the CLI becomes this."""
+
+
 class OverBudgetError(GuestInspectionError):
     """A tool reading an untrusted image went over its wall clock, CPU or output budget."""

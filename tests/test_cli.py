@@ -304,3 +304,44 @@ def test_piped_output_width(columns: str | None, width: int) -> None:
     proc = subprocess.run([sys.executable, "-m", "imgpipe.cli", "profiles", "list"], capture_output=True,
                           text=True, env=env, check=True)
     assert max(len(line) for line in proc.stdout.splitlines()) == width
+
+
+def test_a_directory_as_output_file_is_refused_before_converting(sample_qcow2: Path, tmp_path: Path) -> None:
+    """On the command line a usage error (2); through the pipeline, OutputPathError before any work."""
+    from imgpipe.conversion.convert import Options
+    from imgpipe.pipeline.convert import convert_source
+    from imgpipe.profiles import load_all, select
+
+    target = tmp_path / "existing"
+    target.mkdir()
+    code, _, stderr = imgpipe("convert", sample_qcow2, "-p", "kvm", "-o", target)
+    assert code == 2 and "is a directory" in stderr, stderr
+    with pytest.raises(errors.OutputPathError, match=f"^{target}: is a directory; -o names the output file"):
+        convert_source(sample_qcow2, select(["kvm"], load_all()), Options(out_file=target))
+    assert EXIT_CODES[errors.OutputPathError] == 23
+    assert list(target.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_an_os_error_is_one_line_and_its_own_exit_code(sample_qcow2: Path, tmp_path: Path) -> None:
+    """No OSError ends in a traceback: the output's name is taken by a directory, which only the
+    final rename meets (IsADirectoryError); nothing half-written is left beside it."""
+    out_dir = tmp_path / "out"
+    (out_dir / "guest.qcow2").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "-m", "imgpipe.cli", "convert", str(sample_qcow2), "-p", "kvm",
+                           "--output-dir", str(out_dir)], capture_output=True, text=True)
+    assert proc.returncode == EXIT_CODES[errors.LocalIOError] == 24, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and last.startswith("imgpipe: error: ") and "Is a directory" in last
+    assert [p.name for p in out_dir.iterdir()] == ["guest.qcow2"] and not any((out_dir / "guest.qcow2").iterdir())
+
+
+def test_os_errors_map_to_documented_codes() -> None:
+    import errno
+
+    from imgpipe.cli.base import from_os_error
+
+    full = from_os_error(OSError(errno.ENOSPC, "No space left on device", "/out/x.qcow2"))
+    assert isinstance(full, errors.NoSpaceError) and str(full) == "/out/x.qcow2: No space left on device"
+    denied = from_os_error(PermissionError(errno.EACCES, "Permission denied", "/etc/shadow"))
+    assert isinstance(denied, errors.LocalIOError) and EXIT_CODES[errors.LocalIOError] == 24
+    assert str(denied) == "/etc/shadow: Permission denied"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import logging
 import signal
@@ -47,8 +48,12 @@ EXIT_CODES: dict[type[errors.ImgpipeError], int] = {
     errors.SigningError: 23,
     errors.KeyManagerError: 24,
     errors.SignatureInvalidError: 25,
+    errors.OutputPathError: 26,
+    errors.LocalIOError: 27,
 }
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM (systemd, Kubernetes, CI cancelling a job): 128 + SIGTERM
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -105,13 +110,15 @@ app = App(pretty_exceptions_enable=False,
 
 
 def handled(fn: Callable[P, R]) -> Callable[P, R]:
-    """The only place errors become one-line messages and exit codes (Ctrl-C is 130)."""
+    """The only place errors become one-line messages and exit codes (Ctrl-C is 130, SIGTERM
+    143); an OSError that no stage turned into an ImgpipeError gets its own code, not a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except errors.ImgpipeError as exc:
+        except (errors.ImgpipeError, OSError) as caught:
+            exc = caught if isinstance(caught, errors.ImgpipeError) else from_os_error(caught)
             code = exit_code(exc)
             # the command's context (typer hands over click's own class, not typer.Context)
             found = (getattr(a, "obj", None) for a in (*args, *kwargs.values()))
@@ -120,9 +127,10 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
                 run.emit_json({"error": str(exc), "exit_code": code, "kind": type(exc).__name__})
             render.err.print(f"imgpipe: error: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
-        except KeyboardInterrupt:
-            render.err.print("imgpipe: interrupted; nothing half-written was kept", highlight=False)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            render.err.print(f"imgpipe: {what}; nothing half-written was kept", highlight=False)
+            raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED) from None
 
     return wrapper
 
@@ -182,8 +190,22 @@ def main_options(
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: every clean-up Ctrl-C runs, then exit 143 instead of 130."""
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
+
+
+def from_os_error(exc: OSError) -> errors.ImgpipeError:
+    """One line naming the file and what the system said; a full disk is NoSpaceError."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    what = exc.strerror or str(exc) or type(exc).__name__
+    message = f"{' -> '.join(names)}: {what}" if names else what
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.NoSpaceError(message)
+    return errors.LocalIOError(message)
 
 
 def _fail_if(failures: list[str]) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
 from imgpipe.conversion.convert import Options, Output, convert_image, docker_output, early_copies
-from imgpipe.errors import ConversionError, ProfileError
+from imgpipe.errors import OutputPathError, ProfileError
 from imgpipe.pipeline.prepared import Given, Preparation, PreparedSource, prepare
 from imgpipe.profiles import Profile
 from imgpipe.progress import Progress
@@ -36,9 +37,7 @@ def check_outputs(src: Path, profiles: list[Profile], opts: Options) -> None:
         if outputs > 1:
             raise ProfileError(f"-o takes one output, but these profiles need {outputs} different files: "
                                "use --output-dir")
-    work = opts.out_file.parent if opts.out_file else opts.out_dir
-    if not work.is_dir():
-        raise ConversionError(f"{work}: output directory does not exist")
+    check_destination(opts)
 
 
 def convert_source(src: Path, profiles: list[Profile], opts: Options, progress: Progress | None = None, *,
@@ -52,3 +51,16 @@ def convert_source(src: Path, profiles: list[Profile], opts: Options, progress: 
         if prepared.info is None:
             return [docker_output(src, profiles)]
         return convert_image(prepared.info, profiles, conversion_options(prepared, profiles, opts), progress, early)
+
+
+def check_destination(opts: Options) -> None:
+    """Refuse where the outputs cannot go before any work (unpacking, inspecting, converting),
+    not with an OSError once everything is converted."""
+    if opts.out_file is not None and opts.out_file.is_dir():
+        raise OutputPathError(f"{opts.out_file}: is a directory; -o names the output file "
+                              "(--output-dir takes a directory)")
+    directory = opts.out_file.parent if opts.out_file is not None else opts.out_dir
+    if not directory.is_dir():
+        raise OutputPathError(f"{directory}: output directory does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{directory}: output directory is not writable")
