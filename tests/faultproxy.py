@@ -1,8 +1,8 @@
 """A small HTTP-aware TCP proxy on loopback that injects faults into chosen requests.
 
 Used instead of a fake Glance: the real Glance stays behind it, the proxy only breaks the
-wire (reset after N body bytes, 503 with Retry-After, a stall, a hook that can kill the
-server, or one body byte changed in flight) for requests whose "METHOD PATH" matches.
+wire (reset after N body bytes, 503 with Retry-After, a stall, a slow link, a hook that can kill
+the server, or one body byte changed in flight) for requests whose "METHOD PATH" matches.
 Bounded: every fault fires `times` times.
 """
 
@@ -21,10 +21,10 @@ from imgpipe_dev.localcloud import FAULT_HEADER
 @dataclass
 class Fault:
     match: str  # regex on "METHOD PATH"
-    kind: str  # "reset" | "503" | "stall" | "hook" | "tamper"
+    kind: str  # "reset" | "503" | "stall" | "hook" | "tamper" | "slow"
     after: int = 0  # body bytes forwarded before a reset/hook, or the offset of the byte tamper flips
     times: int = 1
-    seconds: float = 0.0  # stall length, or Retry-After for 503
+    seconds: float = 0.0  # stall length, or Retry-After for 503, or per MiB forwarded when slow
     hook: Callable[[], None] | None = None
     fired: int = 0
 
@@ -116,6 +116,10 @@ class FaultProxy:
                 if not buf:
                     raise OSError("client closed")
             piece, buf = buf[:length - sent], buf[length - sent:]
+            if fault and fault.kind == "slow" and len(piece) > 1 << 16:
+                piece, buf = piece[:1 << 16], piece[1 << 16:] + buf
+            if fault and fault.kind == "slow":
+                time.sleep(fault.seconds * len(piece) / (1 << 20))
             if fault and fault.kind in ("reset", "hook") and sent + len(piece) >= fault.after:
                 upstream.sendall(piece[:max(0, fault.after - sent)])
                 if fault.hook:

@@ -109,7 +109,7 @@ def test_interrupt_mid_upload_leaves_no_image(proxy: FaultProxy, sample_qcow2: P
     import subprocess
     import sys
 
-    from imgpipe.cli import EXIT_INTERRUPTED
+    from imgpipe.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
 
     proxy.faults.append(Fault(PUT, "stall", seconds=20))
     # A shell's background job inherits SIGINT ignored, and Python then never raises
@@ -124,9 +124,42 @@ def test_interrupt_mid_upload_leaves_no_image(proxy: FaultProxy, sample_qcow2: P
     assert any(r.startswith("PUT ") for r in proxy.requests)
     proc.send_signal(getattr(signal, signame))
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == EXIT_INTERRUPTED, stderr
-    assert "interrupted" in stderr
+    assert proc.returncode == (EXIT_INTERRUPTED if signame == "SIGINT" else EXIT_TERMINATED), stderr
+    assert ("interrupted" if signame == "SIGINT" else "terminated") in stderr
     _assert_one_active(f"interrupted-{signame}", None)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupted_publish_stops_its_uploads_and_deletes_their_images(
+        proxy: FaultProxy, sample_qcow2: Path, tmp_path: Path, signame: str) -> None:
+    """Ctrl-C / SIGTERM while uploads run on a slow link and more wait: the running ones stop
+    at their next chunk and delete their images, the queued ones never start."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from imgpipe.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
+
+    proxy.faults.append(Fault(PUT, "slow", times=100, seconds=2.0))  # 2 s per MiB: 20 s per upload
+    selected = ["kvm", "qemu", "kvm-raw", "lxc", "uml"]
+    name = f"stopped-{signame}"
+    proc = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "publish", str(sample_qcow2),
+                             *[a for p in selected for a in ("-p", p)], "--name", name, "--cloud", "proxied",
+                             "--work-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while sum(r.startswith("PUT ") for r in proxy.requests) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sum(r.startswith("PUT ") for r in proxy.requests) == 2
+    proc.send_signal(getattr(signal, signame))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == (EXIT_INTERRUPTED if signame == "SIGINT" else EXIT_TERMINATED), stderr
+    assert sum(r.startswith("PUT ") for r in proxy.requests) < len(selected)
+    for profile in selected:
+        _assert_one_active(f"{name}-{profile}", None)
+    assert not list(tmp_path.glob("imgpipe-publish-*"))
 
 
 def test_failed_publish_json_is_one_document(proxy: FaultProxy, sample_qcow2: Path, tmp_path: Path) -> None:
@@ -174,3 +207,33 @@ def test_killed_publish_is_taken_over_at_once_and_its_work_dir_removed(
     assert [o.split(":")[1] for o in result["took_over_from"]] == [str(proc.pid)]
     assert not list(tmp_path.glob("imgpipe-publish-*"))
     _assert_one_active(result["name"], result["image_id"])
+
+
+def test_an_image_glance_will_not_delete_is_named_and_swept_by_the_next_run(
+        proxy: FaultProxy, sample_qcow2: Path) -> None:
+    """Glance fails the PUT and then every DELETE of that image (the "database is locked" 500s
+    of issue 20): the upload still succeeds into a new image, names the one left behind (exit
+    18), and the next run, finding it by its provenance properties, deletes it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proxy.faults += [Fault(PUT, "503", times=1), Fault(r"^DELETE /v2/images/", "503", times=1000)]
+    argv = [sys.executable, "-m", "imgpipe.cli", "upload", str(sample_qcow2), "-p", "kvm", "--name", "orphaned",
+            "--cloud", "proxied", "--retries", "3", "--json"]
+    first = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert first.returncode == 18, first.stderr
+    (result,) = json.loads(first.stdout)["images"]
+    [left] = result["left_behind"]
+    orphan = left.split("(")[1].rstrip(")")
+    assert left == f"orphaned ({orphan})" and f"orphaned: left behind in Glance: {left}" in first.stderr
+    assert any(r == f"DELETE /v2/images/{orphan}" for r in proxy.requests)
+    direct = clouds.connect("test")
+    assert sorted(i["status"] for i in glance_api.list_images(direct, {"name": "orphaned"})) == ["active", "queued"]
+    proxy.faults.clear()
+    again = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["images"][0]["status"] == "unchanged"
+    assert f"deleting image {orphan} (queued), left by an earlier run" in again.stderr
+    _assert_one_active("orphaned", result["image_id"])

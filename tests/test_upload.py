@@ -147,23 +147,67 @@ def test_hidden_image_still_counts_as_published(glance, sample_qcow2: Path, tmp_
     assert again.status == "unchanged" and again.image_id == first.image_id
 
 
-def test_crashed_runs_leftover_is_replaced_not_waited_for(glance, sample_qcow2: Path) -> None:
-    """A run killed mid-upload leaves its image in progress with a silent heartbeat."""
+def test_crashed_runs_leftover_is_replaced_not_waited_for(glance, sample_qcow2: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run on another host crashed mid-upload: Glance has not seen its image touched for
+    STALE_AFTER by Glance's own clock, though the heartbeat the peer wrote (its host's clock,
+    an hour ahead) looks fresh."""
     import time
 
     from imgpipe.cloud import upload as upload_mod
 
+    monkeypatch.setattr(upload_mod, "STALE_AFTER", 1.0)
     cloud = clouds.connect("test")
     req = _request(sample_qcow2, "leftover")
     fields = {**upload_mod._fields(req, "crashed-run"), "id": upload_mod._slot_id(req, 0),
-              upload_mod.HEARTBEAT_KEY: f"{time.time() - 3600:.0f}"}
+              upload_mod.OWNER_KEY: "another-host:4242:1.00",
+              upload_mod.HEARTBEAT_KEY: f"{time.time() + 3600:.0f}"}
     leftover = glance_api.create_image(cloud, fields)
+    time.sleep(2.5)  # Glance's updated_at has one-second resolution
     started = time.monotonic()
     result = upload(cloud, req)
     assert time.monotonic() - started < upload_mod.WAIT_FOR_PEER / 10
     assert result.status == "created" and result.image_id != leftover["id"]
     assert glance_api.get_image(cloud, leftover["id"]) is None
     assert [i["id"] for i in _images(cloud, "leftover")] == [result.image_id]
+
+
+def test_a_live_peer_is_waited_for_whatever_its_hosts_clock(glance, sample_qcow2: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer on a host whose clock is an hour behind writes heartbeats that look an hour old;
+    Glance touched its image just now, so it is alive and its upload is not deleted."""
+    import time
+
+    from imgpipe.cloud import upload as upload_mod
+    from imgpipe.errors import UploadError
+
+    monkeypatch.setattr(upload_mod, "WAIT_FOR_PEER", 2.0)
+    cloud = clouds.connect("test")
+    req = _request(sample_qcow2, "skewed-peer")
+    fields = {**upload_mod._fields(req, "peer-run"), "id": upload_mod._slot_id(req, 0),
+              upload_mod.OWNER_KEY: "another-host:4242:1.00",
+              upload_mod.HEARTBEAT_KEY: f"{time.time() - 3600:.0f}"}
+    peer = glance_api.create_image(cloud, fields)
+    with pytest.raises(UploadError, match=f"concurrent upload {peer['id']} did not finish in time"):
+        upload(cloud, req)
+    assert glance_api.get_image(cloud, peer["id"])["status"] == "queued"
+    glance_api.delete_image(cloud, peer["id"])
+
+
+def test_heartbeat_moves_glances_updated_at(glance, sample_qcow2: Path) -> None:
+    """The takeover reads updated_at: each beat (a PATCH) must move it, by Glance's clock."""
+    import time
+
+    from imgpipe.cloud import upload as upload_mod
+
+    cloud = clouds.connect("test")
+    image = glance_api.create_image(cloud, upload_mod._fields(_request(sample_qcow2, "beating"), "run"))
+    time.sleep(1.1)
+    beaten = glance_api.update_properties(cloud, image, {upload_mod.HEARTBEAT_KEY: "1"})
+    _, now = glance_api.get_image_at(cloud, image["id"])
+    assert glance_api.timestamp(beaten["updated_at"]) > glance_api.timestamp(image["updated_at"])
+    assert abs(now - glance_api.timestamp(beaten["updated_at"])) < upload_mod.STALE_AFTER
+    glance_api.delete_image(cloud, image["id"])
 
 
 def test_live_upload_beats_its_heart(glance, sample_qcow2: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -96,9 +96,11 @@ def _show_results(run: Settings, results: list[UploadResult], failures: list[str
                      [(r.cloud, r.name, r.image_id, r.status, f"{r.disk_format}/{r.container_format}",
                        " ".join(f"{k}={r.properties[k]}" for k in KEY_PROPERTIES if k in r.properties))
                       for r in results])
-    if failures:
-        raise errors.PartialFailure(f"{len(failures)} of {len(results) + len(failures)} uploads failed: "
-                                    + "; ".join(failures))
+    left = [f"cloud {r.cloud}: {r.name}: left behind in Glance: {', '.join(r.left_behind)}"
+            for r in results if r.left_behind]
+    if failures or left:
+        head = f"{len(failures)} of {len(results) + len(failures)} uploads failed" if failures else "uploaded"
+        raise errors.PartialFailure(f"{head}: " + "; ".join(failures + left))
 
 
 @app.command("upload")

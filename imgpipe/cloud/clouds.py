@@ -45,6 +45,23 @@ class Cloud:
     put_forbidden: bool = False
     _learnt: dict[str, Any] = field(default_factory=dict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Images this run created and has neither finished nor deleted: id -> (name, upload run).
+    # An interrupted run deletes them at once; the end of each upload retries its own.
+    _unfinished: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+
+    def created(self, image_id: str, name: str, run_id: str) -> None:
+        with self._lock:
+            self._unfinished[image_id] = (name, run_id)
+
+    def settled(self, image_id: str) -> None:
+        """The image is finished (active and verified) or gone."""
+        with self._lock:
+            self._unfinished.pop(image_id, None)
+
+    def unfinished(self, run_id: str | None = None) -> dict[str, str]:
+        """id -> name of the unfinished images (of one upload run, or all)."""
+        with self._lock:
+            return {i: name for i, (name, run) in self._unfinished.items() if run_id in (None, run)}
 
     def call(self, what: str, fn: Callable[[], T], give_up: type[ImgpipeError] = UploadError) -> T:
         """fn retried within this cloud's limits; log lines and errors say "cloud NAME: what"."""

@@ -8,7 +8,10 @@ uploads chunked without a Content-Length, which is slower than a plain PUT.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -21,6 +24,7 @@ from imgpipe.retry import RETRY_STATUS, Transient, parse_retry_after
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 ACTIVE = "active"
 IN_PROGRESS = frozenset({"queued", "saving", "importing", "uploading"})
+KILLED = "killed"  # an upload Glance gave up on: never becomes active
 
 
 class Conflict(GlanceRefusedError):
@@ -82,12 +86,38 @@ def create_image(cloud: Cloud, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_image(cloud: Cloud, image_id: str) -> dict[str, Any] | None:
+    return get_image_at(cloud, image_id)[0]
+
+
+def get_image_at(cloud: Cloud, image_id: str) -> tuple[dict[str, Any] | None, float]:
+    """The image, and Glance's own time when it answered (to compare with its updated_at)."""
     resp = request(cloud, "GET", f"/v2/images/{image_id}", f"get image {image_id}", ok=(200, 404))
-    return None if resp.status_code == 404 else dict(resp.json())
+    return (None if resp.status_code == 404 else dict(resp.json())), server_time(resp)
+
+
+def server_time(resp: requests.Response) -> float:
+    """The Date header as seconds since the epoch: the server's clock, not this host's (RFC 9110
+    makes origin servers send it; without one, the local clock is all there is)."""
+    try:
+        return parsedate_to_datetime(resp.headers["Date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return time.time()
+
+
+def timestamp(value: str | None) -> float:
+    """One of Glance's ISO 8601 times (created_at, updated_at) as seconds since the epoch."""
+    if not value:
+        return 0.0
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def list_images(cloud: Cloud, filters: dict[str, str]) -> list[dict[str, Any]]:
-    """Every image matching the filters (Glance filters on custom properties too), all pages.
+    return list_images_at(cloud, filters)[0]
+
+
+def list_images_at(cloud: Cloud, filters: dict[str, str]) -> tuple[list[dict[str, Any]], float]:
+    """Every image matching the filters (Glance filters on custom properties too), all pages,
+    and Glance's time when it answered the last page.
 
     Glance reads "op:value" in the name filter, so a docker name like repo:tag gets "eq:".
     """
@@ -98,11 +128,12 @@ def list_images(cloud: Cloud, filters: dict[str, str]) -> list[dict[str, Any]]:
     path = "/v2/images"
     images: list[dict[str, Any]] = []
     while True:
-        body = request(cloud, "GET", path, "list images", params=params).json()
+        resp = request(cloud, "GET", path, "list images", params=params)
+        body = resp.json()
         images += body.get("images", [])
         next_link = body.get("next")
         if not next_link:
-            return images
+            return images, server_time(resp)
         path, params = next_link, None
 
 

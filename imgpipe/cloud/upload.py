@@ -8,6 +8,7 @@ PUT failed, and an image left in 'saving' by a crashed server never recovers.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -16,7 +17,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from imgpipe import __version__
 from imgpipe.cloud import glance, image_import, signature
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
-from imgpipe.errors import GlanceRefusedError, UploadError
+from imgpipe.errors import GlanceRefusedError, ImgpipeError, UploadError
 from imgpipe.hashing import Digests, sha256_file
 from imgpipe.owner import Owner, me
 from imgpipe.profiles import RESERVED
@@ -40,8 +40,10 @@ HEARTBEAT_KEY = "imgpipe_heartbeat"
 # host:pid:start time of the run uploading an image: on the same host a dead owner is
 # recognised at once instead of after STALE_AFTER (see imgpipe.owner).
 OWNER_KEY = "imgpipe_owner"
-# A run uploading an image touches HEARTBEAT_KEY this often (Glance's updated_at does not
-# move during a PUT); an in-progress image silent for STALE_AFTER is a crashed run's leftover.
+# A run uploading an image touches it this often (Glance's updated_at does not move during a
+# PUT, but does with each PATCH); an in-progress image whose updated_at is STALE_AFTER behind
+# Glance's own clock is a crashed run's leftover. Both times are Glance's: two hosts' clocks
+# need not agree. HEARTBEAT_KEY (this host's time) is still written for older versions.
 HEARTBEAT = 30.0
 STALE_AFTER = 4 * HEARTBEAT
 WAIT_FOR_PEER = 15 * 60
@@ -95,13 +97,27 @@ class UploadResult:
     properties: dict[str, str] = field(default_factory=dict)
     took_over_from: list[str] = field(default_factory=list)  # dead owners whose leftovers went
     stores: list[str] = field(default_factory=list)
+    # "NAME (ID)" of images a failed attempt left that Glance would not delete, even at the end
+    left_behind: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | None = None) -> UploadResult:
+class Cancelled(Exception):
+    """The run is being interrupted: the upload stops at its next chunk and deletes its image."""
+
+
+def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | None = None,
+           cancel: threading.Event | None = None) -> UploadResult:
+    """Publish one file; `cancel` set (Ctrl-C, SIGTERM) stops it within a chunk.
+
+    What a failed attempt leaves and Glance will not delete at once is deleted again (with
+    backoff) when the upload ends, and named in the result or the error if it still stands.
+    """
     started = time.monotonic()
+    took_over: list[str] = []
+    sweep_abandoned(cloud, req.name, req.profile, took_over)
     own_sha = None
     if req.signer is not None:  # before anything is created: a refused certificate leaves nothing
         props, digest = signature.for_file(cloud, req.signer, req.path)
@@ -115,11 +131,87 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
         if existing:
             return existing
     run_id = uuid.uuid4().hex
-    took_over: list[str] = []
-    image, status = cloud.call(f"publish {req.name}", lambda: _attempt(cloud, req, run_id, on_bytes, took_over))
+    sent = _watched(on_bytes, cancel, req.name)
+    try:
+        image, status = cloud.call(f"publish {req.name}", lambda: _attempt(cloud, req, run_id, sent, took_over))
+    except ImgpipeError as exc:
+        standing = delete_unfinished(cloud, run_id)
+        if not standing:
+            raise
+        named = copy.copy(exc)  # same class (exit code) and fields, the leftovers named
+        named.args = (f"{exc}; left behind in Glance: {', '.join(standing)}",)
+        raise named from exc
     result = _result(cloud, req.profile, image, status, started)
     result.took_over_from = took_over
+    result.left_behind = delete_unfinished(cloud, run_id)
     return result
+
+
+def _watched(on_bytes: Callable[[int], None] | None, cancel: threading.Event | None,
+             name: str) -> Callable[[int], None] | None:
+    """on_bytes, raising Cancelled once `cancel` is set (the body iterator calls it per chunk)."""
+    if cancel is None:
+        return on_bytes
+
+    def sent(count: int) -> None:
+        if cancel.is_set():
+            raise Cancelled(f"{name}: upload cancelled")
+        if on_bytes is not None:
+            on_bytes(count)
+
+    return sent
+
+
+def delete_unfinished(cloud: Cloud, run_id: str | None = None) -> list[str]:
+    """Delete (with backoff) the images this run created and did not finish; "NAME (ID)" of
+    those Glance still keeps. run_id: only one upload's (None: all, for an interrupted run)."""
+    standing = []
+    for image_id, name in cloud.unfinished(run_id).items():
+        if not _delete(cloud, image_id):
+            LOG.error("cloud %s: image %s (%s) is left behind: delete it with "
+                      "'openstack image delete %s'", cloud.name, name, image_id, image_id)
+            standing.append(f"{name} ({image_id})")
+    return standing
+
+
+def sweep_abandoned(cloud: Cloud, name: str, profile: str, took_over: list[str] | None = None) -> list[str]:
+    """Delete the unfinished images earlier runs left under this name and profile (found by
+    the provenance properties every imgpipe image carries); return their ids.
+
+    An image is abandoned when Glance killed it, when its owner died on this host, or when
+    Glance has not seen it touched for STALE_AFTER; a live peer's upload is left alone.
+    """
+    images, now = cloud.call("list images", lambda: glance.list_images_at(cloud, {"name": name, PROFILE_KEY: profile}))
+    gone = []
+    for image in images:
+        if image.get("name") != name or image.get(PROFILE_KEY) != profile:
+            continue
+        why = _abandoned(image, now)
+        if why is None:
+            continue
+        LOG.warning("cloud %s: deleting image %s (%s), left by an earlier run: %s", cloud.name, image["id"],
+                    image.get("status"), why)
+        dead = Owner.parse(str(image.get(OWNER_KEY, "")))
+        if _delete(cloud, image["id"]):
+            gone.append(image["id"])
+            if took_over is not None and dead is not None and dead.is_dead_here():
+                took_over.append(str(dead))
+    return gone
+
+
+def _abandoned(image: dict[str, Any], now: float) -> str | None:
+    """Why an unfinished image is no live upload's (None: it may be one). `now` is Glance's clock."""
+    if image.get("status") == glance.KILLED:
+        return "Glance killed its upload"
+    if image.get("status") not in glance.IN_PROGRESS:
+        return None
+    dead = Owner.parse(str(image.get(OWNER_KEY, "")))
+    if dead is not None and dead.is_dead_here():
+        return f"its owner {dead} died"
+    silent = now - glance.timestamp(image.get("updated_at"))
+    if silent > STALE_AFTER:
+        return f"Glance has not seen it touched for {silent:.0f} s"
+    return None
 
 
 def find_unchanged(cloud: Cloud, name: str, profile: str, source_sha256: str,
@@ -168,6 +260,7 @@ def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, on_bytes: Callable[[
     if peer is not None:
         return peer, "unchanged"
     assert image is not None
+    cloud.created(image["id"], req.name, run_id)
     done = False
     try:
         with _heartbeat(cloud, image):
@@ -175,6 +268,7 @@ def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, on_bytes: Callable[[
         # One PATCH labels the image and answers with what verification reads: no extra GET.
         verified = _verify(cloud, glance.update_properties(cloud, image, _labels(req, digests)), digests, req)
         done = True
+        cloud.settled(image["id"])
         return verified, "created"
     finally:
         if not done:
@@ -223,11 +317,12 @@ def _claim(cloud: Cloud, req: UploadRequest, run_id: str,
 def _settle_peer(cloud: Cloud, image_id: str, run_id: str, took_over: list[str]) -> dict[str, Any] | None:
     """The id is taken: wait for a live peer's upload, or clear the way to the next id.
 
-    A peer is gone when it is this run, its owner died on this host, or its heartbeat stopped.
+    A peer is gone when it is this run, its owner died on this host, or Glance has not seen it
+    touched for STALE_AFTER (by Glance's clock: no two hosts' clocks are compared).
     """
     deadline = time.monotonic() + WAIT_FOR_PEER
     while True:
-        peer = cloud.call(f"get image {image_id}", lambda: glance.get_image(cloud, image_id))
+        peer, now = cloud.call(f"get image {image_id}", lambda: glance.get_image_at(cloud, image_id))
         if peer is None or peer["status"] not in {glance.ACTIVE, *glance.IN_PROGRESS}:
             return None  # deleted or failed: that id is spent
         if peer["status"] == glance.ACTIVE:
@@ -238,9 +333,10 @@ def _settle_peer(cloud: Cloud, image_id: str, run_id: str, took_over: list[str])
             took_over.append(str(dead))
             _delete(cloud, image_id)
             return None
-        if peer.get(RUN_KEY) == run_id or time.time() - _last_sign_of_life(peer) > STALE_AFTER:
-            LOG.warning("cloud %s: deleting leftover image %s (%s since %s)", cloud.name,
-                        image_id, peer["status"], peer.get("updated_at"))
+        why = "an earlier attempt of this run" if peer.get(RUN_KEY) == run_id else _abandoned(peer, now)
+        if why is not None:
+            LOG.warning("cloud %s: deleting leftover image %s (%s since %s): %s", cloud.name,
+                        image_id, peer["status"], peer.get("updated_at"), why)
             _delete(cloud, image_id)
             return None
         if time.monotonic() > deadline:
@@ -290,20 +386,6 @@ def _heartbeat(cloud: Cloud, image: dict[str, Any]) -> Iterator[None]:
         thread.join()
 
 
-def _last_sign_of_life(image: dict[str, Any]) -> float:
-    """The image's heartbeat; updated_at for images without one (older imgpipe versions)."""
-    try:
-        return float(image[HEARTBEAT_KEY])
-    except (KeyError, ValueError):
-        return _timestamp(image.get("updated_at"))
-
-
-def _timestamp(value: str | None) -> float:
-    if not value:
-        return 0.0
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
 def _verify(cloud: Cloud, image: dict[str, Any], ours: Digests, req: UploadRequest) -> dict[str, Any]:
     """Glance's size and hashes (as it reports them after the upload) must equal the ones
     computed while the bytes left."""
@@ -324,16 +406,21 @@ def _verify(cloud: Cloud, image: dict[str, Any], ours: Digests, req: UploadReque
     return image
 
 
-def _delete(cloud: Cloud, image_id: str) -> None:
-    """Best effort, with retries: a server restarting after a crash comes back within them.
+def _delete(cloud: Cloud, image_id: str) -> bool:
+    """With retries and backoff (a 5xx, a server restarting after a crash); True when the image
+    is gone. Never raises: clean-up must not hide the error that caused it.
 
     A delete answered with a 5xx may still have happened; Glance then refuses the retry
     (400 "deleted to deleted"), so a refusal is checked against the image's actual state.
     """
     try:
-        cloud.call(f"delete image {image_id}", lambda: glance.delete_image(cloud, image_id))
-    except GlanceRefusedError:
-        if cloud.call(f"get image {image_id}", lambda: glance.get_image(cloud, image_id)) is not None:
-            LOG.error("cloud %s: could not delete image %s", cloud.name, image_id)
-    except Exception as exc:  # cleanup must not hide the error that caused it
+        try:
+            cloud.call(f"delete image {image_id}", lambda: glance.delete_image(cloud, image_id))
+        except GlanceRefusedError:
+            if cloud.call(f"get image {image_id}", lambda: glance.get_image(cloud, image_id)) is not None:
+                raise
+    except Exception as exc:
         LOG.error("cloud %s: could not delete image %s: %s", cloud.name, image_id, exc)
+        return False
+    cloud.settled(image_id)
+    return True

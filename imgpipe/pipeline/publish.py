@@ -21,7 +21,15 @@ from imgpipe.boot.check import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult
 from imgpipe.cloud import keymanager
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
-from imgpipe.cloud.upload import UploadRequest, UploadResult, find_unchanged, upload
+from imgpipe.cloud.upload import (
+    Cancelled,
+    UploadRequest,
+    UploadResult,
+    delete_unfinished,
+    find_unchanged,
+    sweep_abandoned,
+    upload,
+)
 from imgpipe.conversion.convert import Options, Output, conversion_groups, convert_image, docker_output
 from imgpipe.errors import ImgpipeError
 from imgpipe.guest.policy import derive
@@ -98,6 +106,17 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options, progress: P
         return report  # nothing to convert: the source is not even unpacked
     for gone in owner.sweep(opts.out_dir, WORK_PREFIX):
         LOG.warning("removed %s, the work directory of a dead run", gone)
+    try:
+        _convert_and_upload(req, clouds, opts, sha, todo, report, progress, how)
+    except BaseException:
+        for cloud in clouds:  # what the stopped uploads could not delete themselves
+            delete_unfinished(cloud)
+        raise
+    return report
+
+
+def _convert_and_upload(req: PublishRequest, clouds: list[Cloud], opts: Options, sha: str, todo: list[Profile],
+                        report: PublishReport, progress: Progress | None, how: Preparation | None) -> None:
     with _Run.started(req, clouds, sha, opts.out_dir, progress) as run, \
             prepare(req.source, todo, replace(how or Preparation(), work_dir=run.work, scratch_dir=run.work,
                                               clouds=tuple((c.name, c.metadata_paths) for c in clouds)),
@@ -114,7 +133,6 @@ def publish(req: PublishRequest, clouds: list[Cloud], opts: Options, progress: P
                 continue
             run.boot_and_upload(group, outputs, group_opts)  # while the next group converts
         run.wait(report)  # a passthrough upload reads the unpacked disk itself: wait inside prepare()
-    return report
 
 
 def _not_yet_published(req: PublishRequest, clouds: list[Cloud], sha: str, report: PublishReport) -> list[Profile]:
@@ -154,7 +172,7 @@ class _Run:
         with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=parent) as work, \
                 ThreadPoolExecutor(max_workers=max(1, len(clouds)) * 2) as uploads, \
                 ThreadPoolExecutor(max_workers=req.boot_check.parallel if req.boot_check else 1) as boots, \
-                _stopping_boots() as stop:
+                _stopping(uploads) as stop:
             owner.claim_dir(Path(work))
             yield cls(req, clouds, sha, Path(work), uploads, boots, stop, progress)
 
@@ -169,7 +187,8 @@ class _Run:
                     label = f"{cloud.name}/{up.name}"
                     placed = replace(up, placement=req.cloud_placements.get(cloud.name, req.placement))
                     self.submitted.append((label, self.uploads.submit(
-                        _upload_booted, booted, cloud, placed, _bytes_progress(self.progress, label, out.size))))
+                        _upload_booted, booted, cloud, placed, _bytes_progress(self.progress, label, out.size),
+                        self.stop)))
 
     def wait(self, report: PublishReport) -> None:
         for label, future in self.submitted:
@@ -180,13 +199,15 @@ class _Run:
 
 
 @contextlib.contextmanager
-def _stopping_boots() -> Iterator[threading.Event]:
-    """Ctrl-C or SIGTERM reaches only the main thread: tell running boots to end their qemu."""
+def _stopping(uploads: ThreadPoolExecutor) -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM reaches only the main thread: queued uploads are dropped, running ones
+    stop at their next chunk and delete their image, running boots end their qemu."""
     stop = threading.Event()
     try:
         yield stop
     except BaseException:
         stop.set()
+        uploads.shutdown(wait=False, cancel_futures=True)
         raise
 
 
@@ -201,18 +222,23 @@ def _boot(check: BootCheck, up: UploadRequest, profile: Profile, stop: threading
 
 
 def _upload_booted(booted: Future[BootResult] | None, cloud: Cloud, up: UploadRequest,
-                   on_bytes: Callable[[int], None] | None) -> UploadResult:
+                   on_bytes: Callable[[int], None] | None, stop: threading.Event) -> UploadResult:
     """Nothing of an output that did not boot reaches any cloud (BootCheckError propagates)."""
     if booted is not None:
         booted.result()
-    return upload(cloud, up, on_bytes)
+    if stop.is_set():
+        raise Cancelled(f"{up.name}: upload cancelled")
+    return upload(cloud, up, on_bytes, stop)
 
 
 def _unchanged(cloud: Cloud, name: str, profile: str, sha: str, placement: Placement,
                signer: Signer | None) -> UploadResult | None:
     """An unreachable cloud must not stop the others: its upload will fail and be reported."""
     try:
-        return find_unchanged(cloud, name, profile, sha, placement, signer)
+        found = find_unchanged(cloud, name, profile, sha, placement, signer)
+        if found is not None:  # no upload will run to sweep what earlier runs left
+            sweep_abandoned(cloud, name, profile)
+        return found
     except ImgpipeError as exc:
         LOG.warning("cloud %s: cannot look for %s: %s", cloud.name, name, exc)
         return None
