@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from imgpipe import qemu
+from imgpipe import owner, qemu
 from imgpipe.runner import spawn
 
 QEMU_NBD = "qemu-nbd"
@@ -157,8 +157,8 @@ def _serve(src: qemu.Source, label: str) -> Iterator[socket.socket]:
 
     The socket lives in a fresh private temp dir: unix socket paths are limited to 108 bytes,
     and nobody else may connect. Whatever way the block is left, the server is killed."""
-    with tempfile.TemporaryDirectory(prefix="imgpipe-nbd-") as private, tempfile.TemporaryFile() as log:
-        sock_path = Path(private) / "sock"
+    with owner.owned_tempdir("imgpipe-nbd-") as private, tempfile.TemporaryFile() as log:
+        sock_path = private / "sock"
         argv = [QEMU_NBD, "--read-only", "--shared=1", f"--socket={sock_path}", *src.args()]
         with spawn(argv, output=log, limits=qemu.IO_LIMITS) as proc, \
                 _connect(sock_path, proc, log, label) as conn:

@@ -8,12 +8,17 @@ another host nothing can be told, and callers fall back to a heartbeat.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+LOG = logging.getLogger("imgpipe.owner")
 OWNER_FILE = "imgpipe-owner"
 
 
@@ -77,3 +82,15 @@ def sweep(parent: Path, prefix: str) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def owned_tempdir(prefix: str, parent: Path | None = None) -> Iterator[Path]:
+    """A temporary directory marked as this process's, made after removing the ones with the
+    same prefix that dead runs left beside it (an imgpipe killed outright cleans up nothing)."""
+    where = parent if parent is not None else Path(tempfile.gettempdir())
+    for gone in sweep(where, prefix):
+        LOG.warning("removed %s, left by a dead run", gone)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=where) as tmp:
+        claim_dir(Path(tmp))
+        yield Path(tmp)

@@ -35,3 +35,44 @@ def test_sweep_removes_only_dead_owners_dirs(tmp_path: Path) -> None:
     owner.claim_dir(live)
     assert owner.sweep(tmp_path, "imgpipe-publish-") == [dead]
     assert not dead.exists() and live.exists() and unowned.exists()
+
+
+def test_temp_dirs_of_dead_runs_are_swept_when_the_next_is_made(tmp_path: Path) -> None:
+    """An imgpipe killed outright leaves its imgpipe-nbd-* / imgpipe-guest-* dirs; the next run's
+    owned_tempdir removes them (and only them) before making its own."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    stale, live = tmp_path / "imgpipe-nbd-stale", tmp_path / "imgpipe-nbd-live"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "sock").write_text("")
+    (stale / owner.OWNER_FILE).write_text(f"{owner.me().host}:{proc.pid}:1.00\n")
+    owner.claim_dir(live)
+    with owner.owned_tempdir("imgpipe-nbd-", tmp_path) as mine:
+        assert owner.Owner.parse((mine / owner.OWNER_FILE).read_text()) == owner.me()
+        assert sorted(tmp_path.iterdir()) == sorted([live, mine])
+    assert not mine.exists() and live.exists()
+
+
+def test_a_killed_inspection_leaves_its_guest_dir_to_the_next_run(tmp_path: Path, sample_qcow2: Path) -> None:
+    """SIGKILL mid-inspection (qemu-nbd running, the guest dir full); the next inspection in the
+    same TMPDIR removes the dead run's imgpipe-nbd-* and imgpipe-guest-* dirs."""
+    import os
+    import signal
+    import sys
+    import time
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    slow = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "inspect", str(sample_qcow2)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("imgpipe-guest-*/" + owner.OWNER_FILE)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    slow.send_signal(signal.SIGKILL)
+    slow.wait()
+    left = list(tmp_path.glob("imgpipe-*"))
+    assert any(p.name.startswith("imgpipe-guest-") for p in left)
+    again = subprocess.run([sys.executable, "-m", "imgpipe.cli", "inspect", str(sample_qcow2)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert not [p for p in tmp_path.glob("imgpipe-*") if p in left]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from imgpipe.boot.firmware import REFUSED
 from imgpipe.boot.machine import Firmware, Machine, MetadataLink, machine_for, private_vars
 from imgpipe.boot.tpm import PROBED, swtpm
 from imgpipe.errors import BootCheckError
+from imgpipe.owner import owned_tempdir
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import inspect_image
 
@@ -102,7 +102,7 @@ def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | Non
     marker = f"imgpipe-{secrets.token_hex(8)}" if config_drive or metadata_service else ""
     pattern = re.compile(re.escape(marker) if marker else expect)
     instance = str(uuid.uuid4())
-    with tempfile.TemporaryDirectory(prefix="imgpipe-boot-") as tmp, contextlib.ExitStack() as helpers, \
+    with owned_tempdir("imgpipe-boot-") as tmp, contextlib.ExitStack() as helpers, \
             _metadata_service(metadata_service, instance, marker) as service:
         vars_copy = private_vars(Path(tmp), machine.platform.vars_template) \
             if machine.firmware is Firmware.uefi else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from imgpipe.errors import GuestRefusedError
 from imgpipe.guest.facts import GuestFacts
 from imgpipe.guest.inspect import inspect_guest
 from imgpipe.guest.policy import refuse
+from imgpipe.owner import owned_tempdir
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import ImageInfo
 
@@ -23,8 +23,8 @@ def inspect(info: ImageInfo, disk: nbd.Export, work_parent: Path | None = None) 
 
     The partitions a tool must read from a copy go to work_parent (default $TMPDIR), not beside
     the outputs, so the output directory's space check still comes first."""
-    with tempfile.TemporaryDirectory(prefix="imgpipe-guest-", dir=work_parent) as work:
-        facts = inspect_guest(info, disk, Path(work))
+    with owned_tempdir("imgpipe-guest-", work_parent) as work:
+        facts = inspect_guest(info, disk, work)
     for note in facts.unchecked:
         LOG.warning("%s: %s", info.path.name, note)
     return facts
