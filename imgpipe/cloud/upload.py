@@ -116,8 +116,6 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
     backoff) when the upload ends, and named in the result or the error if it still stands.
     """
     started = time.monotonic()
-    took_over: list[str] = []
-    sweep_abandoned(cloud, req.name, req.profile, took_over)
     own_sha = None
     if req.signer is not None:  # before anything is created: a refused certificate leaves nothing
         props, digest = signature.for_file(cloud, req.signer, req.path)
@@ -129,8 +127,10 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
         req = replace(req, source_sha256=sha)
         existing = find_unchanged(cloud, req.name, req.profile, sha, req.placement, req.signer)
         if existing:
+            _sweep_after(cloud, req, [])
             return existing
     run_id = uuid.uuid4().hex
+    took_over: list[str] = []
     sent = _watched(on_bytes, cancel, req.name)
     try:
         image, status = cloud.call(f"publish {req.name}", lambda: _attempt(cloud, req, run_id, sent, took_over))
@@ -142,9 +142,18 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
         named.args = (f"{exc}; left behind in Glance: {', '.join(standing)}",)
         raise named from exc
     result = _result(cloud, req.profile, image, status, started)
-    result.took_over_from = took_over
     result.left_behind = delete_unfinished(cloud, run_id)
+    _sweep_after(cloud, req, took_over)
+    result.took_over_from = took_over
     return result
+
+
+def _sweep_after(cloud: Cloud, req: UploadRequest, took_over: list[str]) -> None:
+    """Once the image is there (the sweep must not delay or fail it): what earlier runs left."""
+    try:
+        sweep_abandoned(cloud, req.name, req.profile, took_over)
+    except ImgpipeError as exc:
+        LOG.warning("cloud %s: could not look for images earlier runs left: %s", cloud.name, exc)
 
 
 def _watched(on_bytes: Callable[[int], None] | None, cancel: threading.Event | None,
