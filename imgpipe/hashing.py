@@ -12,6 +12,7 @@ from pathlib import Path
 CHUNK = 1 << 20
 # Chunks a hasher may lag behind the sender: bounds memory to about READ_AHEAD MiB per body.
 READ_AHEAD = 8
+POLL = 0.5  # how often an idle hashing thread checks that it was closed
 ALGOS = ("md5", "sha256", "sha512")
 
 
@@ -40,6 +41,7 @@ class ParallelDigests:
         self._hashes = {a: hashlib.new(a, usedforsecurity=a != "md5") for a in algos}
         self._queues: dict[str, queue.Queue[bytes | None]] = {a: queue.Queue(depth) for a in algos}
         self._errors: list[BaseException] = []
+        self._closed = False
         self._threads = [threading.Thread(target=self._run, args=(a,), name=f"hash-{a}", daemon=True)
                          for a in algos]
         for t in self._threads:
@@ -47,7 +49,17 @@ class ParallelDigests:
 
     def _run(self, algo: str) -> None:
         h, q = self._hashes[algo], self._queues[algo]
-        while (chunk := q.get()) is not None:
+        while True:
+            try:
+                # Polled: Ctrl-C raised in the feeder inside Condition.notify can lose the wake-up
+                # of a blocked get() for good, and close() would then wait for ever.
+                chunk = q.get(timeout=POLL)
+            except queue.Empty:
+                if self._closed:
+                    return
+                continue
+            if chunk is None:
+                return
             if self._errors:
                 continue
             try:
@@ -62,6 +74,7 @@ class ParallelDigests:
 
     def close(self) -> None:
         """Stop the threads; safe to call more than once."""
+        self._closed = True
         for q, t in zip(self._queues.values(), self._threads, strict=True):
             if t.is_alive():
                 q.put(None)
