@@ -115,7 +115,13 @@ def stream(argv: Sequence[str], *, limits: Limits | None = None) -> Iterator[IO[
             list(argv), stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
             preexec_fn=_child_setup(limits)) as proc:
         assert proc.stdout is not None
-        timer = threading.Timer(limits.wall_seconds, proc.kill) if limits and limits.wall_seconds else None
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(limits.wall_seconds, expire) if limits and limits.wall_seconds else None
         if timer:
             timer.start()
         try:
@@ -127,7 +133,7 @@ def stream(argv: Sequence[str], *, limits: Limits | None = None) -> Iterator[IO[
             if timer:
                 timer.cancel()
         returncode = proc.wait()
-        if timer and timer.finished.is_set() and returncode == -signal.SIGKILL and limits:
+        if expired.is_set() and limits:
             raise _over(argv, f"ran longer than {limits.wall_seconds:g} s")
         if returncode != 0:
             stderr.seek(0)
