@@ -269,13 +269,14 @@ def test_forced_upload_takes_its_anchor_from_the_bytes_sent(glance, sample_qcow2
 
 def test_plain_upload_asks_glance_only_what_it_needs(glance, sample_qcow2: Path) -> None:
     """create, PUT, one PATCH that labels and answers for verification: no /v2/info reads,
-    no separate GET (Glance's own access log says what was asked)."""
+    no separate GET (Glance's own access log says what was asked). Then, the image being
+    there, one list of this name's images that earlier runs may have left."""
     cloud = clouds.connect("test")
     log = glance.logs["glance"]
     before = _settled_size(log)
     result = upload(cloud, _request(sample_qcow2, "few-calls", force=True))
     asked = _requests_logged(log, before, until="PATCH")
-    assert asked == ["POST", "PUT", "PATCH"]
+    assert asked[:3] == ["POST", "PUT", "PATCH"] and asked[3:] in ([], ["GET"])
     assert glance_api.get_image(cloud, result.image_id)["owner_specified.openstack.md5"] == \
         hashlib.md5(sample_qcow2.read_bytes()).hexdigest()
 
