@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import logging
 import os
@@ -223,7 +222,10 @@ def _tail(data: bytes) -> bytes:
 
 @functools.cache
 def _prctl() -> Callable[..., int]:
-    """Loaded in the parent: a child between fork and exec should not load libraries."""
+    """Loaded in the parent: a child between fork and exec should not load libraries (and
+    start-up does not pay for ctypes before a command starts a child)."""
+    import ctypes
+
     prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
     return prctl
 
