@@ -245,6 +245,7 @@ def test_leftovers_of_an_interrupted_run_are_discarded(two_clouds: Clouds, mirro
     assert state("a", "eps") == state("b", "eps") == {("eps-kvm", "v1"): "active"}
 
 
+@pytest.mark.server_errors(r"^PUT /v2/images/[^/]+/file ")  # Glance answers 500 to the killed client's cut PUT
 def test_a_killed_sync_is_finished_by_the_next_run(two_clouds: Clouds, mirror: Server, tmp_path: Path) -> None:
     path = write_catalog(tmp_path / "catalog.yaml", [{"name": "zeta", "profiles": ["kvm", "vmware-sparse", "hyperv"],
                                                       "versions": versions(mirror, [2])}])
