@@ -318,7 +318,7 @@ def test_a_directory_as_output_file_is_refused_before_converting(sample_qcow2: P
     assert code == 2 and "is a directory" in stderr, stderr
     with pytest.raises(errors.OutputPathError, match=f"^{target}: is a directory; -o names the output file"):
         convert_source(sample_qcow2, select(["kvm"], load_all()), Options(out_file=target))
-    assert EXIT_CODES[errors.OutputPathError] == 23
+    assert EXIT_CODES[errors.OutputPathError] == 26
     assert list(target.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
 
 
@@ -329,7 +329,7 @@ def test_an_os_error_is_one_line_and_its_own_exit_code(sample_qcow2: Path, tmp_p
     (out_dir / "guest.qcow2").mkdir(parents=True)
     proc = subprocess.run([sys.executable, "-m", "imgpipe.cli", "convert", str(sample_qcow2), "-p", "kvm",
                            "--output-dir", str(out_dir)], capture_output=True, text=True)
-    assert proc.returncode == EXIT_CODES[errors.LocalIOError] == 24, proc.stderr
+    assert proc.returncode == EXIT_CODES[errors.LocalIOError] == 27, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and last.startswith("imgpipe: error: ") and "Is a directory" in last
     assert [p.name for p in out_dir.iterdir()] == ["guest.qcow2"] and not any((out_dir / "guest.qcow2").iterdir())
@@ -343,5 +343,5 @@ def test_os_errors_map_to_documented_codes() -> None:
     full = from_os_error(OSError(errno.ENOSPC, "No space left on device", "/out/x.qcow2"))
     assert isinstance(full, errors.NoSpaceError) and str(full) == "/out/x.qcow2: No space left on device"
     denied = from_os_error(PermissionError(errno.EACCES, "Permission denied", "/etc/shadow"))
-    assert isinstance(denied, errors.LocalIOError) and EXIT_CODES[errors.LocalIOError] == 24
+    assert isinstance(denied, errors.LocalIOError) and EXIT_CODES[errors.LocalIOError] == 27
     assert str(denied) == "/etc/shadow: Permission denied"
