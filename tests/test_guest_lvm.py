@@ -286,7 +286,7 @@ def _hostile(text: str) -> list[tuple[str, str, str]]:
         ("truncated", text[:len(text) // 2], "unbalanced braces|ends early|unparsable"),
         ("deep nesting", "vg2 {\n" + "a {\n" * 100000, "nests deeper than 16"),
         ("long list", "x = [" + "1, " * 200000 + "]\n" + text, "longer than 1024"),
-        ("over 1 MiB", "x = [" + "1, " * 400000 + "]\n" + text, "is outside its"),
+        ("over 1 MiB", "x = [" + "1, " * 400000 + "]\n" + text, "raw_locn.size is [0-9]+: metadata text is 1 byte to 1 MiB"),
         ("huge number", text.replace("extent_size = 2048", "extent_size = 99999999999999999999"),
          "extent_size = 99999999999999999999"),
         ("absurd digits", text.replace("extent_size = 2048", "extent_size = " + "9" * 5000), "bad value"),
@@ -317,12 +317,12 @@ def test_hostile_metadata_text_fails_quickly(split: dict, case: int) -> None:
 
 
 @pytest.mark.parametrize(("where", "expected"), [
-    ("outside the area", "is outside its"),
-    ("too large", "is outside its"),
+    ("outside the area", "raw_locn.offset is [0-9]+: the metadata text must start past the header"),
+    ("too large", "raw_locn.size is [0-9]+: metadata text is 1 byte to 1 MiB"),
     ("bad text checksum", "fails its checksum"),
     ("bad header checksum", "bad metadata area header"),
     ("bad label checksum", "fails its checksum"),
-    ("area past the PV", "outside the PV"),
+    ("area past the PV", "mda_offset is 4096: the metadata area must end inside the PV's"),
 ])
 def test_hostile_locations_fail(split: dict, where: str, expected: str) -> None:
     image = _Image(split).put(_Image(split).text)

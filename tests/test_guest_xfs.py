@@ -22,6 +22,7 @@ from tree_compare import walk
 
 from imgpipe import errors, nbd
 from imgpipe.guest.fs import tree
+from imgpipe.guest.fs.budget import OverBudgetError
 from imgpipe.guest.fs.ext import Unsupported
 from imgpipe.guest.fs.xfs import XfsBlocks
 from imgpipe.source.inspect import inspect_image
@@ -223,10 +224,12 @@ def test_a_directory_block_beyond_the_end_is_corrupt(plain: Path) -> None:
     _fails(plain, lambda guest: guest.listdir("/usr/share/medium"), "block 4000000000 is outside the filesystem")
 
 
-def test_a_directory_over_the_size_bound_is_corrupt(plain: Path) -> None:
+def test_a_directory_over_the_size_bound_is_over_budget(plain: Path) -> None:
     ino = xf.inode_number(plain, "/usr/share/crowded")
     xf.db(plain, f"inode {ino}", f"write core.size {1 << 40}", expert=True)
-    _fails(plain, lambda guest: guest.lstat("/usr/share/crowded/x"), f"directory inode {ino} claims {1 << 40} bytes")
+    with _quickly(), pytest.raises(OverBudgetError, match=f"^fs: directory inode {ino} is 1.0 TiB, over the "
+                                   r"16.0 MiB budget for one directory \(IMGPIPE_INSPECT_DIRECTORY\)$"):
+        XfsBlocks(_file_reader(plain), FS_SIZE, "fs").lstat("/usr/share/crowded/x")
 
 
 def test_an_absurd_extent_count_is_corrupt(plain: Path) -> None:

@@ -12,6 +12,7 @@ from imgpipe.errors import GuestInspectionError
 from imgpipe.guest import architecture, efi, linux, secureboot, windows
 from imgpipe.guest.facts import Fact, GuestFacts
 from imgpipe.guest.fs import fat, ntfs, partition, registry, tree
+from imgpipe.guest.fs.budget import Budget
 from imgpipe.guest.fs.ext import Unsupported
 from imgpipe.guest.fs.registry import Format, Opened, Role
 from imgpipe.source import partitions
@@ -51,6 +52,7 @@ def inspect_guest(info: ImageInfo, disk: nbd.Export, work: Path) -> GuestFacts:
 
 def _inspect(info: ImageInfo, disk: nbd.Export, work: Path) -> GuestFacts:
     facts = GuestFacts()
+    budget = Budget.from_env()
     parts: list[Partition | None] = list(info.partitions) if info.table else [None]
     windows = {p.number if p else 0: _window(info, disk, p) for p in parts}
     found = {n: registry.probe(w.read(0, min(registry.PROBE_BYTES, w.size))) for n, w in windows.items()}
@@ -64,9 +66,9 @@ def _inspect(info: ImageInfo, disk: nbd.Export, work: Path) -> GuestFacts:
             esps.append((fat.Fat(esp.read, esp.size, f"{info.path}: {label}"), label))
             facts.uefi_loaders += efi.loaders(*esps[-1])
     kernel_signatures: Fact | None = None
-    volumes = _volumes(parts, windows, found, facts)
+    volumes = _volumes(info, parts, windows, found, facts, budget)
     if volumes:
-        kernel_signatures = _read_root(info, volumes, work, facts)
+        kernel_signatures = _read_root(info, volumes, work, facts, budget)
     elif (info.table and not any(found.values())) \
             or any(r in (Role.VOLUMES, Role.LINUX) for r in roles.values()):
         facts.unchecked.append("no Linux root filesystem (ext2/3/4, xfs, btrfs, on LVM or not) found")
@@ -130,8 +132,8 @@ def _bios(head: bytes, info: ImageInfo) -> Fact | None:
     return Fact(loader.lower(), where + tail)
 
 
-def _volumes(parts: list[Partition | None], windows: dict[int, nbd.Window], found: dict[int, Format | None],
-             facts: GuestFacts) -> list[Volume]:
+def _volumes(info: ImageInfo, parts: list[Partition | None], windows: dict[int, nbd.Window],
+             found: dict[int, Format | None], facts: GuestFacts, budget: Budget) -> list[Volume]:
     """Every Linux filesystem, on a partition or an LVM volume, in the order a root is looked
     for: typed root partitions, Linux-typed ones, any other, then logical volumes; the largest first."""
     plain: list[Volume] = []
@@ -142,11 +144,12 @@ def _volumes(parts: list[Partition | None], windows: dict[int, nbd.Window], foun
             continue
         label = _label(part)
         disk = windows[part.number if part else 0]
+        read = budget.counted(disk.read, f"{info.path}: {label}")
         if fs.volumes is None:
             typed = part is not None and (part.type in partitions.ROOT_TYPES or part.kind == "linux")
-            plain.append(Volume(label=label, fs=fs, part=part, read=disk.read, size=disk.size, typed=typed))
+            plain.append(Volume(label=label, fs=fs, part=part, read=read, size=disk.size, typed=typed))
             continue
-        lvs, skipped = fs.volumes(disk.read, disk.size, label)
+        lvs, skipped = fs.volumes(read, disk.size, label)
         facts.unchecked += [f"{label}: {note}" for note in skipped]
         for lv in lvs:
             lv_fs = registry.filesystem(lv.read(0, min(registry.PROBE_BYTES, lv.size)))
@@ -158,13 +161,14 @@ def _volumes(parts: list[Partition | None], windows: dict[int, nbd.Window], foun
     return sorted(plain, key=lambda v: (rank[id(v)], -v.size)) + sorted(on_lvm, key=lambda v: -v.size)
 
 
-def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestFacts) -> Fact | None:
+def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestFacts,
+               budget: Budget) -> Fact | None:
     """The root is the filesystem holding os-release (not the largest partition: RHEL-family
     images keep /boot apart); a separate /boot is the one holding kernels or a boot loader."""
     opened: list[tuple[Volume, Opened]] = []
     root: tuple[Volume, Opened] | None = None
     for volume in volumes:
-        got = _open(info, volume, work, facts)
+        got = _open(info, volume, work, facts, budget)
         if got is None:
             continue
         opened.append((volume, got))
@@ -207,11 +211,11 @@ def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestF
     return found.kernel_signatures
 
 
-def _open(info: ImageInfo, volume: Volume, work: Path, facts: GuestFacts) -> Opened | None:
+def _open(info: ImageInfo, volume: Volume, work: Path, facts: GuestFacts, budget: Budget) -> Opened | None:
     """The volume's tree, or None (noted) for a filesystem its reader does not parse."""
     assert volume.fs.open is not None  # _volumes takes only formats it can open
     try:
-        return volume.fs.open(volume.read, volume.size, f"{info.path}: {volume.label}")
+        return volume.fs.open(volume.read, volume.size, f"{info.path}: {volume.label}", budget)
     except Unsupported as exc:
         fallback = _debugfs(info, volume, work, exc)
         if fallback is None:

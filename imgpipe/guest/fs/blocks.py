@@ -8,6 +8,7 @@ import posixpath
 from typing import Generic, Protocol, TypeVar
 
 from imgpipe.errors import GuestInspectionError
+from imgpipe.guest.fs.budget import Budget
 from imgpipe.guest.fs.tree import Node
 
 
@@ -30,7 +31,8 @@ class InodeTree(Generic[InodeT]):
     # a directory met twice on one path is corruption, not a path (XFS: no hard-linked directories)
     loops_are_corrupt = False
 
-    def __init__(self) -> None:
+    def __init__(self, budget: Budget | None) -> None:
+        self.budget = budget or Budget()
         self._dirs: dict[int, dict[str, int]] = {}
 
     def _inode(self, ino: int) -> InodeT:
@@ -87,5 +89,7 @@ class InodeTree(Generic[InodeT]):
 
     def _entries(self, ino: int) -> dict[str, int]:
         if ino not in self._dirs:
-            self._dirs[ino] = self._directory(ino, self._inode(ino))
+            entries = self._directory(ino, self._inode(ino))
+            self.budget.hold_entries(len(entries), f"{self.label}: directory inode {ino}")
+            self._dirs[ino] = entries
         return self._dirs[ino]

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imgpipe.errors import GuestInspectionError
-from imgpipe.guest.fs import lzo, tree
+from imgpipe.guest.fs import checks, lzo, tree
+from imgpipe.guest.fs.checks import Check, power_of_two
 from imgpipe.guest.fs.ext import Unsupported
 from imgpipe.guest.fs.tree import Node
 
@@ -128,10 +129,11 @@ class Btrfs:
         if num_devices != 1:
             raise Unsupported(f"a filesystem over {num_devices} devices")
         self.fsid = sb[0x23B:0x24B] if incompat & _INCOMPAT_METADATA_UUID else sb[0x20:0x30]
-        if (self.sectorsize not in (4096, 8192, 16384, 32768, 65536) or self.nodesize < self.sectorsize
-                or self.nodesize not in (4096, 8192, 16384, 32768, 65536) or sys_array_size > 2048
-                or root_level >= _MAX_LEVEL or chunk_level >= _MAX_LEVEL):
-            raise self.corrupt("inconsistent superblock")
+        (total_bytes,) = struct.unpack_from("<Q", sb, 0x70)
+        checks.verify(CHECKS, {"sectorsize": self.sectorsize, "nodesize": self.nodesize, "root": root,
+                               "chunk_root": chunk_root, "root_level": root_level, "chunk_root_level": chunk_level,
+                               "sys_chunk_array_size": sys_array_size, "total_bytes": total_bytes,
+                               "partition_bytes": size}, self.corrupt)
         self._cache: dict[int, _Node] = {}
         chunks = {c.logical: c for c in self._sys_chunks(sb[0x32B:0x32B + sys_array_size])}
         self._set_chunks(chunks)
@@ -534,3 +536,24 @@ def _fstab_root(text: str, subvols: dict[int, str]) -> tuple[int, str] | None:
                 if found is not None:
                     return found, option
     return None
+
+
+# btrfs_validate_super's checks on what this reader relies on, each relying on the ones before it.
+CHECKS = (
+    Check(field="sectorsize", rule="a valid filesystem has a power of two from 4 KiB to 64 KiB here",
+          holds=lambda f: power_of_two(f["sectorsize"]) and 4096 <= f["sectorsize"] <= 65536),
+    Check(field="nodesize", rule="a valid filesystem has a power of two from sectorsize to 64 KiB here",
+          holds=lambda f: power_of_two(f["nodesize"]) and f["sectorsize"] <= f["nodesize"] <= 65536),
+    Check(field="root", rule="a valid filesystem has a multiple of sectorsize here",
+          holds=lambda f: not f["root"] % f["sectorsize"]),
+    Check(field="chunk_root", rule="a valid filesystem has a multiple of sectorsize here",
+          holds=lambda f: not f["chunk_root"] % f["sectorsize"]),
+    Check(field="root_level", rule=f"a valid filesystem has a tree depth below {_MAX_LEVEL} here",
+          holds=lambda f: f["root_level"] < _MAX_LEVEL),
+    Check(field="chunk_root_level", rule=f"a valid filesystem has a tree depth below {_MAX_LEVEL} here",
+          holds=lambda f: f["chunk_root_level"] < _MAX_LEVEL),
+    Check(field="sys_chunk_array_size", rule="a valid filesystem has at most 2048 here",
+          holds=lambda f: f["sys_chunk_array_size"] <= 2048),
+    Check(field="total_bytes", rule="a one-device filesystem fits in its partition's {partition_bytes} bytes",
+          holds=lambda f: 0 < f["total_bytes"] <= f["partition_bytes"]),
+)

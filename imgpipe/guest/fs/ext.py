@@ -15,7 +15,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imgpipe.errors import GuestInspectionError
+from imgpipe.guest.fs import checks
 from imgpipe.guest.fs.blocks import InodeTree
+from imgpipe.guest.fs.budget import Budget
+from imgpipe.guest.fs.checks import Check, Fields, power_of_two
 
 MAGIC = 0xEF53
 ROOT_INODE = 2
@@ -29,7 +32,6 @@ _EXTENT_MAGIC = 0xF30A
 _MAX_EXTENT_DEPTH = 5
 _UNINIT_EXTENT = 32768
 _DIRECT_BLOCKS = 12
-MAX_DIR_BYTES = 64 << 20  # a directory larger than this is not a guest's /usr
 _KINDS = {0x8000: "file", 0x4000: "dir", 0xA000: "symlink"}
 
 
@@ -61,16 +63,13 @@ class ExtBlocks(InodeTree[Inode]):
     inode_size: int
     desc_size: int
 
-    def __init__(self, read: Callable[[int, int], bytes], size: int, label: str) -> None:
-        super().__init__()
+    def __init__(self, read: Callable[[int, int], bytes], size: int, label: str,
+                 budget: Budget | None = None) -> None:
+        super().__init__(budget)
         self._read = read
         self.root = ROOT_INODE
         self.label = label
         sb = read(1024, 1024)
-        (self.inodes_count, blocks_lo) = struct.unpack_from("<II", sb, 0x00)
-        (self.first_data_block, log_block) = struct.unpack_from("<II", sb, 0x14)
-        (self.blocks_per_group,) = struct.unpack_from("<I", sb, 0x20)
-        (self.inodes_per_group,) = struct.unpack_from("<I", sb, 0x28)
         if struct.unpack_from("<H", sb, 0x38)[0] != MAGIC:
             raise self._corrupt("bad superblock magic")
         (rev,) = struct.unpack_from("<I", sb, 0x4C)
@@ -78,18 +77,19 @@ class ExtBlocks(InodeTree[Inode]):
         if incompat & ~PARSED_INCOMPAT:
             raise Unsupported(f"incompatible features {incompat & ~PARSED_INCOMPAT:#x}")
         wide = bool(incompat & _INCOMPAT_64BIT)
-        self.blocks_count = blocks_lo | (struct.unpack_from("<I", sb, 0x150)[0] << 32 if wide else 0)
-        self.inode_size = struct.unpack_from("<H", sb, 0x58)[0] if rev else 128
-        self.desc_size = (struct.unpack_from("<H", sb, 0xFE)[0] or 32) if wide else 32
+        fields = superblock(sb, wide=wide, rev=rev)
+        fields["partition_bytes"] = size
+        checks.verify(CHECKS, fields, self._corrupt)
+        self.inodes_count = fields["s_inodes_count"]
+        self.first_data_block = fields["s_first_data_block"]
+        self.blocks_per_group = fields["s_blocks_per_group"]
+        self.inodes_per_group = fields["s_inodes_per_group"]
+        self.blocks_count = fields["s_blocks_count"]
+        self.inode_size = fields["s_inode_size"]
+        self.desc_size = fields["s_desc_size"]
+        self.block_size = _block_size(fields)
         self.filetype = bool(incompat & _INCOMPAT_FILETYPE)
-        self.block_size = 1024 << log_block if log_block <= 6 else 0
-        if (not self.block_size or self.blocks_count * self.block_size > size or not self.blocks_per_group
-                or not self.inodes_per_group or self.inode_size < 128 or self.inode_size > self.block_size
-                or self.inode_size & (self.inode_size - 1) or self.desc_size < 32 or self.desc_size > 1024
-                or self.first_data_block >= self.blocks_count
-                or self.inodes_count > self.inodes_per_group * self._groups()):
-            raise self._corrupt("inconsistent superblock")
-        self._gdt = self._blocks((self.first_data_block + 1), -(-self._groups() * self.desc_size // self.block_size))
+        self._descriptors: dict[int, bytes] = {}
 
     def _symlink(self, inode: Inode) -> bytes:
         if inode.size < 60 and not inode.flags & (_EXTENTS_FL | _INLINE_DATA_FL):
@@ -97,8 +97,7 @@ class ExtBlocks(InodeTree[Inode]):
         return self._data(inode, min(inode.size, self.block_size))
 
     def _directory(self, ino: int, inode: Inode) -> dict[str, int]:
-        if inode.size > MAX_DIR_BYTES:
-            raise self._corrupt(f"directory inode {ino} claims {inode.size} bytes")
+        self.budget.directory(inode.size, f"{self.label}: directory inode {ino}")
         return dict(self._dirents(self._data(inode, inode.size), ino))
 
     def _dirents(self, data: bytes, ino: int) -> Iterator[tuple[str, int]]:
@@ -119,7 +118,7 @@ class ExtBlocks(InodeTree[Inode]):
         if not 1 <= ino <= self.inodes_count:
             raise self._corrupt(f"inode {ino} out of range")
         group, index = divmod(ino - 1, self.inodes_per_group)
-        desc = self._gdt[group * self.desc_size:(group + 1) * self.desc_size]
+        desc = self._descriptor(group)
         table = struct.unpack_from("<I", desc, 0x8)[0]
         if self.desc_size >= 64:
             table |= struct.unpack_from("<I", desc, 0x28)[0] << 32
@@ -202,8 +201,65 @@ class ExtBlocks(InodeTree[Inode]):
     def _blocks(self, first: int, count: int) -> bytes:
         return self._read(first * self.block_size, count * self.block_size)
 
-    def _groups(self) -> int:
-        return -(-(self.blocks_count - self.first_data_block) // self.blocks_per_group)
+    def _descriptor(self, group: int) -> bytes:
+        """One group's descriptor, read when a lookup first needs an inode of that group: the
+        table holds one per group, and a lookup meets a handful of groups."""
+        if group not in self._descriptors:
+            self._descriptors[group] = self._read((self.first_data_block + 1) * self.block_size
+                                                  + group * self.desc_size, self.desc_size)
+        return self._descriptors[group]
 
     def _corrupt(self, why: str) -> GuestInspectionError:
         return GuestInspectionError(f"{self.label}: corrupt ext filesystem: {why}")
+
+
+def superblock(sb: bytes, *, wide: bool, rev: int) -> dict[str, int]:
+    """The superblock fields the checks and the reader use, by their kernel names; s_desc_size
+    is 32 without the 64bit feature (the field is then unused), s_inode_size 128 in revision 0."""
+    (inodes_count, blocks_lo) = struct.unpack_from("<II", sb, 0x00)
+    blocks_hi = struct.unpack_from("<I", sb, 0x150)[0] if wide else 0
+    return {"s_inodes_count": inodes_count, "s_blocks_count": blocks_lo | blocks_hi << 32,
+            "s_first_data_block": struct.unpack_from("<I", sb, 0x14)[0],
+            "s_log_block_size": struct.unpack_from("<I", sb, 0x18)[0],
+            "s_blocks_per_group": struct.unpack_from("<I", sb, 0x20)[0],
+            "s_inodes_per_group": struct.unpack_from("<I", sb, 0x28)[0],
+            "s_inode_size": struct.unpack_from("<H", sb, 0x58)[0] if rev else 128,
+            "s_desc_size": struct.unpack_from("<H", sb, 0xFE)[0] if wide else 32, "wide": int(wide)}
+
+
+def _block_size(f: Fields) -> int:
+    return 1024 << f["s_log_block_size"]
+
+
+def _groups(f: Fields) -> int:
+    return -(-(f["s_blocks_count"] - f["s_first_data_block"]) // f["s_blocks_per_group"])
+
+
+def _descriptor_table_end(f: Fields) -> int:
+    """The block after the group-descriptor table (the first data block's superblock, then the table)."""
+    return f["s_first_data_block"] + 1 + -(-_groups(f) * f["s_desc_size"] // _block_size(f))
+
+
+# ext4_fill_super's geometry checks (and mke2fs's invariants), in an order where each check may
+# rely on the ones before it.
+CHECKS = (
+    Check(field="s_log_block_size", rule="a valid filesystem has 0 to 6 here (1 KiB to 64 KiB blocks)",
+          holds=lambda f: f["s_log_block_size"] <= 6),
+    Check(field="s_blocks_count", rule="the blocks must fit in the partition's {partition_bytes} bytes",
+          holds=lambda f: f["s_blocks_count"] > 0 and f["s_blocks_count"] * _block_size(f) <= f["partition_bytes"]),
+    Check(field="s_first_data_block", rule="a valid filesystem has 1 here with 1 KiB blocks, else 0",
+          holds=lambda f: f["s_first_data_block"] == (1 if _block_size(f) == 1024 else 0)
+          and f["s_first_data_block"] < f["s_blocks_count"]),
+    Check(field="s_blocks_per_group", rule="a valid filesystem has a multiple of 8 from 8 to 8 times the block size",
+          holds=lambda f: 8 <= f["s_blocks_per_group"] <= 8 * _block_size(f) and not f["s_blocks_per_group"] % 8),
+    Check(field="s_inode_size", rule="a valid filesystem has a power of two from 128 to the block size",
+          holds=lambda f: power_of_two(f["s_inode_size"]) and 128 <= f["s_inode_size"] <= _block_size(f)),
+    Check(field="s_desc_size", rule="a 64bit filesystem has a power of two from 64 to 1024",
+          holds=lambda f: not f["wide"] or (power_of_two(f["s_desc_size"]) and 64 <= f["s_desc_size"] <= 1024)),
+    Check(field="s_inodes_per_group", rule="a valid filesystem has one block of inodes to 8 times the block size",
+          holds=lambda f: _block_size(f) // f["s_inode_size"] <= f["s_inodes_per_group"] <= 8 * _block_size(f)),
+    Check(field="s_inodes_count", rule="a valid filesystem has s_inodes_per_group times its group count",
+          holds=lambda f: f["s_inodes_count"] == f["s_inodes_per_group"] * _groups(f)),
+    Check(field="s_blocks_per_group", rule="the group-descriptor table this makes must end inside the filesystem",
+          holds=lambda f: _descriptor_table_end(f) <= f["s_blocks_count"]),
+)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imgpipe.errors import GuestInspectionError
+from imgpipe.guest.fs import checks
+from imgpipe.guest.fs.checks import Check
 
 SECTOR = 512
 LABEL_ID = b"LABELONE"
@@ -131,8 +133,8 @@ class _PhysicalVolume:
                 areas.append(area)
             lists.append(areas)
         for area_offset, area_size in lists[1]:
-            if area_size < 2 * MDA_HEADER_SIZE or area_offset + area_size > self.size:
-                raise self._corrupt(f"metadata area at byte {area_offset} ({area_size} bytes) is outside the PV")
+            checks.verify(AREA_CHECKS, {"mda_offset": area_offset, "mda_size": area_size, "pv_bytes": self.size},
+                          self._corrupt)
         return uuid, lists[1]
 
     def _metadata_text(self, start: int, size: int) -> str | None:
@@ -146,10 +148,9 @@ class _PhysicalVolume:
         offset, text_size, text_crc, flags = struct.unpack_from("<QQII", header, 40)
         if flags & _RAW_LOCN_IGNORED or (offset, text_size) == (0, 0):
             return None
+        checks.verify(TEXT_CHECKS, {"raw_locn.offset": offset, "raw_locn.size": text_size, "mda_size": size},
+                      self._corrupt)
         wrap = max(0, offset + text_size - size)
-        if (not MDA_HEADER_SIZE <= offset < size or not 0 < text_size <= MAX_METADATA
-                or wrap > offset - MDA_HEADER_SIZE):
-            raise self._corrupt(f"metadata text at {offset} ({text_size} bytes) is outside its {size}-byte area")
         raw = self._read(start + offset, text_size - wrap)
         if wrap:
             raw += self._read(start + MDA_HEADER_SIZE, wrap)
@@ -408,3 +409,19 @@ def _int(parent: dict[str, Value], key: str, where: str, corrupt: Callable[[str]
 def _dashed(uuid: str) -> str:
     """The uuid as lvm prints it (6-4-4-4-4-4-6), as a user would search for it."""
     return "-".join(uuid[a:b] for a, b in zip((0, 6, 10, 14, 18, 22, 26), (6, 10, 14, 18, 22, 26, 32), strict=True))
+
+
+# What lvm's own label and metadata-area readers insist on, named as lvm's on-disk structures name them.
+AREA_CHECKS = (
+    Check(field="mda_size", rule=f"a metadata area holds at least its header twice ({2 * MDA_HEADER_SIZE} bytes)",
+          holds=lambda f: f["mda_size"] >= 2 * MDA_HEADER_SIZE),
+    Check(field="mda_offset", rule="the metadata area must end inside the PV's {pv_bytes} bytes",
+          holds=lambda f: f["mda_offset"] + f["mda_size"] <= f["pv_bytes"]),
+)
+TEXT_CHECKS = (
+    Check(field="raw_locn.offset", rule="the metadata text must start past the header, inside its {mda_size}-byte area",
+          holds=lambda f: MDA_HEADER_SIZE <= f["raw_locn.offset"] < f["mda_size"]),
+    Check(field="raw_locn.size", rule=f"metadata text is 1 byte to {MAX_METADATA >> 20} MiB, and fits in its area",
+          holds=lambda f: 0 < f["raw_locn.size"] <= MAX_METADATA
+          and f["raw_locn.offset"] + f["raw_locn.size"] - f["mda_size"] <= f["raw_locn.offset"] - MDA_HEADER_SIZE),
+)

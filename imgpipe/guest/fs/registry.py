@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgpipe.guest.fs import btrfs, lvm, signatures, tree
+from imgpipe.guest.fs.budget import Budget
 from imgpipe.guest.fs.ext import ExtBlocks
 from imgpipe.guest.fs.ext_debugfs import ExtTree
 from imgpipe.guest.fs.xfs import XfsBlocks
@@ -39,25 +40,27 @@ class Format:
     name: str
     role: Role
     probe: Callable[[bytes], bool]  # over the first PROBE_BYTES of a partition
-    open: Callable[[Read, int, str], Opened] | None = None  # in process, over a bounded random read
+    # in process, over a bounded random read, holding no more than the inspection's budget
+    open: Callable[[Read, int, str, Budget], Opened] | None = None
     # from a full raw copy, for what `open` does not parse (its Unsupported)
     open_copy: Callable[[Path, str], Opened] | None = None
     volumes: Callable[[Read, int, str], tuple[list[lvm.LogicalVolume], list[str]]] | None = None
 
 
-def _ext(read: Read, size: int, label: str) -> Opened:
-    return Opened(ExtBlocks(read, size, label))
+def _ext(read: Read, size: int, label: str, budget: Budget) -> Opened:
+    return Opened(ExtBlocks(read, size, label, budget))
 
 
 def _ext_copy(image: Path, label: str) -> Opened:
     return Opened(ExtTree(image, label))
 
 
-def _xfs(read: Read, size: int, label: str) -> Opened:
-    return Opened(XfsBlocks(read, size, label))
+def _xfs(read: Read, size: int, label: str, budget: Budget) -> Opened:
+    return Opened(XfsBlocks(read, size, label, budget))
 
 
-def _btrfs(read: Read, size: int, label: str) -> Opened:
+def _btrfs(read: Read, size: int, label: str, budget: Budget) -> Opened:
+    """btrfs holds no directory cache: its tree nodes are bounded by the budget's reads alone."""
     fs = btrfs.Btrfs(read, size, label)
     guest, why = btrfs.root_tree(fs)
     names = {s.id: s.path for s in fs.subvolumes()}

@@ -16,8 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imgpipe.errors import GuestInspectionError
+from imgpipe.guest.fs import checks
 from imgpipe.guest.fs.blocks import InodeTree
-from imgpipe.guest.fs.ext import MAX_DIR_BYTES, Unsupported
+from imgpipe.guest.fs.budget import Budget
+from imgpipe.guest.fs.checks import Check
+from imgpipe.guest.fs.ext import Unsupported
 
 MAGIC = b"XFSB"
 _VERSION_DIRV2 = 0x2000
@@ -81,8 +84,9 @@ class XfsBlocks(InodeTree[Inode]):
     inopblog: int
     agblklog: int
 
-    def __init__(self, read: Callable[[int, int], bytes], size: int, label: str) -> None:
-        super().__init__()
+    def __init__(self, read: Callable[[int, int], bytes], size: int, label: str,
+                 budget: Budget | None = None) -> None:
+        super().__init__(budget)
         self._read_at = read
         self._size = size
         self.label = label
@@ -110,23 +114,19 @@ class XfsBlocks(InodeTree[Inode]):
             self.ftype = bool(incompat & _INCOMPAT_FTYPE)
         else:
             raise self._corrupt(f"superblock version {self.version}")
-        self.dir_blocks = 1 << dirblklog if dirblklog <= 7 else 0  # filesystem blocks per directory block
-        if (not 9 <= block_log <= 16 or self.block_size != 1 << block_log or not 8 <= inode_log <= 11
-                or self.inode_size != 1 << inode_log or inode_log > block_log
-                or inopblock != self.block_size >> inode_log or self.inopblog != block_log - inode_log
-                or not 1 <= self.agblklog <= 31 or not 0 < self.ag_blocks <= 1 << self.agblklog
-                or not self.ag_count or not (self.ag_count - 1) * self.ag_blocks < self.dblocks
-                or self.dblocks > self.ag_count * self.ag_blocks or self.dblocks * self.block_size > size
-                or not self.dir_blocks or self.dir_blocks * self.block_size > 1 << 16):
-            raise self._corrupt("inconsistent superblock")
+        checks.verify(CHECKS, {"sb_blocklog": block_log, "sb_blocksize": self.block_size, "sb_inodelog": inode_log,
+                               "sb_inodesize": self.inode_size, "sb_inopblock": inopblock, "sb_inopblog": self.inopblog,
+                               "sb_agblklog": self.agblklog, "sb_agblocks": self.ag_blocks, "sb_agcount": self.ag_count,
+                               "sb_dblocks": self.dblocks, "sb_dirblklog": dirblklog, "partition_bytes": size},
+                      self._corrupt)
+        self.dir_blocks = 1 << dirblklog  # filesystem blocks per directory block
         self._inode_offset(self.root)
 
     def _directory(self, ino: int, inode: Inode) -> dict[str, int]:
         if inode.format == _FMT_LOCAL:
             return dict(self._shortform(inode))
         if inode.format in (_FMT_EXTENTS, _FMT_BTREE):
-            if inode.size > MAX_DIR_BYTES:
-                raise self._corrupt(f"directory inode {ino} claims {inode.size} bytes")
+            self.budget.directory(inode.size, f"{self.label}: directory inode {ino}")
             return dict(self._dir_blocks(inode))
         raise self._corrupt(f"directory inode {ino} has fork format {inode.format}")
 
@@ -352,3 +352,31 @@ class XfsBlocks(InodeTree[Inode]):
 
     def _corrupt(self, why: str) -> GuestInspectionError:
         return GuestInspectionError(f"{self.label}: corrupt xfs filesystem: {why}")
+
+
+# xfs_validate_sb_common's geometry checks, in an order where each may rely on the ones before it.
+CHECKS = (
+    Check(field="sb_blocklog", rule="a valid filesystem has 9 to 16 here (512 B to 64 KiB blocks)",
+          holds=lambda f: 9 <= f["sb_blocklog"] <= 16),
+    Check(field="sb_blocksize", rule="a valid filesystem has 2^sb_blocklog here",
+          holds=lambda f: f["sb_blocksize"] == 1 << f["sb_blocklog"]),
+    Check(field="sb_inodelog", rule="a valid filesystem has 8 to 11 here, at most sb_blocklog",
+          holds=lambda f: 8 <= f["sb_inodelog"] <= min(11, f["sb_blocklog"])),
+    Check(field="sb_inodesize", rule="a valid filesystem has 2^sb_inodelog here",
+          holds=lambda f: f["sb_inodesize"] == 1 << f["sb_inodelog"]),
+    Check(field="sb_inopblock", rule="a valid filesystem has sb_blocksize / sb_inodesize here",
+          holds=lambda f: f["sb_inopblock"] == f["sb_blocksize"] >> f["sb_inodelog"]),
+    Check(field="sb_inopblog", rule="a valid filesystem has sb_blocklog - sb_inodelog here",
+          holds=lambda f: f["sb_inopblog"] == f["sb_blocklog"] - f["sb_inodelog"]),
+    Check(field="sb_agblklog", rule="a valid filesystem has 1 to 31 here",
+          holds=lambda f: 1 <= f["sb_agblklog"] <= 31),
+    Check(field="sb_agblocks", rule="a valid filesystem has 1 to 2^sb_agblklog here",
+          holds=lambda f: 0 < f["sb_agblocks"] <= 1 << f["sb_agblklog"]),
+    Check(field="sb_agcount", rule="the allocation groups must cover sb_dblocks, the last one partly",
+          holds=lambda f: f["sb_agcount"] > 0 and (f["sb_agcount"] - 1) * f["sb_agblocks"] < f["sb_dblocks"]
+          <= f["sb_agcount"] * f["sb_agblocks"]),
+    Check(field="sb_dblocks", rule="the blocks must fit in the partition's {partition_bytes} bytes",
+          holds=lambda f: f["sb_dblocks"] * f["sb_blocksize"] <= f["partition_bytes"]),
+    Check(field="sb_dirblklog", rule="a valid filesystem has directory blocks of at most 64 KiB",
+          holds=lambda f: f["sb_blocklog"] + f["sb_dirblklog"] <= 16),
+)
