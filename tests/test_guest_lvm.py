@@ -286,7 +286,7 @@ def _hostile(text: str) -> list[tuple[str, str, str]]:
         ("truncated", text[:len(text) // 2], "unbalanced braces|ends early|unparsable"),
         ("deep nesting", "vg2 {\n" + "a {\n" * 100000, "nests deeper than 16"),
         ("long list", "x = [" + "1, " * 200000 + "]\n" + text, "longer than 1024"),
-        ("over 1 MiB", "x = [" + "1, " * 400000 + "]\n" + text, "raw_locn.size is [0-9]+: metadata text is 1 byte to 1 MiB"),
+        ("over 1 MiB", "x = [" + "1, " * 400000 + "]\n" + text, "raw_locn.size is [0-9]+: metadata text"),
         ("huge number", text.replace("extent_size = 2048", "extent_size = 99999999999999999999"),
          "extent_size = 99999999999999999999"),
         ("absurd digits", text.replace("extent_size = 2048", "extent_size = " + "9" * 5000), "bad value"),
