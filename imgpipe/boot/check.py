@@ -9,7 +9,9 @@ is one that only their user data prints: booting is not enough, cloud-init must 
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import os
 import re
 import secrets
 import threading
@@ -28,6 +30,7 @@ from imgpipe.errors import BootCheckError
 from imgpipe.owner import owned_tempdir
 from imgpipe.profiles import Profile
 from imgpipe.source.inspect import inspect_image
+from imgpipe.units import human_size
 
 if TYPE_CHECKING:
     from imgpipe.boot.metadata_service import MetadataService
@@ -37,6 +40,9 @@ DEFAULT_TIMEOUT = settings.BOOT_TIMEOUT
 TAIL_LINES = 15
 POLL_SECONDS = 0.5
 PANIC = re.compile(r"Kernel panic - not syncing[^\n]*")
+LOG_CAP = 16 << 20  # a serial log past this is a guest flooding its console, not booting: qemu is stopped
+WINDOW = 64 << 10  # console text a match may span (and a tail is taken from): the newest, kept between reads
+_CHUNK = 4 << 20  # read per poll at most: a console faster than 8 MiB/s meets the cap before its marker
 CONFIG_DRIVE_HOSTNAME = "imgpipe-boot-check"
 USER_DATA_PATHS = ("/user_data", "/user-data")  # the OpenStack and the EC2 tree's
 # cloud-init's final message on the console: past it, user data that has not run never will.
@@ -115,7 +121,7 @@ def boot_check(path: Path, profile: Profile, properties: Mapping[str, str] | Non
         seconds, outcome = _watch(argv, Path(tmp) / "qemu.out", serial, pattern, timeout,
                                   stop or threading.Event(), CLOUD_INIT_DONE if marker else None, firmware_log)
         if not outcome:
-            outcome = _unproven(machine, _text(serial))
+            outcome = _unproven(machine, _head(serial))
     read = [p for p in service.paths() if p.endswith(USER_DATA_PATHS)] if service else []
     if marker and outcome.startswith(("no match", "cloud-init finished")):
         outcome = _never_ran(marker, outcome, config_drive, service)
@@ -139,18 +145,22 @@ def _watch(argv: list[str], qemu_out: Path, serial: Path, pattern: re.Pattern[st
     `give_up` on the console without `pattern` before it ends the boot as failed; so does a loader
     Secure Boot refuses (the firmware then waits in its boot manager) and a kernel panic."""
     started = time.monotonic()
+    console = _Console(serial)
     with open(qemu_out, "wb") as out, runner.spawn(argv, output=out) as proc:
         while True:
             elapsed = time.monotonic() - started
-            console = _text(serial)
-            if pattern.search(console):
+            text = console.poll()
+            if pattern.search(text):
                 return elapsed, ""
-            if give_up and (done := give_up.search(console)):
+            if give_up and (done := give_up.search(text)):
                 return elapsed, f"cloud-init finished with {done.group(1)} after {elapsed:.0f} s"
-            if refused := REFUSED.search(console + "\n" + (_text(firmware_log) if firmware_log else "")):
+            if refused := REFUSED.search(text + "\n" + (_text(firmware_log) if firmware_log else "")):
                 return elapsed, f"Secure Boot refused the boot chain: {_clean(refused.group(0))!r}"
-            if panic := PANIC.search(console):  # with -no-reboot qemu would sit there until the timeout
+            if panic := PANIC.search(text):  # with -no-reboot qemu would sit there until the timeout
                 return elapsed, f"the guest's kernel panicked: {_clean(panic.group(0))!r}"
+            if console.size > LOG_CAP:
+                return elapsed, (f"the serial log passed its {human_size(LOG_CAP)} cap before {pattern.pattern!r} "
+                                 "showed (a guest flooding its console)")
             if proc.poll() is not None:
                 message = qemu_out.read_text(errors="replace").strip().splitlines()[-1:] or [""]
                 return elapsed, f"qemu exited with code {proc.returncode} {message[0]}".strip()
@@ -219,9 +229,50 @@ def _describe(machine: Machine) -> str:
     return ", ".join([machine.firmware.value, machine.controller.name, *extra, "kvm" if machine.kvm else "tcg"])
 
 
-def _text(serial: Path) -> str:
+class _Console:
+    """The serial log as qemu writes it, read from where the last poll stopped: each byte is read
+    once, and only the newest WINDOW of text is kept, so a guest flooding its console costs
+    linear time and bounded memory; a marker split over two reads is found in the kept text."""
+
+    def __init__(self, serial: Path) -> None:
+        self.serial = serial
+        self.offset = 0
+        self.size = 0  # of the log file, at the last poll
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._kept = ""
+
+    def poll(self) -> str:
+        """The text kept from earlier polls and what is new (at most _CHUNK of it per poll)."""
+        try:
+            f = self.serial.open("rb")
+        except FileNotFoundError:
+            return self._kept
+        with f:
+            self.size = os.fstat(f.fileno()).st_size
+            f.seek(self.offset)
+            new = f.read(_CHUNK)
+        self.offset += len(new)
+        text = self._kept + self._decoder.decode(new)
+        self._kept = text[-WINDOW:]
+        return text
+
+
+def _head(serial: Path) -> str:
+    """The log up to its cap: proofs such as "Secure boot enabled" come early in a boot, long
+    before the window _Console keeps."""
     try:
-        return serial.read_text(errors="replace")
+        with serial.open("rb") as f:
+            return f.read(LOG_CAP).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _text(serial: Path) -> str:
+    """The log's last WINDOW bytes: all a person reads of it in a failure message."""
+    try:
+        with serial.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - WINDOW))
+            return f.read().decode(errors="replace")
     except FileNotFoundError:
         return ""
 
