@@ -283,6 +283,16 @@ def test_windows_without_virtio_drivers_gets_sata_and_e1000(windows: dict[str, P
     assert proc.returncode == 0, proc.stderr
 
 
+@needs_ntfs
+def test_windows_partition_copy_over_the_budget_is_refused(windows: dict[str, Path]) -> None:
+    """ntfs-3g reads a file, so the NTFS partition is copied out: never more data than the budget."""
+    proc = subprocess.run([str(IMGPIPE), "inspect", str(windows["2022-bare"])], capture_output=True, text=True,
+                          check=False, timeout=300, env={**os.environ, "IMGPIPE_INSPECT_COPY": "1M"})
+    line = refused(proc, 20)
+    assert line.startswith(f"imgpipe: error: {windows['2022-bare']}: partition 3 holds "), line
+    assert line.endswith(" of data, over the 1.0 MiB budget for a copy (IMGPIPE_INSPECT_COPY)"), line
+
+
 @pytest.mark.slow
 @needs_ntfs
 def test_windows_explicit_virtio_bus_without_viostor_is_refused(glance: object, windows: dict[str, Path],

@@ -18,6 +18,7 @@ import windows_fixture as wf
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest import windows
 from imgpipe.guest.fs import ntfs, tree
+from imgpipe.guest.fs.budget import OverBudgetError
 from imgpipe.guest.fs.ntfs import NtfsTree
 
 pytestmark = pytest.mark.skipif(not (ntfs.available() and shutil.which("mkntfs") and os.path.exists("/dev/fuse")),
@@ -277,3 +278,24 @@ def test_two_gib_volume_inspection_cost(tmp_path: Path) -> None:
     out = done.stdout.strip()
     print(f"\n2 GiB NTFS, SOFTWARE {len(software) >> 20} MiB: {out}", file=sys.__stderr__)
     assert out.endswith("MiB")
+
+
+def test_a_hive_over_the_cap_is_refused_without_being_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = wf.windows_files(SERVER_2022)
+    files[f"{wf.CONFIG}/SOFTWARE"] = b"regf" + bytes(3 << 20)
+    image = wf.ntfs_volume(tmp_path / "big.img", files, size=32 << 20)
+    monkeypatch.setattr(windows, "HIVE_LIMIT", 2 << 20)  # the real 200 MiB cap: the same path, a slower test
+    with pytest.raises(OverBudgetError, match=rf"^{LABEL} /Windows/System32/config/SOFTWARE: registry hive "
+                                              r"larger than 2\.0 MiB: refused$"):
+        windows.read_windows(NtfsTree(image, LABEL), LABEL, tmp_path)
+    assert not list(tmp_path.glob("hives-*"))  # the partial copy went with its temp dir
+
+
+def test_a_hive_streams_to_its_file_byte_for_byte(tmp_path: Path) -> None:
+    software = wf.software_hive(SERVER_2022)
+    image = wf.ntfs_volume(tmp_path / "one.img", {f"{wf.CONFIG}/SOFTWARE": software}, size=16 << 20)
+    dest = tmp_path / "SOFTWARE"
+    assert NtfsTree(image, LABEL).copy(f"/{wf.CONFIG}/SOFTWARE", dest, 1 << 30) == len(software)
+    assert dest.read_bytes() == software
+    assert NtfsTree(image, LABEL).copy(f"/{wf.CONFIG}/SOFTWARE", dest, 1000) == 1000
+    assert dest.read_bytes() == software[:1000]

@@ -74,7 +74,7 @@ def _inspect(info: ImageInfo, disk: nbd.Export, work: Path) -> GuestFacts:
         facts.unchecked.append("no Linux root filesystem (ext2/3/4, xfs, btrfs, on LVM or not) found")
     for part in parts:
         if roles[part.number if part else 0] is Role.WINDOWS:
-            _read_ntfs(info, part, work, facts)
+            _read_ntfs(info, part, work, facts, budget)
     loaders = [Fact(f.value["architecture"], f.evidence) for f in facts.uefi_loaders
                if f.value["architecture"] != "unknown"]
     inside = facts.architecture_sources  # the kernel's and the ELF binaries', read with the root
@@ -199,7 +199,7 @@ def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestF
     try:
         found = linux.read_linux(fs.tree, volume.label, boot_tree, boot_label)
     except Unsupported as exc:  # met on the way (an inline_data inode): start over from a full copy
-        fallback = _debugfs(info, volume, work, exc)
+        fallback = _debugfs(info, volume, work, exc, budget)
         if fallback is None:
             raise GuestInspectionError(f"{info.path}: {volume.label}: {exc}") from exc
         found = linux.read_linux(fallback.tree, volume.label, boot_tree, boot_label)
@@ -217,19 +217,20 @@ def _open(info: ImageInfo, volume: Volume, work: Path, facts: GuestFacts, budget
     try:
         return volume.fs.open(volume.read, volume.size, f"{info.path}: {volume.label}", budget)
     except Unsupported as exc:
-        fallback = _debugfs(info, volume, work, exc)
+        fallback = _debugfs(info, volume, work, exc, budget)
         if fallback is None:
             facts.unchecked.append(f"{volume.label} is {volume.fs.name} with {exc}: not read")
         return fallback
 
 
-def _debugfs(info: ImageInfo, volume: Volume, work: Path, why: Unsupported) -> Opened | None:
+def _debugfs(info: ImageInfo, volume: Volume, work: Path, why: Unsupported, budget: Budget) -> Opened | None:
     """What the in-process reader does not parse (ext: inline_data, meta_bg...), read from a full
     copy of its partition (ext: by debugfs)."""
     if volume.fs.open_copy is None or volume.lv:
         return None
     LOG.info("%s: %s: %s: reading it with debugfs from a full copy", info.path, volume.label, why)
-    image = partition.extract(info, volume.part, work / f"root{volume.part.number if volume.part else 0}.raw")
+    image = partition.extract(info, volume.part, work / f"root{volume.part.number if volume.part else 0}.raw",
+                              budget)
     return volume.fs.open_copy(image, f"{info.path}: {volume.label}")
 
 
@@ -239,14 +240,15 @@ def _is_boot(guest: tree.Tree) -> bool:
         or (any(n in ("grub", "grub2", "loader") for n in names) and "etc" not in names)
 
 
-def _read_ntfs(info: ImageInfo, part: Partition | None, work: Path, facts: GuestFacts) -> None:
+def _read_ntfs(info: ImageInfo, part: Partition | None, work: Path, facts: GuestFacts, budget: Budget) -> None:
     label = _label(part)
     if not ntfs.available():
         facts.os_type = facts.os_type or Fact("windows", f"{label} (NTFS signature only)")
         facts.unchecked.append(f"{label} is NTFS but ntfsls (ntfs-3g) is not installed: the Windows "
                                "installation was not checked")
         return
-    image = partition.extract(info, part, work / f"ntfs{part.number if part else 0}.raw")
+    # ntfs-3g reads a file, not NBD: the whole partition is copied, within the budget's copy_bytes
+    image = partition.extract(info, part, work / f"ntfs{part.number if part else 0}.raw", budget)
     volume = ntfs.NtfsTree(image, f"{info.path}: {label}")
     found = windows.read_windows(volume, label, work)
     if found is None or facts.os_type is not None:

@@ -1,7 +1,7 @@
 r"""A Windows guest's version, edition, drivers and cloudbase-init, read from its registry hives
 and files through a Tree (no mount, nothing from the guest run).
 
-The hives are copied out (bounded) and parsed with regipy, key by key along known paths: a
+The hives are streamed out to a file (no larger than HIVE_LIMIT) and parsed with regipy, key by key along known paths: a
 whole-hive walk would cost time on a real SOFTWARE hive and follow whatever loops a hostile
 one holds. Every subkey and value regipy yields spends one step of a budget, under a deadline,
 and a subkey list that leads back to a key on the path is refused, so any hive ends in bounded
@@ -22,11 +22,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from imgpipe.errors import GuestInspectionError
 from imgpipe.guest.facts import Fact
 from imgpipe.guest.fs import tree
+from imgpipe.guest.fs.budget import OverBudgetError
+from imgpipe.guest.fs.ntfs import NtfsTree
+from imgpipe.units import human_size
 
 if TYPE_CHECKING:
     from regipy.registry import NKRecord
 
-HIVE_LIMIT = 512 << 20  # a real SOFTWARE hive is 50-150 MiB
+# A real SOFTWARE hive is 50-150 MiB; regipy holds the one it parses in memory, so this bounds
+# a Windows inspection's memory.
+HIVE_LIMIT = 200 << 20
 CONF_LIMIT = 1 << 20
 CONFIG = "/Windows/System32/config"
 CURRENT_VERSION = r"\Microsoft\Windows NT\CurrentVersion"
@@ -49,7 +54,7 @@ class WindowsFacts:
     drivers: Fact  # service name -> {"start": 0-4, "enabled": start < 4, "image_path": str | None}
 
 
-def read_windows(guest: tree.Tree, label: str, work: Path | None = None) -> WindowsFacts | None:
+def read_windows(guest: NtfsTree, label: str, work: Path | None = None) -> WindowsFacts | None:
     """None when the volume has no Windows/System32; hives are copied to a temp dir under `work`."""
     if tree.listdir(guest, "/Windows/System32") is None:
         return None
@@ -145,20 +150,19 @@ class _Hive:
         self._regipy = self._guarded(lambda: RegistryHive(str(path)))
 
     @classmethod
-    def copy(cls, guest: tree.Tree, label: str, path: str, dest: Path) -> _Hive:
-        found = tree.read(guest, path, HIVE_LIMIT + 1)
-        where = f"{label} {found[0] if found else path}"
-        if found is None:
+    def copy(cls, guest: NtfsTree, label: str, path: str, dest: Path) -> _Hive:
+        real = tree.resolve(guest, path)
+        where = f"{label} {real or path}"
+        if real is None or guest.lstat(real) != tree.Node("file"):
             raise GuestInspectionError(f"{where}: registry hive missing")
-        data = found[1]
-        if len(data) > HIVE_LIMIT:
-            raise GuestInspectionError(f"{where}: registry hive larger than {HIVE_LIMIT >> 20} MiB: refused")
-        if len(data) < 4096 + 40 or data[:4] != b"regf" or data[4096:4100] != b"hbin" or \
-                int.from_bytes(data[4128:4132], "little", signed=True) >= 0 or data[4132:4134] != b"nk":
+        if guest.copy(real, dest, HIVE_LIMIT + 1) > HIVE_LIMIT:
+            raise OverBudgetError(f"{where}: registry hive larger than {human_size(HIVE_LIMIT)}: refused")
+        with dest.open("rb") as f:
+            head = f.read(4096 + 40)
+        if len(head) < 4096 + 40 or head[:4] != b"regf" or head[4096:4100] != b"hbin" or \
+                int.from_bytes(head[4128:4132], "little", signed=True) >= 0 or head[4132:4134] != b"nk":
             # regipy takes the first cell of the first hbin as the root key and scans for it byte by byte
             raise GuestInspectionError(f"{where}: corrupt registry hive: no root key where a hive keeps it")
-        dest.write_bytes(data)
-        del data, found
         return cls(dest, where)
 
     def key(self, path: str) -> NKRecord:

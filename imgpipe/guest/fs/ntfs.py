@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,15 +55,25 @@ class NtfsTree:
 
     def read(self, path: str, limit: int) -> bytes:
         """The first `limit` bytes of the file's unnamed $DATA; ntfscat is killed once they are read."""
+        chunks: list[bytes] = []
+        self._cat(path, limit, chunks.append)
+        return b"".join(chunks)
+
+    def copy(self, path: str, dest: Path, limit: int) -> int:
+        """The first `limit` bytes of the file written to `dest` as ntfscat prints them, never held
+        whole in memory (a registry hive); how many were written."""
+        with dest.open("wb") as f:
+            return self._cat(path, limit, f.write)
+
+    def _cat(self, path: str, limit: int, sink: Callable[[bytes], object]) -> int:
         real = self.real(path)
         if real is None:
-            return b""
-        chunks: list[bytes] = []
+            return 0
         size = 0
         try:
             with stream(["ntfscat", "-f", str(self.image), real], limits=TOOL_LIMITS) as out:
                 while size < limit and (chunk := out.read(min(_CHUNK, limit - size))):
-                    chunks.append(chunk)
+                    sink(chunk)
                     size += len(chunk)
                 if size >= limit:
                     raise _Enough
@@ -70,7 +81,7 @@ class NtfsTree:
             pass
         except CommandFailed as exc:
             raise self._corrupt(exc.result.stderr, exc.result.returncode) from exc
-        return b"".join(chunks)
+        return size
 
     def real(self, path: str) -> str | None:
         """`path` as stored (each component's spelling taken from its directory), None if missing."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from imgpipe import qemu
 from imgpipe.errors import GuestInspectionError, NoSpaceError
+from imgpipe.guest.fs.budget import Budget
 from imgpipe.runner import CommandFailed, run
 from imgpipe.source.inspect import ImageInfo
 from imgpipe.source.partitions import Partition
@@ -22,9 +23,13 @@ from imgpipe.source.partitions import Partition
 TOOL_LIMITS = qemu.INFO_LIMITS
 
 
-def extract(info: ImageInfo, part: Partition | None, dest: Path) -> Path:
-    """A sparse raw copy of one partition, for debugfs/ntfs-3g to read."""
+def extract(info: ImageInfo, part: Partition | None, dest: Path, budget: Budget | None = None) -> Path:
+    """A sparse raw copy of one partition, for debugfs/ntfs-3g to read; with a budget, refused
+    before copying when the partition holds more data than its copy_bytes."""
     with _translated(info, dest):
+        if budget is not None:
+            where = f"{info.path}: {f'partition {part.number}' if part else 'whole disk'}"
+            budget.copy(qemu.measure_raw(info.window(part)), where)
         run([qemu.QEMU_IMG, "convert", *info.window(part).args(), "-O", "raw", str(dest)], limits=qemu.IO_LIMITS)
     return dest
 

@@ -1,0 +1,56 @@
+"""The inspection's budget (guest.fs.budget): each limit, set low through its environment
+variable, stops `imgpipe inspect` on a real guest disk with exit 20 and one line naming the
+disk, the structure and the limit; the defaults leave the same disk's inspection alone."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import guest_disks as gd
+import pytest
+from typer.testing import CliRunner
+
+from imgpipe.cli import app
+
+
+@pytest.fixture(scope="module")
+def debian(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return gd.build(tmp_path_factory.mktemp("budget") / "debian.qcow2", gd.Guest())
+
+
+def _inspect(disk: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> tuple[int, str]:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["inspect", str(disk), "--json"])
+    return result.exit_code, result.stderr if result.exit_code else result.stdout
+
+
+def test_the_defaults_leave_a_real_guest_alone(debian: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, output = _inspect(debian, monkeypatch)
+    assert code == 0, output
+    assert json.loads(output)["guest"]["os_release"]["value"]["ID"] == "debian"
+
+
+@pytest.mark.parametrize(("env", "value", "message"), [
+    ("IMGPIPE_INSPECT_READ", "16K", r"partition \d: reading .* at byte \d+ would take inspection past its "
+                                    r"16\.0 KiB read budget \(IMGPIPE_INSPECT_READ\)"),
+    ("IMGPIPE_INSPECT_ENTRIES", "3", r"partition \d: directory inode \d+: \d+ entries take the directories held "
+                                     r"past the 3 entry budget \(IMGPIPE_INSPECT_ENTRIES\)"),
+    ("IMGPIPE_INSPECT_DIRECTORY", "512", r"partition \d: directory inode \d+ is [\d.]+ KiB, over the 512 B "
+                                         r"budget for one directory \(IMGPIPE_INSPECT_DIRECTORY\)"),
+])
+def test_each_limit_stops_inspection_with_one_line(debian: Path, monkeypatch: pytest.MonkeyPatch, env: str,
+                                                   value: str, message: str) -> None:
+    code, output = _inspect(debian, monkeypatch, **{env: value})
+    assert code == 20, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert lines[0].startswith(f"imgpipe: error: {debian}: "), output
+    assert re.search(message, lines[0]), output
+
+
+def test_a_limit_that_is_not_a_size_is_refused(debian: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, output = _inspect(debian, monkeypatch, IMGPIPE_INSPECT_READ="lots")
+    assert code == 20 and "IMGPIPE_INSPECT_READ=lots: 'lots' is not a size like 512M, 20G or 1T" in output, output
