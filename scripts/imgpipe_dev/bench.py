@@ -29,6 +29,12 @@ What it measures (each imgpipe run is the real CLI as a subprocess, never in-pro
   ``--startup-reps``, 5), against the same interpreter running ``-c pass``: what every command
   pays before it does anything, printed before and after a refactor by ``make bench``
   (alone: ``make bench BENCH_ARGS="--only startup"``).
+* inspect, per guest family (ext4, xfs, xfs on LVM, btrfs, NTFS with hives; the disks of
+  tests/family_disks.py, and issue 20's hostile ext4 when tests/hostile_disks.py has it):
+  ``imgpipe inspect --json`` time and peak RSS, against the same on an older checkout given
+  with ``--before DIR`` (e.g. ``git archive <commit> | tar -x -C DIR``), the baseline column;
+  the hostile disk is never run on the older checkout (it took 16.8 GB there).
+  Alone: ``make bench BENCH_ARGS="--only inspect --before DIR"``.
 * peak RSS of imgpipe's own Python process (VmHWM polled from /proc), and the largest single
   process of each command's tree (wait4 rusage: this includes qemu-img children).
 
@@ -985,6 +991,74 @@ def rss_rows(rows: list[Row]) -> list[Row]:
     return out
 
 
+INSPECT_FAMILIES = ("ext4", "xfs", "xfs-lvm", "btrfs", "ntfs")
+
+
+def inspect_disks() -> dict[str, Path]:
+    """The families' disks as the tests build them (tests/family_disks.py), cached in .bench/."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import family_disks as fd
+    import windows_fixture as wf
+
+    folder = BENCH_DIR / "inspect"
+    folder.mkdir(exist_ok=True)
+    server = wf.Windows("Windows Server 2022 Datacenter", "ServerDatacenter", "Server", "20348", "21H2",
+                        drivers={"viostor": 0, "netkvm": 3})
+    builders = {"ext4": fd.ubuntu, "xfs": fd.rocky, "xfs-lvm": fd.rocky_lvm, "btrfs": fd.fedora,
+                "ntfs": lambda dest: fd.windows(dest, server, None)}
+    disks = {}
+    for family in INSPECT_FAMILIES:
+        disk = folder / f"{family}.qcow2"
+        if not disk.exists():
+            say(f"bench: building the {family} disk")
+            builders[family](disk)
+        disks[family] = disk
+    try:
+        import hostile_disks
+    except ImportError:
+        return disks
+    hostile = folder / "hostile-ext.qcow2"
+    if not hostile.exists():
+        hostile_disks.ext_group_descriptors(hostile)
+    disks["hostile-ext"] = hostile
+    return disks
+
+
+def _inspect_argv(tree: Path, disk: Path) -> list[str]:
+    """`imgpipe inspect --json` from the source tree `tree` (this one or --before's)."""
+    return [sys.executable, "-c", "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "runpy.run_module('imgpipe.cli', run_name='__main__', alter_sys=True)",
+            str(tree), "inspect", "--json", str(disk)]
+
+
+def bench_inspect(reps: int, before: Path | None) -> list[Row]:
+    """inspect per family: this tree against --before's (the baseline), and their peak RSS."""
+    rows = []
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    for family, disk in inspect_disks().items():
+        hostile = family.startswith("hostile")
+        time_row = Row(f"inspect-{family}", f"inspect --json, {family} (median of {reps})", "time", None,
+                       note=("issue 20's disk: exit 20 expected; not run on --before" if hostile else
+                             "baseline: --before's tree" if before else "no --before: no baseline"))
+        for rep in range(reps):
+            say(f"bench: inspect {family} rep {rep + 1}/{reps}")
+            settle()
+            mine = run(_inspect_argv(REPO, disk), env=env)
+            sample = sample_of([mine])
+            sample.ok = mine.returncode == (20 if hostile else 0)
+            sample.error = "" if sample.ok else mine.failure()
+            time_row.imgpipe.append(sample)
+            if before is not None and not hostile:
+                settle()
+                time_row.baseline.append(sample_of([run(_inspect_argv(before, disk), env=env)]))
+        peaks = [s.tree_maxrss_bytes / MIB for s in time_row.imgpipe if s.tree_maxrss_bytes]
+        base = [s.tree_maxrss_bytes / MIB for s in time_row.baseline if s.tree_maxrss_bytes]
+        rows += [time_row, Row(f"rss-inspect-{family}", f"peak RSS, inspect {family} (largest process)", "rss",
+                               ("<", 300.0), rss_values=(max(peaks) if peaks else None, max(base) if base else None),
+                               note="wait4 ru_maxrss: the largest process of the tree (qemu-nbd, ntfs-3g included)")]
+    return rows
+
+
 # --------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------
@@ -1073,7 +1147,7 @@ def find_imgpipe() -> Path:
     return Path(found)
 
 
-SECTIONS = ("startup", "convert", "size", "upload", "sign", "publish")
+SECTIONS = ("startup", "convert", "size", "upload", "sign", "publish", "inspect")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1096,6 +1170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                         help="run one uncounted repetition first (default on)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--before", type=Path,
+                        help="inspect section: an older imgpipe source tree to compare with (the baseline)")
     args = parser.parse_args(argv)
     args.reps = args.reps or (1 if args.quick else 3)
     args.upload_reps = args.upload_reps or 2 * args.reps
@@ -1126,7 +1202,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     rows = bench_startup(imgpipe, args.startup_reps, args.warmup) if "startup" in sections else []
-    if sections - {"startup"}:
+    if "inspect" in sections:
+        rows += bench_inspect(args.reps, args.before)
+    if sections - {"startup", "inspect"}:
         rows += bench_images(args, sections, imgpipe, meta)
     rows += rss_rows(rows)
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
