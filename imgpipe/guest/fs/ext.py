@@ -202,12 +202,12 @@ class ExtBlocks(InodeTree[Inode]):
         return self._read(first * self.block_size, count * self.block_size)
 
     def _descriptor(self, group: int) -> bytes:
-        """One group's descriptor, read when a lookup first needs an inode of that group: the
-        table holds one per group, and a lookup meets a handful of groups."""
-        if group not in self._descriptors:
-            self._descriptors[group] = self._read((self.first_data_block + 1) * self.block_size
-                                                  + group * self.desc_size, self.desc_size)
-        return self._descriptors[group]
+        """One group's descriptor, from the table's block that holds it, read when a lookup first
+        needs an inode of that group: the table has one per group, a lookup meets a handful."""
+        index, at = divmod(group * self.desc_size, self.block_size)
+        if index not in self._descriptors:
+            self._descriptors[index] = self._blocks(self.first_data_block + 1 + index, 1)
+        return self._descriptors[index][at:at + self.desc_size]
 
     def _corrupt(self, why: str) -> GuestInspectionError:
         return GuestInspectionError(f"{self.label}: corrupt ext filesystem: {why}")
