@@ -171,8 +171,16 @@ def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestF
         got = _open(info, volume, work, facts, budget)
         if got is None:
             continue
+        try:
+            holds = _holds_os_release(got)
+        except Unsupported as exc:  # met on the way (os-release flagged inline): from a full copy
+            got = _debugfs(info, volume, work, exc, budget)
+            if got is None:
+                facts.unchecked.append(f"{volume.label} is {volume.fs.name} with {exc}: not read")
+                continue
+            holds = _holds_os_release(got)
         opened.append((volume, got))
-        if root is None and any(tree.read(got.tree, path, 1) is not None for path in linux.OS_RELEASE):
+        if root is None and holds:
             root = opened[-1]
     if root is None:
         if not opened:
@@ -209,6 +217,10 @@ def _read_root(info: ImageInfo, volumes: list[Volume], work: Path, facts: GuestF
     facts.kernel, facts.drivers, facts.cloud_init = found.kernel, found.drivers, found.cloud_init
     facts.unchecked += found.unchecked
     return found.kernel_signatures
+
+
+def _holds_os_release(got: Opened) -> bool:
+    return any(tree.read(got.tree, path, 1) is not None for path in linux.OS_RELEASE)
 
 
 def _open(info: ImageInfo, volume: Volume, work: Path, facts: GuestFacts, budget: Budget) -> Opened | None:

@@ -29,7 +29,7 @@ def extract(info: ImageInfo, part: Partition | None, dest: Path, budget: Budget 
     with _translated(info, dest):
         if budget is not None:
             where = f"{info.path}: {f'partition {part.number}' if part else 'whole disk'}"
-            budget.copy(qemu.measure_raw(info.window(part)), where)
+            budget.copy(sum(end - start for start, end in qemu.data_extents(info.window(part))), where)
         run([qemu.QEMU_IMG, "convert", *info.window(part).args(), "-O", "raw", str(dest)], limits=qemu.IO_LIMITS)
     return dest
 
