@@ -149,8 +149,8 @@ def _volumes(info: ImageInfo, parts: list[Partition | None], windows: dict[int, 
             typed = part is not None and (part.type in partitions.ROOT_TYPES or part.kind == "linux")
             plain.append(Volume(label=label, fs=fs, part=part, read=read, size=disk.size, typed=typed))
             continue
-        lvs, skipped = fs.volumes(read, disk.size, label)
-        facts.unchecked += [f"{label}: {note}" for note in skipped]
+        lvs, skipped = fs.volumes(read, disk.size, f"{info.path}: {label}")  # errors name the disk
+        facts.unchecked += [note.removeprefix(f"{info.path}: ") for note in skipped]
         for lv in lvs:
             lv_fs = registry.filesystem(lv.read(0, min(registry.PROBE_BYTES, lv.size)))
             if lv_fs is not None and lv_fs.open is not None:

@@ -60,7 +60,7 @@ def read_windows(guest: NtfsTree, label: str, work: Path | None = None) -> Windo
         return None
     config = tree.listdir(guest, CONFIG)
     if config is None:
-        raise GuestInspectionError(f"{label}: Windows/System32 without config: no registry hives to read")
+        raise GuestInspectionError(f"{guest.label}: Windows/System32 without config: no registry hives to read")
     with tempfile.TemporaryDirectory(dir=work, prefix="hives-") as tmp:
         software = _Hive.copy(guest, label, f"{config[0]}/SOFTWARE", Path(tmp) / "SOFTWARE")
         version = _version(software)
@@ -141,8 +141,9 @@ def _drivers(hive: _Hive) -> Fact:
 class _Hive:
     """One hive parsed by regipy, read along paths within a step budget and deadline."""
 
-    def __init__(self, path: Path, where: str) -> None:
-        self.where = where
+    def __init__(self, path: Path, where: str, named: str) -> None:
+        self.where = where  # for evidence: "partition 3 /Windows/System32/config/SOFTWARE"
+        self.named = named  # for errors: the same, after the disk's path
         self._steps = _STEPS
         self._deadline = time.monotonic() + _SECONDS
         from regipy.registry import RegistryHive  # 20 ms: only for a Windows guest
@@ -152,18 +153,18 @@ class _Hive:
     @classmethod
     def copy(cls, guest: NtfsTree, label: str, path: str, dest: Path) -> _Hive:
         real = tree.resolve(guest, path)
-        where = f"{label} {real or path}"
+        where, named = f"{label} {real or path}", f"{guest.label} {real or path}"
         if real is None or guest.lstat(real) != tree.Node("file"):
-            raise GuestInspectionError(f"{where}: registry hive missing")
+            raise GuestInspectionError(f"{named}: registry hive missing")
         if guest.copy(real, dest, HIVE_LIMIT + 1) > HIVE_LIMIT:
-            raise OverBudgetError(f"{where}: registry hive larger than {human_size(HIVE_LIMIT)}: refused")
+            raise OverBudgetError(f"{named}: registry hive larger than {human_size(HIVE_LIMIT)}: refused")
         with dest.open("rb") as f:
             head = f.read(4096 + 40)
         if len(head) < 4096 + 40 or head[:4] != b"regf" or head[4096:4100] != b"hbin" or \
                 int.from_bytes(head[4128:4132], "little", signed=True) >= 0 or head[4132:4134] != b"nk":
             # regipy takes the first cell of the first hbin as the root key and scans for it byte by byte
-            raise GuestInspectionError(f"{where}: corrupt registry hive: no root key where a hive keeps it")
-        return cls(dest, where)
+            raise GuestInspectionError(f"{named}: corrupt registry hive: no root key where a hive keeps it")
+        return cls(dest, where, named)
 
     def key(self, path: str) -> NKRecord:
         """The key at a backslash path; every key asked for exists in any Windows hive."""
@@ -200,7 +201,7 @@ class _Hive:
         return self._guarded(collect)
 
     def corrupt(self, why: str) -> GuestInspectionError:
-        return GuestInspectionError(f"{self.where}: corrupt registry hive: {why}")
+        return GuestInspectionError(f"{self.named}: corrupt registry hive: {why}")
 
     def _child(self, parent: NKRecord, name: str, on_path: set[int]) -> NKRecord | None:
         if not parent.subkey_count:
