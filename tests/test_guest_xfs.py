@@ -228,7 +228,7 @@ def test_a_directory_over_the_size_bound_is_over_budget(plain: Path) -> None:
     ino = xf.inode_number(plain, "/usr/share/crowded")
     xf.db(plain, f"inode {ino}", f"write core.size {1 << 40}", expert=True)
     with _quickly(), pytest.raises(OverBudgetError, match=f"^fs: directory inode {ino} is 1.0 TiB, over the "
-                                   r"16.0 MiB budget for one directory \(IMGPIPE_INSPECT_DIRECTORY\)$"):
+                                   r"8.0 MiB budget for one directory \(IMGPIPE_INSPECT_DIRECTORY\)$"):
         XfsBlocks(_file_reader(plain), FS_SIZE, "fs").lstat("/usr/share/crowded/x")
 
 

@@ -19,8 +19,8 @@ from imgpipe.units import human_size, parse_size
 Read = Callable[[int, int], bytes]
 
 READ_BYTES = 256 << 20  # a Linux root's inspection reads a few MiB; a Windows hive is read by ntfs-3g
-DIRECTORY_BYTES = 16 << 20  # one directory's blocks: some 200 000 entries, far past any /usr/lib
-ENTRIES = 1_000_000  # directory entries held in the readers' caches, all filesystems together
+DIRECTORY_BYTES = 8 << 20  # one directory: some 100 000 entries, 40 times a distribution's /usr/bin
+ENTRIES = 500_000  # directory entries held in the readers' caches, all filesystems together
 COPY_BYTES = 32 << 30  # data of a partition copied out for a tool that only reads files (ntfs-3g)
 
 
