@@ -54,12 +54,15 @@ def btrfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _mkfs(tmp_path_factory.mktemp("btrfs") / "fs.raw", "256M", "mkfs.btrfs", "-q", "-f")
 
 
-def _refused(base: Path, tmp: Path, at: int, fmt: str, value: int, field: str) -> None:
+def _refused(base: Path, tmp: Path, at: int, fmt: str, value: int, field: str,
+             *more: tuple[int, str, int]) -> None:
+    """`base` with `value` written at `at` (and `more` such patches) is refused naming `field`."""
     disk = tmp / base.name
     subprocess.run(["cp", "--sparse=always", str(base), str(disk)], check=True)
     with disk.open("r+b") as f:
-        f.seek(at)
-        f.write(struct.pack(fmt, value))
+        for offset, layout, number in ((at, fmt, value), *more):
+            f.seek(offset)
+            f.write(struct.pack(layout, number))
     result = CliRunner().invoke(app, ["inspect", str(disk), "--source-format", "raw"])
     assert result.exit_code == 20, result.output
     lines = result.output.strip().splitlines()
@@ -81,6 +84,15 @@ def _refused(base: Path, tmp: Path, at: int, fmt: str, value: int, field: str) -
 def test_ext_superblock_field_is_named(ext4: Path, tmp_path: Path, offset: int, fmt: str, value: int,
                                        field: str) -> None:
     _refused(ext4, tmp_path, EXT_SB + offset, fmt, value, field)
+
+
+def test_ext_descriptor_table_past_the_blocks(ext4: Path, tmp_path: Path) -> None:
+    """One block, one group: its descriptor table (block 1) lies past the filesystem; the inode
+    count made consistent so that this is the check that fails."""
+    with ext4.open("rb") as f:
+        f.seek(EXT_SB + 0x28)
+        (inodes_per_group,) = struct.unpack("<I", f.read(4))
+    _refused(ext4, tmp_path, EXT_SB + 0x04, "<I", 1, "s_blocks_count", (EXT_SB, "<I", inodes_per_group))
 
 
 def test_ext_first_data_block_with_1k_blocks(ext2_1k: Path, tmp_path: Path) -> None:

@@ -260,6 +260,6 @@ CHECKS = (
           holds=lambda f: _block_size(f) // f["s_inode_size"] <= f["s_inodes_per_group"] <= 8 * _block_size(f)),
     Check(field="s_inodes_count", rule="a valid filesystem has s_inodes_per_group times its group count",
           holds=lambda f: f["s_inodes_count"] == f["s_inodes_per_group"] * _groups(f)),
-    Check(field="s_blocks_per_group", rule="the group-descriptor table this makes must end inside the filesystem",
+    Check(field="s_blocks_count", rule="the group-descriptor table must end inside the filesystem",
           holds=lambda f: _descriptor_table_end(f) <= f["s_blocks_count"]),
 )
