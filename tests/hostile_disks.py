@@ -326,23 +326,18 @@ class Hostile:
     requires: Callable[[], str | None] = lambda: None  # why it cannot be built here, or None
 
 
-NAMELESS = ("errors of the LVM, FAT and registry readers name the partition, not the file: "
-            "guest.inspect._label gives them 'partition N' without info.path")
+NAMELESS = ("errors of the FAT reader name the partition, not the file: "
+            "guest.inspect._label gives it 'partition N' without info.path")
 HOSTILE: dict[str, Hostile] = {
-    "ext-group-descriptors": Hostile(ext_group_descriptors, open_bug=(
-        "guest/fs/ext.py reads the whole group-descriptor table at once and never checks the geometry against "
-        "the partition: over 300 MiB of RSS within 3 s (issue 20 step 2, bounded readers)")),
+    "ext-group-descriptors": Hostile(ext_group_descriptors),
     # debugfs may read what fs/ext.py leaves (exit 0), or the inode be refused (exit 20)
-    "ext-inline-flag-on-os-release": Hostile(ext_inline_flag_on_os_release, frozenset({0, 20}), open_bug=(
-        "fs/ext.py's Unsupported, raised lazily by the os-release probe in guest.inspect._read_root, escapes: "
-        "traceback")),
+    "ext-inline-flag-on-os-release": Hostile(ext_inline_flag_on_os_release, frozenset({0, 20})),
     "esp-directory-loop": Hostile(esp_directory_loop, frozenset({0, 20})),
     "esp-zero-sectors-per-cluster": Hostile(esp_zero_sectors_per_cluster, frozenset({0, 20})),
     "esp-huge-fat": Hostile(esp_huge_fat, frozenset({0, 20})),
     "esp-error-without-file-name": Hostile(esp_error_without_file_name, open_bug=NAMELESS),
-    "lvm-error-without-file-name": Hostile(lvm_error_without_file_name, requires=_can_build_lvm, open_bug=NAMELESS),
-    "hive-error-without-file-name": Hostile(hive_error_without_file_name, requires=_can_mount_ntfs,
-                                            open_bug=NAMELESS),
+    "lvm-error-without-file-name": Hostile(lvm_error_without_file_name, requires=_can_build_lvm),
+    "hive-error-without-file-name": Hostile(hive_error_without_file_name, requires=_can_mount_ntfs),
     "vmdk-descriptor-not-ascii": Hostile(vmdk_descriptor_not_ascii, frozenset({5})),
     "hive-string-not-text": Hostile(hive_string_not_text, frozenset({0}), requires=_can_mount_ntfs),
 }

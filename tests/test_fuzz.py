@@ -22,8 +22,7 @@ import pytest
 from imgpipe_dev import fuzz
 
 CASES_PER_TARGET = 2
-# Seeds 0 and 1 meet an open bug on their LVM cases (hostile_disks' lvm-error-without-file-name):
-# the fixed cases stay green and that bug stays a named strict xfail until it is fixed.
+# Any seed: an open bug a seed meets becomes a named strict xfail in hostile_disks.
 SEED = int(os.environ.get("FUZZ_SEED") or 2)
 TARGETS = fuzz_targets.available()
 
