@@ -117,4 +117,5 @@ class LocalIOError(ImgpipeError):
 
 
 class OverBudgetError(GuestInspectionError):
-    """A tool reading an untrusted image went over its wall clock, CPU or output budget."""
+    """Reading an untrusted image went over a budget: a tool's wall clock, CPU or output, or
+    what an inspection may read and hold (guest/fs/budget.py)."""

@@ -15,10 +15,9 @@ import pytest
 import regf_writer as rw
 import windows_fixture as wf
 
-from imgpipe.errors import GuestInspectionError
+from imgpipe.errors import GuestInspectionError, OverBudgetError
 from imgpipe.guest import windows
 from imgpipe.guest.fs import ntfs, tree
-from imgpipe.guest.fs.budget import OverBudgetError
 from imgpipe.guest.fs.ntfs import NtfsTree
 
 pytestmark = pytest.mark.skipif(not (ntfs.available() and shutil.which("mkntfs") and os.path.exists("/dev/fuse")),

@@ -21,8 +21,8 @@ import xfs_fixtures as xf
 from tree_compare import walk
 
 from imgpipe import errors, nbd
+from imgpipe.errors import OverBudgetError
 from imgpipe.guest.fs import tree
-from imgpipe.guest.fs.budget import OverBudgetError
 from imgpipe.guest.fs.ext import Unsupported
 from imgpipe.guest.fs.xfs import XfsBlocks
 from imgpipe.source.inspect import inspect_image

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from imgpipe.errors import GuestInspectionError
+from imgpipe.errors import GuestInspectionError, OverBudgetError
 from imgpipe.guest.facts import Fact
 from imgpipe.guest.fs import tree
-from imgpipe.guest.fs.budget import OverBudgetError
 from imgpipe.guest.fs.ntfs import NtfsTree
 from imgpipe.units import human_size
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imgpipe.errors import GuestInspectionError
+from imgpipe.errors import GuestInspectionError, OverBudgetError
 from imgpipe.units import human_size, parse_size
 
 Read = Callable[[int, int], bytes]
@@ -22,10 +22,6 @@ READ_BYTES = 256 << 20  # a Linux root's inspection reads a few MiB; a Windows h
 DIRECTORY_BYTES = 8 << 20  # one directory: some 100 000 entries, 40 times a distribution's /usr/bin
 ENTRIES = 500_000  # directory entries held in the readers' caches, all filesystems together
 COPY_BYTES = 32 << 30  # data of a partition copied out for a tool that only reads files (ntfs-3g)
-
-
-class OverBudgetError(GuestInspectionError):
-    """An inspection would read or hold more than its budget allows."""
 
 
 def _setting(name: str, default: int) -> int:
