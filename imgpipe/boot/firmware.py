@@ -21,7 +21,8 @@ OVMF = Path("/usr/share/OVMF")
 AAVMF = Path("/usr/share/AAVMF")
 AAVMF_BANK = 64 << 20
 # What the firmware or shim prints when Secure Boot refuses a loader: the check ends on it.
-REFUSED = re.compile(r"[^\n]*(?:Access Denied|Verification failed|bad shim signature)[^\n]*")
+# Anchored at line starts: unanchored, the leading [^\n]* made a flooded console's long line quadratic.
+REFUSED = re.compile(r"(?m)^[^\n]*(?:Access Denied|Verification failed|bad shim signature)[^\n]*")
 SECURE_BOOT_ON = re.compile(r"Secure boot enabled")
 
 
