@@ -25,6 +25,7 @@ import windows_fixture as wf
 
 from imgpipe.guest.fs import ntfs
 from imgpipe.guest.policy import nova
+from imgpipe_dev import bench
 
 IMGPIPE = Path(sys.executable).with_name("imgpipe")
 TOOLS = ("mkfs.xfs", "xfs_db", "mkfs.btrfs", "lvm", "losetup", "sfdisk", "mkfs.vfat", "mcopy", "qemu-img")
@@ -57,20 +58,6 @@ def refused(proc: subprocess.CompletedProcess[str], code: int) -> str:
     return lines[0]
 
 
-def _tree_rss(pid: int) -> int:
-    """KiB resident now in `pid` and every descendant (0 for what has already exited)."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            todo += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        total += int(next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")), 0))
-    return total
-
-
 def inspect(disk: Path, family: str | None = None) -> dict[str, Any]:
     """`imgpipe inspect --json` under /usr/bin/time (max RSS of its largest process), the process
     tree's resident total sampled every 5 ms beside it."""
@@ -81,7 +68,7 @@ def inspect(disk: Path, family: str | None = None) -> dict[str, Any]:
 
     def sample() -> None:
         while child.poll() is None:
-            peak[0] = max(peak[0], _tree_rss(child.pid))
+            peak[0] = max(peak[0], bench.tree_rss(child.pid) // 1024)  # KiB, as time's %M
             time.sleep(0.005)
 
     sampler = threading.Thread(target=sample)

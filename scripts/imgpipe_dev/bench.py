@@ -142,7 +142,7 @@ def _vm_hwm(pid: int) -> int | None:
     return None
 
 
-def _tree_rss(pid: int) -> int:
+def tree_rss(pid: int) -> int:
     """Bytes resident now in `pid` and every descendant (0 for what has already exited)."""
     total, todo = 0, [pid]
     while todo:
@@ -178,7 +178,7 @@ def run(command: Sequence[str | Path], env: dict[str, str] | None = None, poll: 
                 if value is not None:
                     peak.append(value)
                     del peak[:-1]
-                tree_peak[0] = max(tree_peak[0], _tree_rss(proc.pid))
+                tree_peak[0] = max(tree_peak[0], tree_rss(proc.pid))
                 done.wait(poll)
 
         watcher = threading.Thread(target=watch, daemon=True)
