@@ -202,15 +202,25 @@ def esp_huge_fat(dest: Path) -> Path:
 
 
 def esp_error_without_file_name(dest: Path) -> Path:
-    """Found by the fuzzer (ext target, seed 4, cases 333 and 351): an ESP whose media byte is not
-    a DOS one. imgpipe refuses it (exit 20) in one line, but the line says "partition 1 (ESP):
-    corrupt FAT filesystem: ..." without the file."""
+    """Found by the fuzzer (ext target, seed 4, cases 333 and 351): damage inside one file of the
+    ESP was refused (exit 20) in one line that named the partition but not the file. Here the
+    loader's cluster chain loops back to its first cluster, and its entry claims 64 KiB, so
+    reading its PE header follows the loop."""
 
-    def media(f: BinaryIO, boot: bytes) -> None:
-        f.seek(21)
-        f.write(b"\0")
+    def chain_loop(f: BinaryIO, boot: bytes) -> None:
+        per_sector, _, reserved = struct.unpack_from("<HBH", boot, 11)
+        f.seek(0)
+        volume = f.read()
+        entry = volume.find(b"BOOTX64 EFI")
+        assert entry > 0 and entry % 32 == 0
+        first = int.from_bytes(volume[entry + 20:entry + 22], "little") << 16 \
+            | int.from_bytes(volume[entry + 26:entry + 28], "little")
+        f.seek(entry + 28)
+        f.write(struct.pack("<I", 64 << 10))
+        f.seek(reserved * per_sector + 4 * first)
+        f.write(struct.pack("<I", first))  # FAT32: the first cluster's successor is itself
 
-    return _esp_disk(dest, media)
+    return _esp_disk(dest, chain_loop)
 
 
 def hive_error_without_file_name(dest: Path) -> Path:
@@ -324,10 +334,9 @@ class Hostile:
     codes: frozenset[int] = frozenset({20})  # the exit codes that are right for it
     open_bug: str = ""  # why imgpipe still fails it; the test is a strict xfail until fixed
     requires: Callable[[], str | None] = lambda: None  # why it cannot be built here, or None
+    error: str = ""  # a pattern the error line must hold after the disk's path, when it fails
 
 
-NAMELESS = ("errors of the FAT reader name the partition, not the file: "
-            "guest.inspect._label gives it 'partition N' without info.path")
 HOSTILE: dict[str, Hostile] = {
     "ext-group-descriptors": Hostile(ext_group_descriptors),
     # debugfs may read what fs/ext.py leaves (exit 0), or the inode be refused (exit 20)
@@ -335,7 +344,8 @@ HOSTILE: dict[str, Hostile] = {
     "esp-directory-loop": Hostile(esp_directory_loop, frozenset({0, 20})),
     "esp-zero-sectors-per-cluster": Hostile(esp_zero_sectors_per_cluster, frozenset({0, 20})),
     "esp-huge-fat": Hostile(esp_huge_fat, frozenset({0, 20})),
-    "esp-error-without-file-name": Hostile(esp_error_without_file_name, open_bug=NAMELESS),
+    "esp-error-without-file-name": Hostile(esp_error_without_file_name, error=(
+        r"partition 1 \(vfat\) /EFI/BOOT/BOOTX64\.EFI: cluster chain loops at cluster \d+$")),
     "lvm-error-without-file-name": Hostile(lvm_error_without_file_name, requires=_can_build_lvm),
     "hive-error-without-file-name": Hostile(hive_error_without_file_name, requires=_can_mount_ntfs),
     "vmdk-descriptor-not-ascii": Hostile(vmdk_descriptor_not_ascii, frozenset({5})),

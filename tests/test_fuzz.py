@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -102,3 +103,4 @@ def test_hostile_disk_ends_cleanly_inside_the_limits(name: str, tmp_path: Path) 
     if run.exit_code:
         assert run.stderr.strip().splitlines() == [run.stderr.strip().splitlines()[-1]]
         assert run.stderr.startswith(f"imgpipe: error: {disk}: ")
+        assert re.match(hostile.error, run.stderr.strip().removeprefix(f"imgpipe: error: {disk}: ")), run.stderr

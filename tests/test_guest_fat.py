@@ -93,7 +93,7 @@ def test_a_chain_that_loops_is_named(tmp_path: Path) -> None:
     volume = _open(image)
     file = next(f for f in volume.files("EFI") if f.path.endswith("BOOTX64.EFI"))
     with pytest.raises(GuestInspectionError,
-                       match=re.escape("esp: corrupt FAT filesystem: EFI/BOOT/BOOTX64.EFI: cluster chain loops")):
+                       match=re.escape("esp /EFI/BOOT/BOOTX64.EFI: cluster chain loops at cluster ")):
         volume.read(file, 1 << 20)
 
 
@@ -101,7 +101,7 @@ def test_a_cluster_outside_the_volume_is_named(tmp_path: Path) -> None:
     image = _volume(tmp_path, 32, 64)
     entry = _entry_offset(image, b"BOOT       ")
     _patch(image, entry + 20, (0x0FFF).to_bytes(2, "little"))  # high word: far past the end
-    with pytest.raises(GuestInspectionError, match=r"EFI/BOOT: cluster \d+ is outside the volume"):
+    with pytest.raises(GuestInspectionError, match=r"^esp /EFI/BOOT: cluster \d+ is outside the volume"):
         _open(image).files("EFI")
 
 
@@ -118,7 +118,7 @@ def test_a_directory_inside_itself_ends(tmp_path: Path) -> None:
 def test_a_bad_boot_sector_is_one_error(tmp_path: Path) -> None:
     image = _volume(tmp_path, 16, 16)
     _patch(image, 13, b"\x03")  # 3 sectors per cluster
-    with pytest.raises(GuestInspectionError, match="boot sector: impossible geometry"):
+    with pytest.raises(GuestInspectionError, match=r"^esp: corrupt FAT filesystem: boot sector: impossible geometry"):
         _open(image)
     _patch(image, 13, b"\x01")
     _patch(image, 19, (0xFFFF).to_bytes(2, "little"))  # more sectors than the partition holds

@@ -60,10 +60,12 @@ def _inspect(info: ImageInfo, disk: nbd.Export, work: Path) -> GuestFacts:
     facts.bios = _bios(info.head, info)
     esps: list[tuple[fat.Fat, str]] = []
     for part in parts:
-        if part is not None and part.kind == "efi" and roles[part.number] is Role.ESP:
+        fs = found[part.number] if part is not None else None
+        if part is not None and part.kind == "efi" and fs is not None and fs.role is Role.ESP:
             label = f"partition {part.number} (ESP)"
             esp = windows[part.number]
-            esps.append((fat.Fat(esp.read, esp.size, f"{info.path}: {label}"), label))
+            # errors name the disk, the partition and its format, then the file ("... (vfat) /EFI/...")
+            esps.append((fat.Fat(esp.read, esp.size, f"{info.path}: {_label(part)} ({fs.name})"), label))
             facts.uefi_loaders += efi.loaders(*esps[-1])
     kernel_signatures: Fact | None = None
     volumes = _volumes(info, parts, windows, found, facts, budget)

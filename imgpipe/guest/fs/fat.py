@@ -68,7 +68,9 @@ class Fat:
         self._root_cluster = 0
         if self.bits == 32:
             self._root_cluster = int.from_bytes(boot[44:48], "little")
-            self._check_cluster(self._root_cluster, "root directory")
+            if not 2 <= self._root_cluster < self.clusters + 2:
+                raise self._corrupt(f"boot sector: root directory cluster {self._root_cluster} is outside "
+                                    f"the volume's {self.clusters} clusters")
         else:
             if root_entries == 0 or root_entries > MAX_DIR_ENTRIES:
                 raise self._corrupt(f"boot sector: {root_entries} root directory entries")
@@ -104,7 +106,7 @@ class Fat:
         first, last = offset // self.cluster_bytes, (offset + length - 1) // self.cluster_bytes
         chain = self._chain(file.cluster, last + 1, file.path)
         if len(chain) <= last:
-            raise self._corrupt(f"{file.path}: its cluster chain ends before its {file.size} bytes")
+            raise self._corrupt(f"its cluster chain ends before its {file.size} bytes", file.path)
         data = b"".join(self._cluster(c) for c in chain[first:last + 1])
         skip = offset - first * self.cluster_bytes
         return data[skip:skip + length]
@@ -124,31 +126,31 @@ class Fat:
     def _walk(self, entries: list[tuple[str, bool, int, int]], where: str, depth: int, out: list[FatFile],
               seen: set[int]) -> None:
         if depth > MAX_DEPTH:
-            raise self._corrupt(f"{where}: directories nested deeper than {MAX_DEPTH}")
+            raise self._corrupt(f"directories nested deeper than {MAX_DEPTH}", where)
         for name, is_dir, cluster, size in entries:
             path = f"{where}/{name}".lstrip("/")
             if is_dir:
                 if cluster in seen:  # FAT has no hard links: a directory met twice is a loop
-                    raise self._corrupt(f"{path}: directory cluster {cluster} is listed twice")
+                    raise self._corrupt(f"directory cluster {cluster} is listed twice", path)
                 seen.add(cluster)
                 self._walk(self._directory(cluster, path), path, depth + 1, out, seen)
                 continue
             if len(out) >= MAX_FILES:
-                raise self._corrupt(f"more than {MAX_FILES} files under {where or '/'}")
+                raise self._corrupt(f"more than {MAX_FILES} files under it", where)
             out.append(FatFile(path, cluster, size))
 
     def _root(self) -> list[tuple[str, bool, int, int]]:
         if self.bits == 32:
             return self._directory(self._root_cluster, "")
         start, length = self._root_region
-        return self._entries(self._read(start, length), "/")
+        return self._entries(self._read(start, length), "")
 
     def _directory(self, cluster: int, path: str) -> list[tuple[str, bool, int, int]]:
         limit = -(-MAX_DIR_ENTRIES * _ENTRY // self.cluster_bytes)
         chain = self._chain(cluster, limit + 1, path)
         if len(chain) > limit:
-            raise self._corrupt(f"{path}: directory has more than {MAX_DIR_ENTRIES} entries")
-        return self._entries(b"".join(self._cluster(c) for c in chain), path or "/")
+            raise self._corrupt(f"directory has more than {MAX_DIR_ENTRIES} entries", path)
+        return self._entries(b"".join(self._cluster(c) for c in chain), path)
 
     def _entries(self, raw: bytes, path: str) -> list[tuple[str, bool, int, int]]:
         """(name, is directory, first cluster, size) of each live entry but "." and ".."."""
@@ -180,7 +182,7 @@ class Fat:
             if parts and checksum == _lfn_checksum(entry[:11]) and sorted(parts) == list(range(1, len(parts) + 1)):
                 name = "".join(parts[i] for i in sorted(parts)).split("\0", 1)[0] or short
             if "/" in name:
-                raise self._corrupt(f"{path}: entry name {name!r} holds a slash")
+                raise self._corrupt(f"entry name {name!r} holds a slash", path)
             cluster = int.from_bytes(entry[26:28], "little")
             if self.bits == 32:
                 cluster |= int.from_bytes(entry[20:22], "little") << 16
@@ -199,7 +201,7 @@ class Fat:
         while len(chain) < most:
             self._check_cluster(cluster, what)
             if cluster in seen:
-                raise self._corrupt(f"{what}: cluster chain loops at cluster {cluster}")
+                raise self._corrupt(f"cluster chain loops at cluster {cluster}", what)
             seen.add(cluster)
             chain.append(cluster)
             cluster = self._next(cluster)
@@ -230,10 +232,14 @@ class Fat:
 
     def _check_cluster(self, cluster: int, what: str) -> None:
         if not 2 <= cluster < self.clusters + 2:
-            raise self._corrupt(f"{what or '/'}: cluster {cluster} is outside the volume's {self.clusters} clusters")
+            raise self._corrupt(f"cluster {cluster} is outside the volume's {self.clusters} clusters", what)
 
-    def _corrupt(self, why: str) -> GuestInspectionError:
-        return GuestInspectionError(f"{self.label}: corrupt FAT filesystem: {why}")
+    def _corrupt(self, why: str, path: str | None = None) -> GuestInspectionError:
+        """Named as the file or directory (`path`, "" for the root) when the damage is in one,
+        as the volume when it is in the boot sector."""
+        if path is None:
+            return GuestInspectionError(f"{self.label}: corrupt FAT filesystem: {why}")
+        return GuestInspectionError(f"{self.label} /{path}: {why}")
 
 
 def _short_name(entry: bytes) -> str:
