@@ -223,6 +223,50 @@ def esp_error_without_file_name(dest: Path) -> Path:
     return _esp_disk(dest, chain_loop)
 
 
+def esp_directories_sharing_a_chain(dest: Path) -> Path:
+    """An ESP whose EFI directory holds 4096 subdirectories (the reader's cap for one directory),
+    each with a cluster of its own (so no directory is met twice) whose chain then joins one
+    shared tail: every subdirectory is as large as the reader allows (128 KiB), and walking them
+    reads 512 MiB from a 34 MiB partition. Only the inspection's read budget stops it."""
+
+    def shared_tail(f: BinaryIO, boot: bytes) -> None:
+        per_sector, per_cluster, reserved, fats = struct.unpack_from("<HBHB", boot, 11)
+        fat_size, root_cluster = struct.unpack_from("<I", boot, 36)[0], struct.unpack_from("<I", boot, 44)[0]
+        cluster_bytes = per_sector * per_cluster
+        data_at = (reserved + fats * fat_size) * per_sector
+        entries, per_dir = 4096, (4096 * 32) // cluster_bytes  # clusters of the largest directory read
+        efi = list(range(1000, 1000 + per_dir))
+        subdirs = list(range(efi[-1] + 1, efi[-1] + 1 + entries))
+        tail = list(range(subdirs[-1] + 1, subdirs[-1] + per_dir))
+
+        def chain(clusters: list[int], end: int = 0x0FFFFFFF) -> None:
+            for cluster, after in zip(clusters, [*clusters[1:], end], strict=True):
+                for copy in range(fats):
+                    f.seek((reserved + copy * fat_size) * per_sector + 4 * cluster)
+                    f.write(struct.pack("<I", after))
+
+        def entry(name: bytes, cluster: int) -> bytes:
+            return name.ljust(11) + bytes([0x10]) + bytes(8) + struct.pack("<H", cluster >> 16) + bytes(4) \
+                + struct.pack("<HI", cluster & 0xFFFF, 0)
+
+        chain(efi)
+        chain(tail)
+        for cluster in subdirs:
+            chain([cluster], end=tail[0])
+        f.seek(data_at + (efi[0] - 2) * cluster_bytes)
+        f.write(b"".join(entry(f"D{n:07d}".encode(), c) for n, c in enumerate(subdirs)))
+        for cluster in (*subdirs, *tail):  # deleted entries only: nothing more to follow
+            f.seek(data_at + (cluster - 2) * cluster_bytes)
+            f.write(b"\xe5" * cluster_bytes)
+        root = data_at + (root_cluster - 2) * cluster_bytes
+        f.seek(root)
+        at = f.read(cluster_bytes).index(b"EFI        ")
+        f.seek(root + at)
+        f.write(entry(b"EFI", efi[0]))
+
+    return _esp_disk(dest, shared_tail)
+
+
 def hive_error_without_file_name(dest: Path) -> Path:
     """Found by the fuzzer (ntfs target, seed 4, cases 32 and 347): a SYSTEM hive whose current
     control set has no Services key. imgpipe refuses it (exit 20) in one line, but the line says
@@ -344,6 +388,8 @@ HOSTILE: dict[str, Hostile] = {
     "esp-directory-loop": Hostile(esp_directory_loop, frozenset({0, 20})),
     "esp-zero-sectors-per-cluster": Hostile(esp_zero_sectors_per_cluster, frozenset({0, 20})),
     "esp-huge-fat": Hostile(esp_huge_fat, frozenset({0, 20})),
+    "esp-directories-sharing-a-chain": Hostile(esp_directories_sharing_a_chain, error=(
+        r"partition 1: reading .* would take inspection past its 256\.0 MiB read budget \(IMGPIPE_INSPECT_READ\)$")),
     "esp-error-without-file-name": Hostile(esp_error_without_file_name, error=(
         r"partition 1 \(vfat\) /EFI/BOOT/BOOTX64\.EFI: cluster chain loops at cluster \d+$")),
     "lvm-error-without-file-name": Hostile(lvm_error_without_file_name, requires=_can_build_lvm),

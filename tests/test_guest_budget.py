@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import guest_disks as gd
+import hostile_disks
 import pytest
 from typer.testing import CliRunner
 
@@ -54,3 +55,14 @@ def test_each_limit_stops_inspection_with_one_line(debian: Path, monkeypatch: py
 def test_a_limit_that_is_not_a_size_is_refused(debian: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code, output = _inspect(debian, monkeypatch, IMGPIPE_INSPECT_READ="lots")
     assert code == 20 and "IMGPIPE_INSPECT_READ=lots: 'lots' is not a size like 512M, 20G or 1T" in output, output
+
+
+def test_a_hostile_esp_is_stopped_by_the_read_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ESP reader keeps its own caps (4096 entries a directory, 4096 files), yet within them
+    4096 directories sharing one chain read 512 MiB: the inspection's read budget stops it."""
+    disk = hostile_disks.esp_directories_sharing_a_chain(tmp_path / "esp.qcow2")
+    code, output = _inspect(disk, monkeypatch)
+    assert code == 20, output
+    assert re.fullmatch(rf"imgpipe: error: {re.escape(str(disk))}: partition 1: reading [\d.]+ \w*B at byte \d+ "
+                        r"would take inspection past its 256\.0 MiB read budget \(IMGPIPE_INSPECT_READ\)",
+                        output.strip()), output

@@ -55,7 +55,9 @@ def _inspect(info: ImageInfo, disk: nbd.Export, work: Path) -> GuestFacts:
     budget = Budget.from_env()
     parts: list[Partition | None] = list(info.partitions) if info.table else [None]
     windows = {p.number if p else 0: _window(info, disk, p) for p in parts}
-    found = {n: registry.probe(w.read(0, min(registry.PROBE_BYTES, w.size))) for n, w in windows.items()}
+    # every read from the guest (the probes and the ESP too) is counted against the one budget
+    reads = {n: budget.counted(w.read, w.label) for n, w in windows.items()}
+    found = {n: registry.probe(reads[n](0, min(registry.PROBE_BYTES, w.size))) for n, w in windows.items()}
     roles = {n: f.role if f else None for n, f in found.items()}
     facts.bios = _bios(info.head, info)
     esps: list[tuple[fat.Fat, str]] = []
@@ -63,12 +65,12 @@ def _inspect(info: ImageInfo, disk: nbd.Export, work: Path) -> GuestFacts:
         fs = found[part.number] if part is not None else None
         if part is not None and part.kind == "efi" and fs is not None and fs.role is Role.ESP:
             label = f"partition {part.number} (ESP)"
-            esp = windows[part.number]
             # errors name the disk, the partition and its format, then the file ("... (vfat) /EFI/...")
-            esps.append((fat.Fat(esp.read, esp.size, f"{info.path}: {_label(part)} ({fs.name})"), label))
+            esp = fat.Fat(reads[part.number], windows[part.number].size, f"{info.path}: {_label(part)} ({fs.name})")
+            esps.append((esp, label))
             facts.uefi_loaders += efi.loaders(*esps[-1])
     kernel_signatures: Fact | None = None
-    volumes = _volumes(info, parts, windows, found, facts, budget)
+    volumes = _volumes(info, parts, windows, reads, found, facts)
     if volumes:
         kernel_signatures = _read_root(info, volumes, work, facts, budget)
     elif (info.table and not any(found.values())) \
@@ -135,7 +137,8 @@ def _bios(head: bytes, info: ImageInfo) -> Fact | None:
 
 
 def _volumes(info: ImageInfo, parts: list[Partition | None], windows: dict[int, nbd.Window],
-             found: dict[int, Format | None], facts: GuestFacts, budget: Budget) -> list[Volume]:
+             reads: dict[int, Callable[[int, int], bytes]], found: dict[int, Format | None],
+             facts: GuestFacts) -> list[Volume]:
     """Every Linux filesystem, on a partition or an LVM volume, in the order a root is looked
     for: typed root partitions, Linux-typed ones, any other, then logical volumes; the largest first."""
     plain: list[Volume] = []
@@ -146,7 +149,7 @@ def _volumes(info: ImageInfo, parts: list[Partition | None], windows: dict[int, 
             continue
         label = _label(part)
         disk = windows[part.number if part else 0]
-        read = budget.counted(disk.read, f"{info.path}: {label}")
+        read = reads[part.number if part else 0]
         if fs.volumes is None:
             typed = part is not None and (part.type in partitions.ROOT_TYPES or part.kind == "linux")
             plain.append(Volume(label=label, fs=fs, part=part, read=read, size=disk.size, typed=typed))
