@@ -116,6 +116,11 @@ class LocalIOError(ImgpipeError):
     a file where a directory was expected); any OSError that reaches the CLI becomes this."""
 
 
+class SettingError(ImgpipeError):
+    """An IMGPIPE_* environment variable holds a value imgpipe cannot use: a usage error like a
+    bad option, reported before any work."""
+
+
 class OverBudgetError(GuestInspectionError):
     """Reading an untrusted image went over a budget: a tool's wall clock, CPU or output, or
     what an inspection may read and hold (guest/fs/budget.py)."""

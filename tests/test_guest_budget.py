@@ -52,9 +52,21 @@ def test_each_limit_stops_inspection_with_one_line(debian: Path, monkeypatch: py
     assert re.search(message, lines[0]), output
 
 
-def test_a_limit_that_is_not_a_size_is_refused(debian: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    code, output = _inspect(debian, monkeypatch, IMGPIPE_INSPECT_READ="lots")
-    assert code == 20 and "IMGPIPE_INSPECT_READ=lots: 'lots' is not a size like 512M, 20G or 1T" in output, output
+@pytest.mark.parametrize(("env", "value"), [("IMGPIPE_INSPECT_READ", "abc"), ("IMGPIPE_INSPECT_READ", "-1"),
+                                            ("IMGPIPE_INSPECT_ENTRIES", "lots"), ("IMGPIPE_INSPECT_COPY", "1Q")])
+@pytest.mark.parametrize("command", ["inspect", "convert"])
+def test_a_limit_that_is_not_a_size_is_a_usage_error_before_any_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str, value: str, command: str) -> None:
+    """A source that does not exist would be exit 4: the setting is checked before it is opened,
+    and nothing is written."""
+    monkeypatch.setenv(env, value)
+    out = tmp_path / "out"
+    args = [command, str(tmp_path / "missing.qcow2")] + (["-p", "kvm", "-o", str(out)] if command == "convert" else [])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"imgpipe: error: {env}={value}: {value!r} is not a size like 512M, 20G or 1T"], result.stderr
+    assert not out.exists()
 
 
 def test_a_hostile_esp_is_stopped_by_the_read_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperCommand
 
 from imgpipe import errors, profiles, render
+from imgpipe.guest.fs.budget import Budget
 
 if TYPE_CHECKING:  # typer carries its own click (typer._click) since 0.29
     from typer._click.core import Context, Parameter
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # typer carries its own click (typer._click) since 0.29
 
 # Distinct, documented exit codes (README "Exit codes"); 2 is usage, as click uses it.
 EXIT_CODES: dict[type[errors.ImgpipeError], int] = {
+    errors.SettingError: 2,
     errors.ProfileError: 3,
     errors.SourceError: 4,
     errors.UnsafeImageError: 5,
@@ -154,11 +156,15 @@ class Settings:
 
 
 def settings_of(ctx: typer.Context, as_json: bool | None = None) -> Settings:
-    """This run's settings, which the callback put on the context; a command hands over its --json."""
+    """This run's settings, which the callback put on the context; a command hands over its --json.
+
+    Every command starts here, so the environment's settings are checked here, before any work:
+    a bad IMGPIPE_INSPECT_* value is a usage error (exit 2), not a guest over its budget (20)."""
     found = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
     ctx.obj = found
     if as_json is not None:
         found.json = as_json
+    Budget.from_env()
     return found
 
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imgpipe.errors import GuestInspectionError, OverBudgetError
+from imgpipe.errors import OverBudgetError, SettingError
 from imgpipe.units import human_size, parse_size
 
 Read = Callable[[int, int], bytes]
@@ -31,7 +31,7 @@ def _setting(name: str, default: int) -> int:
     try:
         return parse_size(text)
     except ValueError as exc:
-        raise GuestInspectionError(f"{name}={text}: {exc}") from None
+        raise SettingError(f"{name}={text}: {exc}") from None
 
 
 @dataclass(kw_only=True)
