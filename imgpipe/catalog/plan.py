@@ -7,21 +7,24 @@ hidden images) and rotates from a fresh look after its uploads.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from imgpipe import retry
+from imgpipe import retry, signing
 from imgpipe.catalog import rotation
 from imgpipe.catalog.download import Checksums
-from imgpipe.catalog.model import Catalog, Image, Version
+from imgpipe.catalog.model import Catalog, Image, Signing, Version
 from imgpipe.catalog.rotation import Action
 from imgpipe.cloud import discovery, glance
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
 from imgpipe.cloud.upload import PROFILE_KEY, SOURCE_KEY
 from imgpipe.errors import ImgpipeError
+from imgpipe.signing import Signer
 
 Connect = Callable[[str], Cloud]
 
@@ -94,6 +97,20 @@ def scope(catalog: Catalog, shard: Shard | None, *, publish: bool = True, rotate
         return Scope(todo, list(catalog.images), True)
     images = {u.image.name: u.image for u in todo}
     return Scope(todo, list(images.values()), False)
+
+
+def signers_of(todo: list[Unit]) -> dict[str, Signer]:
+    """Each image's signer by image name; a key used by several images is read once."""
+    loaded: dict[Signing, Signer] = {}
+    for unit in todo:
+        how = unit.image.signing
+        if how is not None and how not in loaded:
+            password = signing.read_password(Path(how.password_file) if how.password_file else None,
+                                             dict(os.environ))
+            loaded[how] = signing.load(Path(how.key), password=password,
+                                       certificate=Path(how.certificate) if how.certificate else None,
+                                       certificate_id=how.certificate_id, hash_method=how.hash_method)
+    return {u.image.name: loaded[u.image.signing] for u in todo if u.image.signing is not None}
 
 
 @dataclass

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from imgpipe import locks, settings, signing
+from imgpipe import locks, settings
 from imgpipe.catalog import download as sources
 from imgpipe.catalog import rotation
-from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image, Signing
-from imgpipe.catalog.plan import Connect, Shard, Survey, Unit, look, plan, scope, survey
+from imgpipe.catalog.model import IMAGE_KEY, VERSION_KEY, Catalog, Image
+from imgpipe.catalog.plan import Connect, Shard, Survey, Unit, look, plan, scope, signers_of, survey
 from imgpipe.catalog.rotation import Action
 from imgpipe.cloud import image_import, signature
 from imgpipe.conversion.convert import Options
@@ -92,7 +92,7 @@ def run(catalog: Catalog, path: Path, connect: Connect, opts: SyncOptions, *, pu
     work = scope(catalog, opts.shard, publish=publish_units, rotate=opts.rotate)
     if opts.shard:
         report.notes.append(f"shard {opts.shard}: rotation is left to `imgpipe catalog rotate` after all shards")
-    signers = _signers(work.todo)  # a key or certificate that cannot sign stops the run before any call
+    signers = signers_of(work.todo)  # a key or certificate that cannot sign stops the run before any call
     with locks.clouds(opts.cache_dir, [c for i in work.images for c in i.clouds], report.shard):
         seen = survey(work, connect, sources.Checksums(opts.limits), catalog.placement)
         for name, cloud in seen.clouds.items():  # the catalog's word on a cloud wins over its clouds.yaml
@@ -126,20 +126,6 @@ def _copy(action: Action, image: Image, seen: Survey, report: SyncReport) -> Act
         report.failures.append(f"copy {action.name} to {', '.join(action.stores)}: {exc}")
         return replace(action, action="failed", error=str(exc))
     return replace(action, action="copied" if copied else "unchanged")
-
-
-def _signers(todo: list[Unit]) -> dict[str, Signer]:
-    """Each image's signer by image name; a key used by several images is read once."""
-    loaded: dict[Signing, Signer] = {}
-    for unit in todo:
-        how = unit.image.signing
-        if how is not None and how not in loaded:
-            password = signing.read_password(Path(how.password_file) if how.password_file else None,
-                                             dict(os.environ))
-            loaded[how] = signing.load(Path(how.key), password=password,
-                                       certificate=Path(how.certificate) if how.certificate else None,
-                                       certificate_id=how.certificate_id, hash_method=how.hash_method)
-    return {u.image.name: loaded[u.image.signing] for u in todo if u.image.signing is not None}
 
 
 def _resign(action: Action, signer: Signer | None, seen: Survey, report: SyncReport) -> Action:
