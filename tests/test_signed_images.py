@@ -293,6 +293,51 @@ def test_catalog_sync_signs_for_two_clouds(signed_cloud: SignedCloud, sample_qco
         assert _run(signed_cloud, "verify", image["id"], "--cloud", cloud).returncode == 0
 
 
+def test_preview_shows_the_resign_the_sync_makes(signed_cloud: SignedCloud, sample_qcow2: Path,
+                                                 tmp_path: Path) -> None:
+    """`catalog plan` and `catalog sync --dry-run` show what the sync then does: unchanged under
+    the same key, resign under a new key and certificate (which the preview does not store in
+    Barbican), and unchanged once the sync has re-signed."""
+    from cryptography import x509
+
+    from imgpipe.cloud import keymanager
+    from imgpipe.hashing import sha256_file
+
+    catalog, cache = tmp_path / "catalog.yaml", str(tmp_path / "cache")
+    catalog.write_text(yaml.safe_dump({"images": [{
+        "name": "preview-cat", "profiles": ["kvm"], "clouds": ["sig"],
+        "signing": {"key": str(signed_cloud.rsa.key), "certificate": str(signed_cloud.rsa.cert)},
+        "versions": [{"version": "1", "source": str(sample_qcow2), "sha256": sha256_file(sample_qcow2)}]}]}))
+    assert _run(signed_cloud, "catalog", "sync", str(catalog), "--cache-dir", cache).returncode == 0
+    target = clouds.connect("sig")
+
+    def previews() -> list[list[str]]:
+        shown = []
+        for args in (["plan", str(catalog)], ["sync", str(catalog), "--dry-run", "--cache-dir", cache]):
+            proc = _run(signed_cloud, "catalog", *args, "--json")
+            assert proc.returncode == 0, proc.stderr
+            shown.append([a["action"] for a in json.loads(proc.stdout)["actions"]])
+        return shown
+
+    assert previews() == [["unchanged"], ["unchanged"]]
+    # A new key and certificate, in no Barbican yet
+    new = make(tmp_path, "next-signer", ec.generate_private_key(ec.SECP384R1()))
+    catalog.write_text(catalog.read_text().replace(str(signed_cloud.rsa.key), str(new.key))
+                       .replace(str(signed_cloud.rsa.cert), str(new.cert)))
+    [before] = glance.list_images(target, {"imgpipe_catalog_image": "preview-cat"})
+    assert previews() == [["resign"], ["resign"]]
+    [after] = glance.list_images(target, {"imgpipe_catalog_image": "preview-cat"})
+    assert {k: after[k] for k in signing.PROPERTIES} == {k: before[k] for k in signing.PROPERTIES}
+    assert keymanager.find_certificate(target, x509.load_pem_x509_certificate(new.cert.read_bytes())) is None
+
+    synced = _run(signed_cloud, "catalog", "sync", str(catalog), "--cache-dir", cache, "--json")
+    assert synced.returncode == 0, synced.stderr
+    assert [a["action"] for a in json.loads(synced.stdout)["images"]] == ["resigned"]
+    [resigned] = glance.list_images(target, {"imgpipe_catalog_image": "preview-cat"})
+    assert resigned["id"] == before["id"] and resigned[signing.KEY_TYPE] == "ECC_SECP384R1"
+    assert previews() == [["unchanged"], ["unchanged"]]
+
+
 def test_publish_verify_signature(signed_cloud: SignedCloud, sample_qcow2: Path, tmp_path: Path) -> None:
     proc = _run(signed_cloud, "publish", str(sample_qcow2), "-p", "kvm", "--name", "pub-signed", "--cloud", "sig",
                 "--work-dir", str(tmp_path), "--verify-signature", "--json", *_sign_args(signed_cloud.rsa))

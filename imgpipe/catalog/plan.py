@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from imgpipe.catalog import rotation
 from imgpipe.catalog.download import Checksums
 from imgpipe.catalog.model import Catalog, Image, Signing, Version
 from imgpipe.catalog.rotation import Action
-from imgpipe.cloud import discovery, glance
+from imgpipe.cloud import discovery, glance, signature
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
 from imgpipe.cloud.upload import PROFILE_KEY, SOURCE_KEY
@@ -212,7 +212,24 @@ def _missing_stores(seen: Survey, image: Image, cloud: str, found: dict[str, Any
 
 def preview(catalog: Catalog, connect: Connect, shard: Shard | None = None, rotate: bool = True,
             limits: retry.RetryLimits = retry.DEFAULT_LIMITS) -> tuple[list[Action], list[str]]:
-    """The plan of a sync (or of one shard), with what could not be looked at; changes nothing."""
+    """The plan of a sync (or of one shard), with what could not be looked at; changes nothing.
+
+    An image the sync would sign anew (another key or certificate, no upload) is "resign",
+    not "unchanged": what sync's re-signing decides, asked of the key manager read-only."""
     work = scope(catalog, shard, rotate=rotate)
+    signers = signers_of(work.todo)  # a key that cannot sign stops the preview as it stops the run
     seen = survey(work, connect, Checksums(limits), catalog.placement)
-    return plan(work.todo, seen, rotate=work.images if work.rotate else []), seen.failures
+    actions = plan(work.todo, seen, rotate=work.images if work.rotate else [])
+    return [_resign(a, signers.get(a.image), seen) if a.action == "unchanged" else a for a in actions], seen.failures
+
+
+def _resign(action: Action, signer: Signer | None, seen: Survey) -> Action:
+    if signer is None:
+        return action
+    listed = next(i for i in seen.states[action.image][action.cloud] if i["id"] == action.image_id)
+    try:
+        resigns = signature.would_resign(seen.clouds[action.cloud], signer, listed)
+    except ImgpipeError as exc:  # as the run reports it
+        seen.failures.append(f"sign {action.name} on {action.cloud}: {exc}")
+        return replace(action, action="failed", error=str(exc))
+    return replace(action, action="resign") if resigns else action

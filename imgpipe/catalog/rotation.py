@@ -28,8 +28,8 @@ PLANNED = "9999"  # created_at of an image a sync is about to create: newer than
 
 @dataclass
 class Action:
-    """One line of a plan: create, unchanged, copy (into missing stores), discard (an interrupted run's upload), unhide,
-    hide, deactivate or delete."""
+    """One line of a plan: create, unchanged, copy (into missing stores), resign (another key or certificate: new
+    signature properties, no upload), discard (an interrupted run's upload), unhide, hide, deactivate or delete."""
 
     cloud: str
     image: str

@@ -91,11 +91,10 @@ def get_certificate(cloud: Cloud, secret_id: str) -> x509.Certificate:
         raise KeyManagerError(f"cloud {cloud.name}: secret {secret_id} does not hold a PEM certificate") from exc
 
 
-def store_certificate(cloud: Cloud, cert: x509.Certificate) -> str:
-    """The id of a certificate secret holding exactly cert: an earlier one if there is one."""
-    name = NAME_PREFIX + signing.fingerprint(cert)[:32]
+def find_certificate(cloud: Cloud, cert: x509.Certificate) -> str | None:
+    """The id of a certificate secret holding exactly cert, or None; stores nothing."""
     listed = _request(cloud, "GET", "/v1/secrets", "list certificates",
-                      params={"name": name, "secret_type": "certificate", "limit": "100"}).json()
+                      params={"name": _secret_name(cert), "secret_type": "certificate", "limit": "100"}).json()
     wanted = signing.pem(cert)
     for secret in listed.get("secrets", []):
         secret_id = _uuid(secret["secret_ref"])
@@ -104,7 +103,16 @@ def store_certificate(cloud: Cloud, cert: x509.Certificate) -> str:
                 return secret_id
         except KeyManagerError:
             continue  # a same-named secret that is not our certificate: not reused
-    body = {"name": name, "secret_type": "certificate", "payload": base64.b64encode(wanted).decode(),
+    return None
+
+
+def store_certificate(cloud: Cloud, cert: x509.Certificate) -> str:
+    """The id of a certificate secret holding exactly cert: an earlier one if there is one."""
+    found = find_certificate(cloud, cert)
+    if found is not None:
+        return found
+    body = {"name": _secret_name(cert), "secret_type": "certificate",
+            "payload": base64.b64encode(signing.pem(cert)).decode(),
             "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}
     ref = _request(cloud, "POST", "/v1/secrets", "store certificate", ok=(201,), json=body).json()["secret_ref"]
     return _uuid(ref)
@@ -129,6 +137,10 @@ def delete_secret(cloud: Cloud, secret_id: str) -> None:
     _request(cloud, "DELETE", f"/v1/secrets/{secret_id}", f"delete secret {secret_id}", ok=(204, 404))
 
 
+def _secret_name(cert: x509.Certificate) -> str:
+    return NAME_PREFIX + signing.fingerprint(cert)[:32]
+
+
 def _uuid(ref: str) -> str:
     return ref.rstrip("/").rsplit("/", 1)[-1]
 
@@ -149,6 +161,16 @@ def certificate_id(cloud: Cloud, signer: signing.Signer) -> str:
 
     which = signer.certificate_id if signer.certificate is None else signing.fingerprint(signer.certificate)
     return cloud.learn(f"signing certificate {which}", resolve)
+
+
+def stored_certificate_id(cloud: Cloud, signer: signing.Signer) -> str | None:
+    """certificate_id() as a preview asks it, storing nothing: None when the signer's certificate
+    file is not in this cloud's key manager yet (a run would store it there)."""
+    cert = signer.certificate
+    if cert is None:
+        return certificate_id(cloud, signer)  # a secret named by id is only read and checked
+    return cloud.learn(f"signing certificate {signing.fingerprint(cert)}, looked up",
+                       lambda: find_certificate(cloud, cert))
 
 
 def probe(cloud: Cloud) -> str:

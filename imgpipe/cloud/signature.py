@@ -47,6 +47,13 @@ def resign(cloud: Cloud, signer: signing.Signer, image: dict[str, Any]) -> dict[
     return glance.update_properties(cloud, image, signer.properties(cert_id, signer.sign(digest)))
 
 
+def would_resign(cloud: Cloud, signer: signing.Signer, image: dict[str, Any]) -> bool:
+    """Whether resign() would replace image's signature, asked without changing anything (a
+    certificate the key manager does not hold yet would be stored, under a new id: a re-sign)."""
+    cert_id = keymanager.stored_certificate_id(cloud, signer)
+    return cert_id is None or not signer.same_signer(image, cert_id)
+
+
 def stored_digest(cloud: Cloud, image: dict[str, Any], algo: str) -> bytes:
     """The digest of the bytes Glance serves for image: its own os_hash_value when the
     algorithm is the same, else a download whose sha512 must match os_hash_value."""
