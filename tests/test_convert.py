@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import tarfile
 from pathlib import Path
@@ -181,3 +182,28 @@ def test_outputs_honour_the_umask(sample_qcow2: Path, tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert out.path.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_native_stream_optimized_through_qemu_nbd_cuts_ranges_mid_grain(tmp_path: Path, jobs: int) -> None:
+    """4 KiB qcow2 clusters put the allocation map's range boundaries inside 64 KiB grains,
+    and the odd size ends the disk inside a grain and a batch; the grains are read as several
+    pipelined requests per server and must still be written back whole and in order."""
+    from imgpipe import qemu
+    from imgpipe.conversion.convert import _native_stream_optimized
+
+    size = (5 << 20) + 3 * 4096 + 512
+    raw = tmp_path / "src.raw"
+    with raw.open("wb") as f:
+        f.truncate(size)
+        for offset, length in ((4096, 4096), (65536 + 12288, 8192), ((1 << 20) - 4096, 8192),
+                               ((2 << 20) + 100, 300_000), (size - 4608, 4608)):
+            f.seek(offset)
+            f.write(os.urandom(length))
+    src = tmp_path / "src.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=4096", str(raw), str(src))
+    assert any(start % (64 << 10) for start, _ in qemu.data_extents(qemu.Source(src, "qcow2")))
+    out = tmp_path / "out.vmdk"
+    _native_stream_optimized(qemu.Source(src, "qcow2"), out, out.name, "lsilogic", jobs, None)
+    assert "identical" in qemu_img("compare", "-f", "raw", "-F", "vmdk", str(raw), str(out)).stdout
+    qemu_img("check", "-f", "vmdk", str(out))

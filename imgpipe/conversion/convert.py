@@ -33,6 +33,8 @@ from imgpipe.units import human_size
 EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
 SOURCE_SUFFIXES = {".qcow2", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".vdi", ".tar"}
 SPACE_MARGIN = 64 << 20
+# Reads queued on each qemu-nbd for the streamOptimized writer: 4 MiB at 1 MiB batches.
+READS_IN_FLIGHT = 4
 
 
 @dataclass
@@ -397,8 +399,9 @@ def _disk(window: qemu.Source, workers: int) -> Iterator[Disk]:
             yield disk
         return
     extents = qemu.data_extents(window)
-    with nbd.shared(window, str(window.path), workers) as reader:
-        yield Disk(reader.size, lambda: iter(extents), reader.read, str(window.path))
+    with nbd.pipelined(window, str(window.path), workers, READS_IN_FLIGHT) as reader:
+        yield Disk(reader.size, lambda: iter(extents),
+                   lambda offset, length: reader.submit(offset, length).result, str(window.path))
 
 
 def _reinspect(path: Path, out_format: str, virtual_size: int, label: str) -> None:

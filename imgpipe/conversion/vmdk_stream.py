@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import secrets
 import struct
@@ -47,8 +48,10 @@ GT_COVERAGE = GTES_PER_GT * GRAIN_SIZE
 GT_SECTORS = GTES_PER_GT * 4 // SECTOR
 # Batches never straddle a grain table because BATCH_SIZE divides GT_COVERAGE.
 BATCH_SIZE = 1 << 20
-# Raw bytes read but not yet written; bounds memory for any disk size and core count.
+# Raw bytes asked for but not yet written; bounds memory for any disk size and core count.
 MAX_INFLIGHT_BYTES = 64 << 20
+# Batches asked for ahead per deflate worker: reads in flight while the others deflate.
+BATCHES_PER_WORKER = 8
 # Grain table entries are 32-bit sector numbers, so neither disk nor file may pass 2 TiB.
 MAX_SECTORS = 1 << 32
 
@@ -112,12 +115,15 @@ ddb.toolsVersion = "{tools_version}"
 
 @dataclass(frozen=True)
 class Disk:
-    """What the writer reads: the guest-visible size, its data ranges (holes are never
-    read) and a thread-safe positional read (short reads past the end are zero-padded)."""
+    """What the writer reads: the guest-visible size and its data ranges (holes are never read).
+
+    `start_read(offset, length)` is called in order from one thread, and may send the read off
+    at once (so the source works ahead of the deflating); the function it returns is called
+    from a deflate worker and gives the bytes (short reads past the end are zero-padded)."""
 
     size: int
     extents: Callable[[], Iterator[tuple[int, int]]]
-    read: Callable[[int, int], bytes]
+    start_read: Callable[[int, int], Callable[[], bytes]]
     label: str
 
 
@@ -127,8 +133,8 @@ def raw_disk(path: Path) -> Iterator[Disk]:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        yield Disk(size, lambda: _data_extents(fd, size), lambda offset, length: os.pread(fd, length, offset),
-                   str(path))
+        yield Disk(size, lambda: _data_extents(fd, size),
+                   lambda offset, length: functools.partial(os.pread, fd, length, offset), str(path))
     finally:
         os.close(fd)
 
@@ -296,8 +302,11 @@ class _Stream:
 
 def _write_grains(disk: Disk, stream: _Stream, workers: int,
                   on_progress: Callable[[float], None] | None) -> None:
-    """Deflate batches in a pool, keeping a bounded window in flight, written in order."""
-    window = max(2, min(2 * workers, MAX_INFLIGHT_BYTES // BATCH_SIZE))
+    """Deflate batches in a pool, keeping a bounded window in flight, written in order.
+
+    Each batch's read is started when it is queued, so the source reads up to a window ahead
+    of the deflating and the writing."""
+    window = max(2, min(BATCHES_PER_WORKER * workers, MAX_INFLIGHT_BYTES // BATCH_SIZE))
     pending: deque[tuple[Future[_Batch], int]] = deque()
 
     def write_oldest() -> None:
@@ -310,24 +319,26 @@ def _write_grains(disk: Disk, stream: _Stream, workers: int,
         for start, length in _batches(disk.extents()):
             if len(pending) >= window:
                 write_oldest()
-            pending.append((pool.submit(_deflate_batch, disk, start, length), start + length))
+            fetch = disk.start_read(start, min(length, disk.size - start))
+            pending.append((pool.submit(_deflate_batch, fetch, start, length), start + length))
         while pending:
             write_oldest()
     if on_progress is not None:
         on_progress(100.0)  # the holes after the last data batch need no writing
 
 
-def _deflate_batch(disk: Disk, start: int, length: int) -> _Batch:
+def _deflate_batch(fetch: Callable[[], bytes], start: int, length: int) -> _Batch:
     """Read one batch and deflate its non-zero grains into sector-padded grain records.
 
     A short last grain (virtual size not a multiple of 64 KiB) is padded with zeros to
     a whole grain, as VMware's writer does; qemu and VMware both read it back.
     """
-    data = disk.read(start, min(length, disk.size - start))
-    data += bytes(length - len(data))  # past the end: the size need not be grain aligned
+    data = fetch()
+    if len(data) < length:  # past the end: the size need not be grain aligned
+        data += bytes(length - len(data))
     parts: list[bytes] = []
     grains: list[tuple[int, int]] = []
-    for offset in range(0, len(data), GRAIN_SIZE):
+    for offset in range(0, length, GRAIN_SIZE):
         grain = data[offset : offset + GRAIN_SIZE]
         if grain == ZERO_GRAIN:
             continue
