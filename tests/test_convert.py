@@ -207,3 +207,29 @@ def test_native_stream_optimized_through_qemu_nbd_cuts_ranges_mid_grain(tmp_path
     _native_stream_optimized(qemu.Source(src, "qcow2"), out, out.name, "lsilogic", jobs, None)
     assert "identical" in qemu_img("compare", "-f", "raw", "-F", "vmdk", str(raw), str(out)).stdout
     qemu_img("check", "-f", "vmdk", str(out))
+
+
+def test_early_stream_optimized_is_taken_over_or_stopped_and_removed(sample_qcow2: Path, tmp_path: Path) -> None:
+    """The streamOptimized conversion started while the guest is inspected is the output
+    convert_image commits; if the source is refused instead, it stops and leaves no file."""
+    from imgpipe.conversion.convert import convert_image, early_copies
+
+    info = inspect_image(sample_qcow2)
+    vmware = profiles.select(["vmware"], profiles.load_all())
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    opts = Options(out_dir=taken, verify=True)
+    with early_copies() as early:
+        early.start(info, vmware, opts)
+        assert len(list(taken.iterdir())) == 1  # the temp, written by the early conversion
+        [out] = convert_image(info, vmware, opts, early=early)
+    assert out.engine == "native" and out.verified
+    assert [p.name for p in taken.iterdir()] == [out.path.name]
+    qemu_img("compare", "-f", "qcow2", "-F", "vmdk", str(sample_qcow2), str(out.path))
+
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    with early_copies() as early:
+        early.start(info, vmware, Options(out_dir=refused))
+        assert len(list(refused.iterdir())) == 1
+    assert list(refused.iterdir()) == []

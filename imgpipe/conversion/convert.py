@@ -142,33 +142,53 @@ def convert_image(info: ImageInfo, profiles: list[Profile], opts: Options,
     return outputs
 
 
-class EarlyCopies:
-    """Passthrough outputs copied while the guest is still being inspected.
+class _Cancelled(Exception):
+    """An early conversion stopped because the source was refused."""
 
-    A passthrough output is the verified container byte for byte: it needs nothing from the
-    guest, only the checks that let qemu open the file (format_inspector, `qemu-img info`), so
-    its copy (a full one where the filesystem has no reflinks) overlaps the guest reads and
-    `qemu-img check`. Nothing is committed early: convert_image takes the temps over once the
-    source is prepared; a refusal or a failed check leaves them to be discarded here.
+
+class EarlyCopies:
+    """Passthrough copies and native streamOptimized conversions started while the guest is
+    still being inspected.
+
+    Neither needs anything from the guest, only the checks that let qemu open the file
+    (format_inspector, `qemu-img info`): a passthrough output is the verified container byte
+    for byte, and the streamOptimized writer reads the whole disk through qemu-nbd, as the
+    inspection itself does. So the copy (a full one where the filesystem has no reflinks) or
+    the conversion overlaps the guest reads and `qemu-img check`. Nothing is committed early:
+    convert_image takes the temps over once the source is prepared; a refusal or a failed
+    check stops a conversion at its next batch and leaves the temps to be discarded here.
     """
 
     def __init__(self) -> None:
         self._copies: dict[Path, tuple[Path, threading.Thread, list[BaseException]]] = {}
+        self._converted: set[Path] = set()  # the finals whose temp is a conversion, not a copy
+        self._cancel = threading.Event()
 
     def start(self, info: ImageInfo, profiles: list[Profile], opts: Options) -> None:
-        """Start copying what passes through; info has no partition table yet, so profiles that
-        extract a partition are left to convert_image (as is any output planned differently there)."""
+        """Start what can start; info has no partition table yet, so profiles that extract a
+        partition are left to convert_image (as is any output planned differently there)."""
         whole = [p for p in profiles if not p.extract and not p.package]
         for base in _plan(info, whole, opts):
             (_, out), *more = base.outputs
-            if not base.passthrough or more or out.path == base.window.path or out.path in self._copies:
+            native = not base.passthrough and _use_native(base.profile, opts.engine)
+            if not (base.passthrough or native) or more or out.path == base.window.path \
+                    or out.path in self._copies:
                 continue
-            if shutil.disk_usage(out.path.parent).free < base.window.path.stat().st_size + SPACE_MARGIN:
+            need = base.window.path.stat().st_size if base.passthrough else qemu.measure_raw(base.window)
+            if shutil.disk_usage(out.path.parent).free < need + SPACE_MARGIN:
                 continue  # convert_image's space check says so, before anything is written
             tmp = atomic.temp_beside(out.path)
             failed: list[BaseException] = []
-            thread = threading.Thread(target=self._copy, args=(base.window.path, tmp, failed),
-                                      name=f"copy {out.path.name}", daemon=True)
+            if native:
+                self._converted.add(out.path)
+                assert base.profile.output is not None
+                args: tuple[Any, ...] = (base.window, tmp, out.path.name,
+                                         base.profile.output.options["adapter_type"], opts.jobs, failed)
+                thread = threading.Thread(target=self._convert, args=args, name=f"convert {out.path.name}",
+                                          daemon=True)
+            else:
+                thread = threading.Thread(target=self._copy, args=(base.window.path, tmp, failed),
+                                          name=f"copy {out.path.name}", daemon=True)
             self._copies[out.path] = (tmp, thread, failed)
             thread.start()
 
@@ -180,9 +200,21 @@ class EarlyCopies:
         except Exception as exc:  # re-raised by take() on the caller's thread
             failed.append(exc)
 
-    def take(self, final: Path) -> Path | None:
-        """The finished temp copy for final (the caller now owns it), or None."""
-        if final not in self._copies:
+    def _convert(self, window: qemu.Source, tmp: Path, name: str, adapter: str, jobs: int | None,
+                 failed: list[BaseException]) -> None:
+        def cancelled(_: float) -> None:
+            if self._cancel.is_set():
+                raise _Cancelled
+
+        try:
+            _native_stream_optimized(window, tmp, name, adapter, jobs, cancelled)
+        except Exception as exc:  # re-raised by take() on the caller's thread
+            failed.append(exc)
+
+    def take(self, final: Path, *, converted: bool = False) -> Path | None:
+        """The finished temp for final (the caller now owns it), or None; converted: a
+        streamOptimized conversion is wanted, not a copy (any other is left to discard())."""
+        if final not in self._copies or (final in self._converted) != converted:
             return None
         tmp, thread, failed = self._copies.pop(final)
         thread.join()
@@ -192,6 +224,7 @@ class EarlyCopies:
         return tmp
 
     def discard(self) -> None:
+        self._cancel.set()
         for tmp, thread, _ in self._copies.values():
             thread.join()
             tmp.unlink(missing_ok=True)
@@ -311,14 +344,21 @@ def _run_base(base: _Base, opts: Options, progress: Progress | None,
     if base.passthrough:
         _pass_through(base, opts, pairs, started, early)
         return
-    tmp = atomic.temp_beside(first.path)
-    scratch.append(tmp)
     label = first.path.name
     report = (lambda pct: progress(label, pct, first.virtual_size)) if progress else None
-    # The vmdk's descriptor names its file: inside an OVA that is the member, not the .ova.
-    package = base.outputs[0][0].package
-    disk_name = PACKAGERS[package].disk_name(first.path) if package else first.path.name
-    engine = _convert_one(base.window, tmp, disk_name, profile, opts, report)
+    converted = early.take(first.path, converted=True) if early is not None else None
+    if converted is not None:  # only native streamOptimized starts early
+        tmp, engine = converted, "native"
+        scratch.append(tmp)
+        if report is not None:
+            report(100.0)
+    else:
+        tmp = atomic.temp_beside(first.path)
+        scratch.append(tmp)
+        # The vmdk's descriptor names its file: inside an OVA that is the member, not the .ova.
+        package = base.outputs[0][0].package
+        disk_name = PACKAGERS[package].disk_name(first.path) if package else first.path.name
+        engine = _convert_one(base.window, tmp, disk_name, profile, opts, report)
     _reinspect(tmp, profile.output.format, first.virtual_size, label)
     verified = False
     if opts.verify:
