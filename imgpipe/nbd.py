@@ -138,7 +138,7 @@ class PipelinedReader:
         self._pipes = [_Pipe(each, depth) for each in exports]
         self._next = 0
 
-    def submit(self, offset: int, length: int) -> Future[bytes]:
+    def submit(self, offset: int, length: int) -> Future[bytearray]:
         """Queue a read (at most MAX_REQUEST bytes) on the next server in turn."""
         pipe = self._pipes[self._next]
         self._next = (self._next + 1) % len(self._pipes)
@@ -155,16 +155,16 @@ class _Pipe:
     def __init__(self, export: Export, depth: int) -> None:
         self._export = export
         self._depth = depth
-        self._todo: queue.SimpleQueue[tuple[int, int, Future[bytes]] | None] = queue.SimpleQueue()
+        self._todo: queue.SimpleQueue[tuple[int, int, Future[bytearray]] | None] = queue.SimpleQueue()
         self._broken: NbdError | None = None
         self._thread = threading.Thread(target=self._run, name=f"nbd-{export.label}", daemon=True)
         self._thread.start()
 
-    def submit(self, offset: int, length: int) -> Future[bytes]:
+    def submit(self, offset: int, length: int) -> Future[bytearray]:
         self._export._check(offset, length)
         if length > MAX_REQUEST:
             raise ValueError(f"a pipelined read is at most {MAX_REQUEST} bytes, not {length}")
-        future: Future[bytes] = Future()
+        future: Future[bytearray] = Future()
         if self._broken is not None:
             future.set_exception(self._broken)
         else:
@@ -178,7 +178,7 @@ class _Pipe:
 
     def _run(self) -> None:
         export = self._export
-        inflight: dict[int, tuple[int, int, Future[bytes]]] = {}
+        inflight: dict[int, tuple[int, int, Future[bytearray]]] = {}
         closing = False
         try:
             while inflight or not closing:
@@ -201,7 +201,7 @@ class _Pipe:
             self._fail(inflight, exc if isinstance(exc, NbdError) else
                        NbdError(f"{export.label}: qemu-nbd connection failed: {exc}"))
 
-    def _receive(self, inflight: dict[int, tuple[int, int, Future[bytes]]]) -> None:
+    def _receive(self, inflight: dict[int, tuple[int, int, Future[bytearray]]]) -> None:
         export = self._export
         magic, error, handle = _REPLY.unpack(_recv(export.conn, _REPLY.size, export.label))
         if magic != _REPLY_MAGIC or handle not in inflight:
@@ -211,9 +211,9 @@ class _Pipe:
             future.set_exception(NbdError(f"{export.label}: cannot read {length} bytes at {offset} "
                                           f"(NBD error {error})"))
         else:
-            future.set_result(_recv(export.conn, length, export.label))
+            future.set_result(_recv_buffer(export.conn, length, export.label))
 
-    def _fail(self, inflight: dict[int, tuple[int, int, Future[bytes]]], exc: NbdError) -> None:
+    def _fail(self, inflight: dict[int, tuple[int, int, Future[bytearray]]], exc: NbdError) -> None:
         """Fail every read in flight or queued, and every later one: the connection is gone."""
         self._broken = exc
         for _, _, future in inflight.values():
@@ -302,6 +302,11 @@ def _handshake(conn: socket.socket, label: str) -> int:
 
 
 def _recv(conn: socket.socket, length: int, label: str) -> bytes:
+    return bytes(_recv_buffer(conn, length, label))
+
+
+def _recv_buffer(conn: socket.socket, length: int, label: str) -> bytearray:
+    """The next length bytes, in a buffer the caller owns (a read's data is not copied again)."""
     buf = bytearray(length)
     view = memoryview(buf)
     got = 0
@@ -310,4 +315,4 @@ def _recv(conn: socket.socket, length: int, label: str) -> bytes:
         if n == 0:
             raise NbdError(f"{label}: qemu-nbd closed the connection")
         got += n
-    return bytes(buf)
+    return buf

@@ -123,7 +123,7 @@ class Disk:
 
     size: int
     extents: Callable[[], Iterator[tuple[int, int]]]
-    start_read: Callable[[int, int], Callable[[], bytes]]
+    start_read: Callable[[int, int], Callable[[], bytes | bytearray]]
     label: str
 
 
@@ -327,7 +327,7 @@ def _write_grains(disk: Disk, stream: _Stream, workers: int,
         on_progress(100.0)  # the holes after the last data batch need no writing
 
 
-def _deflate_batch(fetch: Callable[[], bytes], start: int, length: int) -> _Batch:
+def _deflate_batch(fetch: Callable[[], bytes | bytearray], start: int, length: int) -> _Batch:
     """Read one batch and deflate its non-zero grains into sector-padded grain records.
 
     A short last grain (virtual size not a multiple of 64 KiB) is padded with zeros to
