@@ -77,6 +77,25 @@ def test_chain_is_judged_step_by_step(loader: bytes, grub: pf.Key, kernel: pf.Ke
         assert [s.trusted_by for s in chain.steps][1:] == [pf.DEBIAN_CA, pf.DEBIAN_CA]
 
 
+@pytest.mark.parametrize(("step", "tamper", "refused"), [
+    ("grub", "image", "grubx64.efi is signed by Debian Secure Boot Signer 2022 - grub2 <- Debian Secure Boot CA, "
+                      "but authenticode digest mismatch: image sha256 "),
+    ("grub", "signature", "grubx64.efi is signed by Debian Secure Boot Signer 2022 - grub2 <- Debian Secure Boot "
+                          "CA, but the signature over the authenticated attributes does not verify"),
+    ("kernel", "attributes", "vmlinuz-6.1.0-test is signed by Debian Secure Boot Signer 2022 - linux <- Debian "
+                             "Secure Boot CA, but messageDigest attribute 0000000000000000.. != sha256 of the "
+                             "signed content"),
+])
+def test_a_step_whose_signature_does_not_hold_for_its_bytes_is_refused(step: str, tamper: str, refused: str) -> None:
+    grub = pf.pe_image(signers=(GRUB_SIGNER,), tamper=tamper if step == "grub" else "")
+    kernel = pf.pe_image(signers=(KERNEL_SIGNER,), tamper=tamper if step == "kernel" else "")
+    chain = secureboot.judge("ESP EFI/BOOT/BOOTX64.EFI", pf.shim((SHIM_SIGNER,), DEBIAN),
+                             ("ESP EFI/BOOT/grubx64.efi", grub),
+                             Fact(authenticode.signatures(kernel), "partition 2 /boot/vmlinuz-6.1.0-test"))
+    assert not chain.passes and refused in chain.refused, chain.refused
+    assert [s.trusted_by for s in chain.steps][-1] is None
+
+
 def test_kernel_headers_name_their_architecture() -> None:
     assert architecture.kernel(ARM64_IMAGE[:4096]) == ("aarch64", "gzip'd, arm64 Image magic ARM\\x64 at 0x38")
     bz = bytearray(4096)
@@ -111,6 +130,10 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "badgrub": gd.Guest(loaders={"EFI/BOOT/BOOTX64.EFI": shim, "EFI/BOOT/grubx64.efi": pf.pe_image()},
                             files=signed_root),
         "unsigned": gd.Guest(files=signed_root),
+        "altered": gd.Guest(loaders={"EFI/BOOT/BOOTX64.EFI": pf.shim((SHIM_SIGNER, SHIM_SIGNER_2023), DEBIAN,
+                                                                     tamper="image"),
+                                     "EFI/BOOT/grubx64.efi": pf.pe_image(signers=(GRUB_SIGNER,))},
+                            files=signed_root),
     }
     return {name: gd.build(base / f"{name}.qcow2", g) for name, g in variants.items()}
 
@@ -189,6 +212,8 @@ def test_signed_chain_passes_kvm_secureboot_with_uefi_and_q35(disks: dict[str, P
 @pytest.mark.parametrize(("disk", "says"), [
     ("unsigned", "partition 1 (ESP) EFI/BOOT/BOOTX64.EFI is not signed"),
     ("badgrub", "partition 1 (ESP) EFI/BOOT/grubx64.efi is not signed: shim (Verification failed) refuses it"),
+    ("altered", "partition 1 (ESP) EFI/BOOT/BOOTX64.EFI is signed by Microsoft Windows UEFI Driver Publisher <- "
+                "Microsoft Corporation UEFI CA 2011, but authenticode digest mismatch: image sha256 "),
 ])
 def test_secure_boot_required_for_a_chain_that_fails_is_refused(disks: dict[str, Path], tmp_path: Path, disk: str,
                                                                 says: str) -> None:

@@ -1,41 +1,49 @@
 """Who signed a PE image (Authenticode), and whether UEFI firmware or shim would trust it.
 
 The PE Certificate Table is parsed here (guest.pe) rather than by osslsigncode, which stops at
-the first of a dual-signed shim's two signatures. The PKCS#7 SignedData of each entry is read
-with `cryptography`; each signature's chain is walked by issuer name from its leaf (the one
-certificate that issued none of the others) up to the top issuer, the name the firmware's db
-(or shim's vendor certificate) must hold. The image digest is not recomputed: this says which
-keys a firmware needs, not that the bytes were not altered after signing.
+the first of a dual-signed shim's two signatures. Each entry's PKCS#7 SignedData (guest.pkcs7)
+must hold what firmware checks before it looks at any key: the image digest recomputed over the
+file (guest.pe's Authenticode ranges) equal to the one in its SpcIndirectDataContent, and the
+signer's signature over its authenticated attributes, whose messageDigest covers that content.
+Its chain is walked by issuer name from the signing certificate up to the top issuer, the name
+the firmware's db (or shim's vendor certificate) must hold: the CA's key itself is not pinned.
 """
 
 from __future__ import annotations
 
-import warnings
+import hashlib
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from imgpipe.guest import pe
+from imgpipe.guest import der, pe, pkcs7
 
 # What the db of Microsoft-keyed firmware holds (OVMF_VARS*.ms.fd, most PCs): third-party loaders
 # (shim) chain to the UEFI CAs, Windows' boot manager to the Windows CAs.
 MICROSOFT_UEFI_CAS = ("Microsoft Corporation UEFI CA 2011", "Microsoft UEFI CA 2023")
 MICROSOFT_WINDOWS_CAS = ("Microsoft Windows Production PCA 2011", "Windows UEFI CA 2023")
 MICROSOFT_DB = MICROSOFT_UEFI_CAS + MICROSOFT_WINDOWS_CAS
+SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
 
 
 @dataclass(frozen=True)
 class Signature:
     """One Authenticode signature: the signer's name and the names up its chain, leaf first,
-    ending with the issuer of the topmost certificate the signature carries."""
+    ending with the issuer of the topmost certificate the signature carries; whether it holds
+    for these bytes, and the image digest it was checked against."""
 
     chain: tuple[str, ...]
+    problem: str | None = None  # why firmware would reject these bytes under this signature
+    digest: str = ""  # "sha256 <hex>" of the image, as recomputed
 
     @property
     def signer(self) -> str:
         return self.chain[0]
+
+    @property
+    def holds(self) -> bool:
+        return self.problem is None
 
     def chains_to(self, names: tuple[str, ...] | set[str]) -> str | None:
         """The first name of `names` on the chain (a trusted CA may be carried or only named)."""
@@ -49,25 +57,71 @@ class Signed:
 
 
 def signatures(data: bytes) -> Signed:
-    """Every signature in a PE image's Certificate Table; raises pe.PeError for a broken table."""
+    """Every signature in a PE image's Certificate Table, each checked against the bytes; raises
+    pe.PeError for a broken table."""
     image = pe.parse(data)
     found: list[Signature] = []
     unreadable: list[str] = []
+    digests: dict[str, str] = {}  # the image digest per algorithm, computed once for all signatures
     for entry in pe.cert_entries(data, image):
+        where = f"WIN_CERTIFICATE at {entry.offset:#x}"
         if not entry.pkcs7:
-            unreadable.append(f"WIN_CERTIFICATE at {entry.offset:#x}: revision {entry.revision:#06x}, "
+            unreadable.append(f"{where}: revision {entry.revision:#06x}, "
                               f"type {entry.type:#06x} (not PKCS#7 SignedData)")
             continue
         try:
-            with warnings.catch_warnings():  # Authenticode blobs are often BER: cryptography warns, then parses
-                warnings.simplefilter("ignore")
-                certs = pkcs7.load_der_pkcs7_certificates(entry.data)
-        except ValueError as exc:
-            unreadable.append(f"WIN_CERTIFICATE at {entry.offset:#x}: PKCS#7 not readable: {exc}")
+            signed = pkcs7.load(entry.data)
+        except ValueError as exc:  # der.DerError, or a certificate cryptography cannot load
+            unreadable.append(f"{where}: PKCS#7 not readable: {exc}")
             continue
-        if certs:
-            found.append(Signature(_chain(certs)))
+        if signed.certificates:
+            found.append(_signature(data, image, signed, digests))
     return Signed(tuple(found), tuple(unreadable))
+
+
+def image_digest(data: bytes, image: pe.PeImage, algorithm: str) -> str:
+    """The Authenticode digest of a PE image (hex), as firmware recomputes it before it trusts a
+    signature: bounded by the file, which the caller has already read under its own limit."""
+    digest = hashlib.new(algorithm)
+    view = memoryview(data)
+    for start, end in pe.authenticode_ranges(data, image):
+        digest.update(view[start:end])
+    return digest.hexdigest()
+
+
+def _signature(data: bytes, image: pe.PeImage, signed: pkcs7.SignedData, digests: dict[str, str]) -> Signature:
+    signer = signed.signers[0] if len(signed.signers) == 1 else None
+    certificate = signed.certificate_of(signer) if signer else None
+    chain = _chain(list(signed.certificates), certificate)
+    if signer is None:
+        return Signature(chain, f"{len(signed.signers)} SignerInfos, where Authenticode has exactly one")
+    if signed.content_type != SPC_INDIRECT_DATA or signed.content is None:
+        return Signature(chain, f"signed content is {signed.content_type}, not SpcIndirectDataContent")
+    try:
+        algorithm_id, signed_digest = _indirect_digest(signed.content)
+    except der.DerError as exc:
+        return Signature(chain, f"SpcIndirectDataContent not readable: {exc}")
+    algorithm = pkcs7.DIGESTS.get(algorithm_id)
+    if algorithm is None:
+        return Signature(chain, f"image digest algorithm {algorithm_id} is not one firmware knows")
+    if algorithm not in digests:
+        try:
+            digests[algorithm] = image_digest(data, image, algorithm)
+        except pe.PeError as exc:
+            return Signature(chain, f"image digest not computable: {exc}")
+    computed = digests[algorithm]
+    shown = f"{algorithm} {computed}"
+    if computed != signed_digest.hex():
+        return Signature(chain, f"authenticode digest mismatch: image {algorithm} {computed[:16]}.. != "
+                                f"signed {signed_digest.hex()[:16]}..", shown)
+    return Signature(chain, pkcs7.check(signed, signer), shown)
+
+
+def _indirect_digest(content: der.Tlv) -> tuple[str, bytes]:
+    """SpcIndirectDataContent ::= SEQUENCE { data, messageDigest DigestInfo }: the algorithm's
+    OID and the digest of the image as signed."""
+    digest_info = content.items(der.SEQUENCE, der.SEQUENCE)[1].items(der.SEQUENCE, der.OCTET_STRING)
+    return der.oid(digest_info[0].items(der.OID)[0]), digest_info[1].content
 
 
 def vendor_cert(data: bytes) -> str | None:
@@ -101,10 +155,11 @@ def common_name(name: x509.Name) -> str:
     return str(got[0].value) if got else name.rfc4514_string()
 
 
-def _chain(certs: list[x509.Certificate]) -> tuple[str, ...]:
+def _chain(certs: list[x509.Certificate], signer: x509.Certificate | None) -> tuple[str, ...]:
+    """From the signing certificate (else the one that issued none of the others) up by issuer."""
     subjects = {c.subject for c in certs}
     issuers = {c.issuer for c in certs if c.issuer != c.subject}
-    leaf = next((c for c in certs if c.subject not in issuers), certs[0])
+    leaf = signer or next((c for c in certs if c.subject not in issuers), certs[0])
     by_subject = {c.subject: c for c in certs}
     chain = [common_name(leaf.subject)]
     current, seen = leaf, {leaf.subject}

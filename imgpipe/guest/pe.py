@@ -1,5 +1,5 @@
-"""A PE/COFF image (an EFI loader, a signed kernel) read from its bytes: machine, sections, and
-the Authenticode entries of its Certificate Table.
+"""A PE/COFF image (an EFI loader, a signed kernel) read from its bytes: machine, sections, the
+Authenticode entries of its Certificate Table, and the byte ranges its Authenticode digest covers.
 
 Bytes in, plain values out: whichever filesystem reader copied the file out, this only bounds
 every offset by the data it was given, since a loader on a guest's ESP is untrusted input.
@@ -17,6 +17,7 @@ WIN_CERT_REVISION = 0x0200
 WIN_CERT_TYPE_PKCS_SIGNED_DATA = 0x0002
 MAX_CERT_ENTRIES = 16
 _OPTIONAL_MAGIC = {0x10B: 96, 0x20B: 112}  # PE32 / PE32+ -> offset of the data directories
+SIZE_OF_HEADERS, CHECKSUM = 60, 64  # offsets in the optional header, the same in PE32 and PE32+
 
 
 class PeError(ValueError):
@@ -49,6 +50,9 @@ class PeImage:
     machine: int
     sections: tuple[Section, ...]
     cert_table: tuple[int, int]  # (file offset, size); (0, 0) when unsigned
+    size_of_headers: int = 0
+    checksum_at: int = 0  # file offset of the optional header's CheckSum; 0 without one
+    cert_entry_at: int = 0  # file offset of the Certificate Table's data-directory entry; 0 without one
 
     @property
     def architecture(self) -> str:
@@ -94,12 +98,14 @@ def parse(data: bytes) -> PeImage:
         raise PeError("optional header past the end of the file")
     magic = _u16(data, opt)
     cert_table = (0, 0)
-    if magic in _OPTIONAL_MAGIC:
+    size_of_headers = checksum_at = cert_entry_at = 0
+    if magic in _OPTIONAL_MAGIC and opt + CHECKSUM + 4 <= min(opt + opt_size, len(data)):
+        size_of_headers, checksum_at = _u32(data, opt + SIZE_OF_HEADERS), opt + CHECKSUM
         dirs = opt + _OPTIONAL_MAGIC[magic]
         count = _u32(data, dirs - 4)
         entry = dirs + 8 * CERTIFICATE_TABLE
         if count > CERTIFICATE_TABLE and entry + 8 <= opt + opt_size <= len(data):
-            cert_table = (_u32(data, entry), _u32(data, entry + 4))
+            cert_table, cert_entry_at = (_u32(data, entry), _u32(data, entry + 4)), entry
     table = opt + opt_size
     if table + 40 * n_sections > len(data):
         raise PeError("section table past the end of the headers read")
@@ -112,7 +118,7 @@ def parse(data: bytes) -> PeImage:
             end = data.find(b"\0", start, start + 64)
             name = data[start:end].decode("ascii", "replace") if start < len(data) and end > 0 else name
         sections.append(Section(name, _u32(data, at + 20), _u32(data, at + 16)))
-    return PeImage(machine, tuple(sections), cert_table)
+    return PeImage(machine, tuple(sections), cert_table, size_of_headers, checksum_at, cert_entry_at)
 
 
 def cert_entries(data: bytes, image: PeImage) -> list[CertEntry]:
@@ -135,6 +141,37 @@ def cert_entries(data: bytes, image: PeImage) -> list[CertEntry]:
         entries.append(CertEntry(at, revision, kind, data[at + 8:at + length]))
         at += (length + 7) & ~7
     return entries
+
+
+def authenticode_ranges(data: bytes, image: PeImage) -> list[tuple[int, int]]:
+    """The (start, end) ranges of the file an Authenticode digest covers, in the order hashed, as
+    the PE/COFF specification and EDK2's DxeImageVerificationLib compute it: the headers without
+    the CheckSum and the Certificate Table entry, each section's raw data in file order, then
+    what follows the sections up to the Certificate Table (assumed, as firmware does, last)."""
+    if not image.checksum_at:
+        raise PeError("no PE32/PE32+ optional header: nothing an Authenticode digest covers")
+    headers = image.size_of_headers
+    skipped = image.cert_entry_at + 8 if image.cert_entry_at else image.checksum_at + 4
+    if not skipped <= headers <= len(data):
+        raise PeError(f"SizeOfHeaders {headers:#x} is outside {skipped:#x}..{len(data):#x}")
+    if image.cert_entry_at:
+        ranges = [(0, image.checksum_at), (image.checksum_at + 4, image.cert_entry_at), (skipped, headers)]
+    else:
+        ranges = [(0, image.checksum_at), (skipped, headers)]
+    hashed = headers
+    for section in sorted((s for s in image.sections if s.size), key=lambda s: s.offset):
+        if section.offset + section.size > len(data):
+            raise PeError(f"section {section.name} at {section.offset:#x}+{section.size:#x} lies outside "
+                          f"the {len(data)}-byte file")
+        ranges.append((section.offset, section.offset + section.size))
+        hashed += section.size
+    tail = len(data) - image.cert_table[1]
+    if hashed < len(data) and tail < hashed:
+        raise PeError(f"headers and sections ({hashed:#x} bytes) overlap the certificate table "
+                      f"({image.cert_table[1]:#x} bytes at the end of the {len(data)}-byte file)")
+    if tail > hashed:
+        ranges.append((hashed, tail))
+    return ranges
 
 
 def _u16(data: bytes, at: int) -> int:

@@ -5,8 +5,9 @@ boots with os_secure_boot=required).
 The chain, as the firmware walks it: the removable-path loader (EFI/BOOT/BOOTX64.EFI,
 BOOTAA64.EFI) must chain to a CA in the firmware's db; when it is shim, it trusts its own
 .vendor_cert besides, and verifies the GRUB beside it (grubx64.efi), which through shim's
-protocol verifies the kernel. Each step is judged from its Authenticode signers (guest.authenticode);
-a step that was not read is named, never assumed.
+protocol verifies the kernel. Each step is judged from its Authenticode signatures
+(guest.authenticode): only one that holds for the bytes read (image digest, signature over its
+attributes) counts, as the firmware counts it; a step that was not read is named, never assumed.
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ LOADER_LIMIT = 64 << 20
 @dataclass(frozen=True)
 class Step:
     path: str
-    signers: tuple[tuple[str, ...], ...]  # each signature's chain, leaf first
+    signatures: tuple[authenticode.Signature, ...]
     trusted_by: str | None  # the CA (db entry or shim's vendor certificate) that admits it
     notes: tuple[str, ...] = ()
 
+    @property
+    def signers(self) -> tuple[tuple[str, ...], ...]:
+        """Each signature's chain, leaf first."""
+        return tuple(s.chain for s in self.signatures)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "signers": [" <- ".join(c) for c in self.signers], "trusted_by": self.trusted_by}
+        return {"path": self.path, "signers": [" <- ".join(c) for c in self.signers], "trusted_by": self.trusted_by,
+                "checks": [s.problem or f"holds: image {s.digest[:23]}.. as signed, signature verifies"
+                           for s in self.signatures]}
 
 
 @dataclass
@@ -80,8 +88,7 @@ def judge(loader_path: str, loader: bytes, next_stage: tuple[str, bytes] | None,
         chain.unread.append("no kernel image read: its signature not checked")
         return chain
     signed: authenticode.Signed = kernel.value
-    step = Step(kernel.evidence, tuple(s.chain for s in signed.signatures),
-                next((n for s in signed.signatures if (n := s.chains_to(shim_keys))), None), signed.unreadable)
+    step = Step(kernel.evidence, signed.signatures, _trusted(signed.signatures, shim_keys), signed.unreadable)
     chain.steps.append(step)
     if step.trusted_by is None:
         chain.refused = _why(step, "GRUB through shim's verifier (bad shim signature)", shim_keys)
@@ -93,8 +100,12 @@ def _step(path: str, data: bytes, keys: tuple[str, ...]) -> Step:
         signed = authenticode.signatures(data)
     except pe.PeError as exc:
         return Step(path, (), None, (str(exc),))
-    trusted = next((n for s in signed.signatures if (n := s.chains_to(keys))), None)
-    return Step(path, tuple(s.chain for s in signed.signatures), trusted, signed.unreadable)
+    return Step(path, signed.signatures, _trusted(signed.signatures, keys), signed.unreadable)
+
+
+def _trusted(signatures: tuple[authenticode.Signature, ...], keys: tuple[str, ...]) -> str | None:
+    """The key that admits the image: the first signature that holds and chains to one."""
+    return next((n for s in signatures if s.holds and (n := s.chains_to(keys))), None)
 
 
 def _vendor(loader: bytes) -> str | None:
@@ -105,7 +116,10 @@ def _vendor(loader: bytes) -> str | None:
 
 
 def _why(step: Step, judge_name: str, keys: tuple[str, ...]) -> str:
-    if not step.signers:
+    broken = next((s for s in step.signatures if s.chains_to(keys) and not s.holds), None)
+    if broken is not None:  # signed by the right key, but not these bytes (altered after signing)
+        what = f"is signed by {' <- '.join(broken.chain)}, but {broken.problem}"
+    elif not step.signers:
         what = "is not signed" + (f" ({step.notes[0]})" if step.notes else "")
     else:
         what = "is signed by " + "; ".join(" <- ".join(c) for c in step.signers) + ", none of them " + \
