@@ -96,9 +96,9 @@ def check(signed: SignedData, signer: SignerInfo) -> str | None:
     if certificate is None:
         return f"the signing certificate (serial {signer.serial:x}) is not in the signature"
     attributes_der = b"\x31" + signer.signed_attributes.encoded[1:]  # signed as a SET, stored [0] IMPLICIT
-    key = certificate.public_key()
     algorithm = _HASHES[digest_name]()
     try:
+        key = certificate.public_key()
         if isinstance(key, rsa.RSAPublicKey) and signer.signature_algorithm.startswith(_RSA):
             key.verify(signer.signature, attributes_der, padding.PKCS1v15(), algorithm)
         elif isinstance(key, ec.EllipticCurvePublicKey) and signer.signature_algorithm.startswith(_ECDSA):
@@ -107,7 +107,7 @@ def check(signed: SignedData, signer: SignerInfo) -> str | None:
             return f"signature algorithm {signer.signature_algorithm} with a {type(key).__name__} is not supported"
     except InvalidSignature:
         return "the signature over the authenticated attributes does not verify with the signer's key"
-    except UnsupportedAlgorithm as exc:
+    except (UnsupportedAlgorithm, ValueError) as exc:  # a key cryptography does not know, or a malformed one
         return f"signature not checkable: {exc}"
     return None
 
