@@ -170,6 +170,14 @@ def pe_image(machine: int = 0x8664, signers: tuple[Key, ...] = (), sections: dic
     return bytes(body + certs)
 
 
-def shim(signers: tuple[Key, ...], vendor: Key, machine: int = 0x8664, tamper: str = "") -> bytes:
+def sbat_level(previous: bytes, latest: bytes) -> bytes:
+    """A shim .sbatlevel section: version 0, then the offsets (from after the version) of the
+    NUL-terminated "previous" and "latest" SbatLevel payloads."""
+    return struct.pack("<III", 0, 8, 8 + len(previous) + 1) + previous + b"\0" + latest + b"\0"
+
+
+def shim(signers: tuple[Key, ...], vendor: Key, machine: int = 0x8664, tamper: str = "",
+         level: bytes | None = None) -> bytes:
     sbat = b"sbat,1,SBAT Version,sbat,1,https://example\nshim,4,UEFI shim,shim,1,https://example\n\0"
-    return pe_image(machine, signers, {".vendor_cert": vendor_cert_section(vendor), ".sbat": sbat}, tamper=tamper)
+    sections = {".vendor_cert": vendor_cert_section(vendor), ".sbat": sbat}
+    return pe_image(machine, signers, {**sections, ".sbatlevel": level} if level else sections, tamper=tamper)

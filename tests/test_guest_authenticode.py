@@ -116,7 +116,8 @@ def test_real_chain_passes_and_the_altered_shim_is_refused_by_the_cli(disks: dic
     report = runner.invoke(app, ["inspect", str(disks["real"]), "--json", "-p", "kvm-secureboot"])
     assert report.exit_code == 0, report.stderr
     chain = json.loads(report.stdout)["guest"]["secure_boot"]["value"]
-    assert chain["passes"], chain
+    assert chain["passes"] and chain["unread"] == [], chain
+    assert re.fullmatch(r"\d{10} \(shim,\d+ grub,\d+.*\)", chain["shim"]["sbat_level"]), chain["shim"]
     assert [s["trusted_by"] for s in chain["steps"]] == [pf.MS_UEFI_CA_2011, pf.DEBIAN_CA, pf.DEBIAN_CA]
     assert all(c.startswith("holds: image sha256 ") for s in chain["steps"] for c in s["checks"])
 

@@ -96,6 +96,30 @@ def test_a_step_whose_signature_does_not_hold_for_its_bytes_is_refused(step: str
     assert [s.trusted_by for s in chain.steps][-1] is None
 
 
+LEVEL = pf.sbat_level(b"sbat,1,2024040900\nshim,4\ngrub,4\n", b"sbat,1,2025051000\nshim,4\ngrub,5\n")
+GRUB_SBAT = b"sbat,1,SBAT Version,sbat,1,https://example\ngrub,%d,Free Software Foundation,grub,2.12,https://example\n"
+
+
+@pytest.mark.parametrize(("sections", "refused"), [
+    ({".sbat": GRUB_SBAT % 4}, ""),
+    ({".sbat": GRUB_SBAT % 3}, "ESP EFI/BOOT/grubx64.efi is revoked by shim's SBAT level 2024040900 (shim,4 grub,4): "
+                               "grub,3 < grub,4: shim refuses it (SBAT, Security Policy Violation)"),
+    ({}, "ESP EFI/BOOT/grubx64.efi has no .sbat section, which shim requires of what it loads"),
+])
+def test_grub_is_held_to_the_sbat_level_shim_applies_by_default(sections: dict[str, bytes], refused: str) -> None:
+    kernel = Fact(authenticode.signatures(pf.pe_image(signers=(KERNEL_SIGNER,))), "partition 2 /boot/vmlinuz")
+    chain = secureboot.judge("ESP EFI/BOOT/BOOTX64.EFI", pf.shim((SHIM_SIGNER,), DEBIAN, level=LEVEL),
+                             ("ESP EFI/BOOT/grubx64.efi", pf.pe_image(signers=(GRUB_SIGNER,), sections=sections)),
+                             kernel)
+    assert chain.shim is not None and chain.shim["sbat_level"] == "2024040900 (shim,4 grub,4)"
+    assert chain.passes == (not refused) and refused in chain.refused, chain.refused
+    assert chain.unread == []
+    without = secureboot.judge("ESP EFI/BOOT/BOOTX64.EFI", pf.shim((SHIM_SIGNER,), DEBIAN),
+                               ("ESP EFI/BOOT/grubx64.efi", pf.pe_image(signers=(GRUB_SIGNER,), sections=sections)),
+                               kernel)
+    assert without.passes and "shim has no .sbatlevel" in without.unread[0]
+
+
 def test_kernel_headers_name_their_architecture() -> None:
     assert architecture.kernel(ARM64_IMAGE[:4096]) == ("aarch64", "gzip'd, arm64 Image magic ARM\\x64 at 0x38")
     bz = bytearray(4096)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgpipe.guest import authenticode, pe
+from imgpipe.guest import authenticode, pe, sbat
 from imgpipe.guest.facts import Fact
 
 REMOVABLE = {"x86_64": "EFI/BOOT/BOOTX64.EFI", "aarch64": "EFI/BOOT/BOOTAA64.EFI", "i686": "EFI/BOOT/BOOTIA32.EFI",
@@ -74,7 +74,8 @@ def judge(loader_path: str, loader: bytes, next_stage: tuple[str, bytes] | None,
     vendor = _vendor(loader)
     if vendor is None:
         return chain  # not a shim: a loader admitted by the db runs what it likes (Windows' boot manager)
-    chain.shim = {"vendor_cert": vendor, "sbat": authenticode.sbat(loader)}
+    level = sbat.previous_level(pe.parse(loader).section(loader, ".sbatlevel"))
+    chain.shim = {"vendor_cert": vendor, "sbat": authenticode.sbat(loader), "sbat_level": str(level) if level else None}
     shim_keys = (vendor, *keys)
     if next_stage is None:
         chain.unread.append(f"what shim loads next ({loader_path.rsplit('/', 1)[0]}/grub*.efi) is not on the ESP")
@@ -83,6 +84,11 @@ def judge(loader_path: str, loader: bytes, next_stage: tuple[str, bytes] | None,
         chain.steps.append(grub)
         if grub.trusted_by is None:
             chain.refused = _why(grub, "shim (Verification failed)", shim_keys)
+            return chain
+        if level is None:
+            chain.unread.append("shim has no .sbatlevel: GRUB's .sbat not compared with a revocation level")
+        elif problem := _below(next_stage[1], level):
+            chain.refused = f"{grub.path} {problem}: shim refuses it (SBAT, Security Policy Violation)"
             return chain
     if kernel is None:
         chain.unread.append("no kernel image read: its signature not checked")
@@ -106,6 +112,18 @@ def _step(path: str, data: bytes, keys: tuple[str, ...]) -> Step:
 def _trusted(signatures: tuple[authenticode.Signature, ...], keys: tuple[str, ...]) -> str | None:
     """The key that admits the image: the first signature that holds and chains to one."""
     return next((n for s in signatures if s.holds and (n := s.chains_to(keys))), None)
+
+
+def _below(image: bytes, level: sbat.Level) -> str:
+    """Why shim's SBAT check refuses a binary it loads itself (where .sbat is mandatory); "" if not."""
+    try:
+        lines = authenticode.sbat(image)
+    except pe.PeError as exc:
+        return f"has no readable .sbat ({exc})"
+    if not lines:
+        return f"has no .sbat section, which shim requires of what it loads under SBAT level {level}"
+    low = sbat.revoked(level, sbat.generations(lines))
+    return f"is revoked by shim's SBAT level {level}: {', '.join(low)}" if low else ""
 
 
 def _vendor(loader: bytes) -> str | None:
