@@ -18,7 +18,7 @@ from imgpipe_dev import signed_loaders
 from typer.testing import CliRunner
 
 from imgpipe.cli import app
-from imgpipe.guest import authenticode, pe
+from imgpipe.guest import authenticode, der, pe
 
 runner = CliRunner()
 MISMATCH = re.compile(r"authenticode digest mismatch: image sha256 [0-9a-f]{16}\.\. != signed ([0-9a-f]{16})\.\.")
@@ -100,6 +100,21 @@ def test_damaged_signatures_are_named_never_raised(real: dict[str, bytes]) -> No
         outcomes |= {"unreadable"} if signed.unreadable else set()
         outcomes |= {"problem" for s in signed.signatures if s.problem}
     assert outcomes == {"unreadable", "problem"}
+
+
+@pytest.mark.parametrize(("blob", "says"), [
+    (b"\x30\x84\xff\xff\xff\xff", "of 4294967295 bytes runs past its end"),
+    (b"\x30\x80" * 40, "nested deeper than 32"),
+    (b"\x30\x80\x02\x01\x00", "has no end-of-contents"),
+    (b"\x04\x80\x00\x00", "indefinite length on a primitive"),
+    (b"\x30\x85\x01\x00\x00\x00\x00", "length of 5 bytes"),
+    (b"\x1f\x01\x00", "multi-byte tag"),
+])
+def test_der_reader_stays_inside_what_it_was_given(blob: bytes, says: str) -> None:
+    with pytest.raises(der.DerError, match=says):
+        der.read(blob)
+    with pytest.raises(der.DerError, match="no OBJECT IDENTIFIER"):
+        der.oid(der.read(b"\x06\x02\x2a\x86"))  # the last arc never ends
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ OCTET_STRING = 0x04
 OID = 0x06
 NULL = 0x05
 MAX_DEPTH = 32
+MAX_OID = 64  # bytes: the longest OID in a certificate is far shorter
 
 
 class DerError(ValueError):
@@ -95,7 +96,7 @@ def read(data: bytes, at: int = 0, limit: int | None = None, depth: int = 0) -> 
 
 
 def oid(element: Tlv) -> str:
-    if element.tag != OID or not element.content:
+    if element.tag != OID or not 0 < len(element.content) <= MAX_OID or element.content[-1] & 0x80:
         raise DerError(f"no OBJECT IDENTIFIER at {element.start}")
     arcs: list[int] = []
     value = 0

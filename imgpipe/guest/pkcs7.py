@@ -84,7 +84,10 @@ def check(signed: SignedData, signer: SignerInfo) -> str | None:
         return f"digest algorithm {signer.digest_algorithm} is not one firmware knows"
     if signer.signed_attributes is None or signed.content is None:
         return "no authenticated attributes: the signature does not cover the signed digest"
-    attributes = _attributes(signer.signed_attributes)
+    try:
+        attributes = _attributes(signer.signed_attributes)
+    except der.DerError as exc:
+        return f"authenticated attributes not readable: {exc}"
     if attributes.get(CONTENT_TYPE) != [signed.content_type]:
         return f"the contentType attribute does not name the signed content ({signed.content_type})"
     expected = hashlib.new(digest_name, signed.content.content).digest()
