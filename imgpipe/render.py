@@ -1,4 +1,8 @@
-"""Output for people (rich tables, progress bars and lines) and for machines (--json), in one place."""
+"""Output for people (rich tables, progress bars and lines) and for machines (--json), in one place.
+
+rich loads when something is printed for people: a --json run (CI, the bench) never pays its
+~80 ms import, and neither does a command that fails on its arguments before printing.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from imgpipe.progress import Progress as ProgressCallback
 from imgpipe.units import human_size
@@ -25,17 +25,36 @@ PIPED_WIDTH = 120
 PROGRESS_INTERVAL_ENV = "IMGPIPE_PROGRESS_INTERVAL"
 PROGRESS_INTERVAL = 10.0
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 
 def _console(stderr: bool) -> Console:
     """Messages on stderr are never wrapped (soft_wrap): a log line stays one line, whole words."""
+    from rich.console import Console
+
     console = Console(stderr=stderr, soft_wrap=stderr, highlight=not stderr)
     if console.is_terminal or "COLUMNS" in os.environ:
         return console
     return Console(stderr=stderr, soft_wrap=stderr, highlight=not stderr, width=PIPED_WIDTH)
 
 
-out = _console(stderr=False)
-err = _console(stderr=True)
+_CONSOLES = {"out": False, "err": True}  # render.out (stdout) and render.err (stderr)
+_made = threading.Lock()
+
+
+def __getattr__(name: str) -> Console:
+    """render.out and render.err, each made on first use and kept (PEP 562)."""
+    if name not in _CONSOLES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _kept(name)
+
+
+def _kept(name: str) -> Console:
+    with _made:
+        console: Console = globals().get(name) or _console(stderr=_CONSOLES[name])
+        globals()[name] = console
+    return console
 
 
 def write_json(data: Any) -> None:
@@ -44,12 +63,14 @@ def write_json(data: Any) -> None:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title)
     for column in columns:
         t.add_column(column, overflow="fold")  # a long path or id folds, never cut to "…"
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
-    out.print(t)
+    _kept("out").print(t)
 
 
 @contextmanager
@@ -59,9 +80,12 @@ def progress(quiet: bool) -> Iterator[ProgressCallback | None]:
     if quiet:
         yield None
         return
+    err = _kept("err")
     if not err.is_terminal:
         yield _Lines(float(os.environ.get(PROGRESS_INTERVAL_ENV, PROGRESS_INTERVAL)))
         return
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TimeElapsedColumn(), console=err, transient=False) as bar:
         tasks: dict[str, TaskID] = {}
@@ -97,7 +121,7 @@ class _Lines:
             step = self.steps.get(label)
             if step is None:
                 step = self.steps[label] = _Step(now, now)
-                err.print(f"{label}: started" + (f" ({human_size(total)})" if total else ""))
+                _kept("err").print(f"{label}: started" + (f" ({human_size(total)})" if total else ""))
                 if not done:
                     return
             if step.printed_pct >= 100.0:
@@ -105,7 +129,7 @@ class _Lines:
             if not done and (int(pct) <= int(step.printed_pct) or now - step.printed_at < self.interval):
                 return
             step.printed_at, step.printed_pct = now, pct
-            err.print(f"{label}: {_line(pct, total, now - step.started)}")
+            _kept("err").print(f"{label}: {_line(pct, total, now - step.started)}")
 
 
 def _line(pct: float, total: int, elapsed: float) -> str:

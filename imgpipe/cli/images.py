@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from imgpipe import __version__, profiles, render
-from imgpipe.cli import inspect_view
 from imgpipe.cli.base import App, _warn, app, handled, settings_of
 from imgpipe.cli.options import (
     MAX_VIRTUAL_SIZE,
@@ -116,6 +115,8 @@ def inspect_cmd(
     if as_json:
         run.emit_json(data)
         return
+    from imgpipe.cli import inspect_view  # rich tables: only when printing for people
+
     inspect_view.show(src, prepared.info, prepared.facts, data["derived_properties"], evidence)
 
 

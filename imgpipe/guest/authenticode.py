@@ -7,17 +7,23 @@ file (guest.pe's Authenticode ranges) equal to the one in its SpcIndirectDataCon
 signer's signature over its authenticated attributes, whose messageDigest covers that content.
 Its chain is walked by issuer name from the signing certificate up to the top issuer, the name
 the firmware's db (or shim's vendor certificate) must hold: the CA's key itself is not pinned.
+
+cryptography (and guest.pkcs7 with it) loads only when a PE image carries a certificate to read:
+a guest without signed loaders, the common kvm convert, never imports it.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+from imgpipe.guest import der, pe
 
-from imgpipe.guest import der, pe, pkcs7
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from imgpipe.guest import pkcs7
 
 # What the db of Microsoft-keyed firmware holds (OVMF_VARS*.ms.fd, most PCs): third-party loaders
 # (shim) chain to the UEFI CAs, Windows' boot manager to the Windows CAs.
@@ -69,6 +75,8 @@ def signatures(data: bytes) -> Signed:
             unreadable.append(f"{where}: revision {entry.revision:#06x}, "
                               f"type {entry.type:#06x} (not PKCS#7 SignedData)")
             continue
+        from imgpipe.guest import pkcs7  # cryptography: only for an image that carries a signature
+
         try:
             signed = pkcs7.load(entry.data)
         except ValueError as exc:  # der.DerError, or a certificate cryptography cannot load
@@ -90,6 +98,8 @@ def image_digest(data: bytes, image: pe.PeImage, algorithm: str) -> str:
 
 
 def _signature(data: bytes, image: pe.PeImage, signed: pkcs7.SignedData, digests: dict[str, str]) -> Signature:
+    from imgpipe.guest import pkcs7
+
     signer = signed.signers[0] if len(signed.signers) == 1 else None
     certificate = signed.certificate_of(signer) if signer else None
     chain = _chain(list(signed.certificates), certificate)
@@ -134,6 +144,8 @@ def vendor_cert(data: bytes) -> str | None:
     size, offset = int.from_bytes(section[0:4], "little"), int.from_bytes(section[8:12], "little")
     if not size or offset + size > len(section):
         return None
+    from cryptography import x509
+
     try:
         return common_name(x509.load_der_x509_certificate(section[offset:offset + size]).subject)
     except ValueError:
@@ -151,6 +163,8 @@ def sbat(data: bytes) -> list[str]:
 
 
 def common_name(name: x509.Name) -> str:
+    from cryptography.x509.oid import NameOID
+
     got = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(got[0].value) if got else name.rfc4514_string()
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgpipe.errors import ProfileError
-from imgpipe.guest import gate
 from imgpipe.guest.facts import Fact, GuestFacts
 from imgpipe.guest.policy import derive
 from imgpipe.profiles import Profile
@@ -108,6 +107,10 @@ def prepare(src: Path, profiles: list[Profile], how: Preparation,
         return
     with _unpacked(src, how, sha256) as disk, unpack.named_as(src, disk):
         with opened(disk, how.claimed_format, how.max_virtual_size, admitted) as image:
+            # The guest readers load here, while `qemu-img check`, qemu-nbd and an early copy
+            # already run on the other core, not before the source is even opened.
+            from imgpipe.guest import gate
+
             facts = gate.inspect(image.info, image.disk, how.scratch_dir) if profiles or not how.refuse else None
         info = image.info
         prepared = PreparedSource(source=src, disk=disk, info=info, facts=facts,
