@@ -25,7 +25,8 @@ from imgpipe import profiles
 from imgpipe.boot import check
 from imgpipe.boot import machine as qemu_machine
 from imgpipe.boot.check import boot_config_drive, skip_reason
-from imgpipe.boot.machine import Firmware, machine_for
+from imgpipe.boot.firmware import Firmware
+from imgpipe.boot.machine import machine_for
 
 IMGPIPE = [sys.executable, "-m", "imgpipe.cli"]
 BUILTIN = profiles.load_all()

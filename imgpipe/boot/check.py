@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgpipe import runner, settings
-from imgpipe.boot.firmware import REFUSED
-from imgpipe.boot.machine import Firmware, Machine, MetadataLink, machine_for, private_vars
+from imgpipe.boot.firmware import REFUSED, Firmware
+from imgpipe.boot.machine import Machine, MetadataLink, machine_for, private_vars
 from imgpipe.boot.tpm import PROBED, swtpm
 from imgpipe.errors import BootCheckError
 from imgpipe.owner import owned_tempdir

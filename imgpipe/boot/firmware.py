@@ -12,6 +12,7 @@ and what the serial console must show besides the boot marker to prove it was im
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ AAVMF_BANK = 64 << 20
 # Anchored at line starts: unanchored, the leading [^\n]* made a flooded console's long line quadratic.
 REFUSED = re.compile(r"(?m)^[^\n]*(?:Access Denied|Verification failed|bad shim signature)[^\n]*")
 SECURE_BOOT_ON = re.compile(r"Secure boot enabled")
+
+
+class Firmware(str, enum.Enum):
+    """What boot-check --firmware takes (auto: from the properties, as nova decides)."""
+
+    auto = "auto"
+    bios = "bios"
+    uefi = "uefi"
 
 
 @dataclass(frozen=True)

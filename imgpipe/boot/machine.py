@@ -8,13 +8,12 @@ stands in: the guest kernel still has to find its root disk on it.
 
 from __future__ import annotations
 
-import enum
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgpipe.boot.firmware import Platform, architecture_of, platform_for
+from imgpipe.boot.firmware import Firmware, Platform, architecture_of, platform_for
 from imgpipe.boot.tpm import Tpm, tpm_for
 from imgpipe.guest.policy.controllers import AHCI, CONTROLLERS, IDE, LSI, PVSCSI, VIRTIO_BLK, VIRTIO_SCSI, Device
 
@@ -26,12 +25,6 @@ MEMORY_MIB = 1024
 KVM_MODULES = (Path("/sys/module/kvm_intel"), Path("/sys/module/kvm_amd"))
 # nova.version's vendor and product strings, and a release's version (2025.1)
 NOVA_VENDOR, NOVA_PRODUCT, NOVA_VERSION = "OpenStack Foundation", "OpenStack Nova", "31.0.0"
-
-
-class Firmware(str, enum.Enum):
-    auto = "auto"
-    bios = "bios"
-    uefi = "uefi"
 
 
 def firmware_for(properties: Mapping[str, str]) -> Firmware:

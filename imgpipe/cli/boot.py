@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from imgpipe import errors, profiles, render, settings
-from imgpipe.boot.machine import Firmware
+from imgpipe.boot.firmware import Firmware
 from imgpipe.cli.base import app, handled, settings_of
 from imgpipe.cli.cloud import _properties
 from imgpipe.cli.options import GuestPropertiesOpt, JsonOpt, OneProfileOpt, PropertyOpt, regex

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from imgpipe.boot.check import BootResult, boot_check, skip_reason
-from imgpipe.boot.machine import Firmware
+from imgpipe.boot.firmware import Firmware
 from imgpipe.pipeline.prepared import Preparation, prepare
 from imgpipe.profiles import Profile
 from imgpipe.source import unpack
