@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgpipe import nbd, qemu
 from imgpipe.conversion import atomic, packaging, passthrough
 from imgpipe.conversion.packages import PACKAGERS
-from imgpipe.conversion.vmdk_stream import Disk, raw_disk, write_stream_optimized
 from imgpipe.errors import ConversionError, FormatMismatchError, NoSpaceError, ProfileError, UnsafeImageError
 from imgpipe.profiles import Profile
 from imgpipe.progress import Progress
@@ -29,6 +28,9 @@ from imgpipe.runner import CommandFailed
 from imgpipe.source import partitions
 from imgpipe.source.inspect import QEMU_DRIVER, ImageInfo, detect_format, inspect_image, inspector_module, open_source
 from imgpipe.units import human_size
+
+if TYPE_CHECKING:
+    from imgpipe.conversion.vmdk_stream import Disk
 
 EXTENSION = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
 SOURCE_SUFFIXES = {".qcow2", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".vdi", ".tar"}
@@ -423,6 +425,8 @@ def _native_stream_optimized(window: qemu.Source, dest: Path, final_name: str, a
     """qemu-nbd inflates the source while imgpipe deflates grains on every core: no raw copy
     first, so reading and writing overlap and nothing the size of the disk is written twice.
     A whole raw source is read directly, its holes skipped by SEEK_HOLE."""
+    from imgpipe.conversion.vmdk_stream import write_stream_optimized  # ISA-L: only for this writer
+
     workers = jobs or os.cpu_count() or 1
     try:
         with _disk(window, workers) as disk, dest.open("wb") as f:
@@ -434,6 +438,8 @@ def _native_stream_optimized(window: qemu.Source, dest: Path, final_name: str, a
 
 @contextlib.contextmanager
 def _disk(window: qemu.Source, workers: int) -> Iterator[Disk]:
+    from imgpipe.conversion.vmdk_stream import Disk, raw_disk
+
     if window.format == "raw" and window.offset is None:
         with raw_disk(window.path) as disk:
             yield disk
