@@ -18,8 +18,19 @@ def test_the_cli_imports_only_what_parsing_arguments_needs() -> None:
     out = _python("import sys, imgpipe.cli\n"
                   "print(sorted(m for m in ('openstack', 'keystoneauth1', 'oslo_utils.strutils',"
                   " 'oslo_utils.imageutils', 'regipy', 'pycdlib', 'zstandard', 'imgpipe.pipeline.prepared',"
-                  " 'imgpipe.conversion.convert') if m in sys.modules))")
+                  " 'imgpipe.conversion.convert', 'pydantic', 'rich', 'cryptography') if m in sys.modules))")
     assert out.strip() == "[]"
+
+
+def test_help_loads_no_pydantic_and_no_rich() -> None:
+    """Profiles are plain dataclasses and help is click's plain text: pydantic comes only with a
+    command's own options (typer coerces them with it), rich only with a table or a bar."""
+    proc = subprocess.run([sys.executable, "-c", "import atexit, sys\n"
+                           "atexit.register(lambda: print(sorted(m for m in ('pydantic', 'rich') if m in sys.modules),"
+                           " file=sys.stderr))\n"
+                           "from imgpipe.cli import app\napp()", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "convert" in proc.stdout
+    assert proc.stderr.strip() == "[]"
 
 
 def test_importing_imgpipe_leaves_other_packages_alone() -> None:
@@ -33,8 +44,9 @@ def test_importing_imgpipe_leaves_other_packages_alone() -> None:
 # certificate parsing (an unsigned loader; format_inspector's LUKS reader does import cryptography's
 # ciphers), rich (nothing is printed for people under --json), the writers of other outputs.
 NOT_ON_CONVERT = ("openstack", "keystoneauth1", "glanceclient", "requests", "cursive", "cryptography.x509",
-                  "rich", "isal", "imgpipe.cloud.glance", "imgpipe.cloud.upload", "imgpipe.signing", "imgpipe.conversion.vmdk_stream",
-                  "imgpipe.boot.machine", "imgpipe.catalog", "imgpipe.cli.inspect_view")
+                  "rich", "isal", "imgpipe.cloud.glance", "imgpipe.cloud.upload", "imgpipe.signing",
+                  "imgpipe.conversion.vmdk_stream", "imgpipe.boot.machine", "imgpipe.catalog",
+                  "imgpipe.cli.inspect_view")
 
 
 def test_a_kvm_convert_loads_only_what_it_uses(sample_qcow2: Path, tmp_path: Path) -> None:
