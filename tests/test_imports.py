@@ -18,15 +18,14 @@ def test_the_cli_imports_only_what_parsing_arguments_needs() -> None:
     out = _python("import sys, imgpipe.cli\n"
                   "print(sorted(m for m in ('openstack', 'keystoneauth1', 'oslo_utils.strutils',"
                   " 'oslo_utils.imageutils', 'regipy', 'pycdlib', 'zstandard', 'imgpipe.pipeline.prepared',"
-                  " 'imgpipe.conversion.convert', 'pydantic', 'rich', 'cryptography') if m in sys.modules))")
+                  " 'imgpipe.conversion.convert', 'rich', 'cryptography') if m in sys.modules))")
     assert out.strip() == "[]"
 
 
-def test_help_loads_no_pydantic_and_no_rich() -> None:
-    """Profiles are plain dataclasses and help is click's plain text: pydantic comes only with a
-    command's own options (typer coerces them with it), rich only with a table or a bar."""
+def test_help_loads_no_rich() -> None:
+    """Help is click's plain text: rich comes only with a table or a bar."""
     proc = subprocess.run([sys.executable, "-c", "import atexit, sys\n"
-                           "atexit.register(lambda: print(sorted(m for m in ('pydantic', 'rich') if m in sys.modules),"
+                           "atexit.register(lambda: print(sorted(m for m in ('rich',) if m in sys.modules),"
                            " file=sys.stderr))\n"
                            "from imgpipe.cli import app\napp()", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "convert" in proc.stdout
