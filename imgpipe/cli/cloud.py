@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from imgpipe import errors, profiles, render, settings
+from imgpipe import errors, profiles, render, settings, timing
 from imgpipe.cli.base import Settings, _warn, app, handled, settings_of
 from imgpipe.cli.options import (
     MAX_VIRTUAL_SIZE,
@@ -136,6 +136,7 @@ def upload_cmd(
     """Upload a converted FILE with its profile's properties.
 
     The upload is verified against the hashes Glance computes."""
+    timing.mark("command")
     run = settings_of(ctx, as_json)
     signs = signer(sign_key, sign_key_password_file, sign_cert, sign_cert_id, sign_hash)
     chosen = profiles.select([profile], run.profiles())[0]
@@ -143,18 +144,22 @@ def upload_cmd(
     props = {**chosen.properties, **_properties(prop)}
     connect = connection(cloud, insecure, os_cacert, retries, timeout)
     _warn(run, [chosen])
-    from imgpipe.conversion.convert import converted_size
-
-    virtual_size = converted_size(file, chosen)
-    from imgpipe.cloud.upload import UploadRequest, upload
-    from imgpipe.hashing import sha256_file
+    with timing.span("imports"):
+        from imgpipe.conversion.convert import converted_size
+    with timing.span("inspect"):
+        virtual_size = converted_size(file, chosen)
+    with timing.span("imports"):
+        from imgpipe.cloud.upload import UploadRequest, upload
+        from imgpipe.hashing import sha256_file
 
     size = file.stat().st_size
-    targets = connect.connect_all()
+    with timing.span("auth"):
+        targets = connect.connect_all()
     # The lookup needs the anchor before any upload (once for every cloud); --force looks
     # nothing up, so the send's own sha256 becomes the anchor and the file is read once.
     # A signed file's sha256 comes with its signature's digest (one read for both).
-    sha = None if force or signs else sha256_file(file)
+    with timing.span("hash"):
+        sha = None if force or signs else sha256_file(file)
     results = []
     with render.progress(quiet=as_json) as report:
         for target in targets:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from imgpipe import timing
 from imgpipe.cloud import glance
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.errors import GlanceRefusedError
@@ -87,7 +88,9 @@ def facts(cloud: Cloud) -> Facts:
 
 def _get(cloud: Cloud, path: str) -> tuple[int, dict[str, Any]]:
     """(status, body); 403/404 are answers here (not exposed, or not allowed), not errors."""
-    resp = cloud.call(f"GET {path}", lambda: glance.request(cloud, "GET", path, f"read {path}", ok=(200, 403, 404)))
+    with timing.span("discovery"):
+        resp = cloud.call(f"GET {path}",
+                          lambda: glance.request(cloud, "GET", path, f"read {path}", ok=(200, 403, 404)))
     return resp.status_code, (resp.json() if resp.status_code == 200 else {})
 
 

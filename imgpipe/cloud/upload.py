@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from imgpipe import __version__
+from imgpipe import __version__, timing
 from imgpipe.cloud import glance, image_import, signature
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
@@ -118,14 +118,16 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
     started = time.monotonic()
     own_sha = None
     if req.signer is not None:  # before anything is created: a refused certificate leaves nothing
-        props, digest = signature.for_file(cloud, req.signer, req.path)
+        with timing.span("sign"):
+            props, digest = signature.for_file(cloud, req.signer, req.path)
         own_sha = digest.sha256  # the send then hashes only md5 and sha512, which Glance reports back
         req = replace(req, properties={**req.properties, **props}, known_digests={"sha256": own_sha})
     if not req.force:
         # the lookup and the image ids need it now (a signed file's was read with its digest)
         sha = req.source_sha256 or own_sha or sha256_file(req.path)
         req = replace(req, source_sha256=sha)
-        existing = find_unchanged(cloud, req.name, req.profile, sha, req.placement, req.signer)
+        with timing.span("look-ups"):
+            existing = find_unchanged(cloud, req.name, req.profile, sha, req.placement, req.signer)
         if existing:
             _sweep_after(cloud, req, [])
             return existing
@@ -151,7 +153,8 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
 def _sweep_after(cloud: Cloud, req: UploadRequest, took_over: list[str]) -> None:
     """Once the image is there (the sweep must not delay or fail it): what earlier runs left."""
     try:
-        sweep_abandoned(cloud, req.name, req.profile, took_over)
+        with timing.span("look-ups"):
+            sweep_abandoned(cloud, req.name, req.profile, took_over)
     except ImgpipeError as exc:
         LOG.warning("cloud %s: could not look for images earlier runs left: %s", cloud.name, exc)
 
@@ -265,17 +268,19 @@ def _find(cloud: Cloud, wanted: dict[str, str], statuses: set[str], hidden: bool
 def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, on_bytes: Callable[[int], None] | None,
              took_over: list[str]) -> tuple[dict[str, Any], str]:
     """Claim a fresh image and fill it; whatever fails, that image is deleted before leaving."""
-    image, peer = _claim(cloud, req, run_id, took_over)
+    with timing.span("create"):
+        image, peer = _claim(cloud, req, run_id, took_over)
     if peer is not None:
         return peer, "unchanged"
     assert image is not None
     cloud.created(image["id"], req.name, run_id)
     done = False
     try:
-        with _heartbeat(cloud, image):
+        with _heartbeat(cloud, image), timing.span("data"):
             digests = image_import.fill(cloud, image["id"], req.payload(), on_bytes)
         # One PATCH labels the image and answers with what verification reads: no extra GET.
-        verified = _verify(cloud, glance.update_properties(cloud, image, _labels(req, digests)), digests, req)
+        with timing.span("verify"):
+            verified = _verify(cloud, glance.update_properties(cloud, image, _labels(req, digests)), digests, req)
         done = True
         cloud.settled(image["id"])
         return verified, "created"
