@@ -2,7 +2,8 @@
 
 Used instead of a fake Glance: the real Glance stays behind it, the proxy only breaks the
 wire (reset after N body bytes, 503 with Retry-After, a stall, a slow link, a hook that can kill
-the server, or one body byte changed in flight) for requests whose "METHOD PATH" matches.
+the server, one body byte changed in flight, or a 410 once the body is read, as Glance answers
+a PUT whose image changed status under it) for requests whose "METHOD PATH" matches.
 Bounded: every fault fires `times` times.
 """
 
@@ -21,7 +22,7 @@ from imgpipe_dev.localcloud import FAULT_HEADER
 @dataclass
 class Fault:
     match: str  # regex on "METHOD PATH"
-    kind: str  # "reset" | "503" | "stall" | "hook" | "tamper" | "slow"
+    kind: str  # "reset" | "503" | "stall" | "hook" | "tamper" | "slow" | "gone"
     after: int = 0  # body bytes forwarded before a reset/hook, or the offset of the byte tamper flips
     times: int = 1
     seconds: float = 0.0  # stall length, or Retry-After for 503, or per MiB forwarded when slow
@@ -90,6 +91,11 @@ class FaultProxy:
                                    + str(int(fault.seconds)).encode()
                                    + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                     return
+                if fault and fault.kind == "gone":  # the body read (not forwarded), then 410
+                    self._drain(client, buf, length)
+                    client.sendall(b"HTTP/1.1 410 Gone\r\nContent-Type: text/plain\r\n"
+                                   b"Content-Length: 4\r\nConnection: close\r\n\r\nGone")
+                    return
                 if fault and fault.kind == "stall":
                     time.sleep(fault.seconds)
                     return
@@ -106,6 +112,15 @@ class FaultProxy:
                 except OSError:
                     pass
                 s.close()
+
+    @staticmethod
+    def _drain(client: socket.socket, buf: bytes, length: int) -> None:
+        got = len(buf)
+        while got < length:
+            chunk = client.recv(1 << 20)
+            if not chunk:
+                raise OSError("client closed")
+            got += len(chunk)
 
     def _forward_body(self, client: socket.socket, upstream: socket.socket, buf: bytes,
                       length: int, fault: Fault | None) -> bytes:

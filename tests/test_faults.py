@@ -3,6 +3,7 @@ active image, or none and a clear error, and never leaves a queued/saving image 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -68,6 +69,22 @@ def test_503_burst_with_retry_after(proxy: FaultProxy, sample_qcow2: Path) -> No
     result = upload(clouds.connect("proxied", limits=FAST), _req(sample_qcow2, "burst"))
     assert [f.fired for f in proxy.faults] == [2, 2]
     _assert_one_active("burst", result.image_id)
+
+
+def test_410_on_put_is_retried_with_a_fresh_image(proxy: FaultProxy, sample_qcow2: Path) -> None:
+    """Glance answers a PUT with 410 when the image's status changed under it (a heartbeat PATCH
+    landing during its queued -> saving step): that image cannot take the bytes again, a fresh
+    one can. The real race needs a PATCH within a few milliseconds of the PUT's status change,
+    which a test cannot hit reliably, so the proxy answers this 410 (after reading the body, as
+    Glance does); everything else is the real Glance."""
+    proxy.faults.append(Fault(PUT, "gone"))
+    result = upload(clouds.connect("proxied", limits=FAST), _req(sample_qcow2, "gone"))
+    assert result.status == "created" and proxy.faults[0].fired == 1
+    puts = [r.split("/")[3] for r in proxy.requests if re.match(PUT, r)]
+    assert len(puts) == 2 and puts[0] != puts[1] and puts[1] == result.image_id
+    assert f"DELETE /v2/images/{puts[0]}" in proxy.requests
+    _assert_one_active("gone", result.image_id)
+    assert glance_api.get_image(clouds.connect("test"), puts[0]) is None
 
 
 def test_stall_past_timeout(proxy: FaultProxy, sample_qcow2: Path) -> None:

@@ -35,11 +35,19 @@ class ServerFailed(Transient):
     """A 5xx Glance gave mid-operation: retrying needs a fresh image, not the same request."""
 
 
+class Gone(ServerFailed):
+    """410 on a PUT of the data: the image changed status under the upload (a concurrent PATCH,
+    such as the heartbeat, landed during Glance's queued -> saving step). The image cannot take
+    the bytes any more; a fresh one can, so it is retried like a 5xx."""
+
+
 def request(cloud: Cloud, method: str, path: str, what: str, *, ok: Iterable[int] = (200,),
-            explain: dict[int, str] | None = None, **kwargs: Any) -> requests.Response:
+            explain: dict[int, str] | None = None, gone_retries: bool = False,
+            **kwargs: Any) -> requests.Response:
     """One HTTP call; statuses become Transient (retry), AuthError or GlanceRefusedError.
 
-    `explain` replaces Glance's own wording for statuses where it is unhelpful.
+    `explain` replaces Glance's own wording for statuses where it is unhelpful; gone_retries:
+    a 410 is Gone (retried with a fresh image), not a refusal.
     """
     try:
         resp: requests.Response = cloud.image.request(path, method, raise_exc=False, **kwargs)
@@ -55,6 +63,8 @@ def request(cloud: Cloud, method: str, path: str, what: str, *, ok: Iterable[int
         raise Transient(f"{what}: HTTP {code}", parse_retry_after(resp.headers.get("Retry-After")))
     if code >= 500:
         raise ServerFailed(f"{what}: HTTP {code}: {detail}")
+    if code == 410 and gone_retries:
+        raise Gone(f"{what}: HTTP 410: {detail}")
     if code == 401:
         raise AuthError(f"cloud {cloud.name}: Glance refused the token (HTTP 401)")
     if explain and code in explain:
@@ -166,7 +176,7 @@ def put_data(cloud: Cloud, image_id: str, body: Any, disk_format: str, store: st
     if store:
         headers["X-Image-Meta-Store"] = store
     resp = request(cloud, "PUT", f"/v2/images/{image_id}/file", f"upload image {image_id}",
-                   ok=(204, 403) if forbidden_ok else (204,), data=body, headers=headers,
+                   ok=(204, 403) if forbidden_ok else (204,), data=body, headers=headers, gone_retries=True,
                    explain={415: f"Glance says the content is not a valid {disk_format}"})
     return resp.status_code == 204
 
@@ -174,4 +184,4 @@ def put_data(cloud: Cloud, image_id: str, body: Any, disk_format: str, store: st
 def stage_data(cloud: Cloud, image_id: str, body: Any) -> None:
     """PUT the bytes into the staging area, for a glance-direct import."""
     request(cloud, "PUT", f"/v2/images/{image_id}/stage", f"stage image {image_id}", ok=(204,),
-            data=body, headers={"Content-Type": "application/octet-stream"})
+            data=body, headers={"Content-Type": "application/octet-stream"}, gone_retries=True)
