@@ -144,29 +144,28 @@ def upload_cmd(
     props = {**chosen.properties, **_properties(prop)}
     connect = connection(cloud, insecure, os_cacert, retries, timeout)
     _warn(run, [chosen])
-    with timing.span("imports"):
-        from imgpipe.conversion.convert import converted_size
-    with timing.span("inspect"):
-        virtual_size = converted_size(file, chosen)
+    clouds = connect.connect_soon()  # the token comes while the file is checked and hashed
     with timing.span("imports"):
         from imgpipe.cloud.upload import UploadRequest, upload
+        from imgpipe.conversion.convert import converted_size
         from imgpipe.hashing import sha256_file
-
+    with timing.span("inspect"):
+        virtual_size = converted_size(file, chosen)
     size = file.stat().st_size
-    with timing.span("auth"):
-        targets = connect.connect_all()
     # The lookup needs the anchor before any upload (once for every cloud); --force looks
     # nothing up, so the send's own sha256 becomes the anchor and the file is read once.
     # A signed file's sha256 comes with its signature's digest (one read for both).
     with timing.span("hash"):
         sha = None if force or signs else sha256_file(file)
+    targets = clouds()
     results = []
     with render.progress(quiet=as_json) as report:
         for target in targets:
             req = UploadRequest(path=file, name=name, profile=chosen.name, disk_format=chosen.disk_format,
                                 container_format=chosen.container_format, virtual_size=virtual_size,
                                 source_sha256=sha, properties=props, tags=tag or [], visibility=visibility.value,
-                                force=force, placement=where, source_url=source_url, signer=signs)
+                                force=force, placement=where, source_url=source_url, signer=signs,
+                                known_digests={"sha256": sha} if sha else {})
             on_bytes = (lambda sent, t=target.name: report(f"upload {t}/{name}", 100.0 * sent / max(size, 1),
                                                            size)) if report else None
             results.append(upload(target, req, on_bytes))

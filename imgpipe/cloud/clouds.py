@@ -18,10 +18,9 @@ from typing import Any, TypeVar
 from keystoneauth1 import adapter
 from keystoneauth1 import exceptions as ksa_exc
 from keystoneauth1 import session as ksa_session
-from openstack import config as os_config
-from openstack import exceptions as os_exc
 
 from imgpipe import retry, settings
+from imgpipe.cloud.openstack_sdk import os_config, os_exc
 from imgpipe.errors import AuthError, CloudConfigError, ImgpipeError, UploadError
 from imgpipe.metadata_paths import NAMES as METADATA_PATHS
 
@@ -131,25 +130,29 @@ def metadata_paths(section: Any, where: str) -> frozenset[str] | None:
 
 def _image_endpoint(label: str, region: os_config.cloud_region.CloudRegion,
                     session: ksa_session.Session) -> str:
+    """The image endpoint; the token is fetched here either way, so that connecting (which
+    the CLI does on a thread while it reads the file) is the whole of authentication."""
     override = region.get_endpoint("image")
     if override:
+        _keystone(label, lambda: session.get_auth_headers())
         return str(override).rstrip("/")
+    endpoint = _keystone(label, lambda: session.get_endpoint(
+        service_type="image", interface=region.get_interface(), region_name=region.get_region_name("image")))
+    if not endpoint:
+        raise CloudConfigError(f"cloud {label}: no image service in the catalog")
+    return str(endpoint).rstrip("/")
 
-    def lookup() -> str | None:
-        return session.get_endpoint(service_type="image", interface=region.get_interface(),
-                                    region_name=region.get_region_name("image"))
 
+def _keystone(label: str, fn: Callable[[], T]) -> T:
+    """One call that may authenticate, retried, its failures in words."""
     try:
-        endpoint = retry.call(f"cloud {label}: authenticate", lookup, give_up=CloudConfigError)
+        return retry.call(f"cloud {label}: authenticate", fn, give_up=CloudConfigError)
     except ksa_exc.Unauthorized as exc:
         raise AuthError(f"cloud {label}: Keystone refused the credentials (HTTP 401)") from exc
     except ksa_exc.EndpointNotFound as exc:
         raise CloudConfigError(f"cloud {label}: no image service in the catalog") from exc
     except ksa_exc.ClientException as exc:
         raise CloudConfigError(f"cloud {label}: {_first_line(exc)}") from exc
-    if not endpoint:
-        raise CloudConfigError(f"cloud {label}: no image service in the catalog")
-    return str(endpoint).rstrip("/")
 
 
 def _first_line(exc: BaseException) -> str:

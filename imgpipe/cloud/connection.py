@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from imgpipe import settings
+from imgpipe import settings, timing
 
 if TYPE_CHECKING:
     from imgpipe.cloud.clouds import Cloud
@@ -35,6 +37,33 @@ class ConnectOptions:
     def connect_all(self) -> list[Cloud]:
         """Every cloud asked for, in order (one connection from the environment when none was named)."""
         return [self.connect(name) for name in self.clouds or (None,)]
+
+    def connect_soon(self) -> Callable[[], list[Cloud]]:
+        """connect_all started on a thread (the client imports, clouds.yaml, the token); the
+        returned call waits for its clouds or raises its error. The CLI reads the file meanwhile.
+
+        A daemon thread: a run that fails on its file first does not wait for Keystone to answer.
+        """
+        done: list[list[Cloud]] = []
+        failed: list[BaseException] = []
+
+        def connect() -> None:
+            try:
+                with timing.span("auth"):
+                    done.append(self.connect_all())
+            except BaseException as exc:  # handed to the caller
+                failed.append(exc)
+
+        thread = threading.Thread(target=connect, name="connect", daemon=True)
+        thread.start()
+
+        def wait() -> list[Cloud]:
+            thread.join()
+            if failed:
+                raise failed[0]
+            return done[0]
+
+        return wait
 
     def labels(self) -> list[str | None]:
         return list(self.clouds) or [None]
