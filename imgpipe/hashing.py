@@ -14,17 +14,21 @@ CHUNK = 1 << 20
 READ_AHEAD = 8
 POLL = 0.5  # how often an idle hashing thread checks that it was closed
 ALGOS = ("md5", "sha256", "sha512")
+# What a send hashes: sha512 is what Glance reports back (os_hash_value), sha256 the anchor.
+# md5 (Glance's checksum, the slowest of the three here) is taken from Glance once sha512
+# matched: equal sha512, equal bytes. Fewer CPU-seconds beside the one Glance worker.
+SENT = ("sha256", "sha512")
 
 
 @dataclass(frozen=True)
 class Digests:
     size: int
-    md5: str
+    md5: str  # "" until known (a send does not compute it)
     sha256: str
     sha512: str
 
     def get(self, algo: str) -> str | None:
-        return {"md5": self.md5, "sha256": self.sha256, "sha512": self.sha512}.get(algo)
+        return {"md5": self.md5, "sha256": self.sha256, "sha512": self.sha512}.get(algo) or None
 
 
 class ParallelDigests:
@@ -101,8 +105,9 @@ class HashingBody:
     """
 
     def __init__(self, path: Path, on_bytes: Callable[[int], None] | None = None,
-                 known: dict[str, str] | None = None) -> None:
+                 known: dict[str, str] | None = None, algos: tuple[str, ...] = SENT) -> None:
         self.path = path
+        self.algos = algos
         self.size = path.stat().st_size
         self.on_bytes = on_bytes
         self.known = dict(known or {})
@@ -113,7 +118,7 @@ class HashingBody:
 
     def __iter__(self) -> Iterator[bytes]:
         self.digests = None
-        hasher = ParallelDigests(tuple(a for a in ALGOS if a not in self.known))
+        hasher = ParallelDigests(tuple(a for a in self.algos if a not in self.known))
         sent = 0
         try:
             with self.path.open("rb") as f:
@@ -126,13 +131,18 @@ class HashingBody:
             hexes = {**self.known, **hasher.finish()}
         finally:
             hasher.close()  # an abandoned attempt (a retry) must not leave threads behind
-        self.digests = Digests(sent, hexes["md5"], hexes["sha256"], hexes["sha512"])
+        self.digests = Digests(sent, hexes.get("md5", ""), hexes.get("sha256", ""), hexes.get("sha512", ""))
 
 
 def sha256_file(path: Path) -> str:
-    """hashlib.file_digest is Python 3.11+; the loop keeps 3.10 working."""
-    digest = hashlib.sha256()
+    return digest_file(path, ("sha256",))["sha256"]
+
+
+def digest_file(path: Path, algos: tuple[str, ...]) -> dict[str, str]:
+    """hashlib.file_digest is Python 3.11+ and one algorithm; the loop keeps 3.10 working."""
+    digests = {a: hashlib.new(a, usedforsecurity=a != "md5") for a in algos}
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        while chunk := f.read(CHUNK):
+            for digest in digests.values():
+                digest.update(chunk)
+    return {a: d.hexdigest() for a, d in digests.items()}

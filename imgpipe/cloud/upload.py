@@ -9,6 +9,7 @@ PUT failed, and an image left in 'saving' by a crashed server never recovers.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import threading
@@ -18,17 +19,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgpipe import __version__, timing
-from imgpipe.cloud import glance, image_import, signature
+from imgpipe.cloud import glance, image_import
 from imgpipe.cloud.clouds import Cloud
 from imgpipe.cloud.import_method import Placement
 from imgpipe.errors import GlanceRefusedError, ImgpipeError, UploadError
-from imgpipe.hashing import Digests, sha256_file
+from imgpipe.hashing import Digests, digest_file, sha256_file
 from imgpipe.owner import Owner, me
 from imgpipe.profiles import RESERVED
-from imgpipe.signing import Signer
+
+if TYPE_CHECKING:  # signing loads cryptography (~0.2 s): only a signed upload imports it
+    from imgpipe.signing import Signer
 
 LOG = logging.getLogger("imgpipe.cloud.upload")
 GIB = 1 << 30
@@ -118,6 +121,8 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
     started = time.monotonic()
     own_sha = None
     if req.signer is not None:  # before anything is created: a refused certificate leaves nothing
+        from imgpipe.cloud import signature
+
         with timing.span("sign"):
             props, digest = signature.for_file(cloud, req.signer, req.path)
         own_sha = digest.sha256  # the send then hashes only md5 and sha512, which Glance reports back
@@ -134,6 +139,11 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
     run_id = uuid.uuid4().hex
     took_over: list[str] = []
     sent = _watched(on_bytes, cancel, req.name)
+    # What earlier runs left is swept while this one uploads: beside it, neither delaying nor
+    # failing it (this run's own image is fresh and its owner alive: never taken for a leftover).
+    sweep = threading.Thread(target=_sweep_after, args=(cloud, req, took_over), name=f"sweep-{req.name}",
+                             daemon=True)
+    sweep.start()
     try:
         image, status = cloud.call(f"publish {req.name}", lambda: _attempt(cloud, req, run_id, sent, took_over))
     except ImgpipeError as exc:
@@ -143,15 +153,16 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
         named = copy.copy(exc)  # same class (exit code) and fields, the leftovers named
         named.args = (f"{exc}; left behind in Glance: {', '.join(standing)}",)
         raise named from exc
+    finally:
+        sweep.join()
     result = _result(cloud, req.profile, image, status, started)
     result.left_behind = delete_unfinished(cloud, run_id)
-    _sweep_after(cloud, req, took_over)
-    result.took_over_from = took_over
+    result.took_over_from = list(dict.fromkeys(took_over))  # the sweep and a claim may both meet one
     return result
 
 
 def _sweep_after(cloud: Cloud, req: UploadRequest, took_over: list[str]) -> None:
-    """Once the image is there (the sweep must not delay or fail it): what earlier runs left."""
+    """What earlier runs left; a failure is a warning (the sweep must not fail the upload)."""
     try:
         with timing.span("look-ups"):
             sweep_abandoned(cloud, req.name, req.profile, took_over)
@@ -242,7 +253,11 @@ def find_unchanged(cloud: Cloud, name: str, profile: str, source_sha256: str,
         return None
     where = image_import.targets(cloud, placement or Placement())
     copied = image_import.complete_stores(cloud, found[0], where.stores, where.must_succeed)
-    resigned = signature.resign(cloud, signer, copied or found[0]) if signer is not None else None
+    resigned = None
+    if signer is not None:
+        from imgpipe.cloud import signature
+
+        resigned = signature.resign(cloud, signer, copied or found[0])
     status = "resigned" if resigned else "copied" if copied else "unchanged"
     return _result(cloud, profile, resigned or copied or found[0], status, started)
 
@@ -278,9 +293,10 @@ def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, on_bytes: Callable[[
     try:
         with _heartbeat(cloud, image), timing.span("data"):
             digests = image_import.fill(cloud, image["id"], req.payload(), on_bytes)
-        # One PATCH labels the image and answers with what verification reads: no extra GET.
-        with timing.span("verify"):
-            verified = _verify(cloud, glance.update_properties(cloud, image, _labels(req, digests)), digests, req)
+        with timing.span("verify"):  # before the labels that vouch for the bytes go on
+            now = cloud.call(f"get image {image['id']}", lambda: glance.get_image(cloud, image["id"]))
+            digests = _verify(cloud, now or {"status": "deleted"}, digests, req)
+            verified = glance.update_properties(cloud, now or image, _labels(req, digests))
         done = True
         cloud.settled(image["id"])
         return verified, "created"
@@ -400,24 +416,35 @@ def _heartbeat(cloud: Cloud, image: dict[str, Any]) -> Iterator[None]:
         thread.join()
 
 
-def _verify(cloud: Cloud, image: dict[str, Any], ours: Digests, req: UploadRequest) -> dict[str, Any]:
+def _verify(cloud: Cloud, image: dict[str, Any], ours: Digests, req: UploadRequest) -> Digests:
     """Glance's size and hashes (as it reports them after the upload) must equal the ones
-    computed while the bytes left."""
+    computed while the bytes left; returns ours with md5 filled in.
+
+    The send hashes what Glance reports as os_hash_value (sha512 by default); once that is
+    equal, the bytes are, and Glance's md5 is ours. A Glance reporting another algorithm (or
+    none) costs one more read of the file, for md5 and that algorithm.
+    """
     problems = []
     if image.get("status") != glance.ACTIVE:
         problems.append(f"status {image.get('status')}")
     if not problems and image_import.converted(cloud, image, req.payload()):
-        return image  # Glance's conversion holds other bytes than the ones sent
+        # Glance's conversion holds other bytes than the ones sent: md5 of ours from the file
+        return ours if ours.md5 else replace(ours, md5=digest_file(req.path, ("md5",))["md5"])
     if int(image.get("size") or -1) != ours.size:
         problems.append(f"size {image.get('size')} != {ours.size}")
-    if image.get("checksum") and image["checksum"] != ours.md5:
-        problems.append("md5 checksum differs")
     algo = image.get("os_hash_algo")
-    if algo and ours.get(algo) is not None and image.get("os_hash_value") != ours.get(algo):
+    mine = ours.get(algo) if algo else None
+    if not problems and (mine is None or not (ours.md5 or image.get("checksum"))):
+        wanted = tuple(a for a in ("md5", algo) if a and a in hashlib.algorithms_available)
+        read = digest_file(req.path, wanted)
+        ours, mine = replace(ours, md5=read["md5"]), read.get(str(algo))
+    if algo and mine is not None and image.get("os_hash_value") != mine:
         problems.append(f"{algo} differs")
+    if image.get("checksum") and ours.md5 and image["checksum"] != ours.md5:
+        problems.append("md5 checksum differs")
     if problems:
         raise UploadError(f"cloud {cloud.name}: {req.name} failed verification: {', '.join(problems)}")
-    return image
+    return ours if ours.md5 else replace(ours, md5=image["checksum"])
 
 
 def _delete(cloud: Cloud, image_id: str) -> bool:
