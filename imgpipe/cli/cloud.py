@@ -144,9 +144,10 @@ def upload_cmd(
     props = {**chosen.properties, **_properties(prop)}
     connect = connection(cloud, insecure, os_cacert, retries, timeout)
     _warn(run, [chosen])
-    clouds = connect.connect_soon()  # the token comes while the file is checked and hashed
+    # The client libraries load and the token comes while the file is checked and hashed;
+    # the upload module (which needs those libraries) is imported only then.
+    clouds = connect.connect_soon()
     with timing.span("imports"):
-        from imgpipe.cloud.upload import UploadRequest, upload
         from imgpipe.conversion.convert import converted_size
         from imgpipe.hashing import sha256_file
     with timing.span("inspect"):
@@ -158,6 +159,8 @@ def upload_cmd(
     with timing.span("hash"):
         sha = None if force or signs else sha256_file(file)
     targets = clouds()
+    with timing.span("imports"):
+        from imgpipe.cloud.upload import UploadRequest, upload
     results = []
     with render.progress(quiet=as_json) as report:
         for target in targets:

@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 from keystoneauth1 import adapter
 from keystoneauth1 import exceptions as ksa_exc
 from keystoneauth1 import session as ksa_session
+from openstack import config as os_config
+from openstack import exceptions as os_exc
 
 from imgpipe import retry, settings
-from imgpipe.cloud.openstack_sdk import os_config, os_exc
 from imgpipe.errors import AuthError, CloudConfigError, ImgpipeError, UploadError
 from imgpipe.metadata_paths import NAMES as METADATA_PATHS
 
