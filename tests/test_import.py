@@ -213,7 +213,8 @@ def test_web_download_with_wrong_checksum_leaves_nothing(multi: clouds.Cloud, we
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
     shutil.copyfile(other, root / "tampered.qcow2")
-    with pytest.raises(UploadError, match="failed verification: md5 checksum differs"):
+    # sha512 (Glance's os_hash_value) is the hash the send computes; md5 is then Glance's own
+    with pytest.raises(UploadError, match="failed verification: sha512 differs"):
         upload(clouds.connect("multi", limits=FAST), _req(sample_qcow2, "web-bad",
                                                         source_url=server.url("tampered.qcow2")))
     assert _images(multi, "web-bad") == []
