@@ -62,12 +62,23 @@ def test_keystone_request_comes_from_clouds_yaml_and_stays_private(tmp_path: Pat
     assert auth["scope"]["project"] == {"name": "demo", "domain": {"name": "Default"}}
 
 
-def test_token_time_is_reported_not_counted() -> None:
-    row = bench.Row("upload-cli", "upload", "throughput", (">=", 0.9), payload_bytes=100_000_000)
-    row.imgpipe = [bench.Sample(2.0)]
-    row.baseline = [bench.Sample(1.5, extra={"token_seconds": 0.5})]
-    assert row.ratio() == 0.75
-    assert bench.token_counted(row) == "; ratio 1.00 with curl's token request counted"
+def test_upload_phases_come_from_imgpipe_timing(tmp_path: Path) -> None:
+    """Overlapping spans each count; start is process start to the command, exit the end of
+    the last span to the end of the process; curl's three requests print beside them."""
+    spans = tmp_path / "timing.jsonl"
+    spans.write_text("".join(json.dumps(s) + "\n" for s in [
+        {"phase": "command", "start": 100.3, "end": 100.3},
+        {"phase": "auth", "start": 100.3, "end": 100.6},
+        {"phase": "inspect", "start": 100.35, "end": 100.45},
+        {"phase": "data", "start": 100.7, "end": 102.7},
+        {"phase": "verify", "start": 102.7, "end": 102.8}]))
+    got = bench.phase_seconds(spans, began=100.0, total=3.0)
+    assert {k: round(v, 2) for k, v in got.items()} == {"start": 0.3, "auth": 0.3, "inspect": 0.1,
+                                                        "data": 2.0, "verify": 0.1, "exit": 0.2}
+    curl = [bench.Sample(2.0, extra={"token_seconds": 0.1, "create_seconds": 0.2, "put_seconds": 1.7})]
+    text = bench.breakdown([got], curl)
+    assert "start 0.30, auth 0.30, inspect 0.10, data 2.00, verify 0.10, exit 0.20" in text
+    assert text.endswith("curl: token 0.10, create 0.20, put 1.70")
 
 
 def test_size_row_compares_the_big_disk_and_scales_by_the_small_one() -> None:

@@ -137,16 +137,16 @@ def upload_cmd(
 
     The upload is verified against the hashes Glance computes."""
     timing.mark("command")
+    # The client libraries load and the token comes while the arguments and the file are
+    # checked and the file hashed (an argument's error still comes first); the upload module,
+    # which needs those libraries, is imported after.
+    clouds = connection(cloud, insecure, os_cacert, retries, timeout).connect_soon()
     run = settings_of(ctx, as_json)
     signs = signer(sign_key, sign_key_password_file, sign_cert, sign_cert_id, sign_hash)
     chosen = profiles.select([profile], run.profiles())[0]
     where = placement(import_method, store, all_stores, allow_partial_stores)
     props = {**chosen.properties, **_properties(prop)}
-    connect = connection(cloud, insecure, os_cacert, retries, timeout)
     _warn(run, [chosen])
-    # The client libraries load and the token comes while the file is checked and hashed;
-    # the upload module (which needs those libraries) is imported only then.
-    clouds = connect.connect_soon()
     with timing.span("imports"):
         from imgpipe.conversion.convert import converted_size
         from imgpipe.hashing import sha256_file
