@@ -125,7 +125,7 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
 
         with timing.span("sign"):
             props, digest = signature.for_file(cloud, req.signer, req.path)
-        own_sha = digest.sha256  # the send then hashes only md5 and sha512, which Glance reports back
+        own_sha = digest.sha256  # the send then hashes only sha512, which Glance reports back
         req = replace(req, properties={**req.properties, **props}, known_digests={"sha256": own_sha})
     if not req.force:
         # the lookup and the image ids need it now (a signed file's was read with its digest)
@@ -139,13 +139,16 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
     run_id = uuid.uuid4().hex
     took_over: list[str] = []
     sent = _watched(on_bytes, cancel, req.name)
-    # What earlier runs left is swept while this one uploads: beside it, neither delaying nor
-    # failing it (this run's own image is fresh and its owner alive: never taken for a leftover).
-    sweep = threading.Thread(target=_sweep_after, args=(cloud, req, took_over), name=f"sweep-{req.name}",
-                             daemon=True)
+    # What earlier runs left is swept while this one sends its bytes (not beside the create, which
+    # it would slow): neither delaying nor failing the upload. This run's own image is fresh and
+    # its owner alive: never taken for a leftover.
+    claimed = threading.Event()
+    sweep = threading.Thread(target=_sweep_after, args=(cloud, req, took_over, claimed),
+                             name=f"sweep-{req.name}", daemon=True)
     sweep.start()
     try:
-        image, status = cloud.call(f"publish {req.name}", lambda: _attempt(cloud, req, run_id, sent, took_over))
+        image, status = cloud.call(f"publish {req.name}",
+                                   lambda: _attempt(cloud, req, run_id, sent, took_over, claimed.set))
     except ImgpipeError as exc:
         standing = delete_unfinished(cloud, run_id)
         if not standing:
@@ -154,6 +157,7 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
         named.args = (f"{exc}; left behind in Glance: {', '.join(standing)}",)
         raise named from exc
     finally:
+        claimed.set()
         sweep.join()
     result = _result(cloud, req.profile, image, status, started)
     result.left_behind = delete_unfinished(cloud, run_id)
@@ -161,8 +165,12 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
     return result
 
 
-def _sweep_after(cloud: Cloud, req: UploadRequest, took_over: list[str]) -> None:
-    """What earlier runs left; a failure is a warning (the sweep must not fail the upload)."""
+def _sweep_after(cloud: Cloud, req: UploadRequest, took_over: list[str],
+                 start: threading.Event | None = None) -> None:
+    """What earlier runs left, once `start` is set; a failure is a warning (the sweep must not
+    fail the upload)."""
+    if start is not None:
+        start.wait()
     try:
         with timing.span("look-ups"):
             sweep_abandoned(cloud, req.name, req.profile, took_over)
@@ -281,10 +289,11 @@ def _find(cloud: Cloud, wanted: dict[str, str], statuses: set[str], hidden: bool
 
 
 def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, on_bytes: Callable[[int], None] | None,
-             took_over: list[str]) -> tuple[dict[str, Any], str]:
+             took_over: list[str], on_claimed: Callable[[], None]) -> tuple[dict[str, Any], str]:
     """Claim a fresh image and fill it; whatever fails, that image is deleted before leaving."""
     with timing.span("create"):
         image, peer = _claim(cloud, req, run_id, took_over)
+    on_claimed()
     if peer is not None:
         return peer, "unchanged"
     assert image is not None
