@@ -141,14 +141,17 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
     sent = _watched(on_bytes, cancel, req.name)
     # What earlier runs left is swept while this one sends its bytes (not beside the create, which
     # it would slow): neither delaying nor failing the upload. This run's own image is fresh and
-    # its owner alive: never taken for a leftover.
-    claimed = threading.Event()
-    sweep = threading.Thread(target=_sweep_after, args=(cloud, req, took_over, claimed),
+    # its owner alive: never taken for a leftover. A failed or stopped upload sweeps nothing
+    # it has not begun to (nor waits for a sweep under way: an interrupt must end quickly).
+    claimed, failed = threading.Event(), threading.Event()
+    sweep = threading.Thread(target=_sweep_after, args=(cloud, req, took_over, claimed, failed),
                              name=f"sweep-{req.name}", daemon=True)
     sweep.start()
+    ok = False
     try:
         image, status = cloud.call(f"publish {req.name}",
                                    lambda: _attempt(cloud, req, run_id, sent, took_over, claimed.set))
+        ok = True
     except ImgpipeError as exc:
         standing = delete_unfinished(cloud, run_id)
         if not standing:
@@ -157,20 +160,24 @@ def upload(cloud: Cloud, req: UploadRequest, on_bytes: Callable[[int], None] | N
         named.args = (f"{exc}; left behind in Glance: {', '.join(standing)}",)
         raise named from exc
     finally:
+        if not ok:
+            failed.set()
         claimed.set()
-        sweep.join()
+    sweep.join()
     result = _result(cloud, req.profile, image, status, started)
     result.left_behind = delete_unfinished(cloud, run_id)
     result.took_over_from = list(dict.fromkeys(took_over))  # the sweep and a claim may both meet one
     return result
 
 
-def _sweep_after(cloud: Cloud, req: UploadRequest, took_over: list[str],
-                 start: threading.Event | None = None) -> None:
-    """What earlier runs left, once `start` is set; a failure is a warning (the sweep must not
-    fail the upload)."""
+def _sweep_after(cloud: Cloud, req: UploadRequest, took_over: list[str], start: threading.Event | None = None,
+                 skip: threading.Event | None = None) -> None:
+    """What earlier runs left, once `start` is set (not at all if `skip` is set by then); a
+    failure is a warning (the sweep must not fail the upload)."""
     if start is not None:
         start.wait()
+    if skip is not None and skip.is_set():
+        return
     try:
         with timing.span("look-ups"):
             sweep_abandoned(cloud, req.name, req.profile, took_over)
