@@ -102,11 +102,15 @@ class HashingBody:
     at a time. Each iteration starts from byte 0 with fresh digests, so a retry rewinds.
     The digests are computed on their own threads while the sending thread sends. `known`:
     digests an earlier read of the same bytes already gave (a signature's), not computed again.
+    `before_last` runs before the final chunk leaves: the server cannot finish the upload
+    before then, so whatever that hook waits for is done before the server's last save.
     """
 
     def __init__(self, path: Path, on_bytes: Callable[[int], None] | None = None,
-                 known: dict[str, str] | None = None, algos: tuple[str, ...] = SENT) -> None:
+                 known: dict[str, str] | None = None, algos: tuple[str, ...] = SENT,
+                 before_last: Callable[[], None] | None = None) -> None:
         self.path = path
+        self.before_last = before_last
         self.algos = algos
         self.size = path.stat().st_size
         self.on_bytes = on_bytes
@@ -127,6 +131,8 @@ class HashingBody:
                     sent += len(chunk)
                     if self.on_bytes:
                         self.on_bytes(sent)
+                    if self.before_last and sent >= self.size:
+                        self.before_last()
                     yield chunk
             hexes = {**self.known, **hasher.finish()}
         finally:

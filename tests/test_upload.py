@@ -229,6 +229,61 @@ def test_live_upload_beats_its_heart(glance, sample_qcow2: Path, monkeypatch: py
     assert result.status == "created" and beats
 
 
+def test_no_heartbeat_is_in_flight_when_the_last_bytes_leave(glance, sample_qcow2: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Glance's PATCH writes back the status and hashes it read: a beat still on its way when the
+    PUT's last save lands would put 'saving' back over 'active'. The beats here are slow (each
+    waits 0.3 s before its real PATCH) and back to back, so without the quiet before the last
+    chunk one is nearly always in flight then; the image must still end active with our hashes."""
+    import time
+
+    from imgpipe.cloud import upload as upload_mod
+
+    monkeypatch.setattr(upload_mod, "HEARTBEAT", 0.01)
+    events: list[str] = []
+    real_patch = glance_api.update_properties
+
+    def slow_beat(cloud, image, props):
+        if upload_mod.HEARTBEAT_KEY not in props:
+            return real_patch(cloud, image, props)
+        events.append("beat")
+        time.sleep(0.3)
+        try:
+            return real_patch(cloud, image, props)
+        finally:
+            events.append("beat done")
+
+    class Paced:  # the real body, a little slower, noting when its last chunk is handed over
+        def __init__(self, body):
+            self.body = body
+
+        def __len__(self) -> int:
+            return len(self.body)
+
+        def __iter__(self):
+            sent = 0
+            for chunk in self.body:
+                sent += len(chunk)
+                if sent >= len(self.body):
+                    events.append("last chunk")
+                time.sleep(0.05)
+                yield chunk
+
+    real_put = glance_api.put_data
+    monkeypatch.setattr(glance_api, "update_properties", slow_beat)
+    monkeypatch.setattr(upload_mod.glance, "put_data",
+                        lambda cloud, image_id, body, *a, **kw: real_put(cloud, image_id, Paced(body), *a, **kw))
+    cloud = clouds.connect("test")
+    result = upload(cloud, _request(sample_qcow2, "quiet-before-last"))
+    assert result.status == "created" and "beat" in events
+    last = len(events) - 1 - events[::-1].index("last chunk")
+    assert events[:last].count("beat") == events[:last].count("beat done"), events
+    assert "beat" not in events[last:], events
+    image = glance_api.get_image(cloud, result.image_id)
+    assert image["status"] == "active"
+    assert image["os_hash_value"] == hashlib.sha512(sample_qcow2.read_bytes()).hexdigest()
+
+
 def _slow_put(real):
     def put(cloud, image_id, body, disk_format, *args, **kwargs):
         import time

@@ -43,6 +43,8 @@ class Payload:
     source_url: str | None = None  # for web-download: Glance fetches this; path is our copy
     # Digests of path from an earlier read (signing's); Glance's signature check ties them to the bytes sent.
     known: dict[str, str] = field(default_factory=dict)
+    # Runs before the last bytes are sent (HashingBody.before_last).
+    before_last: Callable[[], None] | None = None
 
 
 @dataclass
@@ -95,7 +97,7 @@ def fill(cloud: Cloud, image_id: str, req: Payload, on_bytes: Callable[[int], No
     """Put the bytes into the image by the chosen method; return the digests of what was sent."""
     where = targets(cloud, req.placement)
     method = choose(cloud, req, where)
-    body = HashingBody(req.path, on_bytes, req.known)
+    body = HashingBody(req.path, on_bytes, req.known, before_last=req.before_last)
     if method == ImportMethod.put:
         if glance.put_data(cloud, image_id, body, req.disk_format, where.stores[0] if where.stores else None,
                            forbidden_ok=req.placement.method == ImportMethod.auto):
@@ -105,7 +107,7 @@ def fill(cloud: Cloud, image_id: str, req: Payload, on_bytes: Callable[[int], No
         cloud.put_forbidden = True
         LOG.warning("cloud %s: direct upload forbidden (HTTP 403); using glance-direct import", cloud.name)
         method = choose(cloud, req, where)
-        body = HashingBody(req.path, on_bytes, req.known)
+        body = HashingBody(req.path, on_bytes, req.known, before_last=req.before_last)
     if method == ImportMethod.glance_direct:
         glance.stage_data(cloud, image_id, body)
         start(cloud, image_id, {"name": "glance-direct"}, where)

@@ -75,9 +75,10 @@ class UploadRequest:
     signer: Signer | None = None  # sign the bytes: Glance verifies them as they arrive
     known_digests: dict[str, str] = field(default_factory=dict)  # of path, from the signing read
 
-    def payload(self) -> image_import.Payload:
+    def payload(self, before_last: Callable[[], None] | None = None) -> image_import.Payload:
         return image_import.Payload(path=self.path, name=self.name, disk_format=self.disk_format,
-                                    placement=self.placement, source_url=self.source_url, known=self.known_digests)
+                                    placement=self.placement, source_url=self.source_url, known=self.known_digests,
+                                    before_last=before_last)
 
 
 def anchor(name: str, profile: str, source_sha256: str) -> dict[str, str]:
@@ -307,8 +308,8 @@ def _attempt(cloud: Cloud, req: UploadRequest, run_id: str, on_bytes: Callable[[
     cloud.created(image["id"], req.name, run_id)
     done = False
     try:
-        with _heartbeat(cloud, image), timing.span("data"):
-            digests = image_import.fill(cloud, image["id"], req.payload(), on_bytes)
+        with _heartbeat(cloud, image) as quiet, timing.span("data"):
+            digests = image_import.fill(cloud, image["id"], req.payload(before_last=quiet), on_bytes)
         with timing.span("verify"):  # before the labels that vouch for the bytes go on
             now = cloud.call(f"get image {image['id']}", lambda: glance.get_image(cloud, image["id"]))
             digests = _verify(cloud, now or {"status": "deleted"}, digests, req)
@@ -412,8 +413,13 @@ def _fields(req: UploadRequest, run_id: str) -> dict[str, Any]:
 
 
 @contextmanager
-def _heartbeat(cloud: Cloud, image: dict[str, Any]) -> Iterator[None]:
-    """Show concurrent runs that this upload is alive while the PUT runs."""
+def _heartbeat(cloud: Cloud, image: dict[str, Any]) -> Iterator[Callable[[], None]]:
+    """Show concurrent runs that this upload is alive while the PUT runs.
+
+    Glance's PATCH writes back the whole image it read, status and hashes included: a beat read
+    before the upload's last save and written after it would put 'saving' back over 'active'.
+    So the beats end, one in flight finished, before the last bytes leave (the quiet it yields).
+    """
     stop = threading.Event()
 
     def beat() -> None:
@@ -425,11 +431,15 @@ def _heartbeat(cloud: Cloud, image: dict[str, Any]) -> Iterator[None]:
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{image['id']}", daemon=True)
     thread.start()
-    try:
-        yield
-    finally:
+
+    def quiet() -> None:
         stop.set()
         thread.join()
+
+    try:
+        yield quiet
+    finally:
+        quiet()
 
 
 def _verify(cloud: Cloud, image: dict[str, Any], ours: Digests, req: UploadRequest) -> Digests:
