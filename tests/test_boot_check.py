@@ -15,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -225,10 +226,89 @@ def debian_guest() -> dict[str, Path]:
     return {layout: builder.cached(layout) for layout in builder.LAYOUTS}
 
 
-@pytest.fixture(scope="session")
-def converted(debian_guest: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+# The kernel banner comes after firmware and GRUB: seconds on an idle machine, past 40 s under a
+# load of 15 on two cores. The failing profile of the same publish waits this long too, so it is
+# generous for a loaded machine but not the 240 s a whole boot gets.
+BANNER_TIMEOUT = 120
+
+
+def _boot(file: Path, profile: str, log: Path, *extra: str,
+          output: tuple[str, ...] = ("--json",)) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    proc = _imgpipe("boot-check", str(file), "-p", profile, *output, "--timeout", "240", "--log", str(log), *extra)
+    return proc, time.monotonic() - started
+
+
+# Every CLI boot of this module is a job of one pool, started when the first test that needs one
+# runs: a lone boot, a guest waiting out cloud-init's polling, the publish test's guest hung in SeaBIOS
+# and the conversions then overlap other boots instead of leaving a core idle; each test still asserts
+# on its own boots. Two boots at a time (one per core), as the boots have always run: more at once
+# starve a TCG guest's early timer check on a loaded machine ("IO-APIC + timer doesn't work!").
+BOOT_WORKERS = 2
+CLOUD_INIT_TESTS = {"test_config_drive_user_data_runs_on_a_cloud_init_guest",
+                    "test_config_drive_fails_when_cloud_init_asks_only_ec2",
+                    "test_metadata_service_user_data_runs_for_the_stock_list_and_ec2_alone",
+                    "test_metadata_service_fails_when_cloud_init_asks_only_config_drive"}
+
+
+class Boots:
+    """The module's boot-check runs, by name: started in the background, awaited by their tests."""
+
+    def __init__(self, wanted: set[str]) -> None:
+        self.wanted = wanted
+        self.pool = ThreadPoolExecutor(max_workers=BOOT_WORKERS, thread_name_prefix="boot")
+        self.runs: dict[str, Future[tuple[subprocess.CompletedProcess[str], float]]] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, test: str, name: str, file: Path, profile: str, *extra: str,
+              output: tuple[str, ...] = ("--json",)) -> None:
+        """Boots `file` as `profile` if `test` was selected; the serial log is NAME.log beside it (one
+        file may boot in several runs at once)."""
+        if test in self.wanted:
+            self.logs[name] = file.with_name(f"{name}.log")
+            self.runs[name] = self.pool.submit(_boot, file, profile, self.logs[name], *extra, output=output)
+
+    def __getitem__(self, name: str) -> tuple[subprocess.CompletedProcess[str], float]:
+        return self.runs[name].result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def boots(request: pytest.FixtureRequest, debian_guest: dict[str, Path],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boots]:
+    """Starts the boots of the tests selected in this module (all of them in `make test`)."""
+    wanted = {item.originalname for item in request.session.items
+              if isinstance(item, pytest.Function) and item.module is request.module}
+    pool = Boots(wanted)
+    try:
+        if wanted & CLOUD_INIT_TESTS:  # first: the Ec2-only guest waits out cloud-init's 120 s for a metadata service
+            outputs = _convert_cloud_init_outputs(debian_guest, tmp_path_factory.mktemp("cloud-init-outputs"))
+            pool.start("test_config_drive_fails_when_cloud_init_asks_only_ec2", "config-drive-ec2", outputs["ec2"],
+                       "kvm", "--config-drive", "--timeout", str(METADATA_TIMEOUT))
+            pool.start("test_config_drive_user_data_runs_on_a_cloud_init_guest", "config-drive-stock",
+                       outputs["stock"], "kvm", "--config-drive", "--timeout", str(METADATA_TIMEOUT))
+            for name in ("stock", "ec2", "configdrive"):
+                test = ("test_metadata_service_fails_when_cloud_init_asks_only_config_drive" if name == "configdrive"
+                        else "test_metadata_service_user_data_runs_for_the_stock_list_and_ec2_alone")
+                pool.start(test, f"metadata-{name}", outputs[name], "kvm", "--metadata-service", "--timeout",
+                           str(METADATA_TIMEOUT))
+        if wanted & {"test_every_qemu_bootable_output_boots", "test_uefi_only_disk_under_bios_fails_with_the_log_tail"}:
+            converted = _convert_boot_outputs(debian_guest, tmp_path_factory.mktemp("boot-outputs"))
+            pool.start("test_uefi_only_disk_under_bios_fails_with_the_log_tail", "uefi-under-bios",
+                       converted["uefi-kvm"], "kvm", "--firmware", "bios", "--timeout", "15",
+                       output=())  # the log's tail on stderr: --json leaves it out
+            for profile in HYBRID_PROFILES:
+                pool.start("test_every_qemu_bootable_output_boots", profile, converted[profile], profile)
+            pool.start("test_every_qemu_bootable_output_boots", "uefi-kvm", converted["uefi-kvm"], "kvm")
+        yield pool
+    finally:
+        pool.close()
+
+
+def _convert_boot_outputs(debian_guest: dict[str, Path], out: Path) -> dict[str, Path]:
     """`imgpipe convert` outputs: profile -> file for the hybrid guest, 'uefi-kvm' for the other."""
-    out = tmp_path_factory.mktemp("boot-outputs")
     files: dict[str, Path] = {}
     for layout, selected, prefix in (("hybrid", HYBRID_PROFILES, ""), ("uefi", ("kvm",), "uefi-")):
         (out / layout).mkdir()
@@ -240,65 +320,16 @@ def converted(debian_guest: dict[str, Path], tmp_path_factory: pytest.TempPathFa
     return files
 
 
-# The kernel banner comes after firmware and GRUB: seconds on an idle machine, past 40 s under a
-# load of 15 on two cores. The failing profile of the same publish waits this long too, so it is
-# generous for a loaded machine but not the 240 s a whole boot gets.
-BANNER_TIMEOUT = 120
-
-
-def _boot(file: Path, profile: str, *extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    started = time.monotonic()
-    proc = _imgpipe("boot-check", str(file), "-p", profile, "--json", "--timeout", "240",
-                    "--log", f"{file}.{profile}.log", *extra)
-    return proc, time.monotonic() - started
-
-
 @pytest.mark.slow
-def test_every_qemu_bootable_output_boots(converted: dict[str, Path]) -> None:
-    """kvm/virtio, vmware/LSI (the OVA's stream vmdk and a sparse vmdk), hyperv/AHCI+UEFI (vhdx),
-    hyperv-gen1/IDE (vhd) of the hybrid guest, and the UEFI-only guest's kvm output, booted with OVMF because
-    boot-check derives hw_firmware_type=uefi from the guest as publish does."""
-    runs = [(converted[p], p, ()) for p in HYBRID_PROFILES]
-    runs.append((converted["uefi-kvm"], "kvm", ()))
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        done = list(pool.map(lambda r: _boot(r[0], r[1], *r[2]), runs))
-    report = []
-    for (file, profile, _), (proc, seconds) in zip(runs, done):
-        assert proc.returncode == 0, f"{file} as {profile}: {proc.stderr}"
-        result = json.loads(proc.stdout)
-        assert result["booted"] and result["accel"] in ("tcg", "kvm")
-        assert result["firmware"] == ("uefi" if profile == "hyperv" or "uefi" in str(file.parent) else "bios")
-        report.append(f"{file.name} {profile}: {seconds:.0f} s ({result['firmware']}, {result['controller']})")
-    print("\n".join(report))
-
-
-@pytest.mark.slow
-def test_uefi_only_disk_under_bios_fails_with_the_log_tail(converted: dict[str, Path], tmp_path: Path) -> None:
-    """SeaBIOS hangs at "Booting from Hard Disk..." without an error: the timeout catches it."""
-    log = tmp_path / "serial.log"
-    proc = _imgpipe("boot-check", str(converted["uefi-kvm"]), "-p", "kvm", "--firmware", "bios",
-                    "--timeout", "15", "--log", str(log))
-    assert proc.returncode == 21, proc.stderr
-    assert "did not boot as kvm (bios, virtio-blk" in proc.stderr
-    assert "Booting from Hard Disk" in proc.stderr  # the tail, and the one-line message's last line
-    assert log.exists()
-    assert not _qemu_left(log)
-
-
-def _qemu_left(log: Path) -> bool:
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return str(log) in ps
-
-
-@pytest.mark.slow
-def test_publish_uploads_only_what_boots(glance, debian_guest: dict[str, Path], tmp_path: Path) -> None:
+def test_publish_uploads_only_what_boots(boots: Boots, glance, debian_guest: dict[str, Path], tmp_path: Path) -> None:
     """The UEFI-only guest as kvm with hw_firmware_type=uefi boots and is active; as qemu with
     bios (a user property wins over anything derived) it hangs in SeaBIOS and uploads nothing.
-    The kernel's banner is the marker: it proves firmware, loader and kernel in a third of a boot."""
+    The kernel's banner is the marker: it proves firmware, loader and kernel in a third of a boot.
+    First of the real boots: the module's boots start before it, and run while its qemu waits in SeaBIOS."""
     from imgpipe.cloud import clouds
     from imgpipe.cloud import glance as glance_api
-    from imgpipe.pipeline.publish import BootCheck, PublishRequest, publish
     from imgpipe.conversion.convert import Options
+    from imgpipe.pipeline.publish import BootCheck, PublishRequest, publish
 
     cloud = clouds.connect("test")
     req = PublishRequest(source=debian_guest["uefi"], profiles=profiles.select(["kvm", "qemu"], BUILTIN),
@@ -314,26 +345,55 @@ def test_publish_uploads_only_what_boots(glance, debian_guest: dict[str, Path], 
     assert (tmp_path / "bootcheck-qemu.boot.log").exists()
 
 
+@pytest.mark.slow
+def test_every_qemu_bootable_output_boots(boots: Boots) -> None:
+    """kvm/virtio, vmware/LSI (the OVA's stream vmdk and a sparse vmdk), hyperv/AHCI+UEFI (vhdx),
+    hyperv-gen1/IDE (vhd) of the hybrid guest, and the UEFI-only guest's kvm output, booted with OVMF because
+    boot-check derives hw_firmware_type=uefi from the guest as publish does."""
+    report = []
+    for name in (*HYBRID_PROFILES, "uefi-kvm"):
+        proc, seconds = boots[name]
+        profile = name.removeprefix("uefi-")
+        assert proc.returncode == 0, f"{name} as {profile}: {proc.stderr}"
+        result = json.loads(proc.stdout)
+        assert result["booted"] and result["accel"] in ("tcg", "kvm") and result["profile"] == profile
+        assert result["firmware"] == ("uefi" if profile == "hyperv" or name == "uefi-kvm" else "bios")
+        report.append(f"{Path(result['path']).name} {profile}: {seconds:.0f} s ({result['firmware']}, "
+                      f"{result['controller']})")
+    print("\n".join(report))
+
+
+@pytest.mark.slow
+def test_uefi_only_disk_under_bios_fails_with_the_log_tail(boots: Boots) -> None:
+    """SeaBIOS hangs at "Booting from Hard Disk..." without an error: the timeout catches it."""
+    proc, _ = boots["uefi-under-bios"]
+    assert proc.returncode == 21, proc.stderr
+    assert "did not boot as kvm (bios, virtio-blk" in proc.stderr
+    assert "Booting from Hard Disk" in proc.stderr  # the tail, and the one-line message's last line
+    assert boots.logs["uefi-under-bios"].exists()
+    assert not _qemu_left(boots.logs["uefi-under-bios"])
+
+
+def _qemu_left(log: Path) -> bool:
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return str(log) in ps
+
+
 # --- config drive: cloud-init in the guest takes user data from a nova-style drive ----------------
 
 EC2_ONLY = b"datasource_list: [ Ec2, None ]\n"  # what an image-build element once wrote
 CONFIG_DRIVE_ONLY = b"datasource_list: [ ConfigDrive, None ]\n"
-# Twice what the stock guest takes to print the marker here; by then the Ec2-only guest's
-# cloud-init is polling 169.254.169.254 (it would for 120 s, then fall back to DataSourceNone).
-EC2_TIMEOUT = 120
 # Generous for a loaded machine: a boot that passes ends at the marker, one that fails when
 # cloud-init prints its final message.
 METADATA_TIMEOUT = 600
 
 
-@pytest.fixture(scope="module")
-def cloud_init_outputs(debian_guest: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def _convert_cloud_init_outputs(debian_guest: dict[str, Path], out: Path) -> dict[str, Path]:
     """kvm outputs of the hybrid guest (cloud-init with Debian's datasource list) and of copies whose
     cloud.cfg.d keeps only Ec2 (converted with a warning: it reaches only the metadata service) or only
     ConfigDrive (converted with img_config_drive=mandatory)."""
     from imgpipe_dev import debian_guest as builder
 
-    out = tmp_path_factory.mktemp("cloud-init-outputs")
     sources = {"stock": debian_guest["hybrid"]}
     for name, listed in (("ec2", EC2_ONLY), ("configdrive", CONFIG_DRIVE_ONLY)):
         sources[name] = builder.with_files(debian_guest["hybrid"], out / f"{name}.raw",
@@ -352,10 +412,10 @@ def cloud_init_outputs(debian_guest: dict[str, Path], tmp_path_factory: pytest.T
 
 
 @pytest.mark.slow
-def test_config_drive_user_data_runs_on_a_cloud_init_guest(cloud_init_outputs: dict[str, Path]) -> None:
+def test_config_drive_user_data_runs_on_a_cloud_init_guest(boots: Boots) -> None:
     """The marker only the drive's user data prints is on the console, after cloud-init's final
     stage (where runcmd runs) started; the drive was an IDE cdrom, nova's libvirt default on pc."""
-    proc, seconds = _boot(cloud_init_outputs["stock"], "kvm", "--config-drive")
+    proc, seconds = boots["config-drive-stock"]
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["booted"] and result["config_drive"] == "libvirt: a cdrom on ide"
@@ -366,13 +426,15 @@ def test_config_drive_user_data_runs_on_a_cloud_init_guest(cloud_init_outputs: d
 
 
 @pytest.mark.slow
-def test_config_drive_fails_when_cloud_init_asks_only_ec2(cloud_init_outputs: dict[str, Path]) -> None:
-    """Same guest, datasource_list [ Ec2, None ]: it boots, cloud-init runs, the drive is ignored: exit 21."""
-    file = cloud_init_outputs["ec2"]
-    proc, seconds = _boot(file, "kvm", "--config-drive", "--timeout", str(EC2_TIMEOUT))
+def test_config_drive_fails_when_cloud_init_asks_only_ec2(boots: Boots) -> None:
+    """Same guest, datasource_list [ Ec2, None ]: it boots, cloud-init polls 169.254.169.254 for its 120 s,
+    falls back to DataSourceNone and finishes, the drive ignored: exit 21 when cloud-init says so (a fixed
+    timeout instead would have to outlast a loaded machine's boot to cloud-init)."""
+    proc, seconds = boots["config-drive-ec2"]
     assert proc.returncode == 21, proc.stderr
     assert "the config drive's user data never ran" in proc.stderr
-    log = Path(f"{file}.kvm.log").read_text(errors="replace")
+    assert "cloud-init finished with DataSourceNone" in proc.stderr
+    log = boots.logs["config-drive-ec2"].read_text(errors="replace")
     assert "169.254.169.254" in log and "DataSourceConfigDrive" not in log
     print(f"kvm, Ec2 only, with a config drive: failed after {seconds:.0f} s")
 
@@ -380,15 +442,12 @@ def test_config_drive_fails_when_cloud_init_asks_only_ec2(cloud_init_outputs: di
 # --- metadata service: cloud-init takes user data from nova's metadata service at 169.254.169.254 ---
 
 @pytest.mark.slow
-def test_metadata_service_user_data_runs_for_the_stock_list_and_ec2_alone(cloud_init_outputs: dict[str, Path]) -> None:
+def test_metadata_service_user_data_runs_for_the_stock_list_and_ec2_alone(boots: Boots) -> None:
     """Debian's list (ds-identify finds OpenStack by nova's SMBIOS) reads the OpenStack tree, [ Ec2, None ]
     the EC2 tree; both print the marker after cloud-init's final stage started, over virtio-net."""
-    runs = (("stock", "/openstack/"), ("ec2", "/2009-04-04/user-data"))
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        done = list(pool.map(lambda r: _boot(cloud_init_outputs[r[0]], "kvm", "--metadata-service", "--timeout",
-                                             str(METADATA_TIMEOUT)), runs))
     report = []
-    for (name, tree), (proc, seconds) in zip(runs, done, strict=True):
+    for name, tree in (("stock", "/openstack/"), ("ec2", "/2009-04-04/user-data")):
+        proc, seconds = boots[f"metadata-{name}"]
         assert proc.returncode == 0, f"{name}: {proc.stderr}"
         result = json.loads(proc.stdout)
         assert result["booted"] and result["metadata_service"] == "virtio-net-pci: libvirt: virtio"
@@ -402,11 +461,10 @@ def test_metadata_service_user_data_runs_for_the_stock_list_and_ec2_alone(cloud_
 
 
 @pytest.mark.slow
-def test_metadata_service_fails_when_cloud_init_asks_only_config_drive(cloud_init_outputs: dict[str, Path]) -> None:
+def test_metadata_service_fails_when_cloud_init_asks_only_config_drive(boots: Boots) -> None:
     """[ ConfigDrive, None ]: cloud-init runs to its end with DataSourceNone and never asks the service:
     exit 21 as soon as cloud-init says it finished."""
-    file = cloud_init_outputs["configdrive"]
-    proc, seconds = _boot(file, "kvm", "--metadata-service", "--timeout", str(METADATA_TIMEOUT))
+    proc, seconds = boots["metadata-configdrive"]
     assert proc.returncode == 21, proc.stderr
     assert "the metadata service's user data never ran" in proc.stderr
     said = (r"not on the serial console: cloud-init finished with DataSourceNone after \d+ s; the guest never asked "

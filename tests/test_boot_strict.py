@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -78,16 +80,35 @@ def strict_guests() -> dict[str, Path]:
             "unsigned": debian_guest.cached("uefi")}
 
 
+@pytest.fixture(scope="module")
+def strict_boots(strict_guests: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        dict[str, Future[subprocess.CompletedProcess[str]]]]:
+    """The module's three boots, two at a time (one per core) in the background while the tests check
+    what needs no boot: the long aarch64 boot beside the Secure Boot one, then the refused loader."""
+    out = tmp_path_factory.mktemp("strict-boots")
+    proc = _imgpipe("convert", str(strict_guests["arm64"]), "-p", "kvm", "--output-dir", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    arm64 = Path(json.loads(proc.stdout)[0]["path"])
+    # The kernel starting its init proves firmware -> shim -> GRUB -> signed kernel under enforcement,
+    # and comes after its Secure Boot and TPM lines; systemd to login: would add 2-3 min under TCG.
+    runs = {"arm64": ("boot-check", str(arm64), "-p", "kvm", "--json", "--timeout", "240"),
+            "signed": ("boot-check", str(strict_guests["signed"]), "-p", "kvm-secureboot", "--json", "--timeout",
+                       "300", "--expect", "Run /init as init process", "--property", "hw_tpm_version=2.0",
+                       "--property", "hw_tpm_model=tpm-crb", "--log", str(out / "signed.log")),
+            "unsigned": ("boot-check", str(strict_guests["unsigned"]), "-p", "kvm-secureboot", "--timeout", "300",
+                         "--log", str(out / "unsigned.log"))}
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="strict-boot") as pool:
+        yield {name: pool.submit(_imgpipe, *argv) for name, argv in runs.items()}
+
+
 @pytest.mark.slow
-def test_arm64_guest_converted_for_kvm_boots_under_qemu_system_aarch64(strict_guests: dict[str, Path],
-                                                                       tmp_path: Path) -> None:
+def test_arm64_guest_converted_for_kvm_boots_under_qemu_system_aarch64(
+        strict_guests: dict[str, Path], strict_boots: dict[str, Future[subprocess.CompletedProcess[str]]],
+        tmp_path: Path) -> None:
     proc = _imgpipe("convert", str(strict_guests["arm64"]), "-p", "kvm", "-p", "vmware", "--output-dir",
                     str(tmp_path))
     assert proc.returncode == 19 and "the guest is aarch64" in proc.stderr, proc.stderr
-    proc = _imgpipe("convert", str(strict_guests["arm64"]), "-p", "kvm", "--output-dir", str(tmp_path), "--json")
-    assert proc.returncode == 0, proc.stderr
-    output = Path(json.loads(proc.stdout)[0]["path"])
-    proc = _imgpipe("boot-check", str(output), "-p", "kvm", "--json", "--timeout", "240")
+    proc = strict_boots["arm64"].result()
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["booted"] and result["firmware"] == "uefi"
@@ -96,34 +117,29 @@ def test_arm64_guest_converted_for_kvm_boots_under_qemu_system_aarch64(strict_gu
 
 
 @pytest.mark.slow
-def test_signed_chain_boots_with_secure_boot_enforced_and_a_tpm(strict_guests: dict[str, Path],
-                                                                tmp_path: Path) -> None:
+def test_signed_chain_boots_with_secure_boot_enforced_and_a_tpm(
+        strict_guests: dict[str, Path], strict_boots: dict[str, Future[subprocess.CompletedProcess[str]]]) -> None:
     report = json.loads(_imgpipe("inspect", str(strict_guests["signed"]), "--json", "-p", "kvm").stdout)
     chain = report["guest"]["secure_boot"]["value"]
     assert chain["passes"], chain
     assert [s["trusted_by"] for s in chain["steps"]] == ["Microsoft Corporation UEFI CA 2011",
                                                          "Debian Secure Boot CA", "Debian Secure Boot CA"]
     assert len(chain["steps"][0]["signers"]) == 2  # Debian's shim is signed by both Microsoft UEFI CAs
-    log = tmp_path / "boot.log"
-    # The kernel starting its init proves firmware -> shim -> GRUB -> signed kernel under enforcement,
-    # and comes after its Secure Boot and TPM lines; systemd to login: would add 2-3 min under TCG.
-    proc = _imgpipe("boot-check", str(strict_guests["signed"]), "-p", "kvm-secureboot", "--json", "--timeout", "300",
-                    "--expect", "Run /init as init process", "--property", "hw_tpm_version=2.0",
-                    "--property", "hw_tpm_model=tpm-crb", "--log", str(log))
+    proc = strict_boots["signed"].result()
     assert proc.returncode == 0, proc.stderr
-    console = log.read_text(errors="replace")
+    console = Path(json.loads(proc.stdout)["log"]).read_text(errors="replace")
     assert "secureboot: Secure boot enabled" in console and "tpm_crb MSFT0101:00: " in console
     assert "No TPM chip found" not in console
 
 
 @pytest.mark.slow
-def test_unsigned_loader_is_refused_and_forced_ends_on_access_denied(strict_guests: dict[str, Path],
-                                                                     tmp_path: Path) -> None:
+def test_unsigned_loader_is_refused_and_forced_ends_on_access_denied(
+        strict_guests: dict[str, Path], strict_boots: dict[str, Future[subprocess.CompletedProcess[str]]],
+        tmp_path: Path) -> None:
     proc = _imgpipe("convert", str(strict_guests["unsigned"]), "-p", "kvm-secureboot", "--output-dir", str(tmp_path))
     assert proc.returncode == 19, proc.stderr
     assert "os_secure_boot=required, but partition 1 (ESP) EFI/BOOT/BOOTX64.EFI is not signed" in proc.stderr
-    proc = _imgpipe("boot-check", str(strict_guests["unsigned"]), "-p", "kvm-secureboot", "--timeout", "300",
-                    "--log", str(tmp_path / "boot.log"))
+    proc = strict_boots["unsigned"].result()
     assert proc.returncode == 21, proc.stderr
     line = next(line for line in proc.stderr.splitlines() if line.startswith("imgpipe: error:"))
     assert "Secure Boot refused the boot chain: 'BdsDxe: failed to load Boot" in line and "Access Denied" in line
