@@ -70,9 +70,21 @@ def _requests(log: Path, offset: int) -> int:
                    if any(f'"{m} ' in line for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")))
 
 
+def _settled_size(log: Path) -> int:
+    """The log's size once the publish before it is all written: gunicorn logs a request just
+    after its response, so on a loaded machine the last PATCH's line can land a moment later."""
+    size = log.stat().st_size
+    while True:
+        time.sleep(0.5)
+        now = log.stat().st_size
+        if now == size:
+            return size
+        size = now
+
+
 def _noop_sync_cost(cloud: object, catalog: Path, cache: Path) -> tuple[int, int, sync.SyncReport]:
     logs = cloud.logs  # type: ignore[attr-defined]
-    before = {s: logs[s].stat().st_size for s in ("glance", "keystone")}
+    before = {s: _settled_size(logs[s]) for s in ("glance", "keystone")}
     known = profiles.load_all()
     report = sync.run(model.load(catalog, known), catalog, functools.partial(clouds.connect),
                       sync.SyncOptions(cache_dir=cache, profiles=known))
