@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_invoke import imgpipe
 from conftest import qemu_img
 from typer.testing import CliRunner
 
@@ -19,11 +20,6 @@ from imgpipe.cli import EXIT_CODES, app
 from imgpipe import errors
 
 runner = CliRunner()
-
-
-def imgpipe(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_exit_codes_are_distinct() -> None:

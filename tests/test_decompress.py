@@ -6,8 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cli_invoke import imgpipe
 from conftest import qemu_img
-from test_cli import imgpipe
 
 from imgpipe import errors, profiles
 from imgpipe.cli.base import EXIT_CODES

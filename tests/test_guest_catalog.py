@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_catalog_model import GOOD, load
+from catalog_texts import GOOD, load
 
 
 def test_guest_properties_default_on_and_per_image_off(tmp_path: Path) -> None:

@@ -11,19 +11,16 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from cli_invoke import imgpipe
 from conftest import qemu_img, qemu_info
 from imgpipe_dev.sample_disk import docker_archive
-from test_cli import imgpipe
+from ova_reader import OVF, RASD, VMW, nova_read
 
 from imgpipe import errors, profiles
 from imgpipe.cli.base import EXIT_CODES
 from imgpipe.conversion import ova
 from imgpipe.conversion.convert import Options, converted_size
 from imgpipe.pipeline.convert import convert_source
-
-OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
-RASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"
-VMW = "{http://www.vmware.com/schema/ovf}"
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +32,6 @@ def built(sample_qcow2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out.path
 
 
-def _nova_read(path: Path, dest: Path) -> tuple[ET.Element, str]:
-    """nova's fetch_image_ova: stream the tar; the .ovf first, then the first member named like its disk."""
-    with path.open("rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        members = iter(tar)
-        first = next(members)
-        assert first.name.endswith(".ovf")
-        root = ET.fromstring(tar.extractfile(first).read())
-        file_ref = root.find(f"./{OVF}DiskSection/{OVF}Disk").get(f"{OVF}fileRef")
-        href = root.find(f'./{OVF}References/{OVF}File[@{OVF}id="{file_ref}"]').get(f"{OVF}href")
-        for member in members:
-            if member.name.startswith(href):
-                dest.write_bytes(tar.extractfile(member).read())
-                return root, href
-    raise AssertionError("no member named like the disk")
-
-
 def _derived(path: Path) -> dict[str, str]:
     code, stdout, stderr = imgpipe("inspect", path, "--json")
     assert code == 0, stderr
@@ -58,7 +39,7 @@ def _derived(path: Path) -> dict[str, str]:
 
 
 def test_read_back_like_nova(built: Path, sample_qcow2: Path, tmp_path: Path) -> None:
-    root, href = _nova_read(built, tmp_path / "disk.vmdk")
+    root, href = nova_read(built, tmp_path / "disk.vmdk")
     info = qemu_info(tmp_path / "disk.vmdk", "vmdk")
     assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
     qemu_img("compare", "-f", "qcow2", "-F", "vmdk", str(sample_qcow2), str(tmp_path / "disk.vmdk"))
@@ -181,7 +162,7 @@ def test_descriptor_uses_the_properties_the_image_will_carry(sample_qcow2: Path,
     extra = {"vmware-ova": {"hw_firmware_type": "uefi", "vmware_ostype": "debian12_64Guest"}}
     [out] = convert_source(sample_qcow2, profiles.select(["vmware-ova"], profiles.load_all()),
                            Options(out_dir=tmp_path, properties=extra))
-    root, _ = _nova_read(out.path, tmp_path / "disk.vmdk")
+    root, _ = nova_read(out.path, tmp_path / "disk.vmdk")
     system = root.find(f"./{OVF}VirtualSystem")
     assert system.find(f"./{OVF}OperatingSystemSection").get(f"{VMW}osType") == "debian12_64Guest"
     assert system.find(f"./{OVF}VirtualHardwareSection/{VMW}Config").get(f"{VMW}value") == "efi"
@@ -206,7 +187,7 @@ def test_convert_states_what_inspection_derived(tmp_path: Path) -> None:
     uefi_only = guest_disks.build(tmp_path / "debian-uefi.qcow2", guest_disks.Guest())
     [out] = convert_source(uefi_only, profiles.select(["vmware-ova"], profiles.load_all()),
                            Options(out_dir=tmp_path))
-    root, _ = _nova_read(out.path, tmp_path / "disk.vmdk")
+    root, _ = nova_read(out.path, tmp_path / "disk.vmdk")
     system = root.find(f"./{OVF}VirtualSystem")
     assert system.find(f"./{OVF}OperatingSystemSection").get(f"{VMW}osType") == "debian12_64Guest"
     assert system.find(f"./{OVF}VirtualHardwareSection/{VMW}Config").get(f"{VMW}value") == "efi"

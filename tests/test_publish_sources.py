@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import qemu_img
-from test_ova import OVF, VMW, _nova_read
+from ova_reader import OVF, VMW, nova_read
 
 from imgpipe import profiles
 from imgpipe.cloud import clouds
@@ -61,7 +61,7 @@ def test_ova_in_glance_reads_like_nova(published, sample_qcow2: Path, tmp_path: 
     cloud, _, results = published
     ova = tmp_path / "image.ova"
     ova.write_bytes(cloud.image.get(f"/v2/images/{results['vmware-ova'].image_id}/file").content)
-    root, _ = _nova_read(ova, tmp_path / "disk.vmdk")
+    root, _ = nova_read(ova, tmp_path / "disk.vmdk")
     assert root.find(f"./{OVF}VirtualSystem/{OVF}OperatingSystemSection").get(f"{VMW}osType") == "debian12_64Guest"
     qemu_img("compare", "-f", "qcow2", "-F", "vmdk", str(sample_qcow2), str(tmp_path / "disk.vmdk"))
 
