@@ -39,7 +39,7 @@ bench: venv
 # FUZZ_CASES (200), FUZZ_SEED (0), FUZZ_CASE (one case, to reproduce), FUZZ_TARGETS (e.g. ext,xfs).
 # Failing disks are kept in .fuzz/. At most 2 cases run at once.
 fuzz: venv
-	PYTHONPATH=tests $(PY) -m imgpipe_dev.fuzz
+	PYTHONPATH=tests/support $(PY) -m imgpipe_dev.fuzz
 
 clean:
 	-$(PY) -m imgpipe_dev.localcloud stop --state-dir .demo/cloud 2>/dev/null

@@ -33,7 +33,7 @@ What it measures (each imgpipe run is the real CLI as a subprocess, never in-pro
   pays before it does anything, printed before and after a refactor by ``make bench``
   (alone: ``make bench BENCH_ARGS="--only startup"``).
 * inspect, per guest family (ext4, xfs, xfs on LVM, btrfs, NTFS with hives; the disks of
-  tests/family_disks.py, and issue 20's hostile ext4 when tests/hostile_disks.py has it):
+  tests/support/family_disks.py, and issue 20's hostile ext4 when tests/support/hostile_disks.py has it):
   ``imgpipe inspect --json`` time and peak RSS, against the same on an older checkout given
   with ``--before DIR`` (e.g. ``git archive <commit> | tar -x -C DIR``), the baseline column;
   the hostile disk is never run on the older checkout (it took 16.8 GB there).
@@ -1097,8 +1097,8 @@ INSPECT_FAMILIES = ("ext4", "xfs", "xfs-lvm", "btrfs", "ntfs")
 
 
 def inspect_disks() -> dict[str, Path]:
-    """The families' disks as the tests build them (tests/family_disks.py), cached in .bench/."""
-    sys.path.insert(0, str(REPO / "tests"))
+    """The families' disks as the tests build them (tests/support/family_disks.py), cached in .bench/."""
+    sys.path.insert(0, str(REPO / "tests" / "support"))
     import family_disks as fd
     import windows_fixture as wf
 

@@ -33,7 +33,7 @@ machine runs out of memory. It is soft only so imgpipe can give qemu-nbd the 4 G
 space its thread pool needs (runner.Limits), as it does outside the fuzzer.
 
 Usage: python -m imgpipe_dev.fuzz [--cases N] [--seed S] [--case K] [--targets a,b] [--workers 2]
-(with the tests directory on PYTHONPATH, where the targets live: `make fuzz`).
+(with tests/support on PYTHONPATH, where the targets live: `make fuzz`).
 """
 
 from __future__ import annotations
@@ -517,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="parallel cases (at most 2)")
     parser.add_argument("--keep", type=Path, default=Path(".fuzz"), help="where failing disks are kept")
     args = parser.parse_args(argv)
-    import fuzz_targets  # type: ignore[import-not-found]  # the tests directory, on PYTHONPATH: the targets use the tests' fixture builders
+    import fuzz_targets  # type: ignore[import-not-found]  # tests/support, on PYTHONPATH: the targets use the tests' fixture builders
 
     every = fuzz_targets.available()
     chosen = [t for t in every if not args.targets or t.name in args.targets.split(",")]

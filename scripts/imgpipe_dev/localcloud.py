@@ -462,7 +462,7 @@ _ACCESS_5XX = re.compile(r'^\S+ \S+ \S+ \[[^\]]*\] "[^"]*" 5\d\d .* fault=(\S+)$
 
 def server_errors(log_text: str) -> list[str]:
     """The access-log lines of a server's log where it answered 5xx to a request nobody
-    injected a fault into (tests/faultproxy.py marks the ones it breaks)."""
+    injected a fault into (tests/support/faultproxy.py marks the ones it breaks)."""
     return [line for line in log_text.splitlines()
             if (found := _ACCESS_5XX.match(line)) and found.group(1) == "-"]
 

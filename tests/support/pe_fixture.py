@@ -5,7 +5,7 @@ holding the image's sha256, signed attributes, an ECDSA signature), encoded here
 The image digest is computed here the simple way (the file in one run, less CheckSum and the
 Certificate Table entry), which equals the specification's section-by-section one only because
 these images have no gaps: the reader's own computation is checked against it, and against
-Debian's real signed shim and GRUB (tests/test_guest_firmware.py).
+Debian's real signed shim and GRUB (tests/guest/test_guest_firmware.py).
 The CAs are made here and only *named* like Microsoft's and Debian's: the reader judges chains
 by issuer names (what a firmware db entry is matched by), so names are what the tests control.
 """

@@ -193,7 +193,7 @@ def test_cli_rejects_a_bad_shard(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "expected I/N" in result.stderr
 
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_examples_are_valid() -> None:

@@ -301,7 +301,7 @@ def test_cost_of_a_2_gib_filesystem(tmp_path: Path) -> None:
     raw = xf.mkfs(tmp_path / "fs.raw", host, 2 << 30)
     image = _partitioned_qcow2(raw, tmp_path / "disk.qcow2")
     run = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", _MEASURE, str(image)], check=True,
-                         capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+                         capture_output=True, text=True, cwd=Path(__file__).parents[3])
     release, count, seconds, reads, read_bytes = run.stdout.split()
     assert (release, count) == ("ID=debian", "5000")
     peak = next(line for line in run.stderr.splitlines() if "Maximum resident set size" in line).split(":")[1]
