@@ -91,14 +91,35 @@ class Export:
                            f"the {self.size}-byte partition")
 
     def _read(self, offset: int, length: int) -> bytes:
-        self._handle += 1
-        self.conn.sendall(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_READ, self._handle, offset, length))
-        magic, error, handle = _REPLY.unpack(_recv(self.conn, _REPLY.size, self.label))
-        if magic != _REPLY_MAGIC or handle != self._handle:
-            raise NbdError(f"{self.label}: qemu-nbd sent a malformed reply")
+        handle = self._next_handle()
+        self._send_read(handle, offset, length)
+        error, replied = self._reply()
+        if replied != handle:
+            raise self._malformed()
         if error:
-            raise NbdError(f"{self.label}: cannot read {length} bytes at {offset} (NBD error {error})")
+            raise self._read_error(error, offset, length)
         return _recv(self.conn, length, self.label)
+
+    # The protocol's pieces, shared with the pipelined reader (several requests in flight).
+    def _next_handle(self) -> int:
+        self._handle += 1
+        return self._handle
+
+    def _send_read(self, handle: int, offset: int, length: int) -> None:
+        self.conn.sendall(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_READ, handle, offset, length))
+
+    def _reply(self) -> tuple[int, int]:
+        """The next simple reply's (error, handle); the data, if any, follows it on the socket."""
+        magic, error, handle = _REPLY.unpack(_recv(self.conn, _REPLY.size, self.label))
+        if magic != _REPLY_MAGIC:
+            raise self._malformed()
+        return error, handle
+
+    def _malformed(self) -> NbdError:
+        return NbdError(f"{self.label}: qemu-nbd sent a malformed reply")
+
+    def _read_error(self, error: int, offset: int, length: int) -> NbdError:
+        return NbdError(f"{self.label}: cannot read {length} bytes at {offset} (NBD error {error})")
 
 
 @dataclass(frozen=True)
@@ -190,11 +211,9 @@ class _Pipe:
                     if item is None:
                         closing = True
                         break
-                    export._handle += 1
-                    inflight[export._handle] = item
-                    offset, length, _ = item
-                    export.conn.sendall(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_READ, export._handle,
-                                                      offset, length))
+                    handle = export._next_handle()
+                    inflight[handle] = item  # before sending: a failed send fails its future too
+                    export._send_read(handle, item[0], item[1])
                 if inflight:
                     self._receive(inflight)
         except (OSError, NbdError) as exc:
@@ -203,13 +222,12 @@ class _Pipe:
 
     def _receive(self, inflight: dict[int, tuple[int, int, Future[bytearray]]]) -> None:
         export = self._export
-        magic, error, handle = _REPLY.unpack(_recv(export.conn, _REPLY.size, export.label))
-        if magic != _REPLY_MAGIC or handle not in inflight:
-            raise NbdError(f"{export.label}: qemu-nbd sent a malformed reply")
+        error, handle = export._reply()
+        if handle not in inflight:
+            raise export._malformed()
         offset, length, future = inflight.pop(handle)
         if error:  # a simple reply carries no data after an error
-            future.set_exception(NbdError(f"{export.label}: cannot read {length} bytes at {offset} "
-                                          f"(NBD error {error})"))
+            future.set_exception(export._read_error(error, offset, length))
         else:
             future.set_result(_recv_buffer(export.conn, length, export.label))
 
