@@ -124,6 +124,10 @@ class Survey:
     # The catalog's Catalog.placement: which stores (and method) each image wants on each cloud.
     placement: Callable[[Image, str], Placement] = lambda image, cloud: Placement()
 
+    def listed(self, action: Action) -> dict[str, Any]:
+        """The image an action on a published image acts on, as this survey listed it."""
+        return next(i for i in self.states[action.image][action.cloud] if i["id"] == action.image_id)
+
 
 def survey(work: Scope, connect: Connect, checksums: Checksums,
            placement: Callable[[Image, str], Placement]) -> Survey:
@@ -226,7 +230,7 @@ def preview(catalog: Catalog, connect: Connect, shard: Shard | None = None, rota
 def _resign(action: Action, signer: Signer | None, seen: Survey) -> Action:
     if signer is None:
         return action
-    listed = next(i for i in seen.states[action.image][action.cloud] if i["id"] == action.image_id)
+    listed = seen.listed(action)
     try:
         resigns = signature.would_resign(seen.clouds[action.cloud], signer, listed)
     except ImgpipeError as exc:  # as the run reports it

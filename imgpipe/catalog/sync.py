@@ -118,7 +118,7 @@ def _copy(action: Action, image: Image, seen: Survey, report: SyncReport) -> Act
     and "copied" only when a store was added.
     """
     cloud = seen.clouds[action.cloud]
-    listed = next(i for i in seen.states[action.image][action.cloud] if i["id"] == action.image_id)
+    listed = seen.listed(action)
     try:
         copied = image_import.complete_stores(cloud, listed, action.stores,
                                               not seen.placement(image, action.cloud).allow_partial_stores)
@@ -133,7 +133,7 @@ def _resign(action: Action, signer: Signer | None, seen: Survey, report: SyncRep
     (its signature properties replaced when another key or none signed it)."""
     if signer is None:
         return action
-    listed = next(i for i in seen.states[action.image][action.cloud] if i["id"] == action.image_id)
+    listed = seen.listed(action)
     try:
         changed = signature.resign(seen.clouds[action.cloud], signer, listed)
     except ImgpipeError as exc:
